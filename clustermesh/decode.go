@@ -1,0 +1,288 @@
+package clustermesh
+
+import (
+	"bytes"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"strconv"
+)
+
+// ErrInvalid is matched (errors.Is) by every *ValidationError.
+var ErrInvalid = errors.New("invalid mesh entry")
+
+// ValidationError says why an entry read from the store was rejected. The
+// entry must not be applied; consumers count it.
+type ValidationError struct {
+	Key    string
+	Kind   Kind // empty for cluster configs
+	Reason string
+}
+
+func (e *ValidationError) Error() string {
+	return fmt.Sprintf("reject %s: %s", e.Key, e.Reason)
+}
+
+// Is makes errors.Is(err, ErrInvalid) true.
+func (e *ValidationError) Is(target error) bool { return target == ErrInvalid }
+
+func invalid(key string, kind Kind, format string, args ...any) error {
+	return &ValidationError{Key: key, Kind: kind, Reason: fmt.Sprintf(format, args...)}
+}
+
+// maxValueSize bounds a single value; larger values are rejected before
+// parsing so a hostile writer cannot make consumers allocate without bound.
+const maxValueSize = 1 << 20
+
+// decodeStrict unmarshals exactly one JSON object with no unknown fields.
+func decodeStrict(value []byte, v any) error {
+	if len(value) > maxValueSize {
+		return fmt.Errorf("value is %d bytes, more than %d", len(value), maxValueSize)
+	}
+	dec := json.NewDecoder(bytes.NewReader(value))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		return fmt.Errorf("decode JSON: %w", err)
+	}
+	if _, err := dec.Token(); err != io.EOF {
+		return errors.New("decode JSON: trailing data after the object")
+	}
+	return nil
+}
+
+// DecodeClusterConfig parses and validates a cluster config stored at key.
+func DecodeClusterConfig(key string, value []byte) (ClusterConfig, error) {
+	var c ClusterConfig
+	pk, err := ParseKey(key)
+	if err != nil || !pk.Config {
+		return c, invalid(key, "", "not a cluster config key")
+	}
+	if err := decodeStrict(value, &c); err != nil {
+		return ClusterConfig{}, invalid(key, "", "%v", err)
+	}
+	if c.Name != pk.Cluster {
+		return ClusterConfig{}, invalid(key, "", "config names cluster %q, key names %q", c.Name, pk.Cluster)
+	}
+	if err := c.Validate(); err != nil {
+		return ClusterConfig{}, invalid(key, "", "%v", err)
+	}
+	return c, nil
+}
+
+// parseOwned checks that key is a kind key under owner's prefix and returns
+// its name part.
+func parseOwned(owner *ClusterConfig, kind Kind, key string) (string, error) {
+	pk, err := ParseKey(key)
+	if err != nil {
+		return "", invalid(key, kind, "%v", err)
+	}
+	if pk.Kind != kind {
+		return "", invalid(key, kind, "not a %s key", kind)
+	}
+	if pk.Cluster != owner.Name {
+		return "", invalid(key, kind, "key is under cluster %q, expected %q", pk.Cluster, owner.Name)
+	}
+	return pk.Name, nil
+}
+
+func checkCluster(key string, kind Kind, owner *ClusterConfig, claimed ClusterName) error {
+	if claimed != owner.Name {
+		return invalid(key, kind, "entry claims cluster %q but is under %q's prefix", claimed, owner.Name)
+	}
+	return nil
+}
+
+// DecodeNode parses and validates a node owned by owner.
+func DecodeNode(owner *ClusterConfig, key string, value []byte) (Node, error) {
+	name, err := parseOwned(owner, KindNodes, key)
+	if err != nil {
+		return Node{}, err
+	}
+	var n Node
+	if err := decodeStrict(value, &n); err != nil {
+		return Node{}, invalid(key, KindNodes, "%v", err)
+	}
+	if err := checkCluster(key, KindNodes, owner, n.Cluster); err != nil {
+		return Node{}, err
+	}
+	if n.Name != name {
+		return Node{}, invalid(key, KindNodes, "node names itself %q, key names %q", n.Name, name)
+	}
+	if err := validName("node name", n.Name, 253); err != nil {
+		return Node{}, invalid(key, KindNodes, "%v", err)
+	}
+	if len(n.IPs) == 0 {
+		return Node{}, invalid(key, KindNodes, "node has no IPs")
+	}
+	for _, ip := range n.IPs {
+		if !ip.IsValid() {
+			return Node{}, invalid(key, KindNodes, "invalid node IP")
+		}
+	}
+	for _, p := range n.PodCIDRs {
+		if err := validPrefix(p); err != nil {
+			return Node{}, invalid(key, KindNodes, "pod CIDR: %v", err)
+		}
+		if !owner.ContainsPodIP(p) {
+			return Node{}, invalid(key, KindNodes, "pod CIDR %s is outside cluster %q's pod CIDRs %v", p, owner.Name, owner.PodCIDRs)
+		}
+	}
+	if n.WireGuardKey != "" {
+		raw, err := base64.StdEncoding.DecodeString(n.WireGuardKey)
+		if err != nil || len(raw) != 32 {
+			return Node{}, invalid(key, KindNodes, "wireguardKey is not a base64 32-byte key")
+		}
+	}
+	return n, nil
+}
+
+// DecodeIdentity parses and validates an identity owned by owner; the ID
+// must lie in owner's identity range.
+func DecodeIdentity(owner *ClusterConfig, key string, value []byte) (Identity, error) {
+	name, err := parseOwned(owner, KindIdentities, key)
+	if err != nil {
+		return Identity{}, err
+	}
+	var id Identity
+	if err := decodeStrict(value, &id); err != nil {
+		return Identity{}, invalid(key, KindIdentities, "%v", err)
+	}
+	if err := checkCluster(key, KindIdentities, owner, id.Cluster); err != nil {
+		return Identity{}, err
+	}
+	if strconv.FormatUint(uint64(id.ID), 10) != name {
+		return Identity{}, invalid(key, KindIdentities, "identity %d stored under key name %q", id.ID, name)
+	}
+	if !owner.OwnsIdentity(id.ID) {
+		first, last := owner.IdentityRange()
+		return Identity{}, invalid(key, KindIdentities, "identity %d is outside cluster %q's range %d..%d (it belongs to cluster ID %d)", id.ID, owner.Name, first, last, id.ID.Cluster())
+	}
+	if len(id.Labels) == 0 {
+		return Identity{}, invalid(key, KindIdentities, "identity %d has no labels", id.ID)
+	}
+	for k := range id.Labels {
+		if k == "" {
+			return Identity{}, invalid(key, KindIdentities, "identity %d has an empty label key", id.ID)
+		}
+	}
+	return id, nil
+}
+
+// DecodeIPEntry parses and validates an IP entry owned by owner: its identity
+// must be owner's and its prefix inside owner's pod CIDRs.
+func DecodeIPEntry(owner *ClusterConfig, key string, value []byte) (IPEntry, error) {
+	name, err := parseOwned(owner, KindIPs, key)
+	if err != nil {
+		return IPEntry{}, err
+	}
+	var e IPEntry
+	if err := decodeStrict(value, &e); err != nil {
+		return IPEntry{}, invalid(key, KindIPs, "%v", err)
+	}
+	if err := checkCluster(key, KindIPs, owner, e.Cluster); err != nil {
+		return IPEntry{}, err
+	}
+	kp, err := parseIPKeyName(name)
+	if err != nil || kp != e.Prefix {
+		return IPEntry{}, invalid(key, KindIPs, "entry prefix %s does not match key name %q", e.Prefix, name)
+	}
+	if err := validPrefix(e.Prefix); err != nil {
+		return IPEntry{}, invalid(key, KindIPs, "%v", err)
+	}
+	if !owner.ContainsPodIP(e.Prefix) {
+		return IPEntry{}, invalid(key, KindIPs, "prefix %s is outside cluster %q's pod CIDRs %v", e.Prefix, owner.Name, owner.PodCIDRs)
+	}
+	if !owner.OwnsIdentity(e.Identity) {
+		return IPEntry{}, invalid(key, KindIPs, "identity %d is outside cluster %q's range (it belongs to cluster ID %d)", e.Identity, owner.Name, e.Identity.Cluster())
+	}
+	if !e.HostIP.IsValid() {
+		return IPEntry{}, invalid(key, KindIPs, "hostIP missing")
+	}
+	return e, nil
+}
+
+// DecodeService parses and validates a service owned by owner.
+func DecodeService(owner *ClusterConfig, key string, value []byte) (Service, error) {
+	name, err := parseOwned(owner, KindServices, key)
+	if err != nil {
+		return Service{}, err
+	}
+	var s Service
+	if err := decodeStrict(value, &s); err != nil {
+		return Service{}, invalid(key, KindServices, "%v", err)
+	}
+	if err := checkCluster(key, KindServices, owner, s.Cluster); err != nil {
+		return Service{}, err
+	}
+	if err := validName("namespace", s.Namespace, 63); err != nil {
+		return Service{}, invalid(key, KindServices, "%v", err)
+	}
+	if err := validName("service name", s.Name, 63); err != nil {
+		return Service{}, invalid(key, KindServices, "%v", err)
+	}
+	if s.Namespace+"/"+s.Name != name {
+		return Service{}, invalid(key, KindServices, "service %s stored under key name %q", s.NamespacedName(), name)
+	}
+	if _, err := ParseAffinity(string(s.Affinity)); err != nil || s.Affinity == "" {
+		return Service{}, invalid(key, KindServices, "affinity %q: must be one of local, remote, none", s.Affinity)
+	}
+	ports := make(map[string]bool, len(s.Ports))
+	for _, p := range s.Ports {
+		if p.Port == 0 {
+			return Service{}, invalid(key, KindServices, "port %q is 0", p.Name)
+		}
+		switch p.Protocol {
+		case TCP, UDP, SCTP:
+		default:
+			return Service{}, invalid(key, KindServices, "port %q: protocol %q must be TCP, UDP or SCTP", p.Name, p.Protocol)
+		}
+		if ports[p.Name] {
+			return Service{}, invalid(key, KindServices, "port name %q appears twice", p.Name)
+		}
+		ports[p.Name] = true
+	}
+	if !s.Shared && len(s.Backends) > 0 {
+		return Service{}, invalid(key, KindServices, "service is not shared but exports %d backends", len(s.Backends))
+	}
+	for _, b := range s.Backends {
+		if !b.IP.IsValid() {
+			return Service{}, invalid(key, KindServices, "backend with invalid IP")
+		}
+		for pn, pp := range b.Ports {
+			if !ports[pn] {
+				return Service{}, invalid(key, KindServices, "backend %s names unknown port %q", b.IP, pn)
+			}
+			if pp == 0 {
+				return Service{}, invalid(key, KindServices, "backend %s port %q is 0", b.IP, pn)
+			}
+		}
+	}
+	return s, nil
+}
+
+// SyncMarker is the value of a sync marker key.
+type SyncMarker struct {
+	// Entries is how many entries of the kind were published.
+	Entries int `json:"entries"`
+}
+
+// DecodeSyncMarker parses a sync marker owned by owner and returns its kind.
+func DecodeSyncMarker(owner *ClusterConfig, key string, value []byte) (Kind, SyncMarker, error) {
+	var m SyncMarker
+	pk, err := ParseKey(key)
+	if err != nil || !pk.Synced {
+		return "", m, invalid(key, "", "not a sync marker key")
+	}
+	if pk.Cluster != owner.Name {
+		return "", m, invalid(key, "", "sync marker is under cluster %q, expected %q", pk.Cluster, owner.Name)
+	}
+	if err := decodeStrict(value, &m); err != nil {
+		return "", m, invalid(key, "", "%v", err)
+	}
+	if m.Entries < 0 {
+		return "", m, invalid(key, "", "negative entry count")
+	}
+	return Kind(pk.Name), m, nil
+}

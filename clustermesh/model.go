@@ -1,0 +1,262 @@
+package clustermesh
+
+import (
+	"fmt"
+	"net/netip"
+	"regexp"
+	"strings"
+)
+
+// ClusterName is a cluster's name in the mesh: a DNS label of at most
+// MaxClusterNameLen characters.
+type ClusterName string
+
+// MaxClusterNameLen bounds ClusterName.
+const MaxClusterNameLen = 32
+
+var dnsLabel = regexp.MustCompile(`^[a-z0-9]([a-z0-9-]*[a-z0-9])?$`)
+
+// Validate reports why n is not a usable cluster name.
+func (n ClusterName) Validate() error {
+	if len(n) == 0 || len(n) > MaxClusterNameLen || !dnsLabel.MatchString(string(n)) {
+		return fmt.Errorf("cluster name %q: must be a DNS label (lowercase letters, digits, '-') of 1 to %d characters", string(n), MaxClusterNameLen)
+	}
+	return nil
+}
+
+// ClusterID is a cluster's numeric ID, unique in the mesh, MinClusterID to
+// MaxClusterID. It prefixes every identity the cluster allocates.
+type ClusterID uint16
+
+// Bounds of ClusterID.
+const (
+	MinClusterID ClusterID = 1
+	MaxClusterID ClusterID = 511
+)
+
+// Validate reports why id is out of range.
+func (id ClusterID) Validate() error {
+	if id < MinClusterID || id > MaxClusterID {
+		return fmt.Errorf("cluster ID %d: must be in %d..%d", id, MinClusterID, MaxClusterID)
+	}
+	return nil
+}
+
+// Capabilities are per-cluster settings other clusters and the datapath
+// honour.
+type Capabilities struct {
+	// DefaultDeny makes identity policy deny traffic no rule allows.
+	DefaultDeny bool `json:"defaultDeny,omitempty"`
+	// StrictEncryption drops traffic to remote pods that would leave a node
+	// outside the WireGuard tunnel.
+	StrictEncryption bool `json:"strictEncryption,omitempty"`
+	// IPv6 says the cluster runs IPv6 pods.
+	IPv6 bool `json:"ipv6,omitempty"`
+}
+
+// ClusterConfig describes a member cluster. It is stored at ClusterKey.
+type ClusterConfig struct {
+	Name         ClusterName    `json:"name"`
+	ID           ClusterID      `json:"id"`
+	PodCIDRs     []netip.Prefix `json:"podCIDRs,omitempty"`
+	ServiceCIDRs []netip.Prefix `json:"serviceCIDRs,omitempty"`
+	Capabilities Capabilities   `json:"capabilities"`
+}
+
+// Validate checks the config on its own (not against other clusters).
+func (c *ClusterConfig) Validate() error {
+	if err := c.Name.Validate(); err != nil {
+		return err
+	}
+	if err := c.ID.Validate(); err != nil {
+		return err
+	}
+	for _, p := range c.PodCIDRs {
+		if err := validPrefix(p); err != nil {
+			return fmt.Errorf("pod CIDR: %w", err)
+		}
+	}
+	for _, p := range c.ServiceCIDRs {
+		if err := validPrefix(p); err != nil {
+			return fmt.Errorf("service CIDR: %w", err)
+		}
+	}
+	return nil
+}
+
+// IdentityRange returns the first and last identity the cluster may
+// allocate: the cluster ID in the upper bits, 1..65535 below.
+func (c *ClusterConfig) IdentityRange() (first, last NumericIdentity) {
+	base := NumericIdentity(c.ID) << IdentityClusterShift
+	return base + 1, base + 0xFFFF
+}
+
+// OwnsIdentity reports whether id lies in the cluster's identity range.
+func (c *ClusterConfig) OwnsIdentity(id NumericIdentity) bool {
+	first, last := c.IdentityRange()
+	return id >= first && id <= last
+}
+
+// ContainsPodIP reports whether p lies inside one of the cluster's pod
+// CIDRs. A cluster that declares no pod CIDRs contains every prefix.
+func (c *ClusterConfig) ContainsPodIP(p netip.Prefix) bool {
+	if len(c.PodCIDRs) == 0 {
+		return true
+	}
+	for _, cidr := range c.PodCIDRs {
+		if cidr.Bits() <= p.Bits() && cidr.Contains(p.Addr()) {
+			return true
+		}
+	}
+	return false
+}
+
+// Node is one node of a cluster. It is stored at NodeKey.
+type Node struct {
+	Name    string       `json:"name"`
+	Cluster ClusterName  `json:"cluster"`
+	IPs     []netip.Addr `json:"ips"`
+	// PodCIDRs are the pod ranges routed to this node.
+	PodCIDRs []netip.Prefix `json:"podCIDRs,omitempty"`
+	Zone     string         `json:"zone,omitempty"`
+	Region   string         `json:"region,omitempty"`
+	// WireGuardKey is the node's WireGuard public key, base64 as `wg` prints
+	// it. Empty when the node has no tunnel yet.
+	WireGuardKey string `json:"wireguardKey,omitempty"`
+	// BootID changes when the node reboots; peers use it to reset state.
+	BootID string `json:"bootID,omitempty"`
+}
+
+// NumericIdentity is a security identity. The upper bits hold the cluster ID
+// (see IdentityClusterShift), so identities are unique mesh-wide.
+type NumericIdentity uint32
+
+// IdentityClusterShift is how far the cluster ID is shifted in an identity.
+const IdentityClusterShift = 16
+
+// Cluster returns the cluster ID encoded in id.
+func (id NumericIdentity) Cluster() ClusterID { return ClusterID(id >> IdentityClusterShift) }
+
+// Identity is a label set with its numeric ID. It is stored at IdentityKey.
+type Identity struct {
+	ID      NumericIdentity   `json:"id"`
+	Cluster ClusterName       `json:"cluster"`
+	Labels  map[string]string `json:"labels"`
+}
+
+// IPEntry maps a prefix to the identity behind it and the node hosting it.
+// It is stored at IPKey.
+type IPEntry struct {
+	Prefix   netip.Prefix    `json:"prefix"`
+	Cluster  ClusterName     `json:"cluster"`
+	Identity NumericIdentity `json:"identity"`
+	// HostIP is the node IP traffic for Prefix is tunnelled to.
+	HostIP netip.Addr `json:"hostIP"`
+}
+
+// Affinity selects which backends a global service prefers.
+type Affinity string
+
+// Affinity values, with Cilium's semantics.
+const (
+	// AffinityNone spreads over every healthy backend.
+	AffinityNone Affinity = "none"
+	// AffinityLocal uses remote backends only when no local one is healthy.
+	AffinityLocal Affinity = "local"
+	// AffinityRemote uses local backends only when no remote one is healthy.
+	AffinityRemote Affinity = "remote"
+)
+
+// ParseAffinity accepts "", "none", "local" and "remote" ("" is none).
+func ParseAffinity(s string) (Affinity, error) {
+	switch Affinity(s) {
+	case "", AffinityNone:
+		return AffinityNone, nil
+	case AffinityLocal, AffinityRemote:
+		return Affinity(s), nil
+	}
+	return "", fmt.Errorf("affinity %q: must be one of local, remote, none", s)
+}
+
+// Protocol is a transport protocol of a service port.
+type Protocol string
+
+// Protocols a service port may use.
+const (
+	TCP  Protocol = "TCP"
+	UDP  Protocol = "UDP"
+	SCTP Protocol = "SCTP"
+)
+
+// ServicePort is one port of a service.
+type ServicePort struct {
+	Name     string   `json:"name,omitempty"`
+	Port     uint16   `json:"port"`
+	Protocol Protocol `json:"protocol"`
+}
+
+// Backend is one endpoint of a service.
+type Backend struct {
+	IP netip.Addr `json:"ip"`
+	// Ports maps a service port name ("" for an unnamed port) to the port the
+	// backend listens on.
+	Ports       map[string]uint16 `json:"ports"`
+	Node        string            `json:"node,omitempty"`
+	Zone        string            `json:"zone,omitempty"`
+	Ready       bool              `json:"ready"`
+	Serving     bool              `json:"serving"`
+	Terminating bool              `json:"terminating,omitempty"`
+}
+
+// Service is a global service as one cluster sees it: its ports and the
+// backends this cluster contributes. It is stored at ServiceKey.
+type Service struct {
+	Cluster   ClusterName `json:"cluster"`
+	Namespace string      `json:"namespace"`
+	Name      string      `json:"name"`
+	Global    bool        `json:"global"`
+	// Shared false means the cluster consumes remote backends but exports
+	// none of its own: Backends is then empty.
+	Shared   bool          `json:"shared"`
+	Affinity Affinity      `json:"affinity"`
+	Headless bool          `json:"headless,omitempty"`
+	Ports    []ServicePort `json:"ports"`
+	Backends []Backend     `json:"backends,omitempty"`
+}
+
+// NamespacedName is "namespace/name".
+func (s *Service) NamespacedName() string { return s.Namespace + "/" + s.Name }
+
+func validPrefix(p netip.Prefix) error {
+	if !p.IsValid() {
+		return fmt.Errorf("invalid prefix")
+	}
+	if p.Masked() != p {
+		return fmt.Errorf("prefix %s has host bits set (use %s)", p, p.Masked())
+	}
+	return nil
+}
+
+// validName checks a Kubernetes-style object name component used in keys.
+func validName(what, s string, max int) error {
+	if s == "" || len(s) > max {
+		return fmt.Errorf("%s %q: must be 1 to %d characters", what, s, max)
+	}
+	if strings.ContainsAny(s, "/ \t\n\x00") {
+		return fmt.Errorf("%s %q: must not contain '/', spaces or control characters", what, s)
+	}
+	return nil
+}
+
+// Overlaps returns the pairs of prefixes in a and b that overlap.
+func Overlaps(a, b []netip.Prefix) [][2]netip.Prefix {
+	var out [][2]netip.Prefix
+	for _, x := range a {
+		for _, y := range b {
+			if x.Overlaps(y) {
+				out = append(out, [2]netip.Prefix{x, y})
+			}
+		}
+	}
+	return out
+}

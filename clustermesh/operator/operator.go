@@ -1,0 +1,185 @@
+package operator
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/braidmesh/braid/clustermesh"
+	"github.com/braidmesh/braid/clustermesh/publish"
+	"github.com/braidmesh/braid/clustermesh/remote"
+	"github.com/braidmesh/braid/clustermesh/status"
+	"github.com/braidmesh/braid/kvstore"
+)
+
+// DefaultStatePollInterval is how often StateFile is checked for changes.
+const DefaultStatePollInterval = 200 * time.Millisecond
+
+// Config configures an Operator.
+type Config struct {
+	Cluster clustermesh.ClusterConfig
+	// LeaseTTL is how long published entries outlive the process; zero
+	// means publish.DefaultLeaseTTL.
+	LeaseTTL time.Duration
+	// StateFile, if set, is the simulated cluster's state (see State).
+	StateFile string
+	// StatePollInterval: zero means DefaultStatePollInterval.
+	StatePollInterval time.Duration
+	// StatusAddr, if set, is where the status page, /api/status and
+	// /metrics are served (host:port; port 0 picks one, see StatusURL).
+	StatusAddr string
+}
+
+// Operator is one cluster's operator. See the package doc.
+type Operator struct {
+	cfg     Config
+	log     *slog.Logger
+	reg     *prometheus.Registry
+	pub     *publish.Publisher
+	watcher *remote.Watcher
+
+	mu        sync.Mutex
+	sourceErr error
+	listener  net.Listener
+}
+
+// New builds an Operator over store. It starts nothing.
+func New(cfg Config, store kvstore.Store, log *slog.Logger) (*Operator, error) {
+	if cfg.StatePollInterval == 0 {
+		cfg.StatePollInterval = DefaultStatePollInterval
+	}
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	log = log.With("cluster", cfg.Cluster.Name)
+	reg := prometheus.NewRegistry()
+	pub, err := publish.New(publish.Config{Cluster: cfg.Cluster, LeaseTTL: cfg.LeaseTTL}, store, log, reg)
+	if err != nil {
+		return nil, fmt.Errorf("new operator: %w", err)
+	}
+	w, err := remote.New(remote.Config{Self: cfg.Cluster.Name}, store, log, reg)
+	if err != nil {
+		return nil, fmt.Errorf("new operator: %w", err)
+	}
+	return &Operator{cfg: cfg, log: log, reg: reg, pub: pub, watcher: w}, nil
+}
+
+// Watcher returns the operator's view of the rest of the mesh.
+func (o *Operator) Watcher() *remote.Watcher { return o.watcher }
+
+// Run runs the operator until ctx is done. It returns an error when the
+// mesh refuses the cluster or the status address cannot be bound.
+func (o *Operator) Run(ctx context.Context) error {
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	var wg sync.WaitGroup
+	defer wg.Wait()
+
+	if o.cfg.StatusAddr != "" {
+		ln, err := net.Listen("tcp", o.cfg.StatusAddr)
+		if err != nil {
+			return fmt.Errorf("serve status on %s: %w", o.cfg.StatusAddr, err)
+		}
+		o.mu.Lock()
+		o.listener = ln
+		o.mu.Unlock()
+		mux := http.NewServeMux()
+		mux.Handle("/metrics", promhttp.HandlerFor(o.reg, promhttp.HandlerOpts{}))
+		mux.Handle("/", status.Handler(o))
+		srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+		wg.Add(2)
+		go func() {
+			defer wg.Done()
+			if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				cancel(fmt.Errorf("serve status: %w", err))
+			}
+		}()
+		go func() {
+			defer wg.Done()
+			<-ctx.Done()
+			sctx, scancel := context.WithTimeout(context.Background(), 2*time.Second)
+			defer scancel()
+			_ = srv.Shutdown(sctx)
+		}()
+	}
+	if o.cfg.StateFile != "" {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			o.followStateFile(ctx)
+		}()
+	}
+	wg.Add(2)
+	go func() {
+		defer wg.Done()
+		if err := o.pub.Run(ctx); err != nil {
+			cancel(err)
+		}
+	}()
+	go func() {
+		defer wg.Done()
+		_ = o.watcher.Run(ctx)
+	}()
+	<-ctx.Done()
+	if err := context.Cause(ctx); err != nil && !errors.Is(err, context.Canceled) {
+		return err
+	}
+	return nil
+}
+
+// StatusURL returns the base URL of the status server, once Run bound it.
+func (o *Operator) StatusURL() string {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if o.listener == nil {
+		return ""
+	}
+	return "http://" + o.listener.Addr().String()
+}
+
+func (o *Operator) setSourceError(err error) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if err != nil && (o.sourceErr == nil || o.sourceErr.Error() != err.Error()) {
+		o.log.Error("local state refused; keeping the last good state", "err", err)
+	}
+	o.sourceErr = err
+}
+
+// Snapshot implements status.Source.
+func (o *Operator) Snapshot() status.Snapshot {
+	ps := o.pub.Status()
+	s := status.Snapshot{
+		Cluster: o.cfg.Cluster.Name,
+		Role:    "operator",
+		Time:    time.Now(),
+		Publish: &ps,
+		Remotes: o.watcher.Status(),
+	}
+	s.InvalidClusterConfigs, _ = o.watcher.InvalidConfigs()
+	o.mu.Lock()
+	if o.sourceErr != nil {
+		s.Problems = append(s.Problems, o.sourceErr.Error())
+	}
+	o.mu.Unlock()
+	if ps.LastError != "" && !ps.Registered {
+		s.Problems = append(s.Problems, "publish: "+ps.LastError)
+	}
+	for _, r := range s.Remotes {
+		switch {
+		case r.Gone:
+		case !r.Connected:
+			s.Problems = append(s.Problems, fmt.Sprintf("cluster %s: disconnected: %s", r.Name, r.LastError))
+		}
+	}
+	s.Healthy = len(s.Problems) == 0
+	return s
+}

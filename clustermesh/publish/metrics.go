@@ -1,0 +1,44 @@
+package publish
+
+import (
+	"fmt"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+type metrics struct {
+	writes   *prometheus.CounterVec
+	errors   prometheus.Counter
+	entries  *prometheus.GaugeVec
+	duration prometheus.Histogram
+}
+
+func newMetrics(reg prometheus.Registerer) (*metrics, error) {
+	m := &metrics{
+		writes: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: "braid", Subsystem: "publish", Name: "writes_total",
+			Help: "Writes to the kvstore by kind and operation (put, delete).",
+		}, []string{"kind", "op"}),
+		errors: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: "braid", Subsystem: "publish", Name: "errors_total",
+			Help: "Failed publish passes, lease renewals and sessions.",
+		}),
+		entries: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Namespace: "braid", Subsystem: "publish", Name: "entries",
+			Help: "Desired entries by kind.",
+		}, []string{"kind"}),
+		duration: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Namespace: "braid", Subsystem: "publish", Name: "reconcile_duration_seconds",
+			Help:    "Duration of one publish pass.",
+			Buckets: prometheus.ExponentialBuckets(0.0005, 4, 10),
+		}),
+	}
+	if reg != nil {
+		for _, c := range []prometheus.Collector{m.writes, m.errors, m.entries, m.duration} {
+			if err := reg.Register(c); err != nil {
+				return nil, fmt.Errorf("register publish metrics: %w", err)
+			}
+		}
+	}
+	return m, nil
+}

@@ -1,0 +1,288 @@
+package publish
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"maps"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/braidmesh/braid/clustermesh"
+	"github.com/braidmesh/braid/kvstore"
+)
+
+// Defaults for Config's zero values.
+const (
+	DefaultLeaseTTL       = 15 * time.Second
+	DefaultResyncInterval = 5 * time.Minute
+	// DefaultWriteConcurrency is how many writes one reconcile pass has in
+	// flight; etcd's throughput grows about fivefold from 1 to 16.
+	DefaultWriteConcurrency = 16
+)
+
+// Config configures a Publisher.
+type Config struct {
+	// Cluster is the local cluster; its config is registered in the mesh.
+	Cluster clustermesh.ClusterConfig
+	// LeaseTTL is how long entries outlive the process; zero means
+	// DefaultLeaseTTL. The lease is renewed every third of it.
+	LeaseTTL time.Duration
+	// ResyncInterval is how often owned keys are re-listed and compared
+	// with the desired state, to repair writes made behind our back; zero
+	// means DefaultResyncInterval.
+	ResyncInterval time.Duration
+	// WriteConcurrency bounds writes in flight; zero means
+	// DefaultWriteConcurrency.
+	WriteConcurrency int
+}
+
+// Record is a mesh record a Publisher can write: clustermesh's *Node,
+// *Identity, *IPEntry and *Service.
+type Record interface {
+	Key() string
+}
+
+// Publisher publishes one cluster's state. See the package doc.
+type Publisher struct {
+	cfg     Config
+	store   kvstore.Store
+	log     *slog.Logger
+	metrics *metrics
+
+	mu      sync.Mutex
+	desired map[string][]byte           // key -> encoded value
+	kindOf  map[string]clustermesh.Kind // key -> kind, for every desired key
+	primed  map[clustermesh.Kind]bool   // kind got a full desired set
+	dirty   map[string]struct{}         // keys whose desired value changed
+	status  clustermesh.PublishStatus
+	wake    chan struct{}
+	counts  map[clustermesh.Kind]int
+}
+
+// New builds a Publisher. It starts nothing and does no I/O.
+func New(cfg Config, store kvstore.Store, log *slog.Logger, reg prometheus.Registerer) (*Publisher, error) {
+	if err := cfg.Cluster.Validate(); err != nil {
+		return nil, fmt.Errorf("new publisher: %w", err)
+	}
+	if cfg.LeaseTTL == 0 {
+		cfg.LeaseTTL = DefaultLeaseTTL
+	}
+	if cfg.ResyncInterval == 0 {
+		cfg.ResyncInterval = DefaultResyncInterval
+	}
+	if cfg.WriteConcurrency <= 0 {
+		cfg.WriteConcurrency = DefaultWriteConcurrency
+	}
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	m, err := newMetrics(reg)
+	if err != nil {
+		return nil, fmt.Errorf("new publisher: %w", err)
+	}
+	return &Publisher{
+		cfg:     cfg,
+		store:   store,
+		log:     log.With("cluster", cfg.Cluster.Name),
+		metrics: m,
+		desired: make(map[string][]byte),
+		kindOf:  make(map[string]clustermesh.Kind),
+		primed:  make(map[clustermesh.Kind]bool),
+		dirty:   make(map[string]struct{}),
+		status:  clustermesh.PublishStatus{Synced: map[clustermesh.Kind]bool{}, Entries: map[clustermesh.Kind]int{}},
+		wake:    make(chan struct{}, 1),
+		counts:  make(map[clustermesh.Kind]int),
+	}, nil
+}
+
+// encode checks that rec belongs to kind under our prefix and encodes it.
+func (p *Publisher) encode(kind clustermesh.Kind, rec Record) (string, []byte, error) {
+	key := rec.Key()
+	prefix := clustermesh.KindPrefix(kind, p.cfg.Cluster.Name)
+	if !strings.HasPrefix(key, prefix) {
+		return "", nil, fmt.Errorf("publish %s record %s: key is outside this cluster's prefix %s", kind, key, prefix)
+	}
+	val, err := json.Marshal(rec)
+	if err != nil {
+		return "", nil, fmt.Errorf("publish %s record %s: encode: %w", kind, key, err)
+	}
+	return key, val, nil
+}
+
+func kindOfRecord(rec Record) (clustermesh.Kind, error) {
+	switch rec.(type) {
+	case *clustermesh.Node:
+		return clustermesh.KindNodes, nil
+	case *clustermesh.Identity:
+		return clustermesh.KindIdentities, nil
+	case *clustermesh.IPEntry:
+		return clustermesh.KindIPs, nil
+	case *clustermesh.Service:
+		return clustermesh.KindServices, nil
+	}
+	return "", fmt.Errorf("publish record %s: unsupported type %T", rec.Key(), rec)
+}
+
+// Replace makes records the complete desired set of kind. Owned keys of that
+// kind not in records will be deleted. Nothing is written if any record is
+// invalid.
+func (p *Publisher) Replace(kind clustermesh.Kind, records []Record) error {
+	want := make(map[string][]byte, len(records))
+	for _, rec := range records {
+		if k, err := kindOfRecord(rec); err != nil {
+			return err
+		} else if k != kind {
+			return fmt.Errorf("publish record %s: a %s record given as %s", rec.Key(), k, kind)
+		}
+		key, val, err := p.encode(kind, rec)
+		if err != nil {
+			return err
+		}
+		want[key] = val
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for key, k := range p.kindOf {
+		if k != kind {
+			continue
+		}
+		if _, ok := want[key]; !ok {
+			delete(p.desired, key)
+			delete(p.kindOf, key)
+			p.dirty[key] = struct{}{}
+		}
+	}
+	for key, val := range want {
+		p.setLocked(kind, key, val)
+	}
+	p.primed[kind] = true
+	p.counts[kind] = len(want)
+	p.wakeUp()
+	return nil
+}
+
+// Upsert adds or changes one record.
+func (p *Publisher) Upsert(rec Record) error {
+	kind, err := kindOfRecord(rec)
+	if err != nil {
+		return err
+	}
+	key, val, err := p.encode(kind, rec)
+	if err != nil {
+		return err
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if _, ok := p.desired[key]; !ok {
+		p.counts[kind]++
+	}
+	p.setLocked(kind, key, val)
+	p.wakeUp()
+	return nil
+}
+
+// Delete withdraws the record stored at key, if desired.
+func (p *Publisher) Delete(key string) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	kind, ok := p.kindOf[key]
+	if !ok {
+		return
+	}
+	p.counts[kind]--
+	delete(p.desired, key)
+	delete(p.kindOf, key)
+	p.dirty[key] = struct{}{}
+	p.wakeUp()
+}
+
+func (p *Publisher) setLocked(kind clustermesh.Kind, key string, val []byte) {
+	if old, ok := p.desired[key]; ok && bytes.Equal(old, val) {
+		return
+	}
+	p.desired[key] = val
+	p.kindOf[key] = kind
+	p.dirty[key] = struct{}{}
+}
+
+func (p *Publisher) wakeUp() {
+	select {
+	case p.wake <- struct{}{}:
+	default: // a wake-up is already pending
+	}
+}
+
+// Status returns a copy of the current status.
+func (p *Publisher) Status() clustermesh.PublishStatus {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	s := p.status
+	s.Synced = maps.Clone(s.Synced)
+	s.Entries = maps.Clone(p.counts)
+	return s
+}
+
+func (p *Publisher) setError(err error) {
+	p.mu.Lock()
+	p.status.Failures++
+	p.status.LastError = err.Error()
+	p.mu.Unlock()
+	p.metrics.errors.Inc()
+}
+
+// Register checks the local cluster against every cluster in the mesh and
+// writes its config, bound to lease. It fails with a
+// *clustermesh.RegistrationError when the name or ID is taken or CIDRs
+// overlap.
+func (p *Publisher) register(ctx context.Context, lease kvstore.LeaseID) error {
+	cfg := p.cfg.Cluster
+	kvs, _, err := p.store.List(ctx, clustermesh.ClustersPrefix)
+	if err != nil {
+		return fmt.Errorf("register cluster %s: list clusters: %w", cfg.Name, err)
+	}
+	var existing []clustermesh.ClusterConfig
+	for _, kv := range kvs {
+		c, err := clustermesh.DecodeClusterConfig(kv.Key, kv.Value)
+		if err != nil {
+			p.log.Warn("ignoring invalid cluster config", "key", kv.Key, "err", err)
+			continue
+		}
+		existing = append(existing, c)
+	}
+	if err := clustermesh.CheckRegistration(cfg, existing); err != nil {
+		return err
+	}
+	val, err := json.Marshal(&cfg)
+	if err != nil {
+		return fmt.Errorf("register cluster %s: encode: %w", cfg.Name, err)
+	}
+	if err := p.store.Put(ctx, cfg.Key(), val, lease); err != nil {
+		return fmt.Errorf("register cluster %s: %w", cfg.Name, err)
+	}
+	return nil
+}
+
+// CheckRegistration reads the mesh's cluster configs and reports whether
+// the local cluster may join, without writing anything.
+func (p *Publisher) CheckRegistration(ctx context.Context) error {
+	kvs, _, err := p.store.List(ctx, clustermesh.ClustersPrefix)
+	if err != nil {
+		return fmt.Errorf("register cluster %s: list clusters: %w", p.cfg.Cluster.Name, err)
+	}
+	var existing []clustermesh.ClusterConfig
+	for _, kv := range kvs {
+		if c, err := clustermesh.DecodeClusterConfig(kv.Key, kv.Value); err == nil {
+			existing = append(existing, c)
+		}
+	}
+	return clustermesh.CheckRegistration(p.cfg.Cluster, existing)
+}
+
+var errLeaseLost = errors.New("lease lost")

@@ -1,0 +1,285 @@
+package publish_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/netip"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/braidmesh/braid/clustermesh"
+	"github.com/braidmesh/braid/clustermesh/publish"
+	"github.com/braidmesh/braid/kvstore"
+	"github.com/braidmesh/braid/kvstore/memory"
+)
+
+func cluster(name string, id int, pod string) clustermesh.ClusterConfig {
+	return clustermesh.ClusterConfig{
+		Name:     clustermesh.ClusterName(name),
+		ID:       clustermesh.ClusterID(id),
+		PodCIDRs: []netip.Prefix{netip.MustParsePrefix(pod)},
+	}
+}
+
+func nodes(c clustermesh.ClusterConfig, n int, zone string) []publish.Record {
+	var out []publish.Record
+	for i := range n {
+		out = append(out, &clustermesh.Node{
+			Name: fmt.Sprintf("node-%d", i), Cluster: c.Name, Zone: zone,
+			IPs: []netip.Addr{netip.AddrFrom4([4]byte{192, 168, byte(c.ID), byte(i + 1)})},
+		})
+	}
+	return out
+}
+
+// recorder counts the events a watch on the whole mesh sees.
+type recorder struct {
+	events chan kvstore.Event
+}
+
+func record(ctx context.Context, t *testing.T, s kvstore.Store) *recorder {
+	r := &recorder{events: make(chan kvstore.Event, 10000)}
+	ch := s.Watch(ctx, clustermesh.Root)
+	for ev := range ch {
+		if ev.Kind == kvstore.EventListDone {
+			break
+		}
+	}
+	go func() {
+		for ev := range ch {
+			r.events <- ev
+		}
+	}()
+	return r
+}
+
+// drain returns the events seen so far, waiting quiet for a moment.
+func (r *recorder) drain(quiet time.Duration) []kvstore.Event {
+	var out []kvstore.Event
+	for {
+		select {
+		case ev := <-r.events:
+			out = append(out, ev)
+		case <-time.After(quiet):
+			return out
+		}
+	}
+}
+
+func eventually(t *testing.T, d time.Duration, f func() error) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for {
+		err := f()
+		if err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("condition not met after %v: %v", d, err)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+func start(t *testing.T, ctx context.Context, p *publish.Publisher) (stop func()) {
+	ctx, cancel := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- p.Run(ctx) }()
+	return func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("Run: %v", err)
+		}
+	}
+}
+
+func synced(p *publish.Publisher, kinds ...clustermesh.Kind) func() error {
+	return func() error {
+		st := p.Status()
+		for _, k := range kinds {
+			if !st.Synced[k] {
+				return fmt.Errorf("kind %s not synced: %+v", k, st)
+			}
+		}
+		return nil
+	}
+}
+
+func TestPublishWritesOnlyWhatChanged(t *testing.T) {
+	ctx := t.Context()
+	store := memory.New()
+	defer store.Close()
+	east := cluster("east", 1, "10.1.0.0/16")
+	rec := record(ctx, t, store)
+
+	p, err := publish.New(publish.Config{Cluster: east, LeaseTTL: 5 * time.Second}, store, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := p.Replace(clustermesh.KindNodes, nodes(east, 3, "z1")); err != nil {
+		t.Fatal(err)
+	}
+	stop := start(t, ctx, p)
+	defer stop()
+	eventually(t, 5*time.Second, synced(p, clustermesh.KindNodes))
+
+	evs := rec.drain(100 * time.Millisecond)
+	// cluster config + 3 nodes + 1 marker
+	if len(evs) != 5 {
+		t.Fatalf("first publish: got %d events, want 5: %v", len(evs), evs)
+	}
+	marker := evs[len(evs)-1]
+	if marker.Key != clustermesh.SyncedKey("east", clustermesh.KindNodes) {
+		t.Fatalf("last write is %s, want the sync marker after every node", marker.Key)
+	}
+
+	// Same state again: nothing written.
+	if err := p.Replace(clustermesh.KindNodes, nodes(east, 3, "z1")); err != nil {
+		t.Fatal(err)
+	}
+	if evs := rec.drain(200 * time.Millisecond); len(evs) != 0 {
+		t.Fatalf("unchanged Replace wrote %d keys: %v", len(evs), evs)
+	}
+
+	// One node changes, one goes away.
+	ns := nodes(east, 2, "z1")
+	ns[1].(*clustermesh.Node).Zone = "z2"
+	if err := p.Replace(clustermesh.KindNodes, ns); err != nil {
+		t.Fatal(err)
+	}
+	evs = rec.drain(200 * time.Millisecond)
+	var puts, dels []string
+	for _, ev := range evs {
+		switch ev.Kind {
+		case kvstore.EventUpsert:
+			puts = append(puts, ev.Key)
+		case kvstore.EventDelete:
+			dels = append(dels, ev.Key)
+		}
+	}
+	if len(puts) != 1 || !strings.HasSuffix(puts[0], "/node-1") || len(dels) != 1 || !strings.HasSuffix(dels[0], "/node-2") {
+		t.Fatalf("got puts %v deletes %v, want put node-1 and delete node-2", puts, dels)
+	}
+}
+
+func TestPublishRefusesKeysOutsideItsPrefix(t *testing.T) {
+	store := memory.New()
+	defer store.Close()
+	p, err := publish.New(publish.Config{Cluster: cluster("east", 1, "10.1.0.0/16")}, store, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = p.Upsert(&clustermesh.Node{Name: "n", Cluster: "west"})
+	if err == nil || !strings.Contains(err.Error(), "outside this cluster's prefix") {
+		t.Fatalf("Upsert of west's node by east: err = %v, want refusal naming the prefix", err)
+	}
+	err = p.Replace(clustermesh.KindServices, []publish.Record{&clustermesh.Node{Name: "n", Cluster: "east"}})
+	if err == nil {
+		t.Fatal("Replace accepted a node as a service")
+	}
+}
+
+func TestRestartAdoptsLeaseAndWritesNothing(t *testing.T) {
+	ctx := t.Context()
+	store := memory.New()
+	defer store.Close()
+	east := cluster("east", 1, "10.1.0.0/16")
+	cfg := publish.Config{Cluster: east, LeaseTTL: 5 * time.Second}
+
+	p1, _ := publish.New(cfg, store, nil, nil)
+	_ = p1.Replace(clustermesh.KindNodes, nodes(east, 5, "z1"))
+	_ = p1.Replace(clustermesh.KindServices, nil)
+	stop := start(t, ctx, p1)
+	eventually(t, 5*time.Second, synced(p1, clustermesh.KindNodes, clustermesh.KindServices))
+	stop()
+
+	rec := record(ctx, t, store)
+	p2, _ := publish.New(cfg, store, nil, nil)
+	_ = p2.Replace(clustermesh.KindNodes, nodes(east, 4, "z1"))
+	stop = start(t, ctx, p2)
+	defer stop()
+	eventually(t, 5*time.Second, synced(p2, clustermesh.KindNodes))
+	evs := rec.drain(300 * time.Millisecond)
+	if len(evs) != 1 || evs[0].Kind != kvstore.EventDelete || !strings.HasSuffix(evs[0].Key, "/node-4") {
+		t.Fatalf("restart with one node fewer: got %v, want only the delete of node-4", evs)
+	}
+	// Services were not given to p2 yet: the old (empty) set stays, and
+	// nothing of that kind is touched until Replace says what is desired.
+	if p2.Status().Synced[clustermesh.KindServices] {
+		t.Fatal("services marked synced before any desired set was given")
+	}
+}
+
+func TestLostLeaseIsReplacedAndEverythingRewritten(t *testing.T) {
+	ctx := t.Context()
+	store := memory.New()
+	defer store.Close()
+	east := cluster("east", 1, "10.1.0.0/16")
+	p, _ := publish.New(publish.Config{Cluster: east, LeaseTTL: 3 * time.Second}, store, nil, nil)
+	_ = p.Replace(clustermesh.KindNodes, nodes(east, 2, "z1"))
+	stop := start(t, ctx, p)
+	defer stop()
+	eventually(t, 5*time.Second, synced(p, clustermesh.KindNodes))
+
+	kv, err := store.Get(ctx, clustermesh.ClusterKey("east"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := store.RevokeLease(ctx, kv.Lease); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 10*time.Second, func() error {
+		kvs, _, err := store.List(ctx, clustermesh.Root)
+		if err != nil {
+			return err
+		}
+		if len(kvs) != 4 { // config, 2 nodes, marker
+			return fmt.Errorf("%d keys after lease loss, want 4", len(kvs))
+		}
+		for _, kv2 := range kvs {
+			if kv2.Lease == kv.Lease || kv2.Lease == 0 {
+				return fmt.Errorf("%s still on the old lease", kv2.Key)
+			}
+		}
+		return nil
+	})
+}
+
+func TestRegistrationConflictsNameBothClusters(t *testing.T) {
+	ctx := t.Context()
+	store := memory.New()
+	defer store.Close()
+	a, _ := publish.New(publish.Config{Cluster: cluster("east", 1, "10.1.0.0/16")}, store, nil, nil)
+	stop := start(t, ctx, a)
+	defer stop()
+	eventually(t, 5*time.Second, func() error {
+		if !a.Status().Registered {
+			return errors.New("east not registered")
+		}
+		return nil
+	})
+
+	cases := []struct {
+		cfg  clustermesh.ClusterConfig
+		want []string
+	}{
+		{cluster("west", 2, "10.1.128.0/17"), []string{`"west"`, `"east"`, "10.1.128.0/17", "10.1.0.0/16"}},
+		{cluster("west", 1, "10.2.0.0/16"), []string{`"west"`, `"east"`, "cluster ID 1 taken"}},
+		{cluster("east", 7, "10.3.0.0/16"), []string{`"east"`, "name taken"}},
+	}
+	for _, tc := range cases {
+		b, _ := publish.New(publish.Config{Cluster: tc.cfg}, store, nil, nil)
+		err := b.Run(ctx)
+		var re *clustermesh.RegistrationError
+		if !errors.As(err, &re) {
+			t.Fatalf("%s/%d: Run = %v, want a RegistrationError", tc.cfg.Name, tc.cfg.ID, err)
+		}
+		for _, w := range tc.want {
+			if !strings.Contains(err.Error(), w) {
+				t.Errorf("%s/%d: error %q does not name %s", tc.cfg.Name, tc.cfg.ID, err, w)
+			}
+		}
+	}
+}

@@ -1,0 +1,284 @@
+package publish
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/braidmesh/braid/clustermesh"
+	"github.com/braidmesh/braid/kvstore"
+)
+
+// reconciler is owned by one session's loop goroutine; only the
+// Publisher's desired state is shared (under p.mu).
+type reconciler struct {
+	p     *Publisher
+	lease kvstore.LeaseID
+	// written holds the value each owned key has in the store under our
+	// lease. A key bound to another lease is not in written: it must be
+	// rewritten to survive.
+	written map[string][]byte
+	// present holds every owned key known to exist in the store (any
+	// lease), with its kind, so undesired ones can be deleted.
+	present map[string]clustermesh.Kind
+	// markers holds the sync marker values written in this session.
+	markers map[clustermesh.Kind][]byte
+	// swept records the primed kinds whose leftovers were scheduled for
+	// deletion.
+	swept map[clustermesh.Kind]bool
+}
+
+// adopt records what the store holds at session start.
+func (r *reconciler) adopt(owned []kvstore.KeyValue) {
+	for _, kv := range owned {
+		pk, err := clustermesh.ParseKey(kv.Key)
+		if err != nil || pk.Config {
+			continue
+		}
+		if pk.Synced {
+			if kv.Lease == r.lease {
+				r.markers[clustermesh.Kind(pk.Name)] = kv.Value
+			}
+			continue
+		}
+		r.present[kv.Key] = pk.Kind
+		if kv.Lease == r.lease {
+			r.written[kv.Key] = kv.Value
+		}
+	}
+	// Every desired key and every present key is looked at once.
+	r.p.mu.Lock()
+	for key := range r.p.desired {
+		r.p.dirty[key] = struct{}{}
+	}
+	for key := range r.present {
+		r.p.dirty[key] = struct{}{}
+	}
+	r.p.wakeUp()
+	r.p.mu.Unlock()
+}
+
+type op struct {
+	key    string
+	kind   clustermesh.Kind
+	value  []byte // nil: delete
+	delete bool
+}
+
+func (r *reconciler) loop(ctx context.Context) error {
+	resync := time.NewTicker(r.p.cfg.ResyncInterval)
+	defer resync.Stop()
+	backoff := minBackoff
+	for {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-r.p.wake:
+		case <-resync.C:
+			if err := r.resync(ctx); err != nil {
+				return err
+			}
+		}
+		err := r.pass(ctx)
+		if errors.Is(err, kvstore.ErrLeaseNotFound) {
+			return fmt.Errorf("publish: %w", errLeaseLost)
+		}
+		if errors.Is(err, kvstore.ErrPermissionDenied) {
+			return err
+		}
+		if err != nil {
+			r.p.setError(err)
+			r.p.log.Warn("publish pass failed, retrying", "err", err, "backoff", backoff)
+			select {
+			case <-ctx.Done():
+				return ctx.Err()
+			case <-time.After(backoff):
+			}
+			backoff = min(backoff*2, maxBackoff)
+			r.p.wakeUp()
+			continue
+		}
+		backoff = minBackoff
+	}
+}
+
+// pass writes what differs between desired and written, then sync markers.
+func (r *reconciler) pass(ctx context.Context) error {
+	start := time.Now()
+	ops := r.plan()
+	if err := r.apply(ctx, ops); err != nil {
+		r.p.metrics.duration.Observe(time.Since(start).Seconds())
+		return err
+	}
+	if err := r.writeMarkers(ctx); err != nil {
+		return err
+	}
+	r.p.metrics.duration.Observe(time.Since(start).Seconds())
+	return nil
+}
+
+// plan takes the dirty set and turns it into writes.
+func (r *reconciler) plan() []op {
+	p := r.p
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for kind := range p.primed {
+		if !r.swept[kind] {
+			r.swept[kind] = true
+			for key, k := range r.present {
+				if k == kind {
+					p.dirty[key] = struct{}{}
+				}
+			}
+		}
+	}
+	var ops []op
+	for key := range p.dirty {
+		want, desired := p.desired[key]
+		have, written := r.written[key]
+		switch {
+		case desired && (!written || !bytes.Equal(have, want)):
+			ops = append(ops, op{key: key, kind: p.kindOf[key], value: want})
+		case desired:
+			// up to date
+		case r.present[key] != "":
+			kind := r.present[key]
+			if !p.primed[kind] {
+				continue // full desired set unknown yet: keep it until Replace
+			}
+			ops = append(ops, op{key: key, kind: kind, delete: true})
+		}
+		delete(p.dirty, key)
+	}
+	return ops
+}
+
+// apply runs ops with bounded concurrency. Failed ops are marked dirty again.
+func (r *reconciler) apply(ctx context.Context, ops []op) error {
+	if len(ops) == 0 {
+		return nil
+	}
+	sem := make(chan struct{}, r.p.cfg.WriteConcurrency)
+	var (
+		mu   sync.Mutex
+		errs []error
+		wg   sync.WaitGroup
+	)
+	for _, o := range ops {
+		sem <- struct{}{}
+		wg.Add(1)
+		go func() {
+			defer func() { <-sem; wg.Done() }()
+			var err error
+			if o.delete {
+				err = r.p.store.Delete(ctx, o.key)
+			} else {
+				err = r.p.store.Put(ctx, o.key, o.value, r.lease)
+			}
+			mu.Lock()
+			defer mu.Unlock()
+			if err != nil {
+				errs = append(errs, fmt.Errorf("publish %s %s: %w", o.kind, o.key, err))
+				r.p.mu.Lock()
+				r.p.dirty[o.key] = struct{}{}
+				r.p.mu.Unlock()
+				return
+			}
+			if o.delete {
+				delete(r.written, o.key)
+				delete(r.present, o.key)
+				r.p.metrics.writes.WithLabelValues(string(o.kind), "delete").Inc()
+			} else {
+				r.written[o.key] = o.value
+				r.present[o.key] = o.kind
+				r.p.metrics.writes.WithLabelValues(string(o.kind), "put").Inc()
+			}
+		}()
+	}
+	wg.Wait()
+	r.p.mu.Lock()
+	r.p.status.LastWrite = time.Now()
+	r.p.mu.Unlock()
+	if len(errs) > 0 {
+		return errors.Join(errs...)
+	}
+	return nil
+}
+
+// writeMarkers writes the sync marker of every primed kind once its
+// desired set is fully written.
+func (r *reconciler) writeMarkers(ctx context.Context) error {
+	p := r.p
+	p.mu.Lock()
+	type marker struct {
+		kind clustermesh.Kind
+		val  []byte
+	}
+	var todo []marker
+	for kind := range p.primed {
+		val, _ := json.Marshal(clustermesh.SyncMarker{Entries: p.counts[kind]})
+		if _, ok := r.markers[kind]; ok {
+			// Written in this session: the marker's job (saying the first
+			// full publish is done) is finished; counts are not kept current
+			// to avoid a write per change.
+			p.status.Synced[kind] = true
+			continue
+		}
+		todo = append(todo, marker{kind, val})
+	}
+	p.mu.Unlock()
+	for _, m := range todo {
+		if err := p.store.Put(ctx, clustermesh.SyncedKey(p.cfg.Cluster.Name, m.kind), m.val, r.lease); err != nil {
+			return fmt.Errorf("publish sync marker for %s: %w", m.kind, err)
+		}
+		r.markers[m.kind] = m.val
+		p.mu.Lock()
+		p.status.Synced[m.kind] = true
+		p.mu.Unlock()
+		p.log.Info("kind published", "kind", m.kind)
+	}
+	for _, k := range clustermesh.Kinds {
+		p.mu.Lock()
+		n := p.counts[k]
+		p.mu.Unlock()
+		p.metrics.entries.WithLabelValues(string(k)).Set(float64(n))
+	}
+	return nil
+}
+
+// resync re-lists owned keys and schedules a write for every key whose
+// stored value differs from what we believe we wrote.
+func (r *reconciler) resync(ctx context.Context) error {
+	owned, err := r.p.listOwned(ctx)
+	if err != nil {
+		return err
+	}
+	seen := make(map[string]bool, len(owned))
+	r.p.mu.Lock()
+	defer r.p.mu.Unlock()
+	for _, kv := range owned {
+		pk, err := clustermesh.ParseKey(kv.Key)
+		if err != nil || pk.Config || pk.Synced {
+			continue
+		}
+		seen[kv.Key] = true
+		r.present[kv.Key] = pk.Kind
+		if kv.Lease != r.lease || !bytes.Equal(r.written[kv.Key], kv.Value) {
+			delete(r.written, kv.Key)
+			r.p.dirty[kv.Key] = struct{}{}
+		}
+	}
+	for key := range r.written {
+		if !seen[key] {
+			delete(r.written, key)
+			delete(r.present, key)
+			r.p.dirty[key] = struct{}{}
+		}
+	}
+	r.p.wakeUp()
+	return nil
+}

@@ -1,0 +1,216 @@
+package publish
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/braidmesh/braid/clustermesh"
+	"github.com/braidmesh/braid/kvstore"
+)
+
+const (
+	minBackoff = 100 * time.Millisecond
+	maxBackoff = 10 * time.Second
+)
+
+// Run registers the cluster and then keeps the store equal to the desired
+// state until ctx is done, renewing the lease. It returns at once with a
+// *clustermesh.RegistrationError when the mesh refuses the cluster, and
+// with an error wrapping kvstore.ErrPermissionDenied when the credentials
+// do not allow writing our own keys; other failures are retried with
+// backoff. Run returns nil when ctx is done. The lease is not revoked on
+// return: entries outlive a restart and expire after the TTL if the process
+// does not come back (use Withdraw to leave the mesh).
+func (p *Publisher) Run(ctx context.Context) error {
+	backoff := minBackoff
+	for {
+		err := p.session(ctx)
+		if ctx.Err() != nil {
+			return nil
+		}
+		var regErr *clustermesh.RegistrationError
+		if errors.As(err, &regErr) || errors.Is(err, kvstore.ErrPermissionDenied) {
+			p.setError(err)
+			return err
+		}
+		p.setError(err)
+		p.log.Warn("publish session ended, retrying", "err", err, "backoff", backoff)
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(backoff):
+		}
+		backoff = min(backoff*2, maxBackoff)
+	}
+}
+
+// session is one lease's life: adopt or grant a lease, register, reconcile
+// until the lease is lost or ctx ends.
+func (p *Publisher) session(ctx context.Context) error {
+	owned, err := p.listOwned(ctx)
+	if err != nil {
+		return err
+	}
+	lease, adopted, err := p.acquireLease(ctx, owned)
+	if err != nil {
+		return err
+	}
+	p.log.Info("publishing", "lease", fmt.Sprintf("%x", lease), "adopted", adopted, "owned_keys", len(owned))
+
+	if err := p.registerIfChanged(ctx, owned, lease); err != nil {
+		return err
+	}
+	p.mu.Lock()
+	p.status.Registered = true
+	p.status.Synced = map[clustermesh.Kind]bool{}
+	p.mu.Unlock()
+
+	sctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		p.keepAlive(sctx, cancel, lease)
+	}()
+	defer wg.Wait()
+
+	r := &reconciler{
+		p:       p,
+		lease:   lease,
+		written: make(map[string][]byte, len(owned)),
+		present: make(map[string]clustermesh.Kind, len(owned)),
+		markers: make(map[clustermesh.Kind][]byte),
+		swept:   make(map[clustermesh.Kind]bool),
+	}
+	r.adopt(owned)
+	err = r.loop(sctx)
+	if cause := context.Cause(sctx); errors.Is(cause, errLeaseLost) {
+		return cause
+	}
+	return err
+}
+
+// listOwned reads every key the cluster owns.
+func (p *Publisher) listOwned(ctx context.Context) ([]kvstore.KeyValue, error) {
+	var out []kvstore.KeyValue
+	for _, prefix := range clustermesh.OwnedPrefixes(p.cfg.Cluster.Name) {
+		kvs, _, err := p.store.List(ctx, prefix)
+		if err != nil {
+			return nil, fmt.Errorf("list own keys under %s: %w", prefix, err)
+		}
+		out = append(out, kvs...)
+	}
+	kv, err := p.store.Get(ctx, p.cfg.Cluster.Key())
+	switch {
+	case err == nil:
+		out = append(out, kv)
+	case !errors.Is(err, kvstore.ErrNotFound):
+		return nil, fmt.Errorf("read own cluster config: %w", err)
+	}
+	return out, nil
+}
+
+// acquireLease adopts the live lease the owned keys are bound to, if any,
+// or grants a new one.
+func (p *Publisher) acquireLease(ctx context.Context, owned []kvstore.KeyValue) (kvstore.LeaseID, bool, error) {
+	votes := map[kvstore.LeaseID]int{}
+	for _, kv := range owned {
+		if kv.Lease != 0 {
+			votes[kv.Lease]++
+		}
+	}
+	var best kvstore.LeaseID
+	for id, n := range votes {
+		if best == 0 || n > votes[best] {
+			best = id
+		}
+	}
+	if best != 0 {
+		if err := p.store.KeepAlive(ctx, best); err == nil {
+			return best, true, nil
+		} else if !errors.Is(err, kvstore.ErrLeaseNotFound) {
+			return 0, false, fmt.Errorf("renew lease %x: %w", best, err)
+		}
+	}
+	id, err := p.store.GrantLease(ctx, p.cfg.LeaseTTL)
+	if err != nil {
+		return 0, false, fmt.Errorf("grant lease: %w", err)
+	}
+	return id, false, nil
+}
+
+func (p *Publisher) registerIfChanged(ctx context.Context, owned []kvstore.KeyValue, lease kvstore.LeaseID) error {
+	want, err := json.Marshal(&p.cfg.Cluster)
+	if err != nil {
+		return fmt.Errorf("register cluster %s: encode: %w", p.cfg.Cluster.Name, err)
+	}
+	for _, kv := range owned {
+		if kv.Key == p.cfg.Cluster.Key() && kv.Lease == lease && bytes.Equal(kv.Value, want) {
+			// Still check: another cluster may have joined with an overlap
+			// while we were away; we keep our registration but say so.
+			if err := p.CheckRegistration(ctx); err != nil {
+				p.log.Warn("mesh has a conflicting cluster", "err", err)
+			}
+			return nil
+		}
+	}
+	return p.register(ctx, lease)
+}
+
+// keepAlive renews lease every third of its TTL and cancels the session
+// with errLeaseLost if the lease is gone.
+func (p *Publisher) keepAlive(ctx context.Context, cancel context.CancelCauseFunc, lease kvstore.LeaseID) {
+	t := time.NewTicker(p.cfg.LeaseTTL / 3)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		rctx, rcancel := context.WithTimeout(ctx, p.cfg.LeaseTTL/3)
+		err := p.store.KeepAlive(rctx, lease)
+		rcancel()
+		switch {
+		case err == nil:
+		case errors.Is(err, kvstore.ErrLeaseNotFound):
+			p.log.Warn("lease expired; re-publishing under a new lease", "lease", fmt.Sprintf("%x", lease))
+			cancel(errLeaseLost)
+			return
+		case ctx.Err() == nil:
+			p.setError(fmt.Errorf("renew lease: %w", err))
+			p.log.Warn("lease renewal failed, retrying", "err", err)
+		}
+	}
+}
+
+// Withdraw revokes the cluster's lease, deleting every key it published.
+// Use it when the cluster leaves the mesh; Run should be stopped first.
+func (p *Publisher) Withdraw(ctx context.Context) error {
+	owned, err := p.listOwned(ctx)
+	if err != nil {
+		return fmt.Errorf("withdraw cluster %s: %w", p.cfg.Cluster.Name, err)
+	}
+	var errs []error
+	revoked := map[kvstore.LeaseID]bool{}
+	for _, kv := range owned {
+		if kv.Lease != 0 && !revoked[kv.Lease] {
+			revoked[kv.Lease] = true
+			if err := p.store.RevokeLease(ctx, kv.Lease); err != nil && !errors.Is(err, kvstore.ErrLeaseNotFound) {
+				errs = append(errs, err)
+			}
+		} else if kv.Lease == 0 {
+			errs = append(errs, p.store.Delete(ctx, kv.Key))
+		}
+	}
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("withdraw cluster %s: %w", p.cfg.Cluster.Name, err)
+	}
+	return nil
+}

@@ -1,0 +1,24 @@
+// Package remote mirrors the state other clusters publish in the kvstore.
+//
+// A Watcher follows the cluster configs under clustermesh.ClustersPrefix.
+// For every cluster but its own it watches that cluster's sync markers and,
+// once a kind's marker is seen, lists then watches that kind. A remote
+// cluster is synced once every kind's list completed after its marker was
+// seen, so a synced cluster's state is complete as it was first published.
+//
+// Every entry is decoded strictly against its owner's config
+// (clustermesh.Decode*). Rejected entries are counted and never applied.
+//
+// Losing continuity (reconnect after compaction) does not flush: known
+// entries are marked stale, re-listed, and only those really gone are
+// deleted, so consumers keep serving. A value rewritten unchanged produces
+// no change event. When a cluster config disappears (the cluster left or its
+// lease expired) the cluster is drained: a delete for each of its entries,
+// then a ClusterGone change; its status stays visible, marked gone.
+//
+// Consumers read immutable Snapshots (cheap to take; shared, never
+// modified) and may Subscribe to Changes. Subscriptions are buffered without
+// bound, so a slow consumer never stalls the Watcher; it only grows its own
+// queue. Run blocks until its context is done and waits for every goroutine
+// it started.
+package remote

@@ -1,0 +1,69 @@
+package remote
+
+import (
+	"context"
+	"sync"
+)
+
+// subscription queues changes for one consumer without bound, so emit never
+// blocks on a slow consumer.
+type subscription struct {
+	out chan Change
+
+	mu     sync.Mutex
+	queue  []Change
+	signal chan struct{}
+}
+
+// Subscribe returns a channel carrying every change applied from now on, in
+// the order the Watcher applied them. The channel is closed when ctx is
+// done. Take a Snapshot after subscribing to get the state the changes
+// apply to.
+func (w *Watcher) Subscribe(ctx context.Context) <-chan Change {
+	s := &subscription{out: make(chan Change, 64), signal: make(chan struct{}, 1)}
+	w.subsMu.Lock()
+	w.subs[s] = struct{}{}
+	w.subsMu.Unlock()
+	go func() {
+		defer close(s.out)
+		defer func() {
+			w.subsMu.Lock()
+			delete(w.subs, s)
+			w.subsMu.Unlock()
+		}()
+		for {
+			s.mu.Lock()
+			batch := s.queue
+			s.queue = nil
+			s.mu.Unlock()
+			for _, ch := range batch {
+				select {
+				case s.out <- ch:
+				case <-ctx.Done():
+					return
+				}
+			}
+			select {
+			case <-s.signal:
+			case <-ctx.Done():
+				return
+			}
+		}
+	}()
+	return s.out
+}
+
+// emit queues ch for every subscriber.
+func (w *Watcher) emit(ch Change) {
+	w.subsMu.Lock()
+	defer w.subsMu.Unlock()
+	for s := range w.subs {
+		s.mu.Lock()
+		s.queue = append(s.queue, ch)
+		s.mu.Unlock()
+		select {
+		case s.signal <- struct{}{}:
+		default:
+		}
+	}
+}

@@ -1,0 +1,91 @@
+package status
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"time"
+
+	"github.com/braidmesh/braid/clustermesh"
+)
+
+// Snapshot is the document the status page renders and /api/status serves.
+type Snapshot struct {
+	// Cluster is the local cluster; Role is "operator" or "agent".
+	Cluster clustermesh.ClusterName `json:"cluster"`
+	Role    string                  `json:"role"`
+	Node    string                  `json:"node,omitempty"`
+	Time    time.Time               `json:"time"`
+	// Healthy is false when any part reports a problem; Problems says
+	// which.
+	Healthy  bool     `json:"healthy"`
+	Problems []string `json:"problems,omitempty"`
+	// Publish is set on operators.
+	Publish *clustermesh.PublishStatus `json:"publish,omitempty"`
+	// Remotes lists every remote cluster known, departed ones included.
+	Remotes []clustermesh.RemoteClusterStatus `json:"remotes"`
+	// InvalidClusterConfigs counts cluster configs rejected by validation.
+	InvalidClusterConfigs int `json:"invalidClusterConfigs,omitempty"`
+}
+
+// Source is what the status page needs from a running agent or operator.
+type Source interface {
+	// Snapshot is cheap, non-blocking and returns a value the caller owns.
+	Snapshot() Snapshot
+}
+
+// APIPath is where the JSON document is served.
+const APIPath = "/api/status"
+
+// Handler serves the status page at /, the JSON document at APIPath and
+// health at /healthz.
+func Handler(src Source) http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET "+APIPath, func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		enc := json.NewEncoder(w)
+		enc.SetIndent("", "  ")
+		_ = enc.Encode(src.Snapshot())
+	})
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
+		s := src.Snapshot()
+		if !s.Healthy {
+			w.WriteHeader(http.StatusServiceUnavailable)
+			for _, p := range s.Problems {
+				fmt.Fprintln(w, p)
+			}
+			return
+		}
+		fmt.Fprintln(w, "ok")
+	})
+	mux.HandleFunc("GET /{$}", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/html; charset=utf-8")
+		if err := page.Execute(w, view(src.Snapshot())); err != nil {
+			http.Error(w, err.Error(), http.StatusInternalServerError)
+		}
+	})
+	return mux
+}
+
+// Fetch reads the JSON document from a status server at baseURL (for
+// example http://127.0.0.1:9876).
+func Fetch(ctx context.Context, client *http.Client, baseURL string) (Snapshot, error) {
+	var s Snapshot
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, baseURL+APIPath, nil)
+	if err != nil {
+		return s, fmt.Errorf("fetch status from %s: %w", baseURL, err)
+	}
+	resp, err := client.Do(req)
+	if err != nil {
+		return s, fmt.Errorf("fetch status from %s: %w", baseURL, err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return s, fmt.Errorf("fetch status from %s: HTTP %s", baseURL, resp.Status)
+	}
+	if err := json.NewDecoder(resp.Body).Decode(&s); err != nil {
+		return s, fmt.Errorf("fetch status from %s: decode: %w", baseURL, err)
+	}
+	return s, nil
+}

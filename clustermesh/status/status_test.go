@@ -1,0 +1,58 @@
+package status_test
+
+import (
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/braidmesh/braid/clustermesh"
+	"github.com/braidmesh/braid/clustermesh/status"
+)
+
+type fixed status.Snapshot
+
+func (f fixed) Snapshot() status.Snapshot { return status.Snapshot(f) }
+
+func TestHandlerServesJSONPageAndHealth(t *testing.T) {
+	now := time.Now()
+	snap := status.Snapshot{Cluster: "east", Role: "operator", Time: now, Healthy: false, Problems: []string{"cluster west: disconnected"},
+		Remotes: []clustermesh.RemoteClusterStatus{
+			{Name: "west", ID: 2, Connected: true, Synced: true, Entries: map[clustermesh.Kind]int{clustermesh.KindNodes: 3}, LastUpdate: now.Add(-1500 * time.Millisecond)},
+			{Name: "gone", ID: 3, Gone: true},
+		}}
+	srv := httptest.NewServer(status.Handler(fixed(snap)))
+	defer srv.Close()
+
+	got, err := status.Fetch(t.Context(), srv.Client(), srv.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.Cluster != "east" || len(got.Remotes) != 2 || got.Remotes[0].Entries[clustermesh.KindNodes] != 3 {
+		t.Fatalf("round trip: %+v", got)
+	}
+
+	resp, err := srv.Client().Get(srv.URL + "/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, err := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	html := string(body)
+	for _, want := range []string{`data-cluster="west"`, `class="synced"`, `class="gone"`, "1.5s", "Degraded: cluster west: disconnected"} {
+		if !strings.Contains(html, want) {
+			t.Errorf("page lacks %q", want)
+		}
+	}
+
+	resp, _ = srv.Client().Get(srv.URL + "/healthz")
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusServiceUnavailable {
+		t.Errorf("/healthz = %d for an unhealthy snapshot, want 503", resp.StatusCode)
+	}
+}

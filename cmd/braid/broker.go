@@ -1,0 +1,193 @@
+package main
+
+import (
+	"fmt"
+	"log/slog"
+	"os"
+	"strings"
+
+	"github.com/spf13/cobra"
+
+	"github.com/braidmesh/braid/clustermesh"
+	"github.com/braidmesh/braid/clustermesh/broker"
+)
+
+const defaultBrokerURL = "https://127.0.0.1:2379"
+
+func brokerCommand() *cobra.Command {
+	var (
+		cfg      broker.Config
+		logLevel string
+	)
+	cmd := &cobra.Command{
+		Use:   "broker",
+		Short: "Run the mesh broker: an embedded etcd with TLS and per-cluster users",
+		Long: `Run the mesh broker: an embedded etcd serving TLS with a CA it creates on
+first start (in --data-dir), with authentication on. Add clusters with
+'braid broker add-cluster NAME'; each gets a join bundle for braid-operator.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			var l slog.Level
+			if err := l.UnmarshalText([]byte(logLevel)); err != nil {
+				return fmt.Errorf("--log-level %q: %w", logLevel, err)
+			}
+			cfg.Logger = slog.New(slog.NewTextHandler(cmd.ErrOrStderr(), &slog.HandlerOptions{Level: l}))
+			b, err := broker.New(cfg)
+			if err != nil {
+				return err
+			}
+			return b.Run(cmd.Context())
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&cfg.DataDir, "data-dir", "/var/lib/braid/broker", "where etcd data, the CA and the root password live")
+	f.StringSliceVar(&cfg.ClientURLs, "listen", []string{defaultBrokerURL}, "client URLs to serve (https)")
+	f.StringVar(&cfg.PeerURL, "listen-peer", "", "peer URL (default: client host, port 2380)")
+	f.StringSliceVar(&cfg.ExtraSANs, "san", nil, "extra names or IPs for the server certificate")
+	f.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
+	cmd.AddCommand(addClusterCommand(), removeClusterCommand(), enableAuthCommand())
+	return cmd
+}
+
+// adminFlags selects the etcd to administer: the local broker's data
+// directory (default) or an external etcd.
+type adminFlags struct {
+	dataDir      string
+	endpoints    []string
+	caFile       string
+	rootPassFile string
+}
+
+func (a *adminFlags) register(cmd *cobra.Command) {
+	f := cmd.Flags()
+	f.StringVar(&a.dataDir, "data-dir", "/var/lib/braid/broker", "the local broker's data directory (CA and root password)")
+	f.StringSliceVar(&a.endpoints, "etcd-endpoints", []string{defaultBrokerURL}, "etcd client URLs")
+	f.StringVar(&a.caFile, "etcd-ca", "", "external etcd: CA certificate (PEM) that signed its server certificates")
+	f.StringVar(&a.rootPassFile, "root-password-file", "", "external etcd: file holding the root password")
+}
+
+func (a *adminFlags) config() (broker.AdminConfig, []byte, error) {
+	if a.caFile == "" {
+		cfg, err := broker.LocalAdminConfig(a.dataDir, a.endpoints)
+		if err != nil {
+			return cfg, nil, fmt.Errorf("%w (is --data-dir the broker's? for an external etcd pass --etcd-ca and --root-password-file)", err)
+		}
+		ca, err := os.ReadFile(a.dataDir + "/pki/ca.crt")
+		return cfg, ca, err
+	}
+	ca, err := os.ReadFile(a.caFile)
+	if err != nil {
+		return broker.AdminConfig{}, nil, fmt.Errorf("--etcd-ca: %w", err)
+	}
+	if a.rootPassFile == "" {
+		return broker.AdminConfig{}, nil, fmt.Errorf("--root-password-file is required with --etcd-ca")
+	}
+	pw, err := os.ReadFile(a.rootPassFile)
+	if err != nil {
+		return broker.AdminConfig{}, nil, fmt.Errorf("--root-password-file: %w", err)
+	}
+	tlsCfg, err := (broker.Credentials{CACertPEM: ca}).TLSConfig()
+	if err != nil {
+		return broker.AdminConfig{}, nil, fmt.Errorf("--etcd-ca %s: %w", a.caFile, err)
+	}
+	return broker.AdminConfig{Endpoints: a.endpoints, TLS: tlsCfg, Password: strings.TrimSpace(string(pw))}, ca, nil
+}
+
+func addClusterCommand() *cobra.Command {
+	var (
+		admin adminFlags
+		out   string
+	)
+	cmd := &cobra.Command{
+		Use:   "add-cluster NAME",
+		Short: "Create a cluster's etcd user and write its join bundle",
+		Long: `Create (or rotate) the etcd user of cluster NAME, whose role may write only
+under that cluster's own keys and read the whole mesh, and write the join
+bundle braid-operator needs (--join) to --out, mode 0600.`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			name := clustermesh.ClusterName(args[0])
+			if err := name.Validate(); err != nil {
+				return err
+			}
+			cfg, ca, err := admin.config()
+			if err != nil {
+				return err
+			}
+			c, err := broker.AdminClient(cmd.Context(), cfg)
+			if err != nil {
+				return err
+			}
+			defer c.Close()
+			creds, err := broker.AddCluster(cmd.Context(), c, name)
+			if err != nil {
+				return err
+			}
+			creds.Endpoints, creds.CACertPEM = admin.endpoints, ca
+			if out == "" {
+				out = string(name) + ".join.json"
+			}
+			if err := creds.Save(out); err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "cluster %s added; join bundle written to %s (keep it secret)\n", name, out)
+			return nil
+		},
+	}
+	admin.register(cmd)
+	cmd.Flags().StringVar(&out, "out", "", "where to write the join bundle (default NAME.join.json)")
+	return cmd
+}
+
+func removeClusterCommand() *cobra.Command {
+	var admin adminFlags
+	cmd := &cobra.Command{
+		Use:   "remove-cluster NAME",
+		Short: "Delete a cluster's etcd user and role (its entries expire with its lease)",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			cfg, _, err := admin.config()
+			if err != nil {
+				return err
+			}
+			c, err := broker.AdminClient(cmd.Context(), cfg)
+			if err != nil {
+				return err
+			}
+			defer c.Close()
+			return broker.RemoveCluster(cmd.Context(), c, clustermesh.ClusterName(args[0]))
+		},
+	}
+	admin.register(cmd)
+	return cmd
+}
+
+func enableAuthCommand() *cobra.Command {
+	var admin adminFlags
+	cmd := &cobra.Command{
+		Use:   "enable-auth",
+		Short: "Turn on authentication in an external etcd (root user with --root-password-file)",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if admin.caFile == "" {
+				return fmt.Errorf("enable-auth is for an external etcd: pass --etcd-ca, --etcd-endpoints and --root-password-file (the embedded broker enables auth itself)")
+			}
+			cfg, _, err := admin.config()
+			if err != nil {
+				return err
+			}
+			c, err := broker.AdminClient(cmd.Context(), cfg)
+			if err != nil {
+				return err
+			}
+			defer c.Close()
+			if err := broker.EnableAuth(cmd.Context(), c, cfg.Password); err != nil {
+				return err
+			}
+			fmt.Fprintln(cmd.OutOrStdout(), "authentication enabled")
+			return nil
+		},
+	}
+	admin.register(cmd)
+	return cmd
+}

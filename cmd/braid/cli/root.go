@@ -1,0 +1,112 @@
+package cli
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net/http"
+	"sort"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/braidmesh/braid/clustermesh"
+	"github.com/braidmesh/braid/clustermesh/status"
+)
+
+// NewRoot returns the braid root command with the commands of this
+// package; callers may add more before executing it.
+func NewRoot(stdout, stderr io.Writer) *cobra.Command {
+	root := &cobra.Command{
+		Use:           "braid",
+		Short:         "Braid joins Kubernetes clusters into one encrypted mesh",
+		SilenceUsage:  true,
+		SilenceErrors: true,
+	}
+	root.SetOut(stdout)
+	root.SetErr(stderr)
+	root.AddCommand(statusCommand())
+	return root
+}
+
+// Run executes root with args and returns the process exit status.
+func Run(ctx context.Context, root *cobra.Command, args []string) int {
+	root.SetArgs(args)
+	if err := root.ExecuteContext(ctx); err != nil {
+		fmt.Fprintln(root.ErrOrStderr(), "braid:", err)
+		return 1
+	}
+	return 0
+}
+
+func statusCommand() *cobra.Command {
+	var (
+		url     string
+		timeout time.Duration
+	)
+	cmd := &cobra.Command{
+		Use:   "status",
+		Short: "Show how a running operator or agent sees the mesh",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			ctx, cancel := context.WithTimeout(cmd.Context(), timeout)
+			defer cancel()
+			s, err := status.Fetch(ctx, http.DefaultClient, strings.TrimSuffix(url, "/"))
+			if err != nil {
+				return fmt.Errorf("%w (is braid-operator or braid-agent running with --status-addr?)", err)
+			}
+			PrintStatus(cmd.OutOrStdout(), s)
+			if !s.Healthy {
+				return fmt.Errorf("mesh degraded: %s", strings.Join(s.Problems, "; "))
+			}
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&url, "url", "http://127.0.0.1:9876", "status address of an operator or agent")
+	cmd.Flags().DurationVar(&timeout, "timeout", 5*time.Second, "give up after this long")
+	return cmd
+}
+
+// PrintStatus writes s as a table.
+func PrintStatus(w io.Writer, s status.Snapshot) {
+	fmt.Fprintf(w, "cluster %s (%s)", s.Cluster, s.Role)
+	if p := s.Publish; p != nil {
+		kinds := make([]string, 0, len(p.Entries))
+		for _, k := range clustermesh.Kinds {
+			kinds = append(kinds, fmt.Sprintf("%s %d", k, p.Entries[k]))
+		}
+		fmt.Fprintf(w, ", publishing %s", strings.Join(kinds, ", "))
+	}
+	fmt.Fprintln(w)
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprint(tw, "REMOTE\tID\tSTATE")
+	for _, k := range clustermesh.Kinds {
+		fmt.Fprintf(tw, "\t%s", strings.ToUpper(string(k)))
+	}
+	fmt.Fprintln(tw, "\tSYNC AGE\tINVALID\tFAILURES\tLAST ERROR")
+	rows := append([]clustermesh.RemoteClusterStatus(nil), s.Remotes...)
+	sort.Slice(rows, func(i, j int) bool { return rows[i].Name < rows[j].Name })
+	for _, r := range rows {
+		state := "syncing"
+		switch {
+		case r.Gone:
+			state = "gone"
+		case !r.Connected:
+			state = "disconnected"
+		case r.Synced:
+			state = "synced"
+		}
+		fmt.Fprintf(tw, "%s\t%d\t%s", r.Name, r.ID, state)
+		for _, k := range clustermesh.Kinds {
+			fmt.Fprintf(tw, "\t%d", r.Entries[k])
+		}
+		age := "-"
+		if !r.LastUpdate.IsZero() {
+			age = s.Time.Sub(r.LastUpdate).Round(time.Millisecond).String()
+		}
+		fmt.Fprintf(tw, "\t%s\t%d\t%d\t%s\n", age, r.Invalid, r.Failures, r.LastError)
+	}
+	tw.Flush()
+}

@@ -1,0 +1,279 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/braidmesh/braid/clustermesh"
+	"github.com/braidmesh/braid/clustermesh/broker"
+	"github.com/braidmesh/braid/clustermesh/operator"
+	"github.com/braidmesh/braid/clustermesh/remote"
+	"github.com/braidmesh/braid/cmd/braid/cli"
+	"github.com/braidmesh/braid/kvstore"
+)
+
+func demoCommand() *cobra.Command {
+	var (
+		dir  string
+		hold time.Duration
+		ttl  time.Duration
+	)
+	cmd := &cobra.Command{
+		Use:   "demo",
+		Short: "Run a broker and two simulated clusters in this process and show what each sees",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if dir == "" {
+				d, err := os.MkdirTemp("", "braid-demo-")
+				if err != nil {
+					return err
+				}
+				defer os.RemoveAll(d)
+				dir = d
+			}
+			return runDemo(cmd.Context(), cmd.OutOrStdout(), dir, ttl, hold)
+		},
+	}
+	cmd.Flags().StringVar(&dir, "dir", "", "working directory (default: a temporary one, removed at exit)")
+	cmd.Flags().DurationVar(&hold, "hold", 0, "keep the mesh running this long at the end, to browse the status pages")
+	cmd.Flags().DurationVar(&ttl, "lease-ttl", 3*time.Second, "lease TTL of the simulated clusters")
+	return cmd
+}
+
+func freePort() (int, error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return 0, err
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port, nil
+}
+
+type demoCluster struct {
+	cfg    clustermesh.ClusterConfig
+	store  kvstore.Store
+	op     *operator.Operator
+	cancel context.CancelFunc
+	done   chan error
+}
+
+func runDemo(ctx context.Context, out io.Writer, dir string, ttl, hold time.Duration) error {
+	say := func(format string, args ...any) { fmt.Fprintf(out, "==> "+format+"\n", args...) }
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	if os.Getenv("BRAID_DEMO_DEBUG") != "" {
+		log = slog.New(slog.NewTextHandler(os.Stderr, nil))
+	}
+
+	cport, err := freePort()
+	if err != nil {
+		return err
+	}
+	pport, err := freePort()
+	if err != nil {
+		return err
+	}
+	b, err := broker.New(broker.Config{
+		DataDir:    filepath.Join(dir, "broker"),
+		ClientURLs: []string{fmt.Sprintf("https://127.0.0.1:%d", cport)},
+		PeerURL:    fmt.Sprintf("https://127.0.0.1:%d", pport),
+		Logger:     log,
+	})
+	if err != nil {
+		return err
+	}
+	bctx, bcancel := context.WithCancel(context.WithoutCancel(ctx))
+	bdone := make(chan error, 1)
+	go func() { bdone <- b.Run(bctx) }()
+	defer func() { bcancel(); <-bdone }()
+	select {
+	case <-b.Ready():
+	case err := <-bdone:
+		bdone <- err
+		return fmt.Errorf("broker: %w", err)
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	say("broker: embedded etcd with TLS and authentication at %s (data in %s)", b.Endpoints()[0], filepath.Join(dir, "broker"))
+
+	specs := []clustermesh.ClusterConfig{
+		{Name: "east", ID: 1, PodCIDRs: []netip.Prefix{netip.MustParsePrefix("10.1.0.0/16")}, ServiceCIDRs: []netip.Prefix{netip.MustParsePrefix("172.21.0.0/16")}},
+		{Name: "west", ID: 2, PodCIDRs: []netip.Prefix{netip.MustParsePrefix("10.2.0.0/16")}, ServiceCIDRs: []netip.Prefix{netip.MustParsePrefix("172.22.0.0/16")}},
+	}
+	clusters := map[clustermesh.ClusterName]*demoCluster{}
+	defer func() {
+		for _, c := range clusters {
+			c.cancel()
+			<-c.done
+			c.store.Close()
+		}
+	}()
+	for _, cfg := range specs {
+		creds, err := b.AddCluster(ctx, cfg.Name)
+		if err != nil {
+			return err
+		}
+		if err := creds.Save(filepath.Join(dir, string(cfg.Name)+".join.json")); err != nil {
+			return err
+		}
+		store, err := broker.Connect(ctx, creds, log)
+		if err != nil {
+			return err
+		}
+		op, err := operator.New(operator.Config{Cluster: cfg, LeaseTTL: ttl, StatusAddr: "127.0.0.1:0"}, store, log)
+		if err != nil {
+			store.Close()
+			return err
+		}
+		state, err := operator.SimulatedState(cfg, 3, 4, []string{"web", "api"})
+		if err != nil {
+			store.Close()
+			return err
+		}
+		if err := op.Apply(state); err != nil {
+			store.Close()
+			return err
+		}
+		cctx, cancel := context.WithCancel(ctx)
+		c := &demoCluster{cfg: cfg, store: store, op: op, cancel: cancel, done: make(chan error, 1)}
+		go func() { c.done <- op.Run(cctx) }()
+		clusters[cfg.Name] = c
+		say("cluster %s (ID %d, pods %s): user %s, publishing %d nodes, %d identities, %d pod IPs, %d global services",
+			cfg.Name, cfg.ID, cfg.PodCIDRs[0], creds.Username, len(state.Nodes), len(state.Identities), len(state.IPs), len(state.Services))
+	}
+
+	east, west := clusters["east"], clusters["west"]
+	if err := waitSynced(ctx, 15*time.Second, east, "west"); err != nil {
+		return err
+	}
+	if err := waitSynced(ctx, 15*time.Second, west, "east"); err != nil {
+		return err
+	}
+	say("both clusters synced; what each sees:")
+	for _, c := range []*demoCluster{east, west} {
+		printView(out, c)
+	}
+
+	// A change in east reaches west.
+	sctx, scancel := context.WithCancel(ctx)
+	changes := west.op.Watcher().Subscribe(sctx)
+	state, _ := operator.SimulatedState(east.cfg, 3, 4, []string{"web", "api"})
+	extra := clustermesh.Backend{IP: netip.MustParseAddr("10.1.9.9"), Ports: map[string]uint16{"http": 8080}, Node: "east-node-0", Zone: "zone-a", Ready: true, Serving: true}
+	state.Services[0].Backends = append(state.Services[0].Backends, extra)
+	state.IPs = append(state.IPs, clustermesh.IPEntry{Prefix: netip.PrefixFrom(extra.IP, 32), Cluster: "east", Identity: state.Identities[1].ID, HostIP: state.Nodes[0].IPs[0]})
+	start := time.Now()
+	if err := east.op.Apply(state); err != nil {
+		scancel()
+		return err
+	}
+	got := 0
+	for got < 2 {
+		select {
+		case ch := <-changes:
+			if ch.Type == remote.Upsert && ch.Cluster == "east" {
+				got++
+			}
+		case <-time.After(10 * time.Second):
+			scancel()
+			return errors.New("west did not see east's change within 10s")
+		}
+	}
+	scancel()
+	say("east scaled default/web to %d backends: west saw it after %v", len(state.Services[0].Backends), time.Since(start).Round(10*time.Microsecond))
+	printServices(out, west)
+
+	// A forged entry is refused by etcd itself.
+	forged := clustermesh.Node{Name: "evil", Cluster: "east", IPs: []netip.Addr{netip.MustParseAddr("192.0.2.66")}}
+	err = west.store.Put(ctx, forged.Key(), []byte(`{}`), 0)
+	say("west tries to write under east's prefix: %v", err)
+
+	if hold > 0 {
+		say("status pages: east %s  west %s  (holding for %v; Ctrl-C to stop)", east.op.StatusURL(), west.op.StatusURL(), hold)
+		select {
+		case <-time.After(hold):
+		case <-ctx.Done():
+		}
+	}
+
+	// east dies: its lease expires and west drains it.
+	say("stopping east's operator without withdrawing; its entries expire with its %v lease", ttl)
+	east.cancel()
+	<-east.done
+	east.done <- nil
+	start = time.Now()
+	deadline := time.After(ttl + 10*time.Second)
+	for {
+		st := west.op.Watcher().Status()
+		if len(st) == 1 && st[0].Gone {
+			break
+		}
+		select {
+		case <-deadline:
+			return errors.New("west still sees east after the lease TTL")
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+	say("west marked east gone after %v and drained its entries", time.Since(start).Round(time.Millisecond))
+	cli.PrintStatus(out, west.op.Snapshot())
+	say("demo done")
+	return nil
+}
+
+func waitSynced(ctx context.Context, d time.Duration, c *demoCluster, other clustermesh.ClusterName) error {
+	deadline := time.Now().Add(d)
+	for time.Now().Before(deadline) {
+		if cs := c.op.Watcher().Snapshot().Clusters[other]; cs != nil && cs.Synced {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+	return fmt.Errorf("cluster %s did not sync %s within %v; status: %+v", c.cfg.Name, other, d, c.op.Snapshot())
+}
+
+func printView(out io.Writer, c *demoCluster) {
+	fmt.Fprintf(out, "\n--- as seen by %s (status page %s) ---\n", c.cfg.Name, c.op.StatusURL())
+	cli.PrintStatus(out, c.op.Snapshot())
+	printServices(out, c)
+}
+
+var printMu sync.Mutex
+
+func printServices(out io.Writer, c *demoCluster) {
+	printMu.Lock()
+	defer printMu.Unlock()
+	snap := c.op.Watcher().Snapshot()
+	names := make([]string, 0)
+	for _, cs := range snap.Clusters {
+		for _, svc := range cs.Services {
+			names = append(names, fmt.Sprintf("%s from %s", svc.NamespacedName(), cs.Config.Name))
+		}
+	}
+	sort.Strings(names)
+	for _, n := range names {
+		parts := strings.SplitN(n, " from ", 2)
+		cs := snap.Clusters[clustermesh.ClusterName(parts[1])]
+		svc := cs.Services[parts[0]]
+		var bs []string
+		for _, b := range svc.Backends {
+			bs = append(bs, fmt.Sprintf("%s:%d(%s)", b.IP, b.Ports["http"], b.Zone))
+		}
+		fmt.Fprintf(out, "  remote service %-12s in %s: %s\n", parts[0], parts[1], strings.Join(bs, " "))
+	}
+	fmt.Fprintln(out)
+}
