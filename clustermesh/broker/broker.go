@@ -1,0 +1,305 @@
+package broker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/url"
+	"os"
+	"path/filepath"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/braidmesh/braid/clustermesh"
+	"go.etcd.io/etcd/client/pkg/v3/transport"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.etcd.io/etcd/server/v3/embed"
+	"go.uber.org/zap"
+)
+
+// Defaults for zero Config fields.
+const (
+	DefaultClientURL    = "https://127.0.0.1:2379"
+	DefaultPeerURL      = "https://127.0.0.1:2380"
+	DefaultName         = "broker"
+	DefaultStartTimeout = time.Minute
+	// DefaultCompactionRetention is how much history etcd keeps; watchers
+	// that fall further behind must list again.
+	DefaultCompactionRetention = time.Hour
+)
+
+// ErrNotRunning is returned by Broker methods that need a running, ready
+// broker when it is not.
+var ErrNotRunning = errors.New("broker not running")
+
+// Config configures a Broker.
+type Config struct {
+	// DataDir holds the PKI, root credentials and etcd data. Required.
+	DataDir string
+	// Name is the etcd member name; zero means DefaultName.
+	Name string
+	// ClientURLs are listened on and advertised to clients; each must be
+	// https. Zero means DefaultClientURL.
+	ClientURLs []string
+	// PeerURL is the etcd peer URL (https); zero means DefaultPeerURL.
+	PeerURL string
+	// ExtraSANs are more IP addresses or DNS names for the server
+	// certificate, besides 127.0.0.1, ::1, localhost and the hosts in ClientURLs and
+	// PeerURL: the names clusters use to reach the broker.
+	ExtraSANs []string
+	// HeartbeatInterval and ElectionTimeout tune etcd's raft; zero means
+	// etcd's defaults (100 ms, 1 s).
+	HeartbeatInterval, ElectionTimeout time.Duration
+	// StartTimeout bounds waiting for etcd to be ready; zero means
+	// DefaultStartTimeout.
+	StartTimeout time.Duration
+	// Logger receives the broker's and etcd's logs; nil discards them.
+	Logger *slog.Logger
+}
+
+// Broker runs an embedded etcd with TLS and authentication: the place where
+// clusters meet. Create it with New, then call Run once.
+type Broker struct {
+	cfg        Config
+	log        *slog.Logger
+	clientURLs []url.URL
+	peerURL    url.URL
+	ready      chan struct{}
+	started    atomic.Bool
+	// etcdStopping demotes etcd's logs to debug while it shuts down.
+	etcdStopping atomic.Bool
+
+	mu    sync.Mutex
+	admin *clientv3.Client // root client while ready; nil otherwise
+	pki   *PKI
+}
+
+// New checks cfg and returns a broker that has not started.
+func New(cfg Config) (*Broker, error) {
+	if cfg.DataDir == "" {
+		return nil, errors.New("new broker: no data directory")
+	}
+	if cfg.Name == "" {
+		cfg.Name = DefaultName
+	}
+	if len(cfg.ClientURLs) == 0 {
+		cfg.ClientURLs = []string{DefaultClientURL}
+	}
+	if cfg.PeerURL == "" {
+		cfg.PeerURL = DefaultPeerURL
+	}
+	if cfg.StartTimeout == 0 {
+		cfg.StartTimeout = DefaultStartTimeout
+	}
+	log := cfg.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	b := &Broker{cfg: cfg, log: log, ready: make(chan struct{})}
+	for _, s := range cfg.ClientURLs {
+		u, err := parseHTTPSURL(s)
+		if err != nil {
+			return nil, fmt.Errorf("new broker: client URL: %w", err)
+		}
+		b.clientURLs = append(b.clientURLs, *u)
+	}
+	u, err := parseHTTPSURL(cfg.PeerURL)
+	if err != nil {
+		return nil, fmt.Errorf("new broker: peer URL: %w", err)
+	}
+	b.peerURL = *u
+	return b, nil
+}
+
+func parseHTTPSURL(s string) (*url.URL, error) {
+	u, err := url.Parse(s)
+	if err != nil {
+		return nil, err
+	}
+	if u.Scheme != "https" || u.Hostname() == "" || u.Port() == "" {
+		return nil, fmt.Errorf("%q: want https://host:port", s)
+	}
+	return u, nil
+}
+
+// Ready is closed once Run has etcd serving with authentication on.
+func (b *Broker) Ready() <-chan struct{} { return b.ready }
+
+// Endpoints are the broker's client URLs.
+func (b *Broker) Endpoints() []string { return slices.Clone(b.cfg.ClientURLs) }
+
+// sans are the names the server certificate must carry: the configured extra
+// ones and the concrete hosts of the listen URLs.
+func (b *Broker) sans() []string {
+	out := slices.Clone(b.cfg.ExtraSANs)
+	for _, u := range append(slices.Clone(b.clientURLs), b.peerURL) {
+		h := u.Hostname()
+		if ip := net.ParseIP(h); ip != nil && ip.IsUnspecified() {
+			continue // listening on all addresses: names come from ExtraSANs
+		}
+		out = append(out, h)
+	}
+	return out
+}
+
+// Run prepares the data directory (PKI, root credentials), starts etcd,
+// enables authentication on first start, closes Ready, and serves until ctx
+// is done (then it returns nil) or etcd fails. It stops etcd before
+// returning. Run may be called only once.
+func (b *Broker) Run(ctx context.Context) error {
+	if !b.started.CompareAndSwap(false, true) {
+		return errors.New("run broker: already started")
+	}
+	if err := os.MkdirAll(b.cfg.DataDir, dataDirPerm); err != nil {
+		return fmt.Errorf("run broker: %w", err)
+	}
+	pki, err := EnsurePKI(filepath.Join(b.cfg.DataDir, pkiDir), b.sans())
+	if err != nil {
+		return fmt.Errorf("run broker: %w", err)
+	}
+	root, err := loadOrCreateRootCredentials(filepath.Join(b.cfg.DataDir, rootFile))
+	if err != nil {
+		return fmt.Errorf("run broker: %w", err)
+	}
+
+	e, err := embed.StartEtcd(b.etcdConfig(pki))
+	if err != nil {
+		return fmt.Errorf("run broker: start etcd: %w", err)
+	}
+	var closeOnce sync.Once
+	closeEtcd := func() {
+		closeOnce.Do(func() {
+			// etcd reports its listeners closing as errors; they are not.
+			b.etcdStopping.Store(true)
+			e.Close()
+		})
+	}
+	defer closeEtcd()
+
+	timer := time.NewTimer(b.cfg.StartTimeout)
+	defer timer.Stop()
+	select {
+	case <-e.Server.ReadyNotify():
+	case err := <-e.Err():
+		return fmt.Errorf("run broker: etcd: %w", err)
+	case <-timer.C:
+		return fmt.Errorf("run broker: etcd not ready after %v", b.cfg.StartTimeout)
+	case <-ctx.Done():
+		return nil
+	}
+
+	tlsCfg, err := pki.TLSConfig()
+	if err != nil {
+		return fmt.Errorf("run broker: %w", err)
+	}
+	admin, err := AdminClient(ctx, AdminConfig{
+		Endpoints: b.cfg.ClientURLs,
+		TLS:       tlsCfg,
+		Username:  root.Username,
+		Password:  root.Password,
+		// No logger: the client warns on every retry, including the
+		// expected ones around enabling auth; errors are returned anyway.
+	})
+	if err != nil {
+		if ctx.Err() != nil {
+			return nil
+		}
+		return fmt.Errorf("run broker: %w", err)
+	}
+	defer admin.Close()
+	if err := EnableAuth(ctx, admin, root.Password); err != nil {
+		if ctx.Err() != nil {
+			return nil
+		}
+		return fmt.Errorf("run broker: %w", err)
+	}
+
+	b.mu.Lock()
+	b.admin, b.pki = admin, pki
+	b.mu.Unlock()
+	defer func() {
+		b.mu.Lock()
+		b.admin = nil
+		b.mu.Unlock()
+	}()
+	close(b.ready)
+	b.log.Info("broker ready", "endpoints", b.cfg.ClientURLs, "dataDir", b.cfg.DataDir)
+
+	select {
+	case <-ctx.Done():
+		b.log.Info("broker stopping")
+		return nil
+	case err := <-e.Err():
+		return fmt.Errorf("run broker: etcd: %w", err)
+	}
+}
+
+func (b *Broker) etcdConfig(pki *PKI) *embed.Config {
+	ec := embed.NewConfig()
+	ec.Name = b.cfg.Name
+	ec.Dir = filepath.Join(b.cfg.DataDir, etcdDir)
+	ec.ListenClientUrls = b.clientURLs
+	ec.AdvertiseClientUrls = b.clientURLs
+	ec.ListenPeerUrls = []url.URL{b.peerURL}
+	ec.AdvertisePeerUrls = []url.URL{b.peerURL}
+	ec.InitialCluster = ec.InitialClusterFromName(ec.Name)
+	ec.ListenMetricsUrls = nil
+	// Clients authenticate with passwords over TLS; peers with certificates.
+	ec.ClientTLSInfo = transport.TLSInfo{CertFile: pki.CertFile, KeyFile: pki.KeyFile}
+	ec.PeerTLSInfo = transport.TLSInfo{
+		CertFile:       pki.CertFile,
+		KeyFile:        pki.KeyFile,
+		TrustedCAFile:  pki.CAFile,
+		ClientCertAuth: true,
+	}
+	if d := b.cfg.HeartbeatInterval; d > 0 {
+		ec.TickMs = uint(d.Milliseconds())
+	}
+	if d := b.cfg.ElectionTimeout; d > 0 {
+		ec.ElectionMs = uint(d.Milliseconds())
+	}
+	ec.AutoCompactionMode = embed.CompactorModePeriodic
+	ec.AutoCompactionRetention = DefaultCompactionRetention.String()
+	ec.ZapLoggerBuilder = embed.NewZapLoggerBuilder(zap.New(newSlogCore(b.log.With("component", "etcd").Handler(), &b.etcdStopping)))
+	return ec
+}
+
+func (b *Broker) running() (*clientv3.Client, *PKI, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.admin == nil {
+		return nil, nil, ErrNotRunning
+	}
+	return b.admin, b.pki, nil
+}
+
+// AddCluster is AddCluster on this broker, with the credentials' Endpoints
+// set to the broker's client URLs and CACertPEM to its CA. It returns
+// ErrNotRunning unless the broker is ready. Safe for concurrent use.
+func (b *Broker) AddCluster(ctx context.Context, name clustermesh.ClusterName) (Credentials, error) {
+	admin, pki, err := b.running()
+	if err != nil {
+		return Credentials{}, fmt.Errorf("add cluster %s: %w", name, err)
+	}
+	c, err := AddCluster(ctx, admin, name)
+	if err != nil {
+		return Credentials{}, err
+	}
+	c.Endpoints = b.Endpoints()
+	c.CACertPEM = slices.Clone(pki.CACertPEM)
+	return c, nil
+}
+
+// RemoveCluster is RemoveCluster on this broker. It returns ErrNotRunning
+// unless the broker is ready. Safe for concurrent use.
+func (b *Broker) RemoveCluster(ctx context.Context, name clustermesh.ClusterName) error {
+	admin, _, err := b.running()
+	if err != nil {
+		return fmt.Errorf("remove cluster %s: %w", name, err)
+	}
+	return RemoveCluster(ctx, admin, name)
+}

@@ -1,0 +1,423 @@
+package broker
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/braidmesh/braid/clustermesh"
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
+	clientv3 "go.etcd.io/etcd/client/v3"
+)
+
+// freePorts returns n distinct loopback TCP ports that were free a moment ago.
+func freePorts(t *testing.T, n int) []int {
+	t.Helper()
+	var ls []net.Listener
+	defer func() {
+		for _, l := range ls {
+			l.Close()
+		}
+	}()
+	ports := make([]int, n)
+	for i := range ports {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		ls = append(ls, l)
+		ports[i] = l.Addr().(*net.TCPAddr).Port
+	}
+	return ports
+}
+
+func testLogger(t *testing.T) *slog.Logger {
+	return slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelWarn}))
+}
+
+type testBroker struct {
+	*Broker
+	stop func() // cancels Run and waits for it; idempotent
+}
+
+// startBroker runs a broker on dir with the given client and peer ports and
+// waits until it is ready.
+func startBroker(t *testing.T, dir string, clientPort, peerPort int) *testBroker {
+	t.Helper()
+	b, err := New(Config{
+		DataDir:           dir,
+		ClientURLs:        []string{fmt.Sprintf("https://127.0.0.1:%d", clientPort)},
+		PeerURL:           fmt.Sprintf("https://127.0.0.1:%d", peerPort),
+		HeartbeatInterval: 10 * time.Millisecond,
+		ElectionTimeout:   100 * time.Millisecond,
+		Logger:            testLogger(t),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(t.Context())
+	done := make(chan error, 1)
+	go func() { done <- b.Run(ctx) }()
+	var stopped bool
+	stop := func() {
+		if stopped {
+			return
+		}
+		stopped = true
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("broker run: %v", err)
+		}
+	}
+	t.Cleanup(stop)
+	select {
+	case <-b.Ready():
+	case err := <-done:
+		stopped = true
+		t.Fatalf("broker exited before ready: %v", err)
+	case <-time.After(30 * time.Second):
+		t.Fatal("broker not ready after 30s")
+	}
+	return &testBroker{b, stop}
+}
+
+// clusterClient connects with c's credentials.
+func clusterClient(t *testing.T, c Credentials) *clientv3.Client {
+	t.Helper()
+	tlsCfg, err := c.TLSConfig()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cli, err := newClient(t.Context(), c.Endpoints, tlsCfg, c.Username, c.Password, 0, nil)
+	if err != nil {
+		t.Fatalf("connect as %s: %v", c.Username, err)
+	}
+	t.Cleanup(func() { cli.Close() })
+	return cli
+}
+
+func checkMode(t *testing.T, path string, want fs.FileMode) {
+	t.Helper()
+	fi, err := os.Stat(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := fi.Mode().Perm(); got != want {
+		t.Errorf("%s: mode %v, want %v", path, got, want)
+	}
+}
+
+func readFile(t *testing.T, path string) []byte {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+func TestBrokerRestartReusesState(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "broker")
+	ports := freePorts(t, 2)
+	b := startBroker(t, dir, ports[0], ports[1])
+
+	creds, err := b.AddCluster(t.Context(), "east")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := clusterClient(t, creds).Put(t.Context(), clustermesh.ClusterKey("east"), "v1"); err != nil {
+		t.Fatal(err)
+	}
+
+	files := []string{"pki/ca.crt", "pki/ca.key", "pki/server.crt", "pki/server.key", "root.json"}
+	before := map[string][]byte{}
+	for _, f := range files {
+		before[f] = readFile(t, filepath.Join(dir, f))
+	}
+	for _, f := range []string{"pki/ca.key", "pki/server.key", "root.json"} {
+		checkMode(t, filepath.Join(dir, f), 0o600)
+	}
+	checkMode(t, dir, 0o700)
+	checkMode(t, filepath.Join(dir, "pki"), 0o700)
+	if !bytes.Equal(creds.CACertPEM, before["pki/ca.crt"]) {
+		t.Error("credentials carry a CA other than pki/ca.crt")
+	}
+	if bytes.Contains(before["root.json"], []byte(creds.Password)) {
+		t.Error("cluster password stored in root.json")
+	}
+
+	b.stop()
+	if err := b.Run(t.Context()); err == nil {
+		t.Error("second Run on one Broker succeeded")
+	}
+	if _, err := b.AddCluster(t.Context(), "west"); !errors.Is(err, ErrNotRunning) {
+		t.Errorf("AddCluster on stopped broker: %v, want ErrNotRunning", err)
+	}
+
+	startBroker(t, dir, ports[0], ports[1])
+	for _, f := range files {
+		if !bytes.Equal(before[f], readFile(t, filepath.Join(dir, f))) {
+			t.Errorf("%s changed on restart", f)
+		}
+	}
+	// Users and data survived, and the stored root password still works.
+	resp, err := clusterClient(t, creds).Get(t.Context(), clustermesh.ClusterKey("east"))
+	if err != nil || len(resp.Kvs) != 1 || string(resp.Kvs[0].Value) != "v1" {
+		t.Fatalf("get after restart: %v %v", resp, err)
+	}
+	acfg, err := LocalAdminConfig(dir, creds.Endpoints)
+	if err != nil {
+		t.Fatal(err)
+	}
+	admin, err := AdminClient(t.Context(), acfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer admin.Close()
+	if st, err := admin.AuthStatus(t.Context()); err != nil || !st.Enabled {
+		t.Fatalf("auth status after restart: %v %v", st, err)
+	}
+}
+
+func TestClusterAuthorization(t *testing.T) {
+	ports := freePorts(t, 2)
+	b := startBroker(t, t.TempDir(), ports[0], ports[1])
+	ctx := t.Context()
+
+	creds := map[clustermesh.ClusterName]Credentials{}
+	for _, name := range []clustermesh.ClusterName{"a", "b", "ab"} {
+		c, err := b.AddCluster(ctx, name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		creds[name] = c
+	}
+	// The join bundle round-trips through a 0600 file.
+	path := filepath.Join(t.TempDir(), "a.json")
+	if err := creds["a"].Save(path); err != nil {
+		t.Fatal(err)
+	}
+	checkMode(t, path, 0o600)
+	a, err := LoadCredentials(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cliA := clusterClient(t, a)
+
+	t.Run("own keys writable", func(t *testing.T) {
+		keys := []string{clustermesh.ClusterKey("a")}
+		for _, p := range clustermesh.OwnedPrefixes("a") {
+			keys = append(keys, p+"x")
+		}
+		for _, k := range keys {
+			if _, err := cliA.Put(ctx, k, "v"); err != nil {
+				t.Errorf("put %s as a: %v", k, err)
+			}
+		}
+		if _, err := cliA.Delete(ctx, clustermesh.KindPrefix(clustermesh.KindNodes, "a"), clientv3.WithPrefix()); err != nil {
+			t.Errorf("delete own prefix as a: %v", err)
+		}
+	})
+
+	t.Run("other keys refused", func(t *testing.T) {
+		var keys []string
+		for _, other := range []clustermesh.ClusterName{"b", "ab"} { // "ab": the trailing-slash trap
+			keys = append(keys, clustermesh.ClusterKey(other))
+			for _, p := range clustermesh.OwnedPrefixes(other) {
+				keys = append(keys, p+"x")
+			}
+		}
+		keys = append(keys, clustermesh.Root+"x", clustermesh.ClustersPrefix, "outside/x")
+		for _, k := range keys {
+			if _, err := cliA.Put(ctx, k, "v"); !errors.Is(err, rpctypes.ErrPermissionDenied) {
+				t.Errorf("put %s as a: %v, want permission denied", k, err)
+			}
+		}
+		bKey := clustermesh.KindPrefix(clustermesh.KindNodes, "b") + "x"
+		if _, err := cliA.Delete(ctx, bKey); !errors.Is(err, rpctypes.ErrPermissionDenied) {
+			t.Errorf("delete %s as a: %v, want permission denied", bKey, err)
+		}
+		// A range wider than a's prefixes is refused as a whole.
+		if _, err := cliA.Delete(ctx, clustermesh.Root, clientv3.WithPrefix()); !errors.Is(err, rpctypes.ErrPermissionDenied) {
+			t.Errorf("delete %s* as a: %v, want permission denied", clustermesh.Root, err)
+		}
+		_, err := cliA.Txn(ctx).Then(
+			clientv3.OpPut(clustermesh.ClusterKey("a"), "v"),
+			clientv3.OpPut(bKey, "v"),
+		).Commit()
+		if !errors.Is(err, rpctypes.ErrPermissionDenied) {
+			t.Errorf("txn touching b as a: %v, want permission denied", err)
+		}
+	})
+
+	t.Run("whole mesh readable", func(t *testing.T) {
+		cliB := clusterClient(t, creds["b"])
+		if _, err := cliB.Put(ctx, clustermesh.ClusterKey("b"), "vb"); err != nil {
+			t.Fatal(err)
+		}
+		resp, err := cliA.Get(ctx, clustermesh.Root, clientv3.WithPrefix())
+		if err != nil {
+			t.Fatalf("get %s* as a: %v", clustermesh.Root, err)
+		}
+		var keys []string
+		for _, kv := range resp.Kvs {
+			keys = append(keys, string(kv.Key))
+		}
+		if !slices.Contains(keys, clustermesh.ClusterKey("b")) || !slices.Contains(keys, clustermesh.ClusterKey("a")) {
+			t.Errorf("a sees %v, want both cluster keys", keys)
+		}
+		if _, err := cliA.Get(ctx, "outside/", clientv3.WithPrefix()); !errors.Is(err, rpctypes.ErrPermissionDenied) {
+			t.Errorf("get outside Root as a: %v, want permission denied", err)
+		}
+	})
+
+	t.Run("bad credentials refused", func(t *testing.T) {
+		bad := a
+		bad.Password = "wrong"
+		tlsCfg, _ := bad.TLSConfig()
+		_, err := newClient(ctx, bad.Endpoints, tlsCfg, bad.Username, bad.Password, 0, nil)
+		if !errors.Is(err, rpctypes.ErrAuthFailed) {
+			t.Errorf("wrong password: %v, want %v", err, rpctypes.ErrAuthFailed)
+		}
+		anon, err := clientv3.New(clientv3.Config{Endpoints: a.Endpoints, TLS: tlsCfg, DialTimeout: 5 * time.Second})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer anon.Close()
+		if _, err := anon.Get(ctx, clustermesh.Root, clientv3.WithPrefix()); !errors.Is(err, rpctypes.ErrUserEmpty) {
+			t.Errorf("no credentials: %v, want %v", err, rpctypes.ErrUserEmpty)
+		}
+	})
+
+	t.Run("add again rotates and reconciles", func(t *testing.T) {
+		admin, err := AdminClient(ctx, mustLocalAdmin(t, b))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer admin.Close()
+		// Drift: an extra permission granted by hand.
+		if _, err := admin.RoleGrantPermission(ctx, ClusterUser("a"), "outside/", "outside0", clientv3.PermissionType(clientv3.PermReadWrite)); err != nil {
+			t.Fatal(err)
+		}
+		again, err := AddCluster(ctx, admin, "a")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if again.Password == a.Password {
+			t.Error("password not rotated")
+		}
+		role, err := admin.RoleGet(ctx, ClusterUser("a"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got, want := len(role.Perm), len(clusterPermissions("a")); got != want {
+			t.Errorf("role has %d permissions after reconcile, want %d", got, want)
+		}
+		tlsCfg, _ := a.TLSConfig()
+		if _, err := newClient(ctx, a.Endpoints, tlsCfg, a.Username, a.Password, 0, nil); !errors.Is(err, rpctypes.ErrAuthFailed) {
+			t.Errorf("old password after rotation: %v, want %v", err, rpctypes.ErrAuthFailed)
+		}
+		again.CACertPEM = a.CACertPEM
+		if _, err := clusterClient(t, again).Put(ctx, clustermesh.ClusterKey("a"), "v2"); err != nil {
+			t.Errorf("put with rotated password: %v", err)
+		}
+	})
+
+	t.Run("remove", func(t *testing.T) {
+		for range 2 { // idempotent
+			if err := b.RemoveCluster(ctx, "ab"); err != nil {
+				t.Fatal(err)
+			}
+		}
+		ab := creds["ab"]
+		tlsCfg, _ := ab.TLSConfig()
+		if _, err := newClient(ctx, ab.Endpoints, tlsCfg, ab.Username, ab.Password, 0, nil); !errors.Is(err, rpctypes.ErrAuthFailed) {
+			t.Errorf("removed cluster connects: %v, want %v", err, rpctypes.ErrAuthFailed)
+		}
+	})
+}
+
+func mustLocalAdmin(t *testing.T, b *testBroker) AdminConfig {
+	t.Helper()
+	cfg, err := LocalAdminConfig(b.cfg.DataDir, b.Endpoints())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return cfg
+}
+
+func TestEnsurePKI(t *testing.T) {
+	dir := t.TempDir()
+	p1, err := EnsurePKI(dir, []string{"broker.example", "10.0.0.1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkMode(t, filepath.Join(dir, caKeyFile), 0o600)
+	checkMode(t, p1.KeyFile, 0o600)
+	cert1 := readFile(t, p1.CertFile)
+
+	// Same names: everything reused.
+	p2, err := EnsurePKI(dir, []string{"10.0.0.1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(p1.CACertPEM, p2.CACertPEM) || !bytes.Equal(cert1, readFile(t, p2.CertFile)) {
+		t.Error("EnsurePKI replaced certificates it could reuse")
+	}
+
+	// A new name: server certificate reissued by the same CA.
+	p3, err := EnsurePKI(dir, []string{"other.example"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(p1.CACertPEM, p3.CACertPEM) {
+		t.Error("CA replaced")
+	}
+	cert, err := parseCert(readFile(t, p3.CertFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ca, _ := parseCert(p3.CACertPEM)
+	if err := cert.CheckSignatureFrom(ca); err != nil {
+		t.Errorf("reissued certificate: %v", err)
+	}
+	if err := cert.VerifyHostname("other.example"); err != nil {
+		t.Error(err)
+	}
+	if err := cert.VerifyHostname("::1"); err != nil {
+		t.Error(err)
+	}
+	checkMode(t, p3.KeyFile, 0o600)
+
+	// A CA certificate without its key is never silently replaced.
+	if err := os.Remove(filepath.Join(dir, caKeyFile)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := EnsurePKI(dir, nil); err == nil || !strings.Contains(err.Error(), "refusing") {
+		t.Errorf("EnsurePKI without CA key: %v, want refusal", err)
+	}
+}
+
+func TestCredentialsDoNotLeakPassword(t *testing.T) {
+	c := Credentials{Cluster: "a", Endpoints: []string{"https://x:1"}, Username: "cluster-a", Password: "sekrit"}
+	var buf bytes.Buffer
+	slog.New(slog.NewTextHandler(&buf, nil)).Info("creds", "c", c)
+	for _, s := range []string{c.String(), fmt.Sprintf("%v %+v", c, c), buf.String()} {
+		if strings.Contains(s, "sekrit") {
+			t.Errorf("password in %q", s)
+		}
+	}
+	if err := c.Validate(); err == nil {
+		t.Error("credentials without CA validate")
+	}
+}

@@ -1,0 +1,118 @@
+package broker
+
+import (
+	"crypto/tls"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"strings"
+
+	"github.com/braidmesh/braid/clustermesh"
+)
+
+// Credentials let one cluster use the broker: where it is, which CA signs its
+// certificate, and the cluster's etcd user. Saved to a file they are the
+// cluster's join bundle. String and LogValue leave out the password.
+type Credentials struct {
+	Cluster   clustermesh.ClusterName
+	Endpoints []string // e.g. https://broker.example:2379
+	CACertPEM []byte
+	Username  string
+	Password  string
+}
+
+// bundle is the JSON form of Credentials; the CA stays readable PEM.
+type bundle struct {
+	Cluster   clustermesh.ClusterName `json:"cluster"`
+	Endpoints []string                `json:"endpoints"`
+	CACert    string                  `json:"caCert"`
+	Username  string                  `json:"username"`
+	Password  string                  `json:"password"`
+}
+
+// MarshalJSON encodes c as a join bundle.
+func (c Credentials) MarshalJSON() ([]byte, error) {
+	return json.Marshal(bundle{c.Cluster, c.Endpoints, string(c.CACertPEM), c.Username, c.Password})
+}
+
+// UnmarshalJSON decodes a join bundle; it does not validate it.
+func (c *Credentials) UnmarshalJSON(b []byte) error {
+	var w bundle
+	if err := json.Unmarshal(b, &w); err != nil {
+		return err
+	}
+	*c = Credentials{w.Cluster, w.Endpoints, []byte(w.CACert), w.Username, w.Password}
+	return nil
+}
+
+// String describes c without its password.
+func (c Credentials) String() string {
+	return fmt.Sprintf("cluster %s as %s at %s", c.Cluster, c.Username, strings.Join(c.Endpoints, ","))
+}
+
+// LogValue logs c without its password.
+func (c Credentials) LogValue() slog.Value {
+	return slog.GroupValue(
+		slog.String("cluster", string(c.Cluster)),
+		slog.String("user", c.Username),
+		slog.Any("endpoints", c.Endpoints),
+	)
+}
+
+// Validate reports what is missing or malformed in c.
+func (c Credentials) Validate() error {
+	if err := c.Cluster.Validate(); err != nil {
+		return err
+	}
+	var errs []error
+	if len(c.Endpoints) == 0 {
+		errs = append(errs, errors.New("no endpoints"))
+	}
+	if c.Username == "" || c.Password == "" {
+		errs = append(errs, errors.New("no username or password"))
+	}
+	if _, err := clientTLSConfig(c.CACertPEM); err != nil {
+		errs = append(errs, err)
+	}
+	return errors.Join(errs...)
+}
+
+// TLSConfig returns a client TLS configuration that trusts only c's CA.
+func (c Credentials) TLSConfig() (*tls.Config, error) {
+	cfg, err := clientTLSConfig(c.CACertPEM)
+	if err != nil {
+		return nil, fmt.Errorf("credentials for cluster %s: %w", c.Cluster, err)
+	}
+	return cfg, nil
+}
+
+// Save writes c as a join bundle to path, readable only by its owner (0600),
+// replacing any file there atomically.
+func (c Credentials) Save(path string) error {
+	b, err := json.MarshalIndent(c, "", "  ")
+	if err != nil {
+		return fmt.Errorf("save credentials for cluster %s: %w", c.Cluster, err)
+	}
+	if err := writeFileAtomic(path, append(b, '\n'), 0o600); err != nil {
+		return fmt.Errorf("save credentials for cluster %s: %w", c.Cluster, err)
+	}
+	return nil
+}
+
+// LoadCredentials reads and validates the join bundle at path.
+func LoadCredentials(path string) (Credentials, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return Credentials{}, fmt.Errorf("load credentials: %w", err)
+	}
+	var c Credentials
+	if err := json.Unmarshal(b, &c); err != nil {
+		return Credentials{}, fmt.Errorf("load credentials %s: %w", path, err)
+	}
+	if err := c.Validate(); err != nil {
+		return Credentials{}, fmt.Errorf("load credentials %s: %w", path, err)
+	}
+	return c, nil
+}

@@ -1,0 +1,51 @@
+package etcd
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/braidmesh/braid/kvstore"
+)
+
+// GrantLease implements kvstore.Store. etcd counts TTLs in whole seconds, so
+// ttl is rounded up; the server may raise it further to its minimum TTL
+// (1.5 election timeouts, rounded up to a second).
+func (s *Store) GrantLease(ctx context.Context, ttl time.Duration) (kvstore.LeaseID, error) {
+	const op = "grant lease"
+	if ttl <= 0 {
+		return 0, fmt.Errorf("%s: ttl %v is not positive", op, ttl)
+	}
+	if err := s.check(ctx); err != nil {
+		return 0, fmt.Errorf("%s: %w", op, err)
+	}
+	secs := int64((ttl + time.Second - 1) / time.Second)
+	resp, err := s.client.Grant(ctx, secs)
+	if err != nil {
+		return 0, s.translate(op, err)
+	}
+	return kvstore.LeaseID(resp.ID), nil
+}
+
+// KeepAlive implements kvstore.Store with one keep-alive request. While etcd
+// is unreachable it retries until ctx is done.
+func (s *Store) KeepAlive(ctx context.Context, id kvstore.LeaseID) error {
+	op := fmt.Sprintf("keep lease %x alive", int64(id))
+	if err := s.check(ctx); err != nil {
+		return fmt.Errorf("%s: %w", op, err)
+	}
+	_, err := s.client.KeepAliveOnce(ctx, clientv3.LeaseID(id))
+	return s.translate(op, err)
+}
+
+// RevokeLease implements kvstore.Store.
+func (s *Store) RevokeLease(ctx context.Context, id kvstore.LeaseID) error {
+	op := fmt.Sprintf("revoke lease %x", int64(id))
+	if err := s.check(ctx); err != nil {
+		return fmt.Errorf("%s: %w", op, err)
+	}
+	_, err := s.client.Revoke(ctx, clientv3.LeaseID(id))
+	return s.translate(op, err)
+}

@@ -1,0 +1,228 @@
+package etcd
+
+import (
+	"context"
+	"errors"
+	"math/rand/v2"
+	"time"
+
+	"go.etcd.io/etcd/api/v3/mvccpb"
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/braidmesh/braid/kvstore"
+)
+
+// Watch retry backoff bounds.
+const (
+	minRetryDelay = 50 * time.Millisecond
+	maxRetryDelay = 5 * time.Second
+)
+
+// errWatchClosed reports a watch channel that the client closed without
+// saying why.
+var errWatchClosed = errors.New("etcd closed the watch")
+
+// Watch implements kvstore.Store. It lists prefix with one range read (pages
+// of 10,000 keys) and then follows it with an etcd watch from the list's
+// revision + 1. All watches of a Store share the client's one gRPC watch
+// stream, so thousands of prefixes cost one connection.
+//
+// The etcd client resumes a watch after a lost connection by itself. When the
+// server ends the watch (no leader: WithRequireLeader makes a partitioned
+// member do so; permission denied; ...) the channel carries EventError and
+// the watch resumes from the last delivered revision + 1 after a backoff,
+// without repeating or skipping events. When that revision has been
+// compacted, it carries EventRestart, a full re-list and EventListDone.
+//
+// Events are handed to the consumer by one goroutine per watch; while the
+// consumer does not read, the etcd client buffers that watch's responses, so
+// other watches and writers do not stall. Watch after Close returns a closed
+// channel.
+func (s *Store) Watch(ctx context.Context, prefix string) <-chan kvstore.Event {
+	out := make(chan kvstore.Event, 16)
+	s.mu.Lock()
+	if s.closed || ctx.Err() != nil {
+		s.mu.Unlock()
+		close(out)
+		return out
+	}
+	s.wg.Add(1)
+	s.mu.Unlock()
+
+	ctx, cancel := context.WithCancel(ctx)
+	stop := context.AfterFunc(s.ctx, cancel)
+	w := &watch{s: s, prefix: prefix, out: out}
+	go func() {
+		defer s.wg.Done()
+		defer close(out)
+		defer cancel()
+		defer stop()
+		w.run(ctx)
+	}()
+	return out
+}
+
+type watch struct {
+	s      *Store
+	prefix string
+	out    chan<- kvstore.Event
+	rev    int64 // every change up to rev has been delivered
+	// partial is set while upserts of an unfinished list have been sent: a
+	// new list must then start with EventRestart, so the consumer drops
+	// keys deleted in between.
+	partial bool
+}
+
+func (w *watch) run(ctx context.Context) {
+	var bo retryDelay
+	listed := false
+	for ctx.Err() == nil {
+		if !listed {
+			if err := w.list(ctx); err != nil {
+				if ctx.Err() != nil || !w.send(ctx, errorEvent(w.s, "list "+w.prefix, err)) {
+					return
+				}
+				if !sleep(ctx, bo.next()) {
+					return
+				}
+				continue
+			}
+			listed = true
+			bo.reset()
+		}
+
+		err := w.follow(ctx, &bo)
+		switch {
+		case ctx.Err() != nil:
+			return
+		case errors.Is(err, rpctypes.ErrCompacted):
+			// The history from w.rev+1 is gone: start over. No backoff, the
+			// re-list is the recovery.
+			w.s.log.Debug("watch resumes from a compacted revision, listing again",
+				"prefix", w.prefix, "revision", w.rev+1)
+			if !w.send(ctx, kvstore.Event{Kind: kvstore.EventRestart, Revision: w.rev}) {
+				return
+			}
+			listed = false
+		default:
+			w.s.log.Debug("watch ended, resuming", "prefix", w.prefix, "revision", w.rev+1, "err", err)
+			if !w.send(ctx, errorEvent(w.s, "watch "+w.prefix, err)) {
+				return
+			}
+			if !sleep(ctx, bo.next()) {
+				return
+			}
+		}
+	}
+}
+
+// list delivers every key under the prefix and EventListDone.
+func (w *watch) list(ctx context.Context) error {
+	if !w.restartPartial(ctx) {
+		return ctx.Err()
+	}
+	rev, err := w.s.list(ctx, w.prefix, func(kv *mvccpb.KeyValue) bool {
+		w.partial = true
+		return w.send(ctx, kvstore.Event{
+			Kind: kvstore.EventUpsert, Key: string(kv.Key), Value: kv.Value, Revision: kv.ModRevision,
+		})
+	}, func() bool { return w.restartPartial(ctx) })
+	if err != nil {
+		return err
+	}
+	w.rev = rev
+	w.partial = false
+	w.send(ctx, kvstore.Event{Kind: kvstore.EventListDone, Revision: rev})
+	return nil
+}
+
+// restartPartial sends EventRestart if an unfinished list sent upserts.
+func (w *watch) restartPartial(ctx context.Context) bool {
+	if !w.partial {
+		return true
+	}
+	w.partial = false
+	return w.send(ctx, kvstore.Event{Kind: kvstore.EventRestart, Revision: w.rev})
+}
+
+// follow watches from w.rev+1 until the watch ends, and returns why.
+func (w *watch) follow(ctx context.Context, bo *retryDelay) error {
+	// WithRequireLeader: a member cut off from its cluster ends the watch
+	// (ErrNoLeader) instead of leaving it silently stale.
+	wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
+	defer cancel()
+	wch := w.s.client.Watch(wctx, w.prefix,
+		clientv3.WithPrefix(), clientv3.WithRev(w.rev+1), clientv3.WithProgressNotify())
+	for resp := range wch {
+		if resp.CompactRevision != 0 {
+			return rpctypes.ErrCompacted
+		}
+		if err := resp.Err(); err != nil {
+			return err
+		}
+		if resp.IsProgressNotify() {
+			// Nothing changed under the prefix up to this revision; resuming
+			// after it avoids a needless re-list after a compaction.
+			w.rev = max(w.rev, resp.Header.Revision)
+			continue
+		}
+		// etcd never splits one revision's events across responses, so
+		// anything at or below the revision delivered before this response
+		// is a repeat.
+		base := w.rev
+		for _, ev := range resp.Events {
+			rev := ev.Kv.ModRevision
+			if rev <= base {
+				continue
+			}
+			e := kvstore.Event{Kind: kvstore.EventUpsert, Key: string(ev.Kv.Key), Value: ev.Kv.Value, Revision: rev}
+			if ev.Type == mvccpb.DELETE {
+				e.Kind, e.Value = kvstore.EventDelete, nil
+			}
+			if !w.send(ctx, e) {
+				return ctx.Err()
+			}
+			w.rev = rev
+		}
+		bo.reset()
+	}
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	return errWatchClosed
+}
+
+func (w *watch) send(ctx context.Context, ev kvstore.Event) bool {
+	select {
+	case w.out <- ev:
+		return true
+	case <-ctx.Done():
+		return false
+	}
+}
+
+func errorEvent(s *Store, op string, err error) kvstore.Event {
+	return kvstore.Event{Kind: kvstore.EventError, Err: s.translate(op, err)}
+}
+
+// retryDelay is an exponential backoff with jitter; the zero value is ready.
+type retryDelay struct{ d time.Duration }
+
+func (b *retryDelay) next() time.Duration {
+	b.d = min(max(2*b.d, minRetryDelay), maxRetryDelay)
+	return b.d/2 + rand.N(b.d/2+1)
+}
+
+func (b *retryDelay) reset() { b.d = 0 }
+
+func sleep(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-ctx.Done():
+		return false
+	}
+}
