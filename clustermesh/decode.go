@@ -22,7 +22,7 @@ type ValidationError struct {
 }
 
 func (e *ValidationError) Error() string {
-	return fmt.Sprintf("reject %s: %s", e.Key, e.Reason)
+	return fmt.Sprintf("reject %q: %s", e.Key, e.Reason)
 }
 
 // Is makes errors.Is(err, ErrInvalid) true.
@@ -41,6 +41,9 @@ func decodeStrict(value []byte, v any) error {
 	if len(value) > maxValueSize {
 		return fmt.Errorf("value is %d bytes, more than %d", len(value), maxValueSize)
 	}
+	if b := bytes.TrimLeft(value, " \t\r\n"); len(b) == 0 || b[0] != '{' {
+		return errors.New("decode JSON: value is not a JSON object")
+	}
 	dec := json.NewDecoder(bytes.NewReader(value))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(v); err != nil {
@@ -56,7 +59,10 @@ func decodeStrict(value []byte, v any) error {
 func DecodeClusterConfig(key string, value []byte) (ClusterConfig, error) {
 	var c ClusterConfig
 	pk, err := ParseKey(key)
-	if err != nil || !pk.Config {
+	if err != nil {
+		return c, invalid(key, "", "not a cluster config key: %v", err)
+	}
+	if !pk.Config {
 		return c, invalid(key, "", "not a cluster config key")
 	}
 	if err := decodeStrict(value, &c); err != nil {
@@ -131,7 +137,7 @@ func DecodeNode(owner *ClusterConfig, key string, value []byte) (Node, error) {
 	}
 	if n.WireGuardKey != "" {
 		raw, err := base64.StdEncoding.DecodeString(n.WireGuardKey)
-		if err != nil || len(raw) != 32 {
+		if err != nil || len(raw) != 32 || base64.StdEncoding.EncodeToString(raw) != n.WireGuardKey {
 			return Node{}, invalid(key, KindNodes, "wireguardKey is not a base64 32-byte key")
 		}
 	}
@@ -185,7 +191,7 @@ func DecodeIPEntry(owner *ClusterConfig, key string, value []byte) (IPEntry, err
 		return IPEntry{}, err
 	}
 	kp, err := parseIPKeyName(name)
-	if err != nil || kp != e.Prefix {
+	if err != nil || kp != e.Prefix || name != e.Prefix.String() {
 		return IPEntry{}, invalid(key, KindIPs, "entry prefix %s does not match key name %q", e.Prefix, name)
 	}
 	if err := validPrefix(e.Prefix); err != nil {
@@ -250,12 +256,17 @@ func DecodeService(owner *ClusterConfig, key string, value []byte) (Service, err
 		if !b.IP.IsValid() {
 			return Service{}, invalid(key, KindServices, "backend with invalid IP")
 		}
-		for pn, pp := range b.Ports {
-			if !ports[pn] {
-				return Service{}, invalid(key, KindServices, "backend %s names unknown port %q", b.IP, pn)
+		for i, bp := range b.Ports {
+			if !ports[bp.Name] {
+				return Service{}, invalid(key, KindServices, "backend %s names unknown port %q", b.IP, bp.Name)
 			}
-			if pp == 0 {
-				return Service{}, invalid(key, KindServices, "backend %s port %q is 0", b.IP, pn)
+			if bp.Port == 0 {
+				return Service{}, invalid(key, KindServices, "backend %s port %q is 0", b.IP, bp.Name)
+			}
+			for _, prev := range b.Ports[:i] {
+				if prev.Name == bp.Name {
+					return Service{}, invalid(key, KindServices, "backend %s gives port %q twice", b.IP, bp.Name)
+				}
 			}
 		}
 	}
@@ -272,7 +283,10 @@ type SyncMarker struct {
 func DecodeSyncMarker(owner *ClusterConfig, key string, value []byte) (Kind, SyncMarker, error) {
 	var m SyncMarker
 	pk, err := ParseKey(key)
-	if err != nil || !pk.Synced {
+	if err != nil {
+		return "", m, invalid(key, "", "not a sync marker key: %v", err)
+	}
+	if !pk.Synced {
 		return "", m, invalid(key, "", "not a sync marker key")
 	}
 	if pk.Cluster != owner.Name {
@@ -282,7 +296,7 @@ func DecodeSyncMarker(owner *ClusterConfig, key string, value []byte) (Kind, Syn
 		return "", m, invalid(key, "", "%v", err)
 	}
 	if m.Entries < 0 {
-		return "", m, invalid(key, "", "negative entry count")
+		return "", SyncMarker{}, invalid(key, "", "negative entry count")
 	}
 	return Kind(pk.Name), m, nil
 }

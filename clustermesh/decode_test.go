@@ -352,7 +352,7 @@ func TestDecodeService(t *testing.T) {
 		Affinity: clustermesh.AffinityRemote, Headless: true,
 		Ports: []clustermesh.ServicePort{{Port: 53, Protocol: clustermesh.UDP}, {Name: "sctp", Port: 9, Protocol: clustermesh.SCTP}},
 		Backends: []clustermesh.Backend{
-			{IP: netip.MustParseAddr("10.2.1.9"), Ports: map[string]uint16{"": 53, "sctp": 9}, Ready: true, Serving: true},
+			{IP: netip.MustParseAddr("10.2.1.9"), Ports: []clustermesh.BackendPort{{Name: "", Port: 53}, {Name: "sctp", Port: 9}}, Ready: true, Serving: true},
 			{IP: netip.MustParseAddr("10.2.1.10")},
 		},
 	}
@@ -384,13 +384,16 @@ func TestDecodeService(t *testing.T) {
 	rejects := []rejectCase{
 		{"unshared with backends", key, mut(func(s *clustermesh.Service) { s.Shared = false }),
 			"service is not shared but exports 2 backends"},
-		{"backend names unknown port", key, mut(func(s *clustermesh.Service) { s.Backends[0].Ports["grpc"] = 9090 }),
+		{"backend names unknown port", key, mut(func(s *clustermesh.Service) { s.Backends[0].Ports = append(s.Backends[0].Ports, clustermesh.BackendPort{Name: "grpc", Port: 9090}) }),
 			`backend 10.2.1.7 names unknown port "grpc"`},
 		{"backend names unnamed port that does not exist", key,
-			mut(func(s *clustermesh.Service) { s.Backends[1].Ports = map[string]uint16{"": 80} }),
+			mut(func(s *clustermesh.Service) { s.Backends[1].Ports = []clustermesh.BackendPort{{Name: "", Port: 80}} }),
 			`backend fd00:2:0:1::7 names unknown port ""`},
-		{"backend port 0", key, mut(func(s *clustermesh.Service) { s.Backends[0].Ports["http"] = 0 }),
+		{"backend port 0", key, mut(func(s *clustermesh.Service) { s.Backends[0].Ports[0].Port = 0 }),
 			`backend 10.2.1.7 port "http" is 0`},
+		{"backend port given twice", key, mut(func(s *clustermesh.Service) {
+			s.Backends[0].Ports = append(s.Backends[0].Ports, clustermesh.BackendPort{Name: "http", Port: 8081})
+		}), `backend 10.2.1.7 gives port "http" twice`},
 		{"backend without IP", key, mut(func(s *clustermesh.Service) { s.Backends[1].IP = netip.Addr{} }),
 			"backend with invalid IP"},
 		{"duplicate port names", key, mut(func(s *clustermesh.Service) {

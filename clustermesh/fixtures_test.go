@@ -79,7 +79,7 @@ func eastService() clustermesh.Service {
 		Backends: []clustermesh.Backend{
 			{
 				IP:      netip.MustParseAddr("10.2.1.7"),
-				Ports:   map[string]uint16{"http": 8080, "dns": 5353},
+				Ports:   []clustermesh.BackendPort{{Name: "http", Port: 8080}, {Name: "dns", Port: 5353}},
 				Node:    "node-1",
 				Zone:    "eu-west-1a",
 				Ready:   true,
@@ -87,7 +87,7 @@ func eastService() clustermesh.Service {
 			},
 			{
 				IP:          netip.MustParseAddr("fd00:2:0:1::7"),
-				Ports:       map[string]uint16{"http": 8080},
+				Ports:       []clustermesh.BackendPort{{Name: "http", Port: 8080}},
 				Node:        "node-1",
 				Serving:     true,
 				Terminating: true,

@@ -220,8 +220,8 @@ func FuzzDecodeService(f *testing.F) {
 	s := eastService()
 	addSeeds(f, s.Key(), mustJSON(f, s),
 		fuzzSeed{"braid/v1/services/east/default/web", `{"cluster":"east","namespace":"default","name":"web","global":true,"shared":false,"affinity":"none","ports":[{"port":80,"protocol":"TCP"}],"backends":[]}`},
-		fuzzSeed{"braid/v1/services/east/default/web", `{"cluster":"east","namespace":"default","name":"web","shared":false,"affinity":"none","ports":[{"port":80,"protocol":"TCP"}],"backends":[{"ip":"10.2.1.7","ports":{"":80}}]}`},
-		fuzzSeed{"braid/v1/services/east/default/web", `{"cluster":"east","namespace":"default","name":"web","shared":true,"affinity":"local","ports":[{"name":"a","port":80,"protocol":"TCP"}],"backends":[{"ip":"10.2.1.7","ports":{"b":80}}]}`},
+		fuzzSeed{"braid/v1/services/east/default/web", `{"cluster":"east","namespace":"default","name":"web","shared":false,"affinity":"none","ports":[{"port":80,"protocol":"TCP"}],"backends":[{"ip":"10.2.1.7","ports":[{"port":80}]}]}`},
+		fuzzSeed{"braid/v1/services/east/default/web", `{"cluster":"east","namespace":"default","name":"web","shared":true,"affinity":"local","ports":[{"name":"a","port":80,"protocol":"TCP"}],"backends":[{"ip":"10.2.1.7","ports":[{"name":"b","port":80}]}]}`},
 		fuzzSeed{"braid/v1/services/east/default/web", `{"cluster":"east","namespace":"default","name":"web","affinity":"remote","ports":[{"name":"a","port":80,"protocol":"TCP"},{"name":"a","port":81,"protocol":"UDP"}]}`},
 		fuzzSeed{"braid/v1/services/east/default/web", `{"cluster":"east","namespace":"default","name":"web","affinity":"","ports":[{"port":80,"protocol":"tcp"}]}`},
 		fuzzSeed{"braid/v1/services/east/default/api", `{"cluster":"east","namespace":"default","name":"web","affinity":"none","ports":null}`},

@@ -4,7 +4,8 @@ import (
 	"fmt"
 	"net/netip"
 	"regexp"
-	"strings"
+	"time"
+	"unicode"
 )
 
 // ClusterName is a cluster's name in the mesh: a DNS label of at most
@@ -198,14 +199,31 @@ type ServicePort struct {
 // Backend is one endpoint of a service.
 type Backend struct {
 	IP netip.Addr `json:"ip"`
-	// Ports maps a service port name ("" for an unnamed port) to the port the
-	// backend listens on.
-	Ports       map[string]uint16 `json:"ports"`
-	Node        string            `json:"node,omitempty"`
-	Zone        string            `json:"zone,omitempty"`
-	Ready       bool              `json:"ready"`
-	Serving     bool              `json:"serving"`
-	Terminating bool              `json:"terminating,omitempty"`
+	// Ports gives, per service port name ("" for an unnamed port), the port
+	// the backend listens on. A slice, not a map: a large mesh holds
+	// hundreds of thousands of backends.
+	Ports       []BackendPort `json:"ports"`
+	Node        string        `json:"node,omitempty"`
+	Zone        string        `json:"zone,omitempty"`
+	Ready       bool          `json:"ready"`
+	Serving     bool          `json:"serving"`
+	Terminating bool          `json:"terminating,omitempty"`
+}
+
+// BackendPort is the port a backend listens on for the service port Name.
+type BackendPort struct {
+	Name string `json:"name,omitempty"`
+	Port uint16 `json:"port"`
+}
+
+// Port returns the port the backend listens on for service port name.
+func (b *Backend) Port(name string) (uint16, bool) {
+	for _, p := range b.Ports {
+		if p.Name == name {
+			return p.Port, true
+		}
+	}
+	return 0, false
 }
 
 // Service is a global service as one cluster sees it: its ports and the
@@ -222,6 +240,11 @@ type Service struct {
 	Headless bool          `json:"headless,omitempty"`
 	Ports    []ServicePort `json:"ports"`
 	Backends []Backend     `json:"backends,omitempty"`
+	// ExportedAt is when the cluster's MCS ServiceExport for the service
+	// was created; zero when the service is global by annotation only.
+	// Clusters resolve ServiceImport conflicts by it (KEP-1645: the oldest
+	// export wins, ties broken by cluster name).
+	ExportedAt time.Time `json:"exportedAt,omitzero"`
 }
 
 // NamespacedName is "namespace/name".
@@ -230,6 +253,9 @@ func (s *Service) NamespacedName() string { return s.Namespace + "/" + s.Name }
 func validPrefix(p netip.Prefix) error {
 	if !p.IsValid() {
 		return fmt.Errorf("invalid prefix")
+	}
+	if p.Addr().Is4In6() {
+		return fmt.Errorf("prefix %s is IPv4-mapped IPv6; use the IPv4 form %s", p, netip.PrefixFrom(p.Addr().Unmap(), max(p.Bits()-96, 0)).Masked())
 	}
 	if p.Masked() != p {
 		return fmt.Errorf("prefix %s has host bits set (use %s)", p, p.Masked())
@@ -242,8 +268,10 @@ func validName(what, s string, max int) error {
 	if s == "" || len(s) > max {
 		return fmt.Errorf("%s %q: must be 1 to %d characters", what, s, max)
 	}
-	if strings.ContainsAny(s, "/ \t\n\x00") {
-		return fmt.Errorf("%s %q: must not contain '/', spaces or control characters", what, s)
+	for _, r := range s {
+		if r == '/' || unicode.IsSpace(r) || unicode.IsControl(r) {
+			return fmt.Errorf("%s %q: must not contain '/', spaces or control characters", what, s)
+		}
 	}
 	return nil
 }

@@ -6,11 +6,20 @@ import (
 	"strings"
 )
 
+// Reasons a RegistrationError gives.
+const (
+	ReasonNameTaken   = "name taken"
+	ReasonIDTaken     = "cluster ID taken"
+	ReasonCIDROverlap = "CIDR overlap"
+)
+
 // RegistrationError says why a cluster may not join the mesh: another
 // cluster already holds its name or ID, or their CIDRs overlap.
 type RegistrationError struct {
 	Cluster, Other ClusterName
-	// Reason is "name taken", "cluster ID taken" or "CIDR overlap".
+	// ID is the refused cluster's ID, OtherID the registered one's.
+	ID, OtherID ClusterID
+	// Reason is ReasonNameTaken, ReasonIDTaken or ReasonCIDROverlap.
 	Reason string
 	// Overlaps lists the overlapping (ours, theirs) prefix pairs.
 	Overlaps [][2]netip.Prefix
@@ -18,7 +27,14 @@ type RegistrationError struct {
 
 func (e *RegistrationError) Error() string {
 	var b strings.Builder
-	fmt.Fprintf(&b, "register cluster %q: %s with cluster %q", e.Cluster, e.Reason, e.Other)
+	switch e.Reason {
+	case ReasonNameTaken:
+		fmt.Fprintf(&b, "register cluster %q (ID %d): name taken by cluster %q registered with ID %d", e.Cluster, e.ID, e.Other, e.OtherID)
+	case ReasonIDTaken:
+		fmt.Fprintf(&b, "register cluster %q: cluster ID %d taken by cluster %q", e.Cluster, e.ID, e.Other)
+	default:
+		fmt.Fprintf(&b, "register cluster %q: %s with cluster %q", e.Cluster, e.Reason, e.Other)
+	}
 	for i, o := range e.Overlaps {
 		if i == 0 {
 			b.WriteString(":")
@@ -31,8 +47,9 @@ func (e *RegistrationError) Error() string {
 }
 
 // CheckRegistration checks cfg against the clusters already in the mesh. A
-// config identical to an existing one with the same name (the same cluster
-// coming back) passes. It returns a *RegistrationError on conflict.
+// config with the name and ID of an existing one is the same cluster coming
+// back: it is not compared with itself (its CIDRs may have changed) but is
+// checked against every other cluster. It returns a *RegistrationError on conflict.
 func CheckRegistration(cfg ClusterConfig, existing []ClusterConfig) error {
 	if err := cfg.Validate(); err != nil {
 		return fmt.Errorf("register cluster %q: %w", cfg.Name, err)
@@ -41,18 +58,16 @@ func CheckRegistration(cfg ClusterConfig, existing []ClusterConfig) error {
 	for _, o := range existing {
 		if o.Name == cfg.Name {
 			if o.ID != cfg.ID {
-				return &RegistrationError{Cluster: cfg.Name, Other: o.Name,
-					Reason: fmt.Sprintf("name taken (registered with cluster ID %d, not %d)", o.ID, cfg.ID)}
+				return &RegistrationError{Cluster: cfg.Name, Other: o.Name, ID: cfg.ID, OtherID: o.ID, Reason: ReasonNameTaken}
 			}
 			continue
 		}
 		if o.ID == cfg.ID {
-			return &RegistrationError{Cluster: cfg.Name, Other: o.Name,
-				Reason: fmt.Sprintf("cluster ID %d taken", cfg.ID)}
+			return &RegistrationError{Cluster: cfg.Name, Other: o.Name, ID: cfg.ID, OtherID: o.ID, Reason: ReasonIDTaken}
 		}
 		theirs := append(append([]netip.Prefix(nil), o.PodCIDRs...), o.ServiceCIDRs...)
 		if ov := Overlaps(mine, theirs); len(ov) > 0 {
-			return &RegistrationError{Cluster: cfg.Name, Other: o.Name, Reason: "CIDR overlap", Overlaps: ov}
+			return &RegistrationError{Cluster: cfg.Name, Other: o.Name, ID: cfg.ID, OtherID: o.ID, Reason: ReasonCIDROverlap, Overlaps: ov}
 		}
 	}
 	return nil

@@ -66,7 +66,7 @@ func TestCheckRegistrationConflicts(t *testing.T) {
 			cfg:      clustermesh.ClusterConfig{Name: "east", ID: 7},
 			existing: []clustermesh.ClusterConfig{west, east},
 			other:    "east",
-			msg:      []string{`register cluster "east"`, "name taken", "cluster ID 2, not 7"},
+			msg:      []string{`register cluster "east"`, "name taken", "registered with ID 2"},
 		},
 		{
 			name:     "ID taken by another name",

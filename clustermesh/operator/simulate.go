@@ -44,7 +44,7 @@ func SimulatedState(cfg clustermesh.ClusterConfig, nodes, podsPerNode int, servi
 			ip := netip.AddrFrom4([4]byte{base[0], base[1], byte(n), byte(p + 1)})
 			s.IPs = append(s.IPs, clustermesh.IPEntry{Prefix: netip.PrefixFrom(ip, 32), Cluster: cfg.Name, Identity: idOf[app], HostIP: nodeIP})
 			if app != "client" && p < len(apps) {
-				backends[app] = append(backends[app], clustermesh.Backend{IP: ip, Ports: map[string]uint16{"http": 8080},
+				backends[app] = append(backends[app], clustermesh.Backend{IP: ip, Ports: []clustermesh.BackendPort{{Name: "http", Port: 8080}},
 					Node: name, Zone: zone, Ready: true, Serving: true})
 			}
 		}

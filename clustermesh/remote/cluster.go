@@ -4,19 +4,13 @@ import (
 	"context"
 	"hash/maphash"
 	"net/netip"
+	"strings"
 	"sync"
 	"time"
 
 	"github.com/braidmesh/braid/clustermesh"
 	"github.com/braidmesh/braid/kvstore"
 )
-
-// entry is one applied record and the hash of the value it came from.
-type entry struct {
-	hash  uint64
-	rec   any
-	stale bool
-}
 
 // cluster mirrors one remote cluster. Its watch goroutines apply events
 // under mu; snapshots are rebuilt lazily when version moved.
@@ -28,20 +22,31 @@ type cluster struct {
 	done   chan struct{}  // closed when run returned
 	wg     sync.WaitGroup // watch goroutines started by run
 
-	mu          sync.Mutex
-	cfg         clustermesh.ClusterConfig
-	entries     map[clustermesh.Kind]map[string]*entry
-	markerSeen  map[clustermesh.Kind]bool
-	listed      map[clustermesh.Kind]bool
-	synced      bool
-	connected   bool
-	failures    int
-	invalid     int
-	lastErr     string
-	lastUpdate  time.Time
-	version     uint64
-	snap        *ClusterState
-	snapVersion uint64
+	mu         sync.Mutex
+	cfg        clustermesh.ClusterConfig
+	nodes      *typedTable[clustermesh.Node]
+	identities *typedTable[clustermesh.Identity]
+	ips        *typedTable[clustermesh.IPEntry]
+	services   *typedTable[clustermesh.Service]
+	tables     map[clustermesh.Kind]table
+	// strings interns node and zone names repeated across backends.
+	strings    map[string]string
+	markerSeen map[clustermesh.Kind]bool
+	listed     map[clustermesh.Kind]bool
+	// initialKinds is how many kinds had a marker when the marker list
+	// completed (-1 until then); releaseSlot gives the Watcher's initial
+	// sync slot back once they are all listed (idempotent).
+	initialKinds int
+	releaseSlot  func()
+	synced       bool
+	connected    bool
+	failures     int
+	invalid      int
+	lastErr      string
+	lastUpdate   time.Time
+	version      uint64
+	snap         *ClusterState
+	snapVersion  uint64
 }
 
 func newCluster(ctx context.Context, w *Watcher, cfg clustermesh.ClusterConfig) *cluster {
@@ -50,12 +55,21 @@ func newCluster(ctx context.Context, w *Watcher, cfg clustermesh.ClusterConfig) 
 		name:       cfg.Name,
 		done:       make(chan struct{}),
 		cfg:        cfg,
-		entries:    make(map[clustermesh.Kind]map[string]*entry, len(clustermesh.Kinds)),
+		nodes:      newTable[clustermesh.Node](),
+		identities: newTable[clustermesh.Identity](),
+		ips:        newTable[clustermesh.IPEntry](),
+		services:   newTable[clustermesh.Service](),
+		strings:    make(map[string]string),
 		markerSeen: make(map[clustermesh.Kind]bool),
 		listed:     make(map[clustermesh.Kind]bool),
+
+		initialKinds: -1,
 	}
-	for _, k := range clustermesh.Kinds {
-		c.entries[k] = make(map[string]*entry)
+	c.tables = map[clustermesh.Kind]table{
+		clustermesh.KindNodes:      c.nodes,
+		clustermesh.KindIdentities: c.identities,
+		clustermesh.KindIPs:        c.ips,
+		clustermesh.KindServices:   c.services,
 	}
 	c.ctx, c.cancel = context.WithCancel(ctx)
 	return c
@@ -82,6 +96,18 @@ func (c *cluster) run() {
 	defer close(c.done)
 	defer c.wg.Wait()
 
+	// Bound how many clusters do their initial lists at once: a cold start
+	// against a large mesh would otherwise hold every cluster's list pages
+	// and decoded entries in flight together.
+	select {
+	case c.w.syncSlots <- struct{}{}:
+	case <-ctx.Done():
+		return
+	}
+	var releaseOnce sync.Once
+	c.releaseSlot = func() { releaseOnce.Do(func() { <-c.w.syncSlots }) }
+	defer c.releaseSlot()
+
 	started := map[clustermesh.Kind]bool{}
 	for ev := range c.w.store.Watch(ctx, clustermesh.SyncedPrefix(c.name)) {
 		switch ev.Kind {
@@ -107,11 +133,30 @@ func (c *cluster) run() {
 		case kvstore.EventListDone:
 			c.mu.Lock()
 			c.connected = true
+			// The initial sync is over once the kinds whose markers exist
+			// now are listed; a cluster still publishing gives its slot
+			// back at once.
+			c.initialKinds = len(started)
+			done := c.initialKinds == 0 || c.listedCount() >= c.initialKinds
 			c.mu.Unlock()
+			if done {
+				c.releaseSlot()
+			}
 		case kvstore.EventError:
 			c.fail(ev.Err)
 		}
 	}
+}
+
+// listedCount is how many kinds completed a list; c.mu must be held.
+func (c *cluster) listedCount() int {
+	n := 0
+	for _, ok := range c.listed {
+		if ok {
+			n++
+		}
+	}
+	return n
 }
 
 // stop cancels the cluster's watches and waits for run to return.
@@ -139,17 +184,28 @@ func (c *cluster) reject(kind clustermesh.Kind, err error) {
 	c.w.log.Warn("rejected remote entry", "cluster", c.name, "err", err)
 }
 
+// decode validates an entry against the cluster's config. The cluster name
+// in the record is replaced by the cluster's own string, so the hundreds of
+// thousands of records a large mesh holds share one copy per cluster.
 func (c *cluster) decode(kind clustermesh.Kind, key string, value []byte) (any, error) {
 	cfg := c.config()
 	switch kind {
 	case clustermesh.KindNodes:
-		return clustermesh.DecodeNode(&cfg, key, value)
+		n, err := clustermesh.DecodeNode(&cfg, key, value)
+		n.Cluster = c.name
+		return n, err
 	case clustermesh.KindIdentities:
-		return clustermesh.DecodeIdentity(&cfg, key, value)
+		id, err := clustermesh.DecodeIdentity(&cfg, key, value)
+		id.Cluster = c.name
+		return id, err
 	case clustermesh.KindIPs:
-		return clustermesh.DecodeIPEntry(&cfg, key, value)
+		e, err := clustermesh.DecodeIPEntry(&cfg, key, value)
+		e.Cluster = c.name
+		return e, err
 	default:
-		return clustermesh.DecodeService(&cfg, key, value)
+		svc, err := clustermesh.DecodeService(&cfg, key, value)
+		svc.Cluster = c.name
+		return svc, err
 	}
 }
 
@@ -168,9 +224,7 @@ func (c *cluster) watchKind(ctx context.Context, kind clustermesh.Kind) {
 			c.delete(kind, ev.Key)
 		case kvstore.EventRestart:
 			c.mu.Lock()
-			for _, e := range c.entries[kind] {
-				e.stale = true
-			}
+			c.tables[kind].markStale()
 			c.mu.Unlock()
 		case kvstore.EventListDone:
 			c.listDone(kind)
@@ -184,48 +238,74 @@ func (c *cluster) upsert(kind clustermesh.Kind, key string, h uint64, rec any) {
 	now := time.Now()
 	c.mu.Lock()
 	c.connected = true
-	e, ok := c.entries[kind][key]
-	if ok && e.hash == h {
-		e.stale = false
+	if svc, ok := rec.(clustermesh.Service); ok {
+		c.internLocked(&svc)
+		rec = svc
+	}
+	if !c.tables[kind].put(c.tableKey(kind, key), h, rec) {
 		c.mu.Unlock()
 		return // rewritten unchanged: nothing for consumers
 	}
-	c.entries[kind][key] = &entry{hash: h, rec: rec}
 	c.version++
 	c.lastUpdate = now
-	n := len(c.entries[kind])
+	n := c.tables[kind].len()
 	c.mu.Unlock()
 	c.w.metrics.entries.WithLabelValues(string(c.name), string(kind)).Set(float64(n))
 	c.w.emit(Change{Type: Upsert, Cluster: c.name, Kind: kind, Key: key, Record: rec, Time: now})
 }
 
+// tableKey is what a table stores key under: the part after the kind's
+// prefix, copied so the full key's memory is not kept alive by it.
+func (c *cluster) tableKey(kind clustermesh.Kind, key string) string {
+	return strings.Clone(strings.TrimPrefix(key, clustermesh.KindPrefix(kind, c.name)))
+}
+
+// fullKeys turns table keys back into store keys.
+func (c *cluster) fullKeys(kind clustermesh.Kind, names []string) []string {
+	prefix := clustermesh.KindPrefix(kind, c.name)
+	for i, n := range names {
+		names[i] = prefix + n
+	}
+	return names
+}
+
+// internLocked makes svc's backends share one copy of each node and zone
+// name; c.mu must be held.
+func (c *cluster) internLocked(svc *clustermesh.Service) {
+	intern := func(s string) string {
+		if v, ok := c.strings[s]; ok {
+			return v
+		}
+		c.strings[s] = s
+		return s
+	}
+	for i := range svc.Backends {
+		svc.Backends[i].Node = intern(svc.Backends[i].Node)
+		svc.Backends[i].Zone = intern(svc.Backends[i].Zone)
+	}
+}
+
 func (c *cluster) delete(kind clustermesh.Kind, key string) {
 	now := time.Now()
 	c.mu.Lock()
-	e, ok := c.entries[kind][key]
+	old, ok := c.tables[kind].remove(c.tableKey(kind, key))
 	if !ok {
 		c.mu.Unlock()
 		return
 	}
-	delete(c.entries[kind], key)
 	c.version++
 	c.lastUpdate = now
-	n := len(c.entries[kind])
+	n := c.tables[kind].len()
 	c.mu.Unlock()
 	c.w.metrics.entries.WithLabelValues(string(c.name), string(kind)).Set(float64(n))
-	c.w.emit(Change{Type: Delete, Cluster: c.name, Kind: kind, Key: key, Record: e.rec, Time: now})
+	c.w.emit(Change{Type: Delete, Cluster: c.name, Kind: kind, Key: key, Record: old, Time: now})
 }
 
 // listDone deletes entries a re-list did not see again and updates sync
 // state.
 func (c *cluster) listDone(kind clustermesh.Kind) {
 	c.mu.Lock()
-	var gone []string
-	for key, e := range c.entries[kind] {
-		if e.stale {
-			gone = append(gone, key)
-		}
-	}
+	gone := c.fullKeys(kind, c.tables[kind].staleKeys())
 	c.mu.Unlock()
 	for _, key := range gone {
 		c.delete(kind, key)
@@ -233,6 +313,9 @@ func (c *cluster) listDone(kind clustermesh.Kind) {
 	c.mu.Lock()
 	c.connected = true
 	c.listed[kind] = true
+	if c.initialKinds >= 0 && c.listedCount() >= c.initialKinds && c.releaseSlot != nil {
+		defer c.releaseSlot()
+	}
 	becameSynced := false
 	if !c.synced {
 		all := true
@@ -256,10 +339,7 @@ func (c *cluster) listDone(kind clustermesh.Kind) {
 func (c *cluster) drain() clustermesh.RemoteClusterStatus {
 	for _, kind := range clustermesh.Kinds {
 		c.mu.Lock()
-		keys := make([]string, 0, len(c.entries[kind]))
-		for key := range c.entries[kind] {
-			keys = append(keys, key)
-		}
+		keys := c.fullKeys(kind, c.tables[kind].keys())
 		c.mu.Unlock()
 		for _, key := range keys {
 			c.delete(kind, key)
@@ -288,7 +368,7 @@ func (c *cluster) status() clustermesh.RemoteClusterStatus {
 	}
 	for _, k := range clustermesh.Kinds {
 		st.SyncedKinds[k] = c.markerSeen[k] && c.listed[k]
-		st.Entries[k] = len(c.entries[k])
+		st.Entries[k] = c.tables[k].len()
 	}
 	return st
 }
@@ -304,27 +384,15 @@ func (c *cluster) snapshot() *ClusterState {
 	s := &ClusterState{
 		Config:     c.cfg,
 		Synced:     c.synced,
-		Nodes:      make(map[string]clustermesh.Node, len(c.entries[clustermesh.KindNodes])),
-		Identities: make(map[clustermesh.NumericIdentity]clustermesh.Identity, len(c.entries[clustermesh.KindIdentities])),
-		IPs:        make(map[netip.Prefix]clustermesh.IPEntry, len(c.entries[clustermesh.KindIPs])),
-		Services:   make(map[string]clustermesh.Service, len(c.entries[clustermesh.KindServices])),
+		Nodes:      make(map[string]clustermesh.Node, c.nodes.len()),
+		Identities: make(map[clustermesh.NumericIdentity]clustermesh.Identity, c.identities.len()),
+		IPs:        make(map[netip.Prefix]clustermesh.IPEntry, c.ips.len()),
+		Services:   make(map[string]clustermesh.Service, c.services.len()),
 	}
-	for _, e := range c.entries[clustermesh.KindNodes] {
-		n := e.rec.(clustermesh.Node)
-		s.Nodes[n.Name] = n
-	}
-	for _, e := range c.entries[clustermesh.KindIdentities] {
-		id := e.rec.(clustermesh.Identity)
-		s.Identities[id.ID] = id
-	}
-	for _, e := range c.entries[clustermesh.KindIPs] {
-		ip := e.rec.(clustermesh.IPEntry)
-		s.IPs[ip.Prefix] = ip
-	}
-	for _, e := range c.entries[clustermesh.KindServices] {
-		svc := e.rec.(clustermesh.Service)
-		s.Services[svc.NamespacedName()] = svc
-	}
+	c.nodes.each(func(n clustermesh.Node) { s.Nodes[n.Name] = n })
+	c.identities.each(func(id clustermesh.Identity) { s.Identities[id.ID] = id })
+	c.ips.each(func(ip clustermesh.IPEntry) { s.IPs[ip.Prefix] = ip })
+	c.services.each(func(svc clustermesh.Service) { s.Services[svc.NamespacedName()] = svc })
 	c.snap, c.snapVersion = s, c.version
 	return s
 }

@@ -40,7 +40,7 @@ func publishCluster(t *testing.T, ctx context.Context, s kvstore.Store, c cluste
 		ips = append(ips, &clustermesh.IPEntry{Prefix: netip.PrefixFrom(pod, 32), Cluster: c.Name, Identity: first + clustermesh.NumericIdentity(i), HostIP: node})
 		svcs = append(svcs, &clustermesh.Service{Cluster: c.Name, Namespace: "default", Name: fmt.Sprintf("svc%d", i), Global: true, Shared: true,
 			Affinity: clustermesh.AffinityNone, Ports: []clustermesh.ServicePort{{Port: 80, Protocol: clustermesh.TCP}},
-			Backends: []clustermesh.Backend{{IP: pod, Ports: map[string]uint16{"": 8080}, Ready: true, Serving: true}}})
+			Backends: []clustermesh.Backend{{IP: pod, Ports: []clustermesh.BackendPort{{Name: "", Port: 8080}}, Ready: true, Serving: true}}})
 	}
 	for kind, recs := range map[clustermesh.Kind][]publish.Record{clustermesh.KindNodes: ns, clustermesh.KindIdentities: ids, clustermesh.KindIPs: ips, clustermesh.KindServices: svcs} {
 		if err := p.Replace(kind, recs); err != nil {

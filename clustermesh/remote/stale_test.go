@@ -16,25 +16,25 @@ func TestRestartMarksStaleAndDeletesOnlyWhatIsGone(t *testing.T) {
 	defer cancel()
 	changes := w.Subscribe(ctx)
 	c := newCluster(ctx, w, clustermesh.ClusterConfig{Name: "b", ID: 2})
+	k1 := clustermesh.KindPrefix(clustermesh.KindNodes, "b") + "n1"
+	k2 := clustermesh.KindPrefix(clustermesh.KindNodes, "b") + "n2"
 	node := func(name string) clustermesh.Node {
 		return clustermesh.Node{Name: name, Cluster: "b", IPs: []netip.Addr{netip.MustParseAddr("192.0.2.1")}}
 	}
-	c.upsert(clustermesh.KindNodes, "k1", 1, node("n1"))
-	c.upsert(clustermesh.KindNodes, "k2", 2, node("n2"))
+	c.upsert(clustermesh.KindNodes, k1, 1, node("n1"))
+	c.upsert(clustermesh.KindNodes, k2, 2, node("n2"))
 	c.listDone(clustermesh.KindNodes)
 	for range 2 {
 		<-changes
 	}
 
 	// Restart: both marked stale; only k1 is listed again (same value).
-	for _, e := range c.entries[clustermesh.KindNodes] {
-		e.stale = true
-	}
-	c.upsert(clustermesh.KindNodes, "k1", 1, node("n1"))
+	c.tables[clustermesh.KindNodes].markStale()
+	c.upsert(clustermesh.KindNodes, k1, 1, node("n1"))
 	c.listDone(clustermesh.KindNodes)
 
 	ch := <-changes
-	if ch.Type != Delete || ch.Key != "k2" {
+	if ch.Type != Delete || ch.Key != k2 {
 		t.Fatalf("after re-list: %v %s, want only the delete of k2", ch.Type, ch.Key)
 	}
 	select {

@@ -27,7 +27,15 @@ type Config struct {
 	// GoneRetention is how long a departed cluster stays in Status; zero
 	// means DefaultGoneRetention.
 	GoneRetention time.Duration
+	// ConcurrentSyncs bounds how many clusters list their state at once
+	// during their initial sync; zero means DefaultConcurrentSyncs.
+	ConcurrentSyncs int
 }
+
+// DefaultConcurrentSyncs is Config.ConcurrentSyncs' default: enough to keep
+// etcd and the decoders busy, few enough that a cold start against hundreds
+// of clusters does not hold all their data in flight at once.
+const DefaultConcurrentSyncs = 8
 
 // Watcher mirrors every remote cluster. See the package doc.
 type Watcher struct {
@@ -36,6 +44,8 @@ type Watcher struct {
 	log     *slog.Logger
 	metrics *metrics
 	seed    maphash.Seed
+	// syncSlots holds a token per cluster doing its initial sync.
+	syncSlots chan struct{}
 
 	mu       sync.Mutex
 	clusters map[clustermesh.ClusterName]*cluster
@@ -52,6 +62,9 @@ func New(cfg Config, store kvstore.Store, log *slog.Logger, reg prometheus.Regis
 	if cfg.GoneRetention == 0 {
 		cfg.GoneRetention = DefaultGoneRetention
 	}
+	if cfg.ConcurrentSyncs <= 0 {
+		cfg.ConcurrentSyncs = DefaultConcurrentSyncs
+	}
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
@@ -60,14 +73,15 @@ func New(cfg Config, store kvstore.Store, log *slog.Logger, reg prometheus.Regis
 		return nil, fmt.Errorf("new remote watcher: %w", err)
 	}
 	return &Watcher{
-		cfg:      cfg,
-		store:    store,
-		log:      log,
-		metrics:  m,
-		seed:     maphash.MakeSeed(),
-		clusters: make(map[clustermesh.ClusterName]*cluster),
-		gone:     make(map[clustermesh.ClusterName]clustermesh.RemoteClusterStatus),
-		subs:     make(map[*subscription]struct{}),
+		cfg:       cfg,
+		store:     store,
+		log:       log,
+		metrics:   m,
+		seed:      maphash.MakeSeed(),
+		syncSlots: make(chan struct{}, cfg.ConcurrentSyncs),
+		clusters:  make(map[clustermesh.ClusterName]*cluster),
+		gone:      make(map[clustermesh.ClusterName]clustermesh.RemoteClusterStatus),
+		subs:      make(map[*subscription]struct{}),
 	}, nil
 }
 

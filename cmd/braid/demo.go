@@ -170,7 +170,7 @@ func runDemo(ctx context.Context, out io.Writer, dir string, ttl, hold time.Dura
 	sctx, scancel := context.WithCancel(ctx)
 	changes := west.op.Watcher().Subscribe(sctx)
 	state, _ := operator.SimulatedState(east.cfg, 3, 4, []string{"web", "api"})
-	extra := clustermesh.Backend{IP: netip.MustParseAddr("10.1.9.9"), Ports: map[string]uint16{"http": 8080}, Node: "east-node-0", Zone: "zone-a", Ready: true, Serving: true}
+	extra := clustermesh.Backend{IP: netip.MustParseAddr("10.1.9.9"), Ports: []clustermesh.BackendPort{{Name: "http", Port: 8080}}, Node: "east-node-0", Zone: "zone-a", Ready: true, Serving: true}
 	state.Services[0].Backends = append(state.Services[0].Backends, extra)
 	state.IPs = append(state.IPs, clustermesh.IPEntry{Prefix: netip.PrefixFrom(extra.IP, 32), Cluster: "east", Identity: state.Identities[1].ID, HostIP: state.Nodes[0].IPs[0]})
 	start := time.Now()
@@ -271,9 +271,14 @@ func printServices(out io.Writer, c *demoCluster) {
 		svc := cs.Services[parts[0]]
 		var bs []string
 		for _, b := range svc.Backends {
-			bs = append(bs, fmt.Sprintf("%s:%d(%s)", b.IP, b.Ports["http"], b.Zone))
+			bs = append(bs, fmt.Sprintf("%s:%d(%s)", b.IP, port(b), b.Zone))
 		}
 		fmt.Fprintf(out, "  remote service %-12s in %s: %s\n", parts[0], parts[1], strings.Join(bs, " "))
 	}
 	fmt.Fprintln(out)
+}
+
+func port(b clustermesh.Backend) uint16 {
+	p, _ := b.Port("http")
+	return p
 }

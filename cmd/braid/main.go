@@ -14,7 +14,7 @@ import (
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	root := cli.NewRoot(os.Stdout, os.Stderr)
-	root.AddCommand(brokerCommand(), demoCommand())
+	root.AddCommand(brokerCommand(), demoCommand(), benchCommand())
 	code := cli.Run(ctx, root, os.Args[1:])
 	stop()
 	os.Exit(code)

@@ -1,0 +1,50 @@
+# Braid. `make demo` and `make test` are the two set-up commands (run as root).
+GO        ?= go
+BIN       ?= bin
+TESTFLAGS ?=
+
+.PHONY: all build test test-unit demo generate kube-tools lint bench clean
+
+all: build
+
+build:
+	$(GO) build -o $(BIN)/ ./cmd/...
+
+# Every test: unit, privileged (bpf, tunnel: skipped with a reason when not
+# root) and end-to-end (build tag e2e). Kubernetes tests need `make
+# kube-tools` first; .ci/run does that.
+test:
+	$(GO) vet -tags e2e ./...
+	$(GO) test -tags e2e -count=1 -timeout 45m $(TESTFLAGS) ./...
+
+# Fast tests only, under the race detector.
+test-unit:
+	$(GO) test -race -count=1 ./clustermesh/... ./kvstore/... ./cmd/...
+
+# A broker and two simulated clusters in one process: what each sees, a
+# change crossing the mesh, a cluster dying.
+demo:
+	$(GO) run ./cmd/braid demo
+
+# Regenerate the committed BPF objects (needs clang and llvm).
+generate:
+	$(GO) generate ./bpf/
+
+# Build kube-apiserver, kube-controller-manager, etcd and kubectl from the
+# module proxy into a cache outside the checkout (reused while tools/kube is
+# unchanged).
+kube-tools:
+	bash tools/kube/build.sh
+
+lint:
+	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); exit 1; }
+	$(GO) vet -tags e2e ./...
+	$(GO) run honnef.co/go/tools/cmd/staticcheck@2025.1.1 -tags e2e ./...
+
+# The numbers in docs/benchmarks.md.
+bench: build
+	$(BIN)/braid bench propagation
+	$(BIN)/braid bench cold-sync
+
+clean:
+	rm -rf $(BIN)

@@ -1,0 +1,81 @@
+package datapath
+
+import (
+	"context"
+	"net/netip"
+	"testing"
+	"time"
+
+	"github.com/braidmesh/braid/bpf"
+	"github.com/braidmesh/braid/clustermesh"
+)
+
+// benchDesired is 100k ipcache entries and 50k backends (5k services of 10).
+func benchDesired() Desired {
+	var d Desired
+	d.ClusterIDs = map[clustermesh.ClusterName]clustermesh.ClusterID{"east": 1, "west": 2}
+	for i := 0; i < 100_000; i++ {
+		a := netip.AddrFrom4([4]byte{10, byte(i >> 16), byte(i >> 8), byte(i)})
+		d.IPCache = append(d.IPCache, clustermesh.IPEntry{Prefix: netip.PrefixFrom(a, 32), Cluster: "west", Identity: 2<<16 | clustermesh.NumericIdentity(i%60000+1), HostIP: netip.AddrFrom4([4]byte{192, 0, 2, byte(i % 200)})})
+	}
+	for s := 0; s < 5_000; s++ {
+		svc := Service{Affinity: clustermesh.AffinityLocal, Frontends: []Frontend{{netip.AddrPortFrom(netip.AddrFrom4([4]byte{10, 96, byte(s >> 8), byte(s)}), 80), clustermesh.TCP}}}
+		for b := 0; b < 10; b++ {
+			i := s*10 + b
+			cl := clustermesh.ClusterName("east")
+			if b >= 5 {
+				cl = "west"
+			}
+			svc.Backends = append(svc.Backends, Backend{Addr: netip.AddrPortFrom(netip.AddrFrom4([4]byte{11, byte(i >> 16), byte(i >> 8), byte(i)}), 8080), Cluster: cl, Node: "n", Zone: "z", Healthy: true})
+		}
+		d.Services = append(d.Services, svc)
+	}
+	return d
+}
+
+// BenchmarkReconcileVsRaw reconciles benchDesired into empty maps and
+// compares with BatchUpdate of the very entries the reconcile wrote.
+// Reported: reconcile-ms, raw-ms, raw/reconcile (goal >= 0.5).
+func BenchmarkReconcileVsRaw(b *testing.B) {
+	want := benchDesired()
+	var recon, raw time.Duration
+	for i := 0; i < b.N; i++ {
+		b.StopTimer()
+		objs := loadObjs(b)
+		r, _ := New(Config{Topology: Topology{Node: "n", Zone: "z", Cluster: "east", ClusterID: 1}}, MapsOf(objs), nil, nil)
+		b.StartTimer()
+		start := time.Now()
+		if err := r.Reconcile(context.Background(), want); err != nil {
+			b.Fatal(err)
+		}
+		recon += time.Since(start)
+		b.StopTimer()
+		// The same entries, as raw batches into fresh maps.
+		ipc, _ := objs.IPCache.Dump()
+		svcs, _ := objs.Services.Dump()
+		slots, _ := objs.Slots.Dump()
+		bes, _ := objs.Backends.Dump()
+		fresh := loadObjs(b)
+		raw += timeRaw(b, fresh.IPCache, ipc) + timeRaw(b, fresh.Backends, bes) + timeRaw(b, fresh.Slots, slots) + timeRaw(b, fresh.Services, svcs)
+		if w := r.Writes(); w < 100_000+50_000 {
+			b.Fatalf("reconcile wrote %d entries", w)
+		}
+	}
+	b.ReportMetric(float64(recon.Milliseconds())/float64(b.N), "reconcile-ms")
+	b.ReportMetric(float64(raw.Milliseconds())/float64(b.N), "raw-ms")
+	b.ReportMetric(float64(raw)/float64(recon), "raw/reconcile")
+}
+
+func timeRaw[K comparable, V any](b *testing.B, m *bpf.Map[K, V], entries map[K]V) time.Duration {
+	ks := make([]K, 0, len(entries))
+	vs := make([]V, 0, len(entries))
+	for k, v := range entries {
+		ks = append(ks, k)
+		vs = append(vs, v)
+	}
+	start := time.Now()
+	if _, err := m.BatchUpdate(ks, vs); err != nil {
+		b.Fatal(err)
+	}
+	return time.Since(start)
+}

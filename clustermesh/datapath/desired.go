@@ -1,0 +1,76 @@
+package datapath
+
+import (
+	"net/netip"
+
+	"github.com/braidmesh/braid/clustermesh"
+)
+
+// Topology is where this node sits; backends are tiered against it.
+type Topology struct {
+	Node      string
+	Zone      string
+	Cluster   clustermesh.ClusterName
+	ClusterID clustermesh.ClusterID
+	// NodeIPs are this node's addresses: an IP entry whose HostIP is one of
+	// them is local and is not steered to the tunnel.
+	NodeIPs []netip.Addr
+	// TunnelIfindex is the tunnel device remote pods are reached through;
+	// 0 disables steering.
+	TunnelIfindex uint32
+}
+
+// Frontend is one address a service answers on.
+type Frontend struct {
+	Addr     netip.AddrPort
+	Protocol clustermesh.Protocol
+}
+
+// Backend is one endpoint of a Service.
+type Backend struct {
+	Addr    netip.AddrPort
+	Cluster clustermesh.ClusterName
+	Node    string
+	Zone    string
+	Healthy bool
+}
+
+// Service is a set of frontends sharing one set of backends (one service
+// port, typically one per address family).
+type Service struct {
+	// Name is for logs only, e.g. "east/default/web:http".
+	Name      string
+	Frontends []Frontend
+	Affinity  clustermesh.Affinity
+	Backends  []Backend
+}
+
+// PolicyRule allows or denies traffic from Src to Dst. Port 0 with Protocol
+// "" matches every port.
+type PolicyRule struct {
+	Src, Dst clustermesh.NumericIdentity
+	Port     uint16
+	Protocol clustermesh.Protocol
+	Deny     bool
+}
+
+// LocalEntry is an address hosted on this node (a local pod).
+type LocalEntry struct {
+	Prefix   netip.Prefix
+	Identity clustermesh.NumericIdentity
+}
+
+// Desired is the complete state the maps must hold. It is a level: anything
+// in the maps that Desired does not mention is removed.
+type Desired struct {
+	// IPCache are mesh entries (remote and local cluster).
+	IPCache []clustermesh.IPEntry
+	// Local are this node's own pods; they win over IPCache on conflict.
+	Local []LocalEntry
+	// ClusterIDs gives the numeric ID of each cluster named in IPCache and
+	// backends; unknown clusters get ID 0.
+	ClusterIDs  map[clustermesh.ClusterName]clustermesh.ClusterID
+	Services    []Service
+	Policy      []PolicyRule
+	DefaultDeny bool
+}

@@ -1,0 +1,24 @@
+// Package datapath turns the mesh model into Braid's eBPF maps.
+//
+// A Reconciler owns the ipcache, service, backend-slot, backend and policy
+// maps of one node (see package bpf) and the datapath config. Reconcile
+// takes a complete Desired state (a level, not an edge), dumps each map,
+// diffs, and applies only the difference with batch updates and deletes:
+// backends, then slots, then frontends are written before anything is
+// removed, so a frontend never points at a missing backend. Whatever the
+// maps hold that Desired lacks is pruned, so a departed cluster's entries
+// disappear on the next reconcile. A second Reconcile with the same input
+// writes nothing (Writes counts every entry written).
+//
+// Backends are tiered against the node's Topology (same node, same zone,
+// same cluster, remote) and only healthy ones get slots; affinity follows
+// Cilium's semantics, evaluated in the datapath. Backend and service IDs are
+// recovered from the maps themselves, so a restarted agent reuses them and
+// rewrites nothing.
+//
+// Concurrency: Reconcile calls are serialised. Update never blocks; Run
+// (the caller decides to go it) reconciles on each Update and every
+// ResyncInterval, retrying failures with backoff until its context ends.
+// Status and Health return snapshots and never touch the kernel. Metrics
+// are labelled by map name only.
+package datapath
