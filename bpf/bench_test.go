@@ -1,0 +1,136 @@
+package bpf_test
+
+import (
+	"fmt"
+	"net"
+	"net/netip"
+	"os/exec"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/braidmesh/braid/bpf"
+	"github.com/braidmesh/braid/bpf/bpftest"
+	"github.com/vishvananda/netns"
+)
+
+func vipN(i int) netip.AddrPort {
+	return netip.AddrPortFrom(netip.AddrFrom4([4]byte{10, 97, byte(i >> 8), byte(i)}), 80)
+}
+
+// connectLatency dials to from ns samples times (connect + close) and
+// returns p50 and p99.
+func connectLatency(b *testing.B, ns netns.NsHandle, to netip.AddrPort, samples int) (p50, p99 time.Duration) {
+	var d []time.Duration
+	err := bpftest.Do(ns, func() error {
+		for i := 0; i < samples; i++ {
+			start := time.Now()
+			c, err := net.Dial("tcp", to.String())
+			if err != nil {
+				return err
+			}
+			d = append(d, time.Since(start))
+			c.(*net.TCPConn).SetLinger(0)
+			c.Close()
+		}
+		return nil
+	})
+	if err != nil {
+		b.Fatal(err)
+	}
+	slices.Sort(d)
+	return d[len(d)/2], d[len(d)*99/100]
+}
+
+// BenchmarkConnectLatency compares connect() to the last of N services
+// through the socket-level LB with the same services as kube-proxy-style
+// iptables (nft backend) DNAT rules. Run with -benchtime 1x.
+func BenchmarkConnectLatency(b *testing.B) {
+	bpftest.RequireRoot(b)
+	if _, err := exec.LookPath("iptables-restore"); err != nil {
+		b.Skip("skip: iptables-restore not installed (Debian iptables)")
+	}
+	const samples = 3000
+	for _, n := range []int{10, 1000, 10000} {
+		b.Run(fmt.Sprintf("socklb/services=%d", n), func(b *testing.B) {
+			objs, err := bpf.Load(bpf.Config{PinDir: bpftest.PinDir(b), ServiceEntries: 16384, BackendEntries: 16384})
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer func() { objs.Unpin(); objs.Close() }()
+			client, server := bpftest.NetNS(b), bpftest.NetNS(b)
+			p := netip.MustParsePrefix
+			bpftest.Veth(b, client, "c", []netip.Prefix{p("10.203.0.1/24")}, server, "s", []netip.Prefix{p("10.203.0.2/24")})
+			bpftest.Serve(b, server, "be", bpftest.BackendPort)
+			bpftest.Route(b, client, netip.MustParsePrefix("0.0.0.0/0"), netip.MustParseAddr("10.203.0.2"))
+			fam, w := bpf.AddrWords(netip.MustParseAddr("10.203.0.2"))
+			if err := objs.Backends.Update(1, bpf.BackendValue{Addr: w, Port: bpf.Port(bpftest.BackendPort), Family: fam, Flags: bpf.BackendHealthy}); err != nil {
+				b.Fatal(err)
+			}
+			var ks []bpf.ServiceKey
+			var vs []bpf.ServiceValue
+			var sk []bpf.SlotKey
+			var sv []bpf.BackendID
+			for i := 0; i < n; i++ {
+				ks = append(ks, bpf.ServiceKeyFor(vipN(i), protoTCP))
+				vs = append(vs, bpf.ServiceValue{SvcId: uint32(i + 1), Count: [4]uint16{1}})
+				sk = append(sk, bpf.SlotKey{SvcId: uint32(i + 1)})
+				sv = append(sv, 1)
+			}
+			if _, err := objs.Slots.BatchUpdate(sk, sv); err != nil {
+				b.Fatal(err)
+			}
+			if _, err := objs.Services.BatchUpdate(ks, vs); err != nil {
+				b.Fatal(err)
+			}
+			cg := bpftest.Cgroup(b)
+			if err := objs.AttachCgroup(cg); err != nil {
+				b.Fatal(err)
+			}
+			defer objs.DetachCgroup(cg)
+			bpftest.EnterCgroup(b, cg)
+			for i := 0; i < b.N; i++ {
+				p50, p99 := connectLatency(b, client, vipN(n-1), samples)
+				b.ReportMetric(float64(p50.Microseconds()), "p50-µs")
+				b.ReportMetric(float64(p99.Microseconds()), "p99-µs")
+			}
+		})
+		b.Run(fmt.Sprintf("iptables/services=%d", n), func(b *testing.B) {
+			client, server := bpftest.NetNS(b), bpftest.NetNS(b)
+			p := netip.MustParsePrefix
+			bpftest.Veth(b, client, "c", []netip.Prefix{p("10.203.0.1/24")}, server, "s", []netip.Prefix{p("10.203.0.2/24")})
+			bpftest.Serve(b, server, "be", bpftest.BackendPort)
+			bpftest.Route(b, client, netip.MustParsePrefix("0.0.0.0/0"), netip.MustParseAddr("10.203.0.2"))
+			var rules strings.Builder
+			rules.WriteString("*nat\n:KUBE-SERVICES - [0:0]\n")
+			for i := 0; i < n; i++ {
+				fmt.Fprintf(&rules, ":KUBE-SVC-%d - [0:0]\n:KUBE-SEP-%d - [0:0]\n", i, i)
+			}
+			rules.WriteString("-A OUTPUT -j KUBE-SERVICES\n")
+			for i := 0; i < n; i++ {
+				v := vipN(i)
+				fmt.Fprintf(&rules, "-A KUBE-SERVICES -d %s/32 -p tcp -m tcp --dport 80 -j KUBE-SVC-%d\n", v.Addr(), i)
+				fmt.Fprintf(&rules, "-A KUBE-SVC-%d -j KUBE-SEP-%d\n", i, i)
+				fmt.Fprintf(&rules, "-A KUBE-SEP-%d -p tcp -m tcp -j DNAT --to-destination 10.203.0.2:%d\n", i, bpftest.BackendPort)
+			}
+			rules.WriteString("COMMIT\n")
+			err := bpftest.Do(client, func() error {
+				cmd := exec.Command("iptables-restore")
+				cmd.Stdin = strings.NewReader(rules.String())
+				if out, err := cmd.CombinedOutput(); err != nil {
+					return fmt.Errorf("%v: %s", err, out)
+				}
+				return nil
+			})
+			if err != nil {
+				b.Fatalf("iptables-restore: %v", err)
+			}
+			for i := 0; i < b.N; i++ {
+				p50, p99 := connectLatency(b, client, vipN(n-1), samples)
+				b.ReportMetric(float64(p50.Microseconds()), "p50-µs")
+				b.ReportMetric(float64(p99.Microseconds()), "p99-µs")
+			}
+		})
+	}
+}

@@ -1,0 +1,233 @@
+// Package bpftest sets up what privileged datapath tests need: root, a
+// network namespace per node or pod, a cgroup v2 directory and a bpffs pin
+// directory of their own, each removed when the test ends.
+//
+// Helpers call t.Skip with a one-line reason when the machine cannot run
+// them (not root, no cgroup v2, no bpffs), so tests pass or skip, never fail,
+// on an unprivileged machine.
+package bpftest
+
+import (
+	"bufio"
+	"bytes"
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"runtime"
+	"strconv"
+	"strings"
+	"testing"
+
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
+)
+
+// CgroupRoot is where cgroup v2 is mounted on the project's machines.
+const CgroupRoot = "/sys/fs/cgroup/unified"
+
+// RequireRoot skips t unless it runs as root with cgroup v2 and bpffs.
+func RequireRoot(t testing.TB) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("skip: needs root (CAP_BPF, CAP_NET_ADMIN, cgroup and netns setup)")
+	}
+	var st unix.Statfs_t
+	if err := unix.Statfs(CgroupRoot, &st); err != nil || st.Type != unix.CGROUP2_SUPER_MAGIC {
+		t.Skipf("skip: no cgroup v2 mounted at %s", CgroupRoot)
+	}
+	if err := unix.Statfs("/sys/fs/bpf", &st); err != nil {
+		t.Skip("skip: no /sys/fs/bpf directory for bpffs")
+	}
+}
+
+func randName(prefix string) string {
+	var b [4]byte
+	rand.Read(b[:])
+	return prefix + hex.EncodeToString(b[:])
+}
+
+// PinDir returns a fresh pin directory under /sys/fs/bpf, removed at cleanup.
+// It mounts bpffs on /sys/fs/bpf when nothing is mounted there.
+func PinDir(t testing.TB) string {
+	t.Helper()
+	var st unix.Statfs_t
+	if err := unix.Statfs("/sys/fs/bpf", &st); err == nil && st.Type != unix.BPF_FS_MAGIC {
+		if err := unix.Mount("bpf", "/sys/fs/bpf", "bpf", 0, "mode=0700"); err != nil {
+			t.Skipf("skip: cannot mount bpffs: %v", err)
+		}
+	}
+	dir := filepath.Join("/sys/fs/bpf", randName("braid-test-"))
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	return dir
+}
+
+// Cgroup creates a cgroup v2 directory, removed at cleanup.
+func Cgroup(t testing.TB) string {
+	t.Helper()
+	dir := filepath.Join(CgroupRoot, randName("braid-test-"))
+	if err := os.Mkdir(dir, 0o755); err != nil {
+		t.Fatalf("create cgroup: %v", err)
+	}
+	t.Cleanup(func() { os.Remove(dir) })
+	return dir
+}
+
+func ownCgroup() (string, error) {
+	b, err := os.ReadFile("/proc/self/cgroup")
+	if err != nil {
+		return "", err
+	}
+	sc := bufio.NewScanner(bytes.NewReader(b))
+	for sc.Scan() {
+		if rest, ok := strings.CutPrefix(sc.Text(), "0::"); ok {
+			return filepath.Join(CgroupRoot, rest), nil
+		}
+	}
+	return "", fmt.Errorf("no cgroup v2 entry in /proc/self/cgroup")
+}
+
+// EnterCgroup moves the test process into cg and back at cleanup. Every
+// socket the process opens meanwhile is subject to programs attached to cg.
+func EnterCgroup(t testing.TB, cg string) {
+	t.Helper()
+	orig, err := ownCgroup()
+	if err != nil {
+		t.Fatalf("read own cgroup: %v", err)
+	}
+	pid := []byte(strconv.Itoa(os.Getpid()))
+	if err := os.WriteFile(filepath.Join(cg, "cgroup.procs"), pid, 0); err != nil {
+		t.Skipf("skip: cannot enter cgroup %s: %v", cg, err)
+	}
+	t.Cleanup(func() {
+		if err := os.WriteFile(filepath.Join(orig, "cgroup.procs"), pid, 0); err != nil {
+			t.Errorf("leave cgroup: %v", err)
+		}
+	})
+}
+
+// NetNS creates a network namespace with loopback up, closed at cleanup
+// (the kernel reaps it and its interfaces once nothing uses it).
+func NetNS(t testing.TB) netns.NsHandle {
+	t.Helper()
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	orig, err := netns.Get()
+	if err != nil {
+		t.Fatalf("get netns: %v", err)
+	}
+	defer orig.Close()
+	ns, err := netns.New()
+	if err != nil {
+		t.Fatalf("new netns: %v", err)
+	}
+	if err := netns.Set(orig); err != nil {
+		panic(err) // the thread would stay in the wrong namespace
+	}
+	t.Cleanup(func() { ns.Close() })
+	h := Handle(t, ns)
+	lo, err := h.LinkByName("lo")
+	if err == nil {
+		err = h.LinkSetUp(lo)
+	}
+	if err != nil {
+		t.Fatalf("loopback up: %v", err)
+	}
+	return ns
+}
+
+// Handle returns a netlink handle operating in ns, closed at cleanup.
+func Handle(t testing.TB, ns netns.NsHandle) *netlink.Handle {
+	t.Helper()
+	h, err := netlink.NewHandleAt(ns)
+	if err != nil {
+		t.Fatalf("netlink handle: %v", err)
+	}
+	t.Cleanup(h.Close)
+	return h
+}
+
+// Do runs fn on a thread switched into ns. Sockets fn creates stay in ns.
+func Do(ns netns.NsHandle, fn func() error) error {
+	errc := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread()
+		orig, err := netns.Get()
+		if err != nil {
+			errc <- err
+			return
+		}
+		defer orig.Close()
+		if err := netns.Set(ns); err != nil {
+			errc <- err
+			return
+		}
+		err = fn()
+		if serr := netns.Set(orig); serr == nil {
+			runtime.UnlockOSThread() // else the thread dies with the goroutine
+		}
+		errc <- err
+	}()
+	return <-errc
+}
+
+// Veth connects nsA and nsB with a veth pair named nameA/nameB, brings both
+// ends up and assigns the addresses (IPv6 without duplicate address
+// detection). It returns the index of nameA in nsA.
+func Veth(t testing.TB, nsA netns.NsHandle, nameA string, addrsA []netip.Prefix, nsB netns.NsHandle, nameB string, addrsB []netip.Prefix) int {
+	t.Helper()
+	ha, hb := Handle(t, nsA), Handle(t, nsB)
+	v := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: nameA}, PeerName: nameB, PeerNamespace: netlink.NsFd(int(nsB))}
+	if err := ha.LinkAdd(v); err != nil {
+		t.Fatalf("add veth %s: %v", nameA, err)
+	}
+	setup := func(h *netlink.Handle, name string, addrs []netip.Prefix) int {
+		l, err := h.LinkByName(name)
+		if err != nil {
+			t.Fatalf("link %s: %v", name, err)
+		}
+		for _, a := range addrs {
+			na := &netlink.Addr{IPNet: &net.IPNet{IP: a.Addr().AsSlice(), Mask: net.CIDRMask(a.Bits(), a.Addr().BitLen())}}
+			if a.Addr().Is6() {
+				na.Flags = unix.IFA_F_NODAD
+			}
+			if err := h.AddrAdd(l, na); err != nil {
+				t.Fatalf("addr %s on %s: %v", a, name, err)
+			}
+		}
+		if err := h.LinkSetUp(l); err != nil {
+			t.Fatalf("up %s: %v", name, err)
+		}
+		return l.Attrs().Index
+	}
+	idx := setup(ha, nameA, addrsA)
+	setup(hb, nameB, addrsB)
+	return idx
+}
+
+// Route adds a route to dst via gw in ns (gw may be invalid for on-link).
+func Route(t testing.TB, ns netns.NsHandle, dst netip.Prefix, gw netip.Addr) {
+	t.Helper()
+	h := Handle(t, ns)
+	r := &netlink.Route{Dst: &net.IPNet{IP: dst.Addr().AsSlice(), Mask: net.CIDRMask(dst.Bits(), dst.Addr().BitLen())}}
+	if gw.IsValid() {
+		r.Gw = gw.AsSlice()
+	}
+	if err := h.RouteAdd(r); err != nil {
+		t.Fatalf("route %s via %s: %v", dst, gw, err)
+	}
+}
+
+// Sysctl writes a sysctl inside ns, e.g. Sysctl(t, ns, "net/ipv4/ip_forward", "1").
+func Sysctl(t testing.TB, ns netns.NsHandle, key, val string) {
+	t.Helper()
+	// /proc/sys/net reflects the netns of the thread that opens it.
+	err := Do(ns, func() error { return os.WriteFile("/proc/sys/"+key, []byte(val), 0) })
+	if err != nil {
+		t.Fatalf("sysctl %s: %v", key, err)
+	}
+}

@@ -1,0 +1,55 @@
+// Package bpf is Braid's eBPF datapath: the C programs (braid.c), the Go
+// types and objects bpf2go generates from them (committed, so a build needs
+// no clang), a loader, and typed map wrappers.
+//
+// The package is a leaf: it knows addresses, ports, identities and tiers,
+// never clusters or services; clustermesh/datapath translates the mesh
+// model into the keys defined here.
+//
+// # Programs
+//
+//   - cgroup connect4/6, sendmsg4/6, recvmsg4/6, getpeername4/6: socket-level
+//     load balancing. A connect or sendto to a service frontend is rewritten
+//     to a backend; getpeername and recvfrom show the frontend again. An
+//     ::ffff: address on an IPv6 socket is handled as IPv4 by every hook.
+//   - tc_from_pod (ingress of a pod-facing interface): service DNAT with a
+//     connection-tracking entry per flow, reverse NAT of replies from local
+//     backends, and redirect to the tunnel device for ipcache entries flagged
+//     IPCacheTunnel (DatapathConfig.TunnelIfindex, 0 disables it).
+//   - tc_to_pod (egress of a pod-facing interface): reverse NAT of replies
+//     from remote backends, then identity policy: the ipcache gives source
+//     and destination identity; PolicyKey{src, dst, port, proto} is tried,
+//     then {src, dst, 0, 0}; no rule means allow unless
+//     DatapathConfig.DefaultDeny. Replies of flows a local pod initiated
+//     bypass policy. Counters record each verdict by reason.
+//
+// # Backend selection
+//
+// A ServiceValue holds the number of healthy backends per Tier; the
+// service's slots (SlotKey{SvcId, 0..n-1}) list them tier by tier in Tier
+// order. AffinityLocal takes the first tier with a healthy backend in the
+// order node, zone, cluster, remote; AffinityRemote tries remote first, then
+// the local tiers; AffinityNone picks uniformly among all slots. A backend
+// whose BackendHealthy flag is clear is skipped (up to 8 probes per tier),
+// so a health flip takes effect before the slots are rewritten. A service
+// whose backends are all unhealthy refuses connect() (EPERM) and drops
+// packets (CounterDropNoBackend).
+//
+// # Ownership and restarts
+//
+// Load returns *Objects; the caller owns it and must Close it. Maps are
+// pinned by name under Config.PinDir and reopened, never flushed, by the
+// next Load. Attach* pins its links under PinDir/links and, when a pinned
+// link exists, replaces its program in place (BPF_LINK_UPDATE), so
+// restarting or upgrading the agent drops no connection. Legacy clsact
+// filters are replaced with the same handle and priority, also atomically.
+// A pinned map whose layout or size differs from this build makes Load fail
+// with ErrIncompatible; layout changes need a new map name.
+//
+// AttachTC takes an interface index in the calling thread's network
+// namespace. Map methods are safe for concurrent use; Objects methods that
+// attach or detach are not meant to run concurrently with each other.
+//
+// Regenerate with `go generate ./bpf/` (see gen.go); TestGeneratedCurrent
+// fails when the committed output is stale and clang is installed.
+package bpf
