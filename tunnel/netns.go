@@ -1,0 +1,109 @@
+package tunnel
+
+import (
+	"errors"
+	"fmt"
+	"runtime"
+	"sync"
+
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
+	"golang.zx2c4.com/wireguard/conn"
+	"golang.zx2c4.com/wireguard/tun"
+)
+
+// inNetns runs fn on a locked OS thread switched into ns. If the thread
+// cannot be switched back, it stays locked so that the runtime discards it
+// when the goroutine exits instead of reusing a thread in the wrong netns.
+func inNetns(ns netns.NsHandle, fn func() error) error {
+	runtime.LockOSThread()
+	orig, err := netns.Get()
+	if err != nil {
+		runtime.UnlockOSThread()
+		return fmt.Errorf("get current netns: %w", err)
+	}
+	defer orig.Close()
+	if err := netns.Set(ns); err != nil {
+		runtime.UnlockOSThread()
+		return fmt.Errorf("enter netns: %w", err)
+	}
+	fnErr := fn()
+	if err := netns.Set(orig); err != nil {
+		// Leave the thread locked: it is tainted and dies with the goroutine.
+		return fmt.Errorf("restore netns: %w", err)
+	}
+	runtime.UnlockOSThread()
+	return fnErr
+}
+
+// nsBind opens wireguard-go's UDP sockets inside the device's netns.
+// wireguard-go calls Open from whichever goroutine (re)binds: the UAPI
+// handler, the TUN event reader. Without the switch the sockets would land
+// in that thread's netns, the agent's rather than the node's.
+type nsBind struct {
+	conn.Bind
+	ns netns.NsHandle
+}
+
+func (b *nsBind) Open(port uint16) (fns []conn.ReceiveFunc, actual uint16, err error) {
+	nsErr := inNetns(b.ns, func() error {
+		fns, actual, err = b.Bind.Open(port)
+		return nil
+	})
+	if nsErr != nil {
+		return nil, 0, nsErr
+	}
+	return fns, actual, err
+}
+
+// nsTUN answers MTU queries through netlink in the device's netns: the
+// NativeTun implementation looks the interface up by name in the netns of
+// the calling thread, which for wireguard-go's event goroutine is not the
+// device's.
+type nsTUN struct {
+	tun.Device
+	name string
+	nl   *nlHandle
+}
+
+func (t *nsTUN) MTU() (int, error) {
+	var mtu int
+	err := t.nl.do(func(h *netlink.Handle) error {
+		link, err := h.LinkByName(t.name)
+		if err != nil {
+			return err
+		}
+		mtu = link.Attrs().MTU
+		return nil
+	})
+	if err != nil {
+		return 0, fmt.Errorf("get mtu of %s: %w", t.name, err)
+	}
+	return mtu, nil
+}
+
+// nlHandle serializes use of a netlink handle bound to the device's netns.
+type nlHandle struct {
+	mu sync.Mutex
+	h  *netlink.Handle // nil once closed
+}
+
+var errHandleClosed = errors.New("netlink handle closed")
+
+func (n *nlHandle) do(fn func(h *netlink.Handle) error) error {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.h == nil {
+		return errHandleClosed
+	}
+	return fn(n.h)
+}
+
+func (n *nlHandle) close() {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.h != nil {
+		n.h.Close()
+		n.h = nil
+	}
+}

@@ -1,0 +1,178 @@
+package tunnel
+
+import (
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
+)
+
+// These tests need no privileges.
+
+func mustKey(t *testing.T) wgtypes.Key {
+	t.Helper()
+	k, err := wgtypes.GeneratePrivateKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return k.PublicKey()
+}
+
+func TestPeerAllowedIPs(t *testing.T) {
+	p := Peer{
+		Endpoint: netip.MustParseAddrPort("192.0.2.7:51820"),
+		PodCIDRs: []netip.Prefix{netip.MustParsePrefix("10.244.7.9/24"), netip.MustParsePrefix("fd00:7::/64"), netip.MustParsePrefix("10.244.7.0/24")},
+	}
+	got := p.AllowedIPs()
+	want := []netip.Prefix{netip.MustParsePrefix("10.244.7.0/24"), netip.MustParsePrefix("192.0.2.7/32"), netip.MustParsePrefix("fd00:7::/64")}
+	if len(got) != len(want) {
+		t.Fatalf("AllowedIPs = %v, want %v", got, want)
+	}
+	for i := range got {
+		if got[i] != want[i] {
+			t.Fatalf("AllowedIPs = %v, want %v", got, want)
+		}
+	}
+}
+
+func TestPeerDiff(t *testing.T) {
+	ka, kb, kc := mustKey(t), mustKey(t), mustKey(t)
+	pa := Peer{PublicKey: ka, Endpoint: netip.MustParseAddrPort("192.0.2.1:51820"), PodCIDRs: []netip.Prefix{netip.MustParsePrefix("10.244.1.0/24")}}
+	pb := Peer{PublicKey: kb, Endpoint: netip.MustParseAddrPort("192.0.2.2:51820"), PodCIDRs: []netip.Prefix{netip.MustParsePrefix("10.244.2.0/24")}}
+	// What the device reports for pa and pb; IPv4 may come back mapped.
+	have := []wgtypes.Peer{
+		{PublicKey: ka, Endpoint: &net.UDPAddr{IP: net.ParseIP("192.0.2.1"), Port: 51820}, AllowedIPs: toIPNets(pa.AllowedIPs())},
+		{PublicKey: kb, Endpoint: &net.UDPAddr{IP: net.ParseIP("192.0.2.2").To4(), Port: 51820}, AllowedIPs: toIPNets(pb.AllowedIPs())},
+		{PublicKey: kc, Endpoint: &net.UDPAddr{IP: net.ParseIP("192.0.2.3"), Port: 51820}},
+	}
+
+	if got := peerDiff(have[:2], map[wgtypes.Key]Peer{ka: pa, kb: pb}, 0); len(got) != 0 {
+		t.Errorf("unchanged set: %d changes, want 0", len(got))
+	}
+
+	pb2 := pb
+	pb2.Endpoint = netip.MustParseAddrPort("192.0.2.2:51821") // port only: allowed IPs unchanged
+	got := peerDiff(have, map[wgtypes.Key]Peer{ka: pa, kb: pb2}, 0)
+	if len(got) != 2 {
+		t.Fatalf("got %d changes, want 2: %+v", len(got), got)
+	}
+	if !got[0].Remove || got[0].PublicKey != kc {
+		t.Errorf("first change should remove the stale peer: %+v", got[0])
+	}
+	if got[1].PublicKey != kb || !got[1].UpdateOnly || got[1].Endpoint.String() != "192.0.2.2:51821" || got[1].ReplaceAllowedIPs {
+		t.Errorf("endpoint change: %+v", got[1])
+	}
+
+	ka2 := mustKey(t) // a rotated key: remove the old peer, add the new
+	pa2 := pa
+	pa2.PublicKey = ka2
+	got = peerDiff(have[:2], map[wgtypes.Key]Peer{ka2: pa2, kb: pb}, 10*time.Second)
+	var removed, added bool
+	for _, pc := range got {
+		removed = removed || (pc.PublicKey == ka && pc.Remove)
+		added = added || (pc.PublicKey == ka2 && !pc.UpdateOnly && pc.ReplaceAllowedIPs && *pc.PersistentKeepaliveInterval == 10*time.Second)
+	}
+	if !removed || !added {
+		t.Errorf("rotated key: %+v", got)
+	}
+}
+
+func TestIntervalElems(t *testing.T) {
+	ps := []netip.Prefix{
+		netip.MustParsePrefix("10.244.1.0/24"),
+		netip.MustParsePrefix("10.244.0.0/16"), // covers the first
+		netip.MustParsePrefix("10.245.0.0/16"), // adjacent: merged
+		netip.MustParsePrefix("192.168.0.0/24"),
+		netip.MustParsePrefix("fd00::/8"),
+	}
+	var got []string
+	for _, e := range intervalElems(ps, false) {
+		a, _ := netip.AddrFromSlice(e.Key)
+		s := a.String()
+		if e.IntervalEnd {
+			s = "end " + s
+		}
+		got = append(got, s)
+	}
+	want := "10.244.0.0,end 10.246.0.0,192.168.0.0,end 192.168.1.0"
+	if strings.Join(got, ",") != want {
+		t.Errorf("v4 elements %v, want %s", got, want)
+	}
+	if e := intervalElems([]netip.Prefix{netip.MustParsePrefix("0.0.0.0/0")}, false); len(e) != 1 {
+		t.Errorf("whole space: %d elements, want 1 (no end)", len(e))
+	}
+	if e := intervalElems(ps, true); len(e) != 2 {
+		t.Errorf("v6 elements: %d, want 2", len(e))
+	}
+}
+
+func TestKeyFile(t *testing.T) {
+	dir := t.TempDir()
+	cfg := Config{Name: "braid0", StateDir: filepath.Join(dir, "state")}
+	d, err := New(cfg, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(cfg.StateDir, KeyFileName)
+	fi, err := os.Stat(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fi.Mode().Perm() != 0o600 {
+		t.Errorf("key file mode %v, want 0600", fi.Mode().Perm())
+	}
+	d2, err := New(cfg, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d.PublicKey() != d2.PublicKey() {
+		t.Error("key regenerated on second New")
+	}
+	if err := os.WriteFile(path, []byte("not a key"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := New(cfg, nil); err == nil || strings.Contains(err.Error(), "not a key") {
+		t.Errorf("malformed key file: %v", err)
+	}
+}
+
+func TestConfigValidation(t *testing.T) {
+	dir := t.TempDir()
+	for _, c := range []Config{
+		{Name: "", StateDir: dir},
+		{Name: "a-name-longer-than-15", StateDir: dir},
+		{Name: "braid0"},
+		{Name: "braid0", StateDir: dir, ListenPort: 70000},
+		{Name: "braid0", StateDir: dir, UnderlayMTU: 1300},
+		{Name: "braid0", StateDir: dir, RotationInterval: -time.Second},
+		{Name: "braid0", StateDir: dir, LocalPodCIDRs: []netip.Prefix{{}}},
+	} {
+		if _, err := New(c, nil); err == nil {
+			t.Errorf("New(%+v) succeeded", c)
+		}
+	}
+	for _, c := range []struct {
+		cfg  Config
+		want int
+	}{
+		{Config{}, 1440},
+		{Config{UnderlayIPv6: true}, 1420},
+		{Config{UnderlayMTU: 9000}, 8940},
+	} {
+		if got := c.cfg.MTU(); got != c.want {
+			t.Errorf("MTU(%+v) = %d, want %d", c.cfg, got, c.want)
+		}
+	}
+}
+
+func TestShortKey(t *testing.T) {
+	k := mustKey(t)
+	if s := ShortKey(k); len(s) != 8 || !strings.HasPrefix(k.String(), s) {
+		t.Errorf("ShortKey = %q", s)
+	}
+}
