@@ -234,6 +234,14 @@ func DecodeService(owner *ClusterConfig, key string, value []byte) (Service, err
 	if _, err := ParseAffinity(string(s.Affinity)); err != nil || s.Affinity == "" {
 		return Service{}, invalid(key, KindServices, "affinity %q: must be one of local, remote, none", s.Affinity)
 	}
+	for _, ip := range s.ClusterIPs {
+		if !ip.IsValid() {
+			return Service{}, invalid(key, KindServices, "invalid cluster IP")
+		}
+		if !owner.ContainsServiceIP(ip) {
+			return Service{}, invalid(key, KindServices, "cluster IP %s is outside cluster %q's service CIDRs %v", ip, owner.Name, owner.ServiceCIDRs)
+		}
+	}
 	ports := make(map[string]bool, len(s.Ports))
 	for _, p := range s.Ports {
 		if p.Port == 0 {

@@ -391,6 +391,9 @@ func TestDecodeService(t *testing.T) {
 			`backend fd00:2:0:1::7 names unknown port ""`},
 		{"backend port 0", key, mut(func(s *clustermesh.Service) { s.Backends[0].Ports[0].Port = 0 }),
 			`backend 10.2.1.7 port "http" is 0`},
+		{"cluster IP outside service CIDRs", key, mut(func(s *clustermesh.Service) {
+			s.ClusterIPs = []netip.Addr{netip.MustParseAddr("10.103.0.1")}
+		}), `cluster IP 10.103.0.1 is outside cluster "east"'s service CIDRs`},
 		{"backend port given twice", key, mut(func(s *clustermesh.Service) {
 			s.Backends[0].Ports = append(s.Backends[0].Ports, clustermesh.BackendPort{Name: "http", Port: 8081})
 		}), `backend 10.2.1.7 gives port "http" twice`},

@@ -112,6 +112,20 @@ func (c *ClusterConfig) ContainsPodIP(p netip.Prefix) bool {
 	return false
 }
 
+// ContainsServiceIP reports whether ip lies inside one of the cluster's
+// service CIDRs. A cluster that declares none contains every address.
+func (c *ClusterConfig) ContainsServiceIP(ip netip.Addr) bool {
+	if len(c.ServiceCIDRs) == 0 {
+		return true
+	}
+	for _, cidr := range c.ServiceCIDRs {
+		if cidr.Contains(ip) {
+			return true
+		}
+	}
+	return false
+}
+
 // Node is one node of a cluster. It is stored at NodeKey.
 type Node struct {
 	Name    string       `json:"name"`
@@ -235,11 +249,15 @@ type Service struct {
 	Global    bool        `json:"global"`
 	// Shared false means the cluster consumes remote backends but exports
 	// none of its own: Backends is then empty.
-	Shared   bool          `json:"shared"`
-	Affinity Affinity      `json:"affinity"`
-	Headless bool          `json:"headless,omitempty"`
-	Ports    []ServicePort `json:"ports"`
-	Backends []Backend     `json:"backends,omitempty"`
+	Shared   bool     `json:"shared"`
+	Affinity Affinity `json:"affinity"`
+	Headless bool     `json:"headless,omitempty"`
+	// ClusterIPs are the service's virtual IPs in the publishing cluster;
+	// agents of that cluster serve the mesh's backends on them. Other
+	// clusters use their own service's addresses.
+	ClusterIPs []netip.Addr  `json:"clusterIPs,omitempty"`
+	Ports      []ServicePort `json:"ports"`
+	Backends   []Backend     `json:"backends,omitempty"`
 	// ExportedAt is when the cluster's MCS ServiceExport for the service
 	// was created; zero when the service is global by annotation only.
 	// Clusters resolve ServiceImport conflicts by it (KEP-1645: the oldest

@@ -42,7 +42,7 @@ func view(s Snapshot) pageView {
 	return v
 }
 
-var page = template.Must(template.New("status").Parse(`<!doctype html>
+var page = template.Must(template.New("status").Funcs(template.FuncMap{"pct": func(f float64) float64 { return 100 * f }}).Parse(`<!doctype html>
 <html lang="en"><head><meta charset="utf-8">
 <meta http-equiv="refresh" content="2">
 <title>Braid · {{.Cluster}}</title>
@@ -58,6 +58,9 @@ table{border-collapse:collapse}td,th{padding:.3em .8em;border-bottom:1px solid #
 {{range .Rows}}{{$r := .}}<tr data-cluster="{{.Name}}"><td>{{.Name}}</td><td>{{.ID}}</td><td class="{{.State}}">{{.State}}</td>{{range $.Kinds}}<td>{{index $r.Entries .}}</td>{{end}}<td>{{.SyncAge}}</td><td>{{.Invalid}}</td><td>{{.Failures}}</td><td>{{.LastError}}</td></tr>
 {{else}}<tr><td colspan="10">No remote clusters.</td></tr>{{end}}
 </tbody></table>
+{{if .Maps}}<h2>Datapath maps</h2><table id="maps"><thead><tr><th>Map</th><th>Entries</th><th>Capacity</th><th>Fill</th></tr></thead><tbody>
+{{range .Maps}}<tr><td>{{.Name}}</td><td>{{.Entries}}</td><td>{{.Capacity}}</td><td>{{printf "%.1f%%" (pct .Pressure)}}</td></tr>
+{{end}}</tbody></table>{{end}}
 <p><small>As of {{.Time.Format "2006-01-02 15:04:05.000 MST"}} · <a href="/api/status">JSON</a></small></p>
 </body></html>
 `))

@@ -27,6 +27,16 @@ type Snapshot struct {
 	Remotes []clustermesh.RemoteClusterStatus `json:"remotes"`
 	// InvalidClusterConfigs counts cluster configs rejected by validation.
 	InvalidClusterConfigs int `json:"invalidClusterConfigs,omitempty"`
+	// Maps is the fill of each BPF map (agents only).
+	Maps []MapFill `json:"maps,omitempty"`
+}
+
+// MapFill is how full one BPF map is.
+type MapFill struct {
+	Name     string  `json:"name"`
+	Entries  int     `json:"entries"`
+	Capacity int     `json:"capacity"`
+	Pressure float64 `json:"pressure"`
 }
 
 // Source is what the status page needs from a running agent or operator.

@@ -1,0 +1,107 @@
+package agent
+
+import (
+	"cmp"
+	"fmt"
+	"net/netip"
+	"slices"
+
+	"github.com/braidmesh/braid/clustermesh"
+	"github.com/braidmesh/braid/clustermesh/datapath"
+	"github.com/braidmesh/braid/clustermesh/remote"
+)
+
+// DesiredState computes what the datapath must hold on a node of cluster
+// local: the ipcache from every cluster's IP entries, and for each global
+// service the local cluster publishes with cluster IPs, one datapath
+// service per port whose backends are the local cluster's plus every remote
+// cluster's that shares the service. A backend is healthy when it is ready,
+// or serving and not terminating.
+func DesiredState(snap *remote.Snapshot, local clustermesh.ClusterName) datapath.Desired {
+	var want datapath.Desired
+	want.ClusterIDs = make(map[clustermesh.ClusterName]clustermesh.ClusterID, len(snap.Clusters))
+	names := make([]clustermesh.ClusterName, 0, len(snap.Clusters))
+	for name, cs := range snap.Clusters {
+		names = append(names, name)
+		want.ClusterIDs[name] = cs.Config.ID
+	}
+	slices.Sort(names)
+	for _, name := range names {
+		for _, e := range snap.Clusters[name].IPs {
+			want.IPCache = append(want.IPCache, e)
+		}
+	}
+	slices.SortFunc(want.IPCache, func(a, b clustermesh.IPEntry) int {
+		return cmp.Or(a.Prefix.Addr().Compare(b.Prefix.Addr()), a.Prefix.Bits()-b.Prefix.Bits())
+	})
+
+	own := snap.Clusters[local]
+	if own == nil {
+		return want
+	}
+	want.DefaultDeny = own.Config.Capabilities.DefaultDeny
+	svcNames := make([]string, 0, len(own.Services))
+	for n := range own.Services {
+		svcNames = append(svcNames, n)
+	}
+	slices.Sort(svcNames)
+	for _, n := range svcNames {
+		svc := own.Services[n]
+		if !svc.Global || svc.Headless || len(svc.ClusterIPs) == 0 {
+			continue
+		}
+		for _, port := range svc.Ports {
+			// One datapath service per port and address family: a socket
+			// connected over IPv4 can only be given an IPv4 backend.
+			for _, v4 := range []bool{true, false} {
+				ds := datapath.Service{
+					Name:     fmt.Sprintf("%s/%s:%s/%s", local, n, portName(port), family(v4)),
+					Affinity: svc.Affinity,
+				}
+				for _, ip := range svc.ClusterIPs {
+					if ip.Is4() == v4 {
+						ds.Frontends = append(ds.Frontends, datapath.Frontend{Addr: netip.AddrPortFrom(ip, port.Port), Protocol: port.Protocol})
+					}
+				}
+				if len(ds.Frontends) == 0 {
+					continue
+				}
+				for _, cname := range names {
+					other, ok := snap.Clusters[cname].Services[n]
+					if !ok || (cname != local && !other.Shared) {
+						continue
+					}
+					for _, b := range other.Backends {
+						target, ok := b.Port(port.Name)
+						if !ok || b.IP.Is4() != v4 {
+							continue
+						}
+						ds.Backends = append(ds.Backends, datapath.Backend{
+							Addr:    netip.AddrPortFrom(b.IP, target),
+							Cluster: cname,
+							Node:    b.Node,
+							Zone:    b.Zone,
+							Healthy: b.Ready || (b.Serving && !b.Terminating),
+						})
+					}
+				}
+				want.Services = append(want.Services, ds)
+			}
+		}
+	}
+	return want
+}
+
+func family(v4 bool) string {
+	if v4 {
+		return "v4"
+	}
+	return "v6"
+}
+
+func portName(p clustermesh.ServicePort) string {
+	if p.Name != "" {
+		return p.Name
+	}
+	return fmt.Sprint(p.Port)
+}

@@ -1,0 +1,63 @@
+package agent
+
+import (
+	"net/netip"
+	"testing"
+
+	"github.com/braidmesh/braid/clustermesh"
+	"github.com/braidmesh/braid/clustermesh/datapath"
+	"github.com/braidmesh/braid/clustermesh/remote"
+)
+
+func TestDesiredStateMergesSharedBackendsAcrossClusters(t *testing.T) {
+	ports := []clustermesh.ServicePort{{Name: "http", Port: 80, Protocol: clustermesh.TCP}}
+	backend := func(ip, node, zone string, ready bool) clustermesh.Backend {
+		return clustermesh.Backend{IP: netip.MustParseAddr(ip), Ports: []clustermesh.BackendPort{{Name: "http", Port: 8080}},
+			Node: node, Zone: zone, Ready: ready, Serving: ready}
+	}
+	snap := &remote.Snapshot{Clusters: map[clustermesh.ClusterName]*remote.ClusterState{
+		"east": {Config: clustermesh.ClusterConfig{Name: "east", ID: 1}, Services: map[string]clustermesh.Service{
+			"default/web": {Cluster: "east", Namespace: "default", Name: "web", Global: true, Shared: true, Affinity: clustermesh.AffinityLocal,
+				ClusterIPs: []netip.Addr{netip.MustParseAddr("172.21.0.10")}, Ports: ports,
+				Backends: []clustermesh.Backend{backend("10.1.0.2", "e1", "za", true), backend("10.1.0.3", "e2", "zb", false)}},
+			"default/local-only": {Cluster: "east", Namespace: "default", Name: "local-only", Global: false, Shared: true, Affinity: clustermesh.AffinityNone,
+				ClusterIPs: []netip.Addr{netip.MustParseAddr("172.21.0.11")}, Ports: ports},
+		}, IPs: map[netip.Prefix]clustermesh.IPEntry{
+			netip.MustParsePrefix("10.1.0.2/32"): {Prefix: netip.MustParsePrefix("10.1.0.2/32"), Cluster: "east", Identity: 1<<16 + 1, HostIP: netip.MustParseAddr("192.168.1.1")},
+		}},
+		"west": {Config: clustermesh.ClusterConfig{Name: "west", ID: 2}, Services: map[string]clustermesh.Service{
+			"default/web": {Cluster: "west", Namespace: "default", Name: "web", Global: true, Shared: true, Affinity: clustermesh.AffinityNone,
+				ClusterIPs: []netip.Addr{netip.MustParseAddr("172.22.0.10")}, Ports: ports,
+				Backends: []clustermesh.Backend{backend("10.2.0.2", "w1", "za", true)}},
+		}, IPs: map[netip.Prefix]clustermesh.IPEntry{
+			netip.MustParsePrefix("10.2.0.2/32"): {Prefix: netip.MustParsePrefix("10.2.0.2/32"), Cluster: "west", Identity: 2<<16 + 1, HostIP: netip.MustParseAddr("192.168.2.1")},
+		}},
+		"north": {Config: clustermesh.ClusterConfig{Name: "north", ID: 3}, Services: map[string]clustermesh.Service{
+			"default/web": {Cluster: "north", Namespace: "default", Name: "web", Global: true, Shared: false, Affinity: clustermesh.AffinityNone, Ports: ports},
+		}},
+	}}
+	want := DesiredState(snap, "east")
+	if len(want.IPCache) != 2 || want.ClusterIDs["west"] != 2 {
+		t.Fatalf("ipcache %v cluster IDs %v", want.IPCache, want.ClusterIDs)
+	}
+	if len(want.Services) != 1 {
+		t.Fatalf("got %d services, want only the global one: %+v", len(want.Services), want.Services)
+	}
+	svc := want.Services[0]
+	if svc.Affinity != clustermesh.AffinityLocal || len(svc.Frontends) != 1 || svc.Frontends[0].Addr != netip.MustParseAddrPort("172.21.0.10:80") {
+		t.Fatalf("service %+v: want east's VIP and affinity", svc)
+	}
+	wantBackends := []datapath.Backend{
+		{Addr: netip.MustParseAddrPort("10.1.0.2:8080"), Cluster: "east", Node: "e1", Zone: "za", Healthy: true},
+		{Addr: netip.MustParseAddrPort("10.1.0.3:8080"), Cluster: "east", Node: "e2", Zone: "zb", Healthy: false},
+		{Addr: netip.MustParseAddrPort("10.2.0.2:8080"), Cluster: "west", Node: "w1", Zone: "za", Healthy: true},
+	}
+	if len(svc.Backends) != len(wantBackends) {
+		t.Fatalf("backends %+v, want %+v", svc.Backends, wantBackends)
+	}
+	for i := range wantBackends {
+		if svc.Backends[i] != wantBackends[i] {
+			t.Errorf("backend %d = %+v, want %+v", i, svc.Backends[i], wantBackends[i])
+		}
+	}
+}

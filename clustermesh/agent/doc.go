@@ -1,0 +1,14 @@
+// Package agent is the composition root of braid-agent: it mirrors every
+// cluster's published state (its own included) with a remote.Watcher,
+// turns the latest snapshot into the datapath's desired state and hands it
+// to the BPF map reconciler, and serves the status page.
+//
+// The desired state is a pure function of a snapshot and the node's
+// topology (DesiredState), so it is tested without a kernel. Change events
+// only wake the loop; it always recomputes from a whole snapshot, at most
+// once per MinReconcileInterval, so a burst of changes costs one reconcile.
+//
+// Run blocks until its context is done and waits for everything it
+// started. BPF objects are pinned: stopping the agent leaves the datapath
+// serving, and the next start takes the maps over without flushing them.
+package agent

@@ -1,0 +1,120 @@
+// Command braid-agent programs one node's datapath (BPF maps, WireGuard
+// peers) from the state every cluster publishes in the Braid mesh.
+package main
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/braidmesh/braid/bpf"
+	"github.com/braidmesh/braid/clustermesh/agent"
+	"github.com/braidmesh/braid/clustermesh/broker"
+	"github.com/braidmesh/braid/tunnel"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := command().ExecuteContext(ctx); err != nil {
+		fmt.Fprintln(os.Stderr, "braid-agent:", err)
+		os.Exit(1)
+	}
+}
+
+func command() *cobra.Command {
+	var (
+		joinFile   string
+		nodeIPs    []string
+		cfg        agent.Config
+		pinDir     string
+		wireguard  bool
+		wgName     string
+		wgPort     int
+		stateDir   string
+		strict     bool
+		strictCIDR []string
+		rotate     time.Duration
+		logLevel   string
+	)
+	cmd := &cobra.Command{
+		Use:           "braid-agent",
+		Short:         "Program this node's datapath from the Braid mesh",
+		SilenceUsage:  true,
+		SilenceErrors: true,
+		Args:          cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			var level slog.Level
+			if err := level.UnmarshalText([]byte(logLevel)); err != nil {
+				return fmt.Errorf("--log-level %q: %w", logLevel, err)
+			}
+			log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+			if joinFile == "" {
+				return fmt.Errorf("--join is required: the cluster's join bundle from `braid broker add-cluster`")
+			}
+			if cfg.Node == "" {
+				return fmt.Errorf("--node is required: this node's name as the operator publishes it")
+			}
+			creds, err := broker.LoadCredentials(joinFile)
+			if err != nil {
+				return err
+			}
+			cfg.Cluster = creds.Cluster
+			for _, s := range nodeIPs {
+				ip, err := netip.ParseAddr(s)
+				if err != nil {
+					return fmt.Errorf("--node-ip %q: %w", s, err)
+				}
+				cfg.NodeIPs = append(cfg.NodeIPs, ip)
+			}
+			cfg.BPF = bpf.Config{PinDir: pinDir}
+			if wireguard {
+				tc := &tunnel.Config{Name: wgName, StateDir: stateDir, ListenPort: wgPort, Strict: strict,
+					RotationInterval: rotate, PersistentKeepalive: 25 * time.Second}
+				for _, s := range strictCIDR {
+					p, err := netip.ParsePrefix(s)
+					if err != nil {
+						return fmt.Errorf("--strict-cidr %q: %w", s, err)
+					}
+					tc.StrictCIDRs = append(tc.StrictCIDRs, p)
+				}
+				cfg.Tunnel = tc
+			}
+			store, err := broker.Connect(cmd.Context(), creds, log)
+			if err != nil {
+				return err
+			}
+			defer store.Close()
+			a, err := agent.New(cfg, store, log)
+			if err != nil {
+				return err
+			}
+			return a.Run(cmd.Context())
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&joinFile, "join", "", "the cluster's join bundle (JSON)")
+	f.StringVar(&cfg.Node, "node", "", "this node's name")
+	f.StringVar(&cfg.Zone, "zone", "", "this node's zone (topology.kubernetes.io/zone)")
+	f.StringSliceVar(&nodeIPs, "node-ip", nil, "this node's IPs (repeatable)")
+	f.StringVar(&pinDir, "bpf-pin-dir", "/sys/fs/bpf/braid", "where BPF maps and links are pinned")
+	f.StringVar(&cfg.CgroupPath, "cgroup", "/sys/fs/cgroup/unified", "cgroup v2 directory the socket load balancer attaches to (empty: off)")
+	f.StringSliceVar(&cfg.Interfaces, "interface", nil, "pod-facing interfaces for the tc programs (repeatable)")
+	f.BoolVar(&wireguard, "wireguard", true, "encrypt cross-cluster traffic with WireGuard")
+	f.StringVar(&wgName, "wireguard-device", "braid-wg", "WireGuard interface name (unique on the machine)")
+	f.IntVar(&wgPort, "wireguard-port", tunnel.DefaultListenPort, "WireGuard UDP port (the same on every node of the mesh)")
+	f.StringVar(&stateDir, "state-dir", "/var/lib/braid", "where the node's WireGuard key is kept (mode 0600)")
+	f.BoolVar(&strict, "strict", false, "drop traffic to remote pods that would leave the node unencrypted")
+	f.StringSliceVar(&strictCIDR, "strict-cidr", nil, "the mesh's whole pod address space, guarded before peers are known")
+	f.DurationVar(&rotate, "key-rotation", 0, "rotate the WireGuard key this often (0: only on demand)")
+	f.StringVar(&cfg.StatusAddr, "status-addr", "127.0.0.1:9877", "where to serve status, /api/status and /metrics (empty: off)")
+	f.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
+	return cmd
+}
