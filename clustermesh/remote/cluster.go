@@ -26,7 +26,7 @@ type cluster struct {
 	cfg        clustermesh.ClusterConfig
 	nodes      *typedTable[clustermesh.Node]
 	identities *typedTable[clustermesh.Identity]
-	ips        *typedTable[clustermesh.IPEntry]
+	ips        *ipTable
 	services   *typedTable[clustermesh.Service]
 	tables     map[clustermesh.Kind]table
 	// strings interns node and zone names repeated across backends.
@@ -57,7 +57,7 @@ func newCluster(ctx context.Context, w *Watcher, cfg clustermesh.ClusterConfig) 
 		cfg:        cfg,
 		nodes:      newTable[clustermesh.Node](),
 		identities: newTable[clustermesh.Identity](),
-		ips:        newTable[clustermesh.IPEntry](),
+		ips:        newIPTable(cfg.Name),
 		services:   newTable[clustermesh.Service](),
 		strings:    make(map[string]string),
 		markerSeen: make(map[clustermesh.Kind]bool),
@@ -278,6 +278,10 @@ func (c *cluster) internLocked(svc *clustermesh.Service) {
 		}
 		c.strings[s] = s
 		return s
+	}
+	if cap(svc.Backends) > len(svc.Backends) {
+		// The JSON decoder grows slices by doubling; keep only what is used.
+		svc.Backends = append([]clustermesh.Backend(nil), svc.Backends...)
 	}
 	for i := range svc.Backends {
 		svc.Backends[i].Node = intern(svc.Backends[i].Node)

@@ -13,6 +13,8 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/braidmesh/braid/clustermesh"
 	"github.com/braidmesh/braid/clustermesh/broker"
@@ -38,6 +40,8 @@ func command() *cobra.Command {
 		strict       bool
 		cfg          operator.Config
 		logLevel     string
+		kubeconfig   string
+		inCluster    bool
 	)
 	cmd := &cobra.Command{
 		Use:           "braid-operator",
@@ -71,6 +75,12 @@ func command() *cobra.Command {
 			if err := cfg.Cluster.Validate(); err != nil {
 				return fmt.Errorf("cluster config: %w (set --cluster-id, --pod-cidr, --service-cidr)", err)
 			}
+			if cfg.Kubernetes, err = kubeConfig(kubeconfig, inCluster); err != nil {
+				return err
+			}
+			if cfg.Kubernetes != nil && cfg.StateFile != "" {
+				return fmt.Errorf("--state-file and --kubeconfig/--in-cluster are exclusive: choose a simulated or a real cluster")
+			}
 			ctx := cmd.Context()
 			store, err := broker.Connect(ctx, creds, log)
 			if err != nil {
@@ -96,7 +106,32 @@ func command() *cobra.Command {
 	f.StringVar(&cfg.StateFile, "state-file", "", "simulated cluster: publish the state in this JSON file (re-read on change)")
 	f.StringVar(&cfg.StatusAddr, "status-addr", "127.0.0.1:9876", "where to serve the status page, /api/status and /metrics (empty: off)")
 	f.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
+	f.StringVar(&kubeconfig, "kubeconfig", "", "publish the Kubernetes cluster this kubeconfig points at")
+	f.BoolVar(&inCluster, "in-cluster", false, "publish the Kubernetes cluster the operator runs in (service account)")
+	f.BoolVar(&cfg.EnsureCRDs, "ensure-crds", false, "create the multicluster.x-k8s.io ServiceExport/ServiceImport CRDs if absent")
 	return cmd
+}
+
+// kubeConfig returns the Kubernetes client config the flags select, or nil
+// for none.
+func kubeConfig(path string, inCluster bool) (*rest.Config, error) {
+	switch {
+	case path != "" && inCluster:
+		return nil, fmt.Errorf("--kubeconfig and --in-cluster are exclusive")
+	case inCluster:
+		c, err := rest.InClusterConfig()
+		if err != nil {
+			return nil, fmt.Errorf("--in-cluster: %w", err)
+		}
+		return c, nil
+	case path != "":
+		c, err := clientcmd.BuildConfigFromFlags("", path)
+		if err != nil {
+			return nil, fmt.Errorf("--kubeconfig %s: %w", path, err)
+		}
+		return c, nil
+	}
+	return nil, nil
 }
 
 func parsePrefixes(flag string, in []string) ([]netip.Prefix, error) {

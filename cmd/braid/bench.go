@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime/debug"
 	"runtime/pprof"
 	"slices"
 	"strconv"
@@ -455,6 +456,11 @@ func benchConsumeCommand() *cobra.Command {
 		Hidden: true,
 		Args:   cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			// Measure with the agent's runtime setting (cmd/braid-agent:
+			// GOGC 50 unless the environment says otherwise).
+			if os.Getenv("GOGC") == "" {
+				debug.SetGCPercent(50)
+			}
 			ctx := cmd.Context()
 			creds, err := broker.LoadCredentials(join)
 			if err != nil {
