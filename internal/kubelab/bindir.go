@@ -1,0 +1,156 @@
+package kubelab
+
+import (
+	"bufio"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+)
+
+// ErrNotBuilt is returned (wrapped) by BinDir when the binaries for the
+// current tools/kube files are not in the cache.
+var ErrNotBuilt = errors.New("kube tools not built")
+
+// skipReason is the one-line reason tests skip with when ErrNotBuilt.
+const skipReason = "kube-apiserver not built: run `make kube-tools` (tools/kube/build.sh)"
+
+// binaries are the commands build.sh puts in the bin directory.
+var binaries = []string{"etcd", "kube-apiserver", "kube-controller-manager", "kubectl"}
+
+// BinDir returns the directory holding the etcd, kube-apiserver,
+// kube-controller-manager and kubectl binaries: $BRAID_KUBE_BIN if set,
+// otherwise the directory tools/kube/build.sh builds into for the current
+// contents of tools/kube, found by walking up from the working directory to
+// the braid module root. The error wraps ErrNotBuilt when a binary is missing.
+func BinDir() (string, error) {
+	if dir := os.Getenv("BRAID_KUBE_BIN"); dir != "" {
+		return checkBinDir(dir)
+	}
+	tools, err := toolsDir()
+	if err != nil {
+		return "", err
+	}
+	key, err := cacheKey(tools)
+	if err != nil {
+		return "", err
+	}
+	cache := os.Getenv("BRAID_CACHE")
+	if cache == "" {
+		cache = "/var/cache/braid"
+	}
+	return checkBinDir(filepath.Join(cache, "kube-"+key, "bin"))
+}
+
+func checkBinDir(dir string) (string, error) {
+	for _, b := range binaries {
+		if _, err := os.Stat(filepath.Join(dir, b)); err != nil {
+			return "", fmt.Errorf("%w: %w", ErrNotBuilt, err)
+		}
+	}
+	return dir, nil
+}
+
+// Require returns BinDir, or skips the test when the binaries are not built
+// (fails it instead if $BRAID_KUBE_REQUIRED is set, as in CI).
+func Require(t testing.TB) string {
+	t.Helper()
+	dir, err := BinDir()
+	switch {
+	case errors.Is(err, ErrNotBuilt) && os.Getenv("BRAID_KUBE_REQUIRED") != "":
+		t.Fatalf("%s; BRAID_KUBE_REQUIRED is set: %v", skipReason, err)
+	case errors.Is(err, ErrNotBuilt):
+		t.Skip(skipReason)
+	case err != nil:
+		t.Fatalf("kubelab: %v", err)
+	}
+	return dir
+}
+
+// toolsDir returns the absolute path of tools/kube in the braid module that
+// contains the working directory.
+func toolsDir() (string, error) {
+	wd, err := os.Getwd()
+	if err != nil {
+		return "", fmt.Errorf("locate tools/kube: %w", err)
+	}
+	for dir := wd; ; {
+		if isBraidRoot(dir) {
+			return filepath.Join(dir, "tools", "kube"), nil
+		}
+		parent := filepath.Dir(dir)
+		if parent == dir {
+			return "", fmt.Errorf("locate tools/kube: %s is not inside the braid module (set BRAID_KUBE_BIN)", wd)
+		}
+		dir = parent
+	}
+}
+
+func isBraidRoot(dir string) bool {
+	f, err := os.Open(filepath.Join(dir, "go.mod"))
+	if err != nil {
+		return false
+	}
+	defer f.Close()
+	s := bufio.NewScanner(f)
+	for s.Scan() {
+		if fields := strings.Fields(s.Text()); len(fields) == 2 && fields[0] == "module" {
+			return fields[1] == "github.com/braidmesh/braid"
+		}
+	}
+	return false
+}
+
+// cacheKey mirrors cache_key in tools/kube/build.sh: the first 16 hex digits
+// of the sha256 of the manifest "<sha256 hex>  <relative path>\n" over go.mod,
+// go.sum, build.sh and every *.go file, sorted by path bytes.
+func cacheKey(dir string) (string, error) {
+	files := []string{"go.mod", "go.sum", "build.sh"}
+	err := filepath.WalkDir(dir, func(path string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		if d.Type().IsRegular() && strings.HasSuffix(d.Name(), ".go") {
+			rel, err := filepath.Rel(dir, path)
+			if err != nil {
+				return err
+			}
+			files = append(files, filepath.ToSlash(rel))
+		}
+		return nil
+	})
+	if err != nil {
+		return "", fmt.Errorf("compute kube tools key: %w", err)
+	}
+	slices.Sort(files)
+	files = slices.Compact(files)
+	manifest := sha256.New()
+	for _, rel := range files {
+		sum, err := fileSHA256(filepath.Join(dir, rel))
+		if err != nil {
+			return "", fmt.Errorf("compute kube tools key: %w", err)
+		}
+		fmt.Fprintf(manifest, "%s  %s\n", sum, rel)
+	}
+	return hex.EncodeToString(manifest.Sum(nil))[:16], nil
+}
+
+func fileSHA256(path string) (string, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return "", err
+	}
+	defer f.Close()
+	h := sha256.New()
+	if _, err := io.Copy(h, f); err != nil {
+		return "", err
+	}
+	return hex.EncodeToString(h.Sum(nil)), nil
+}
