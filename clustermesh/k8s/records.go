@@ -1,0 +1,440 @@
+package k8s
+
+import (
+	"cmp"
+	"context"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"maps"
+	"net/netip"
+	"slices"
+
+	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/labels"
+
+	"github.com/braidmesh/braid/clustermesh"
+)
+
+// Topology labels nodes carry; the deprecated beta spellings are a
+// fallback.
+const (
+	labelZone       = "topology.kubernetes.io/zone"
+	labelRegion     = "topology.kubernetes.io/region"
+	labelZoneBeta   = "failure-domain.beta.kubernetes.io/zone"
+	labelRegionBeta = "failure-domain.beta.kubernetes.io/region"
+	// AnnotationWireGuardKey, on a Node, is the node's WireGuard public key
+	// as set by its agent.
+	AnnotationWireGuardKey = "braid.dev/wireguard-public-key"
+	// labelNamespace is the identity label naming the pod's namespace.
+	labelNamespace = "io.kubernetes.pod.namespace"
+)
+
+// noIdentityLabels carry no identity: they differ between pods of one
+// workload (hashes, indexes, names).
+var noIdentityLabels = map[string]bool{
+	"pod-template-hash":                        true,
+	"controller-revision-hash":                 true,
+	"pod-template-generation":                  true,
+	"statefulset.kubernetes.io/pod-name":       true,
+	"apps.kubernetes.io/pod-index":             true,
+	"controller-uid":                           true,
+	"batch.kubernetes.io/controller-uid":       true,
+	"batch.kubernetes.io/job-completion-index": true,
+}
+
+func first(m map[string]string, keys ...string) string {
+	for _, k := range keys {
+		if v := m[k]; v != "" {
+			return v
+		}
+	}
+	return ""
+}
+
+// nodeRecord turns a Node into a mesh record; ok is false when it has no
+// usable IP.
+func (s *Source) nodeRecord(n *corev1.Node) (*clustermesh.Node, bool) {
+	rec := &clustermesh.Node{
+		Name:    n.Name,
+		Cluster: s.cfg.Cluster.Name,
+		Zone:    first(n.Labels, labelZone, labelZoneBeta),
+		Region:  first(n.Labels, labelRegion, labelRegionBeta),
+		BootID:  n.Status.NodeInfo.BootID,
+	}
+	for _, want := range []corev1.NodeAddressType{corev1.NodeInternalIP, corev1.NodeExternalIP} {
+		for _, a := range n.Status.Addresses {
+			if a.Type != want {
+				continue
+			}
+			if ip, err := netip.ParseAddr(a.Address); err == nil && !slices.Contains(rec.IPs, ip.Unmap()) {
+				rec.IPs = append(rec.IPs, ip.Unmap())
+			}
+		}
+		if len(rec.IPs) > 0 {
+			break // external IPs only when a node has no internal one
+		}
+	}
+	if len(rec.IPs) == 0 {
+		return nil, false
+	}
+	cidrs := n.Spec.PodCIDRs
+	if len(cidrs) == 0 && n.Spec.PodCIDR != "" {
+		cidrs = []string{n.Spec.PodCIDR}
+	}
+	for _, c := range cidrs {
+		p, err := netip.ParsePrefix(c)
+		if err != nil || p.Masked() != p || !s.cfg.Cluster.ContainsPodIP(p) {
+			s.log.Warn("node pod CIDR not published: invalid or outside the cluster's pod CIDRs", "node", n.Name, "cidr", c)
+			continue
+		}
+		rec.PodCIDRs = append(rec.PodCIDRs, p)
+	}
+	if k := n.Annotations[AnnotationWireGuardKey]; k != "" {
+		if raw, err := base64.StdEncoding.DecodeString(k); err == nil && len(raw) == 32 {
+			rec.WireGuardKey = k
+		}
+	}
+	return rec, true
+}
+
+func (s *Source) publishNodes() error {
+	nodes, err := s.nodes.List(labels.Everything())
+	if err != nil {
+		return fmt.Errorf("list nodes: %w", err)
+	}
+	recs := make([]Record, 0, len(nodes))
+	for _, n := range nodes {
+		if rec, ok := s.nodeRecord(n); ok {
+			recs = append(recs, rec)
+		}
+	}
+	if err := s.pub.Replace(clustermesh.KindNodes, recs); err != nil {
+		return fmt.Errorf("publish nodes: %w", err)
+	}
+	s.mu.Lock()
+	s.status.Nodes = len(recs)
+	s.mu.Unlock()
+	return nil
+}
+
+// identityLabels is the label set that gives pod its identity.
+func identityLabels(pod *corev1.Pod) map[string]string {
+	out := make(map[string]string, len(pod.Labels)+1)
+	for k, v := range pod.Labels {
+		if !noIdentityLabels[k] {
+			out[k] = v
+		}
+	}
+	out[labelNamespace] = pod.Namespace
+	return out
+}
+
+// podIPs returns the pod's IPs worth publishing: none for host-network or
+// finished pods.
+func podIPs(pod *corev1.Pod) []netip.Addr {
+	if pod.Spec.HostNetwork || pod.Status.Phase == corev1.PodSucceeded || pod.Status.Phase == corev1.PodFailed || pod.DeletionTimestamp != nil && pod.Status.PodIP == "" {
+		return nil
+	}
+	var out []netip.Addr
+	add := func(s string) {
+		if ip, err := netip.ParseAddr(s); err == nil && !slices.Contains(out, ip.Unmap()) {
+			out = append(out, ip.Unmap())
+		}
+	}
+	for _, p := range pod.Status.PodIPs {
+		add(p.IP)
+	}
+	add(pod.Status.PodIP)
+	return out
+}
+
+// podChanged reports whether an update touched anything the Source reads.
+func podChanged(oldObj, newObj any) bool {
+	o, ok1 := oldObj.(*corev1.Pod)
+	n, ok2 := newObj.(*corev1.Pod)
+	if !ok1 || !ok2 {
+		return true
+	}
+	return !maps.Equal(o.Labels, n.Labels) || o.Status.PodIP != n.Status.PodIP || !slices.Equal(o.Status.PodIPs, n.Status.PodIPs) ||
+		o.Status.HostIP != n.Status.HostIP || o.Status.Phase != n.Status.Phase || o.Spec.NodeName != n.Spec.NodeName ||
+		(o.DeletionTimestamp == nil) != (n.DeletionTimestamp == nil)
+}
+
+// hostIP is where traffic to pod is tunnelled: its status hostIP, or its
+// node's first address.
+func (s *Source) hostIP(pod *corev1.Pod) (netip.Addr, bool) {
+	if ip, err := netip.ParseAddr(pod.Status.HostIP); err == nil {
+		return ip.Unmap(), true
+	}
+	if pod.Spec.NodeName == "" {
+		return netip.Addr{}, false
+	}
+	n, err := s.nodes.Get(pod.Spec.NodeName)
+	if err != nil {
+		return netip.Addr{}, false
+	}
+	if rec, ok := s.nodeRecord(n); ok {
+		return rec.IPs[0], true
+	}
+	return netip.Addr{}, false
+}
+
+// publishPods recomputes identities and IP entries from every pod.
+func (s *Source) publishPods(ctx context.Context) error {
+	pods, err := s.pods.List(labels.Everything())
+	if err != nil {
+		return fmt.Errorf("list pods: %w", err)
+	}
+	// Oldest first, so when two pods claim an IP (a finished pod and its
+	// successor) the outcome is stable.
+	slices.SortFunc(pods, func(a, b *corev1.Pod) int {
+		return cmp.Or(a.CreationTimestamp.Compare(b.CreationTimestamp.Time), cmp.Compare(a.Namespace+"/"+a.Name, b.Namespace+"/"+b.Name))
+	})
+	used := make(map[string]bool)
+	ips := make(map[netip.Prefix]*clustermesh.IPEntry)
+	for _, pod := range pods {
+		addrs := podIPs(pod)
+		if len(addrs) == 0 {
+			continue
+		}
+		host, ok := s.hostIP(pod)
+		if !ok {
+			continue
+		}
+		lbls := identityLabels(pod)
+		id, err := s.alloc.allocate(ctx, lbls)
+		if err != nil {
+			return fmt.Errorf("identity for pod %s/%s: %w", pod.Namespace, pod.Name, err)
+		}
+		used[canonical(lbls)] = true
+		for _, ip := range addrs {
+			p := netip.PrefixFrom(ip, ip.BitLen())
+			if !s.cfg.Cluster.ContainsPodIP(p) {
+				continue
+			}
+			if _, taken := ips[p]; !taken {
+				ips[p] = &clustermesh.IPEntry{Prefix: p, Cluster: s.cfg.Cluster.Name, Identity: id, HostIP: host}
+			}
+		}
+	}
+	s.alloc.retain(used)
+	idRecs := s.alloc.records()
+	recs := make([]Record, len(idRecs))
+	for i, r := range idRecs {
+		recs[i] = r
+	}
+	if err := s.pub.Replace(clustermesh.KindIdentities, recs); err != nil {
+		return fmt.Errorf("publish identities: %w", err)
+	}
+	ipRecs := make([]Record, 0, len(ips))
+	for _, e := range ips {
+		ipRecs = append(ipRecs, e)
+	}
+	if err := s.pub.Replace(clustermesh.KindIPs, ipRecs); err != nil {
+		return fmt.Errorf("publish IP entries: %w", err)
+	}
+	s.mu.Lock()
+	s.status.Identities, s.status.IPs = len(recs), len(ipRecs)
+	s.mu.Unlock()
+	return nil
+}
+
+// serviceRecord computes the mesh record of key, nil when the service is
+// not global. It emits a Warning Event for an invalid annotation.
+func (s *Source) serviceRecord(key string) (*clustermesh.Service, error) {
+	ns, name, ok := cutKey(key)
+	if !ok {
+		return nil, nil
+	}
+	svc, err := s.services.Services(ns).Get(name)
+	if apierrors.IsNotFound(err) {
+		delete(s.warned, key)
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("get service %s: %w", key, err)
+	}
+	settings, aerr := parseAnnotations(svc.Annotations)
+	if aerr != nil {
+		msg := aerr.Error() + "; the service is treated as not global"
+		if s.warned[key] != msg {
+			s.warned[key] = msg
+			s.recorder.Event(svc, corev1.EventTypeWarning, "InvalidAnnotation", msg)
+			s.log.Warn("invalid service annotation", "service", key, "err", aerr)
+		}
+		return nil, nil
+	}
+	delete(s.warned, key)
+	exp := s.exportOf(ns, name)
+	if !settings.Global && exp == nil || svc.Spec.Type == corev1.ServiceTypeExternalName {
+		return nil, nil
+	}
+	rec := &clustermesh.Service{
+		Cluster:   s.cfg.Cluster.Name,
+		Namespace: ns,
+		Name:      name,
+		Global:    true,
+		Shared:    settings.Shared,
+		Affinity:  settings.Affinity,
+		Headless:  svc.Spec.ClusterIP == corev1.ClusterIPNone,
+		Ports:     []clustermesh.ServicePort{},
+	}
+	if exp != nil {
+		rec.ExportedAt = exp.CreationTimestamp.UTC()
+	}
+	names := map[string]bool{}
+	for _, p := range svc.Spec.Ports {
+		if p.Port <= 0 || p.Port > 65535 || names[p.Name] {
+			continue
+		}
+		names[p.Name] = true
+		proto := clustermesh.Protocol(p.Protocol)
+		if proto == "" {
+			proto = clustermesh.TCP
+		}
+		if proto != clustermesh.TCP && proto != clustermesh.UDP && proto != clustermesh.SCTP {
+			continue
+		}
+		rec.Ports = append(rec.Ports, clustermesh.ServicePort{Name: p.Name, Port: uint16(p.Port), Protocol: proto})
+	}
+	if rec.Shared {
+		objs, err := s.slices.ByIndex(indexByService, key)
+		if err != nil {
+			return nil, fmt.Errorf("endpoint slices of %s: %w", key, err)
+		}
+		rec.Backends = backends(objs, names)
+	}
+	return rec, nil
+}
+
+// backends turns EndpointSlices (not our mirrors) into backends, one per
+// address, deduplicated by IP and sorted.
+func backends(objs []any, portNames map[string]bool) []clustermesh.Backend {
+	byIP := map[netip.Addr]clustermesh.Backend{}
+	for _, o := range objs {
+		es, ok := o.(*discoveryv1.EndpointSlice)
+		if !ok || es.Labels[discoveryv1.LabelManagedBy] == MirrorManagedBy {
+			continue
+		}
+		if es.AddressType != discoveryv1.AddressTypeIPv4 && es.AddressType != discoveryv1.AddressTypeIPv6 {
+			continue
+		}
+		var ports []clustermesh.BackendPort
+		for _, p := range es.Ports {
+			name := ""
+			if p.Name != nil {
+				name = *p.Name
+			}
+			if p.Port == nil || *p.Port <= 0 || *p.Port > 65535 || !portNames[name] {
+				continue
+			}
+			if slices.ContainsFunc(ports, func(bp clustermesh.BackendPort) bool { return bp.Name == name }) {
+				continue
+			}
+			ports = append(ports, clustermesh.BackendPort{Name: name, Port: uint16(*p.Port)})
+		}
+		slices.SortFunc(ports, func(a, b clustermesh.BackendPort) int { return cmp.Compare(a.Name, b.Name) })
+		for _, ep := range es.Endpoints {
+			ready := ep.Conditions.Ready == nil || *ep.Conditions.Ready
+			serving := ready
+			if ep.Conditions.Serving != nil {
+				serving = *ep.Conditions.Serving
+			}
+			terminating := ep.Conditions.Terminating != nil && *ep.Conditions.Terminating
+			for _, a := range ep.Addresses {
+				ip, err := netip.ParseAddr(a)
+				if err != nil {
+					continue
+				}
+				ip = ip.Unmap()
+				b := clustermesh.Backend{IP: ip, Ports: ports, Ready: ready, Serving: serving, Terminating: terminating}
+				if ep.NodeName != nil {
+					b.Node = *ep.NodeName
+				}
+				if ep.Zone != nil {
+					b.Zone = *ep.Zone
+				}
+				if prev, dup := byIP[ip]; dup && (prev.Ready || !b.Ready) {
+					continue // keep the ready one of duplicates
+				}
+				byIP[ip] = b
+			}
+		}
+	}
+	out := make([]clustermesh.Backend, 0, len(byIP))
+	for _, ip := range slices.SortedFunc(maps.Keys(byIP), netip.Addr.Compare) {
+		out = append(out, byIP[ip])
+	}
+	return out
+}
+
+// publishServices recomputes the dirty services (or all of them) and hands
+// them over: Replace until the Publisher has had one full set,
+// Upsert/Delete afterwards.
+func (s *Source) publishServices(all bool, dirty map[string]struct{}) error {
+	full := !s.servicesPrimed
+	keys := dirty
+	if all || full {
+		keys = make(map[string]struct{}, len(s.local))
+		svcs, err := s.services.List(labels.Everything())
+		if err != nil {
+			return fmt.Errorf("list services: %w", err)
+		}
+		for _, svc := range svcs {
+			keys[svc.Namespace+"/"+svc.Name] = struct{}{}
+		}
+		for k := range s.local {
+			keys[k] = struct{}{}
+		}
+	}
+	var errs []error
+	for k := range keys {
+		rec, err := s.serviceRecord(k)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		if rec == nil {
+			if old, ok := s.local[k]; ok {
+				delete(s.local, k)
+				if !full {
+					s.pub.Delete(old.Key())
+				}
+			}
+			continue
+		}
+		s.local[k] = rec
+		if !full {
+			if err := s.pub.Upsert(rec); err != nil {
+				errs = append(errs, fmt.Errorf("publish service %s: %w", k, err))
+			}
+		}
+	}
+	if full && len(errs) == 0 {
+		recs := make([]Record, 0, len(s.local))
+		for _, rec := range s.local {
+			recs = append(recs, rec)
+		}
+		if err := s.pub.Replace(clustermesh.KindServices, recs); err != nil {
+			errs = append(errs, fmt.Errorf("publish services: %w", err))
+		} else {
+			s.servicesPrimed = true
+		}
+	}
+	if len(errs) > 0 {
+		return errors.Join(errs...)
+	}
+	return nil
+}
+
+func cutKey(key string) (ns, name string, ok bool) {
+	for i := 0; i < len(key); i++ {
+		if key[i] == '/' {
+			return key[:i], key[i+1:], key[:i] != "" && key[i+1:] != ""
+		}
+	}
+	return "", "", false
+}

@@ -1,0 +1,574 @@
+package k8s
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/dynamic"
+	"k8s.io/client-go/informers"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/kubernetes/scheme"
+	typedcorev1 "k8s.io/client-go/kubernetes/typed/core/v1"
+	corelisters "k8s.io/client-go/listers/core/v1"
+	"k8s.io/client-go/tools/cache"
+	"k8s.io/client-go/tools/record"
+	mcsv1beta1 "sigs.k8s.io/mcs-api/pkg/apis/v1beta1"
+	mcsclient "sigs.k8s.io/mcs-api/pkg/client/clientset/versioned"
+	mcsinformers "sigs.k8s.io/mcs-api/pkg/client/informers/externalversions"
+	mcslisters "sigs.k8s.io/mcs-api/pkg/client/listers/apis/v1beta1"
+
+	"github.com/braidmesh/braid/clustermesh"
+)
+
+// Defaults for Config's zero values.
+const (
+	DefaultBatchDelay     = 50 * time.Millisecond
+	DefaultResyncInterval = 5 * time.Minute
+)
+
+// Labels and names the Source puts on objects it owns.
+const (
+	// MirrorManagedBy is the endpointslice.kubernetes.io/managed-by value of
+	// mirrored EndpointSlices; the EndpointSlice controller ignores them.
+	MirrorManagedBy = "braid.dev/operator"
+	// LabelManagedBy marks ServiceImports the Source owns.
+	LabelManagedBy = "app.kubernetes.io/managed-by"
+	managedByValue = "braid-operator"
+	eventComponent = "braid-operator"
+)
+
+// Record is a mesh record: clustermesh's *Node, *Identity, *IPEntry or
+// *Service.
+type Record interface {
+	Key() string
+}
+
+// Publisher is what the Source needs from publish.Publisher. The calls only
+// record intent and must not block.
+type Publisher interface {
+	Replace(kind clustermesh.Kind, records []Record) error
+	Upsert(rec Record) error
+	Delete(key string)
+}
+
+// RemoteCluster is one remote cluster's services as the Mesh sees them.
+type RemoteCluster struct {
+	// Synced says the cluster's state is complete.
+	Synced bool
+	// Services by "namespace/name". Shared; never modified.
+	Services map[string]clustermesh.Service
+}
+
+// Mesh is what the Source needs from the rest of the mesh (a
+// remote.Watcher, adapted by the composition root).
+type Mesh interface {
+	// Remote returns every remote cluster's services, and whether the view
+	// is complete: every cluster that was in the mesh when the process
+	// started has been seen synced or gone. Until it is, the Source creates
+	// and updates but never deletes imports and mirrors.
+	Remote() (clusters map[clustermesh.ClusterName]RemoteCluster, complete bool)
+}
+
+// Clients are the Kubernetes clients the Source uses.
+type Clients struct {
+	Kube kubernetes.Interface
+	// MCS, if set, enables ServiceExports and ServiceImports (when the
+	// cluster serves multicluster.x-k8s.io/v1beta1).
+	MCS mcsclient.Interface
+	// Dynamic, if set with Config.EnsureCRDs, creates the MCS CRDs.
+	Dynamic dynamic.Interface
+}
+
+// Config configures a Source.
+type Config struct {
+	Cluster clustermesh.ClusterConfig
+	// EnsureCRDs creates the ServiceExport and ServiceImport CRDs at start
+	// when they are absent (needs Clients.Dynamic).
+	EnsureCRDs bool
+	// BatchDelay is how long the loop waits after a wake-up to take more
+	// changes in the same pass; zero means DefaultBatchDelay.
+	BatchDelay time.Duration
+	// ResyncInterval is how often everything is recomputed even without
+	// events; zero means DefaultResyncInterval.
+	ResyncInterval time.Duration
+}
+
+// Status is a Source's state for the status page.
+type Status struct {
+	// Synced: the informers synced and a first full publish was handed over.
+	Synced bool
+	// MCS: ServiceExports and ServiceImports are handled.
+	MCS        bool
+	Nodes      int
+	Identities int
+	IPs        int
+	Services   int
+	Passes     int
+	// Problems are conditions an operator should look at.
+	Problems  []string
+	LastError string
+}
+
+// Source publishes a Kubernetes cluster into the mesh. See the package doc.
+type Source struct {
+	cfg     Config
+	clients Clients
+	pub     Publisher
+	mesh    Mesh
+	alloc   *allocator
+	log     *slog.Logger
+	metrics *metrics
+
+	wake chan struct{}
+
+	mu     sync.Mutex
+	dirty  dirtySet
+	status Status
+	mcsErr string
+
+	// Owned by Run's goroutine.
+	mcsOn          bool
+	services       corelisters.ServiceLister
+	slices         cache.Indexer
+	pods           corelisters.PodLister
+	nodes          corelisters.NodeLister
+	namespaces     corelisters.NamespaceLister
+	exports        mcslisters.ServiceExportLister
+	imports        mcslisters.ServiceImportLister
+	recorder       record.EventRecorder
+	local          map[string]*clustermesh.Service // published services by ns/name
+	servicesPrimed bool                            // a full service set was handed over
+	warned         map[string]string               // ns/name -> last warning
+}
+
+type dirtySet struct {
+	nodes, pods, allServices, allMCS bool
+	services, mcs                    map[string]struct{}
+}
+
+// New builds a Source. It starts nothing and does no I/O. mesh may be nil
+// (no imports or mirrors).
+func New(cfg Config, clients Clients, pub Publisher, ids IdentityStore, mesh Mesh, log *slog.Logger, reg prometheus.Registerer) (*Source, error) {
+	if err := cfg.Cluster.Validate(); err != nil {
+		return nil, fmt.Errorf("new kubernetes source: %w", err)
+	}
+	if clients.Kube == nil || pub == nil || ids == nil {
+		return nil, errors.New("new kubernetes source: kube client, publisher and identity store are required")
+	}
+	if cfg.BatchDelay == 0 {
+		cfg.BatchDelay = DefaultBatchDelay
+	}
+	if cfg.ResyncInterval == 0 {
+		cfg.ResyncInterval = DefaultResyncInterval
+	}
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	m, err := newMetrics(reg)
+	if err != nil {
+		return nil, fmt.Errorf("new kubernetes source: %w", err)
+	}
+	s := &Source{
+		cfg:     cfg,
+		clients: clients,
+		pub:     pub,
+		mesh:    mesh,
+		log:     log,
+		metrics: m,
+		wake:    make(chan struct{}, 1),
+		local:   make(map[string]*clustermesh.Service),
+		warned:  make(map[string]string),
+	}
+	s.alloc = newAllocator(&s.cfg.Cluster, ids, log)
+	s.dirty = dirtySet{nodes: true, pods: true, allServices: true, allMCS: true,
+		services: map[string]struct{}{}, mcs: map[string]struct{}{}}
+	return s, nil
+}
+
+// MeshChanged tells the Source the Mesh's view changed. It never blocks.
+func (s *Source) MeshChanged() {
+	s.mu.Lock()
+	s.dirty.allMCS = true
+	s.mu.Unlock()
+	s.wakeUp()
+}
+
+// Status returns a copy of the Source's status.
+func (s *Source) Status() Status {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	st := s.status
+	st.Problems = nil
+	if s.mcsErr != "" {
+		st.Problems = append(st.Problems, s.mcsErr)
+	}
+	if st.LastError != "" {
+		st.Problems = append(st.Problems, "kubernetes: "+st.LastError)
+	}
+	return st
+}
+
+func (s *Source) wakeUp() {
+	select {
+	case s.wake <- struct{}{}:
+	default: // a wake-up is already pending
+	}
+}
+
+func (s *Source) markService(key string) {
+	s.mu.Lock()
+	s.dirty.services[key] = struct{}{}
+	s.dirty.mcs[key] = struct{}{}
+	s.mu.Unlock()
+	s.wakeUp()
+}
+
+func (s *Source) markMCS(key string) {
+	s.mu.Lock()
+	s.dirty.mcs[key] = struct{}{}
+	s.mu.Unlock()
+	s.wakeUp()
+}
+
+func (s *Source) mark(f func(d *dirtySet)) {
+	s.mu.Lock()
+	f(&s.dirty)
+	s.mu.Unlock()
+	s.wakeUp()
+}
+
+const indexByService = "service"
+
+// sliceServiceKey returns "namespace/service" for an EndpointSlice.
+func sliceServiceKey(es *discoveryv1.EndpointSlice) (string, bool) {
+	name := es.Labels[discoveryv1.LabelServiceName]
+	if name == "" {
+		return "", false
+	}
+	return es.Namespace + "/" + name, true
+}
+
+// metaKey returns "namespace/name" for any object or tombstone.
+func metaKey(obj any) (string, bool) {
+	if t, ok := obj.(cache.DeletedFinalStateUnknown); ok {
+		return t.Key, true
+	}
+	m, err := metaAccessor(obj)
+	if err != nil {
+		return "", false
+	}
+	return m.GetNamespace() + "/" + m.GetName(), true
+}
+
+func metaAccessor(obj any) (metav1.Object, error) {
+	if t, ok := obj.(cache.DeletedFinalStateUnknown); ok {
+		obj = t.Obj
+	}
+	m, ok := obj.(metav1.Object)
+	if !ok {
+		return nil, fmt.Errorf("object of type %T has no metadata", obj)
+	}
+	return m, nil
+}
+
+func handler(f func(obj any)) cache.ResourceEventHandlerFuncs {
+	return cache.ResourceEventHandlerFuncs{
+		AddFunc:    f,
+		UpdateFunc: func(_, obj any) { f(obj) },
+		DeleteFunc: f,
+	}
+}
+
+// trim drops what the Source never reads from cached objects, to keep the
+// operator's memory proportional to what it publishes.
+func trim(obj any) (any, error) {
+	if m, ok := obj.(metav1.Object); ok {
+		m.SetManagedFields(nil)
+	}
+	switch o := obj.(type) {
+	case *corev1.Pod:
+		o.Spec = corev1.PodSpec{NodeName: o.Spec.NodeName, HostNetwork: o.Spec.HostNetwork, ServiceAccountName: o.Spec.ServiceAccountName}
+		o.Status = corev1.PodStatus{Phase: o.Status.Phase, HostIP: o.Status.HostIP, PodIP: o.Status.PodIP, PodIPs: o.Status.PodIPs}
+		o.Annotations = nil
+	case *corev1.Node:
+		o.Status.Images = nil
+		o.Status.Conditions = nil
+	}
+	return obj, nil
+}
+
+// Run watches the cluster and publishes it until ctx is done. It returns
+// an error only when it cannot start (identities cannot be recovered, CRDs
+// cannot be ensured); later failures are retried with backoff and
+// reported in Status.
+func (s *Source) Run(ctx context.Context) error {
+	if err := s.recoverIdentities(ctx); err != nil {
+		return err
+	}
+	s.mcsOn = s.setupMCS(ctx)
+
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var wg sync.WaitGroup
+	defer wg.Wait()
+
+	broadcaster := record.NewBroadcaster(record.WithContext(ctx))
+	broadcaster.StartRecordingToSink(&typedcorev1.EventSinkImpl{Interface: s.clients.Kube.CoreV1().Events("")})
+	defer broadcaster.Shutdown()
+	s.recorder = broadcaster.NewRecorder(scheme.Scheme, corev1.EventSource{Component: eventComponent})
+
+	kf := informers.NewSharedInformerFactoryWithOptions(s.clients.Kube, 0, informers.WithTransform(trim))
+	svcInf := kf.Core().V1().Services()
+	sliceInf := kf.Discovery().V1().EndpointSlices()
+	podInf := kf.Core().V1().Pods()
+	nodeInf := kf.Core().V1().Nodes()
+	nsInf := kf.Core().V1().Namespaces()
+	if err := sliceInf.Informer().AddIndexers(cache.Indexers{indexMirrors: mirrorIndex, indexByService: func(obj any) ([]string, error) {
+		if es, ok := obj.(*discoveryv1.EndpointSlice); ok {
+			if k, ok := sliceServiceKey(es); ok {
+				return []string{k}, nil
+			}
+		}
+		return nil, nil
+	}}); err != nil {
+		return fmt.Errorf("index endpoint slices: %w", err)
+	}
+	s.services, s.slices, s.pods = svcInf.Lister(), sliceInf.Informer().GetIndexer(), podInf.Lister()
+	s.nodes, s.namespaces = nodeInf.Lister(), nsInf.Lister()
+
+	var regs []func() error
+	add := func(inf cache.SharedIndexInformer, h cache.ResourceEventHandler) error {
+		r, err := inf.AddEventHandler(h)
+		if err != nil {
+			return fmt.Errorf("add event handler: %w", err)
+		}
+		regs = append(regs, func() error { return inf.RemoveEventHandler(r) })
+		return nil
+	}
+	errs := []error{
+		add(svcInf.Informer(), handler(func(obj any) {
+			if k, ok := metaKey(obj); ok {
+				s.markService(k)
+			}
+		})),
+		add(sliceInf.Informer(), handler(func(obj any) {
+			if t, ok := obj.(cache.DeletedFinalStateUnknown); ok {
+				obj = t.Obj
+			}
+			es, ok := obj.(*discoveryv1.EndpointSlice)
+			if !ok {
+				return
+			}
+			k, ok := sliceServiceKey(es)
+			if !ok {
+				return
+			}
+			if es.Labels[discoveryv1.LabelManagedBy] == MirrorManagedBy {
+				s.markMCS(k)
+			} else {
+				s.markService(k)
+			}
+		})),
+		add(podInf.Informer(), cache.ResourceEventHandlerFuncs{
+			AddFunc:    func(any) { s.mark(func(d *dirtySet) { d.pods = true }) },
+			DeleteFunc: func(any) { s.mark(func(d *dirtySet) { d.pods = true }) },
+			UpdateFunc: func(o, n any) {
+				if podChanged(o, n) {
+					s.mark(func(d *dirtySet) { d.pods = true })
+				}
+			},
+		}),
+		add(nodeInf.Informer(), handler(func(any) { s.mark(func(d *dirtySet) { d.nodes, d.pods = true, true }) })),
+		add(nsInf.Informer(), handler(func(any) { s.mark(func(d *dirtySet) { d.allMCS = true }) })),
+	}
+	synced := []cache.InformerSynced{svcInf.Informer().HasSynced, sliceInf.Informer().HasSynced,
+		podInf.Informer().HasSynced, nodeInf.Informer().HasSynced, nsInf.Informer().HasSynced}
+
+	var mf mcsinformers.SharedInformerFactory
+	if s.mcsOn {
+		mf = mcsinformers.NewSharedInformerFactoryWithOptions(s.clients.MCS, 0, mcsinformers.WithTransform(trim))
+		expInf := mf.Multicluster().V1beta1().ServiceExports()
+		impInf := mf.Multicluster().V1beta1().ServiceImports()
+		s.exports, s.imports = expInf.Lister(), impInf.Lister()
+		errs = append(errs,
+			add(expInf.Informer(), handler(func(obj any) {
+				if k, ok := metaKey(obj); ok {
+					s.markService(k)
+				}
+			})),
+			add(impInf.Informer(), handler(func(obj any) {
+				if k, ok := metaKey(obj); ok {
+					s.markMCS(k)
+				}
+			})))
+		synced = append(synced, expInf.Informer().HasSynced, impInf.Informer().HasSynced)
+	}
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("watch kubernetes: %w", err)
+	}
+	defer func() {
+		for _, r := range regs {
+			_ = r()
+		}
+	}()
+	kf.Start(ctx.Done())
+	defer kf.Shutdown()
+	if mf != nil {
+		mf.Start(ctx.Done())
+		defer mf.Shutdown()
+	}
+	s.log.Info("waiting for kubernetes caches", "mcs", s.mcsOn)
+	if !cache.WaitForCacheSync(ctx.Done(), synced...) {
+		return nil // ctx done
+	}
+	s.log.Info("kubernetes caches synced")
+	s.loop(ctx)
+	return nil
+}
+
+// recoverIdentities reads the cluster's published identities, retrying
+// until it succeeds or ctx ends.
+func (s *Source) recoverIdentities(ctx context.Context) error {
+	backoff := 100 * time.Millisecond
+	for {
+		err := s.alloc.recover(ctx)
+		if err == nil {
+			return nil
+		}
+		s.setError(err)
+		s.log.Warn("cannot read published identities yet; retrying", "err", err, "backoff", backoff)
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(backoff):
+		}
+		backoff = min(2*backoff, 10*time.Second)
+	}
+}
+
+func (s *Source) setError(err error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if err == nil {
+		s.status.LastError = ""
+		return
+	}
+	s.status.LastError = err.Error()
+	s.metrics.errors.Inc()
+}
+
+// loop runs passes until ctx is done.
+func (s *Source) loop(ctx context.Context) {
+	resync := time.NewTicker(s.cfg.ResyncInterval)
+	defer resync.Stop()
+	backoff := 100 * time.Millisecond
+	first := true
+	for {
+		start := time.Now()
+		err := s.pass(ctx)
+		s.metrics.duration.Observe(time.Since(start).Seconds())
+		if ctx.Err() != nil {
+			return
+		}
+		var retry <-chan time.Time
+		if err != nil {
+			s.setError(err)
+			s.log.Warn("kubernetes pass failed; retrying", "err", err, "backoff", backoff)
+			retry = time.After(backoff)
+			backoff = min(2*backoff, 10*time.Second)
+		} else {
+			s.setError(nil)
+			s.metrics.lastSuccess.SetToCurrentTime()
+			backoff = 100 * time.Millisecond
+			if first {
+				first = false
+				s.mu.Lock()
+				s.status.Synced = true
+				s.mu.Unlock()
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-s.wake:
+		case <-retry:
+		case <-resync.C:
+			s.mark(func(d *dirtySet) { d.nodes, d.pods, d.allServices, d.allMCS = true, true, true, true })
+		}
+		// Batch what arrives shortly after the wake-up into one pass.
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(s.cfg.BatchDelay):
+		}
+	}
+}
+
+// pass recomputes what is dirty. On failure the failed part is marked dirty
+// again.
+func (s *Source) pass(ctx context.Context) error {
+	s.mu.Lock()
+	d := s.dirty
+	s.dirty = dirtySet{services: map[string]struct{}{}, mcs: map[string]struct{}{}}
+	s.mu.Unlock()
+
+	var errs []error
+	if d.nodes {
+		if err := s.publishNodes(); err != nil {
+			errs = append(errs, err)
+			s.mark(func(d *dirtySet) { d.nodes = true })
+		}
+	}
+	if d.pods {
+		if err := s.publishPods(ctx); err != nil {
+			errs = append(errs, err)
+			s.mark(func(d *dirtySet) { d.pods = true })
+		}
+	}
+	if d.allServices || len(d.services) > 0 {
+		if err := s.publishServices(d.allServices, d.services); err != nil {
+			errs = append(errs, err)
+			s.mark(func(d *dirtySet) { d.allServices = true })
+		}
+	}
+	if d.allMCS || len(d.mcs) > 0 || len(d.services) > 0 {
+		for k := range d.services {
+			d.mcs[k] = struct{}{}
+		}
+		failed, err := s.reconcileMCS(ctx, d.allMCS, d.mcs)
+		if err != nil {
+			errs = append(errs, err)
+			s.mark(func(dd *dirtySet) {
+				for _, k := range failed {
+					dd.mcs[k] = struct{}{}
+				}
+			})
+		}
+	}
+	s.mu.Lock()
+	s.status.Passes++
+	s.status.MCS = s.mcsOn
+	s.status.Services = len(s.local)
+	s.mu.Unlock()
+	return errors.Join(errs...)
+}
+
+// exportOf returns the local ServiceExport of key, or nil.
+func (s *Source) exportOf(ns, name string) *mcsv1beta1.ServiceExport {
+	if !s.mcsOn {
+		return nil
+	}
+	e, err := s.exports.ServiceExports(ns).Get(name)
+	if err != nil || e.DeletionTimestamp != nil {
+		return nil
+	}
+	return e
+}

@@ -1,0 +1,154 @@
+package operator
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"runtime"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+	"k8s.io/utils/ptr"
+
+	"github.com/braidmesh/braid/clustermesh/k8s"
+	"github.com/braidmesh/braid/internal/kubelab"
+	etcdstore "github.com/braidmesh/braid/kvstore/etcd"
+	"github.com/braidmesh/braid/kvstore/etcd/etcdtest"
+)
+
+// TestBenchmarkGlobalServices measures how long BRAID_BENCH_SERVICES
+// (default 5000) global services with 10 endpoints each, created in
+// cluster a, take to appear in cluster b's view. It runs only with
+// BRAID_BENCH=1 and the kube binaries:
+//
+//	BRAID_BENCH=1 go test -run TestBenchmarkGlobalServices -v -timeout 30m ./clustermesh/operator
+func TestBenchmarkGlobalServices(t *testing.T) {
+	if os.Getenv("BRAID_BENCH") == "" {
+		t.Skip("set BRAID_BENCH=1 to run the service benchmark")
+	}
+	n := 5000
+	if v, err := strconv.Atoi(os.Getenv("BRAID_BENCH_SERVICES")); err == nil && v > 0 {
+		n = v
+	}
+	const endpoints = 10
+	etcd := kubelab.StartEtcd(t)
+	a := labEnv(t, etcd, "a", 1)
+	b := labEnv(t, etcd, "b", 2)
+	a.cfg.EnsureCRDs, b.cfg.EnsureCRDs = false, false
+	srv := etcdtest.Start(t, etcdtest.WithoutFsync())
+	store, err := etcdstore.New(context.Background(), etcdstore.Config{Endpoints: srv.Endpoints()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { store.Close() })
+	opA := startOperator(t, a, store)
+	opB := startOperator(t, b, store)
+	_ = opA
+
+	rc := rest.CopyConfig(a.cfg.Kubernetes)
+	rc.QPS, rc.Burst = 5000, 5000
+	client, err := kubernetes.NewForConfig(rc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var peakHeap atomic.Uint64
+	stopSampling := make(chan struct{})
+	go func() {
+		var ms runtime.MemStats
+		for {
+			runtime.ReadMemStats(&ms)
+			if ms.HeapInuse > peakHeap.Load() {
+				peakHeap.Store(ms.HeapInuse)
+			}
+			select {
+			case <-stopSampling:
+				return
+			case <-time.After(500 * time.Millisecond):
+			}
+		}
+	}()
+	defer close(stopSampling)
+
+	ctx := context.Background()
+	start := time.Now()
+	var created atomic.Int64
+	work := make(chan int)
+	var wg sync.WaitGroup
+	for range 32 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range work {
+				name := fmt.Sprintf("svc-%d", i)
+				svc := &corev1.Service{
+					ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: "default", Annotations: map[string]string{k8s.AnnotationGlobal: "true"}},
+					Spec:       corev1.ServiceSpec{Ports: []corev1.ServicePort{{Name: "http", Port: 80, Protocol: corev1.ProtocolTCP}}},
+				}
+				if _, err := client.CoreV1().Services("default").Create(ctx, svc, metav1.CreateOptions{}); err != nil {
+					t.Errorf("create %s: %v", name, err)
+					continue
+				}
+				es := &discoveryv1.EndpointSlice{
+					ObjectMeta: metav1.ObjectMeta{Name: name + "-1", Namespace: "default",
+						Labels: map[string]string{discoveryv1.LabelServiceName: name, discoveryv1.LabelManagedBy: "bench"}},
+					AddressType: discoveryv1.AddressTypeIPv4,
+					Ports:       []discoveryv1.EndpointPort{{Name: ptr.To("http"), Port: ptr.To[int32](8080), Protocol: ptr.To(corev1.ProtocolTCP)}},
+				}
+				for j := range endpoints {
+					ip := fmt.Sprintf("10.1.%d.%d", (i*endpoints+j)/250, (i*endpoints+j)%250+1)
+					es.Endpoints = append(es.Endpoints, discoveryv1.Endpoint{Addresses: []string{ip}, NodeName: ptr.To("node-1"),
+						Zone: ptr.To("z1"), Conditions: discoveryv1.EndpointConditions{Ready: ptr.To(true)}})
+				}
+				if _, err := client.DiscoveryV1().EndpointSlices("default").Create(ctx, es, metav1.CreateOptions{}); err != nil {
+					t.Errorf("create slice %s: %v", name, err)
+					continue
+				}
+				created.Add(1)
+			}
+		}()
+	}
+	for i := range n {
+		work <- i
+	}
+	close(work)
+	wg.Wait()
+	createdIn := time.Since(start)
+	waitFor(t, "all services in b's view", 20*time.Minute, func() error {
+		cs := opB.op.Watcher().Snapshot().Clusters["a"]
+		if cs == nil {
+			return fmt.Errorf("a unknown")
+		}
+		full := 0
+		for _, s := range cs.Services {
+			if len(s.Backends) == endpoints {
+				full++
+			}
+		}
+		if full < n {
+			return fmt.Errorf("%d of %d services complete", full, n)
+		}
+		return nil
+	})
+	total := time.Since(start)
+	hwm := "?"
+	if raw, err := os.ReadFile("/proc/self/status"); err == nil {
+		for _, l := range strings.Split(string(raw), "\n") {
+			if strings.HasPrefix(l, "VmHWM:") {
+				hwm = strings.TrimSpace(strings.TrimPrefix(l, "VmHWM:"))
+			}
+		}
+	}
+	t.Logf("services=%d endpoints/service=%d created_in=%v all_in_b_view_after=%v (lag after last create %v) "+
+		"test_process_peak_rss=%s peak_go_heap_inuse=%.1f MiB (both operators + embedded broker etcd + load client in one process)",
+		n, endpoints, createdIn.Round(time.Millisecond), total.Round(time.Millisecond), (total - createdIn).Round(time.Millisecond),
+		hwm, float64(peakHeap.Load())/(1<<20))
+}
