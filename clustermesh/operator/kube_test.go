@@ -42,10 +42,11 @@ func TestMain(m *testing.M) {
 // kubeEnv is one test cluster: fake clientsets, or a real kubelab cluster
 // (whose EndpointSlice controller makes the slices).
 type kubeEnv struct {
-	cfg  Config
-	kube kubernetes.Interface
-	mcs  mcsclient.Interface
-	real bool
+	cfg        Config
+	kube       kubernetes.Interface
+	mcs        mcsclient.Interface
+	real       bool
+	kubeconfig string // real clusters only
 }
 
 func clusterConfig(name clustermesh.ClusterName, id clustermesh.ClusterID) clustermesh.ClusterConfig {
@@ -69,7 +70,7 @@ func labEnv(t *testing.T, etcd *kubelab.Etcd, name clustermesh.ClusterName, id c
 	if err != nil {
 		t.Fatal(err)
 	}
-	return &kubeEnv{kube: c.Client, mcs: mcs, real: true, cfg: Config{Cluster: clusterConfig(name, id), Kubernetes: c.RESTConfig,
+	return &kubeEnv{kube: c.Client, mcs: mcs, real: true, kubeconfig: c.Kubeconfig, cfg: Config{Cluster: clusterConfig(name, id), Kubernetes: c.RESTConfig,
 		EnsureCRDs: true, LeaseTTL: 3 * time.Second, MeshCompleteTimeout: 10 * time.Second}}
 }
 

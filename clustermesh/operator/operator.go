@@ -13,7 +13,10 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"k8s.io/client-go/rest"
+
 	"github.com/braidmesh/braid/clustermesh"
+	"github.com/braidmesh/braid/clustermesh/k8s"
 	"github.com/braidmesh/braid/clustermesh/publish"
 	"github.com/braidmesh/braid/clustermesh/remote"
 	"github.com/braidmesh/braid/clustermesh/status"
@@ -36,6 +39,16 @@ type Config struct {
 	// StatusAddr, if set, is where the status page, /api/status and
 	// /metrics are served (host:port; port 0 picks one, see StatusURL).
 	StatusAddr string
+	// Kubernetes, if set, is the cluster whose state is published (see
+	// package k8s); use it instead of StateFile.
+	Kubernetes *rest.Config
+	// KubeClients, if its Kube is set, are used instead of clients built
+	// from Kubernetes (tests pass fake clientsets here).
+	KubeClients k8s.Clients
+	// EnsureCRDs creates the multicluster.x-k8s.io CRDs when absent.
+	EnsureCRDs bool
+	// MeshCompleteTimeout: zero means DefaultMeshCompleteTimeout.
+	MeshCompleteTimeout time.Duration
 }
 
 // Operator is one cluster's operator. See the package doc.
@@ -45,8 +58,10 @@ type Operator struct {
 	reg     *prometheus.Registry
 	pub     *publish.Publisher
 	watcher *remote.Watcher
+	store   kvstore.Store
 
 	mu        sync.Mutex
+	kube      *k8s.Source
 	sourceErr error
 	listener  net.Listener
 }
@@ -69,7 +84,7 @@ func New(cfg Config, store kvstore.Store, log *slog.Logger) (*Operator, error) {
 	if err != nil {
 		return nil, fmt.Errorf("new operator: %w", err)
 	}
-	return &Operator{cfg: cfg, log: log, reg: reg, pub: pub, watcher: w}, nil
+	return &Operator{cfg: cfg, log: log, reg: reg, pub: pub, watcher: w, store: store}, nil
 }
 
 // Watcher returns the operator's view of the rest of the mesh.
@@ -115,6 +130,15 @@ func (o *Operator) Run(ctx context.Context) error {
 		go func() {
 			defer wg.Done()
 			o.followStateFile(ctx)
+		}()
+	}
+	if o.cfg.Kubernetes != nil || o.cfg.KubeClients.Kube != nil {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := o.runKubernetes(ctx); err != nil {
+				cancel(fmt.Errorf("kubernetes source: %w", err))
+			}
 		}()
 	}
 	wg.Add(2)
@@ -169,7 +193,11 @@ func (o *Operator) Snapshot() status.Snapshot {
 	if o.sourceErr != nil {
 		s.Problems = append(s.Problems, o.sourceErr.Error())
 	}
+	kube := o.kube
 	o.mu.Unlock()
+	if kube != nil {
+		s.Problems = append(s.Problems, kube.Status().Problems...)
+	}
 	if ps.LastError != "" && !ps.Registered {
 		s.Problems = append(s.Problems, "publish: "+ps.LastError)
 	}

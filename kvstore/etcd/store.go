@@ -41,8 +41,6 @@ type Config struct {
 	Logger *slog.Logger
 }
 
-// probeKey is the key New reads to check that etcd answers.
-const probeKey = "braid-kvstore-ping"
 
 // Store is a kvstore.Store over an etcd cluster. Create it with New or
 // NewFromClient.
@@ -63,8 +61,8 @@ type Store struct {
 }
 
 // New connects to the cluster in cfg and checks that it answers within
-// cfg.DialTimeout (a serializable read of one key, which also checks the
-// credentials; being denied that key is fine). The store owns the client and
+// cfg.DialTimeout (an AuthStatus call, which needs no permission on any key;
+// the credentials are checked while dialing). The store owns the client and
 // closes it in Close. Errors wrap kvstore.ErrPermissionDenied when the
 // credentials are refused.
 func New(ctx context.Context, cfg Config) (*Store, error) {
@@ -110,10 +108,9 @@ func New(ctx context.Context, cfg Config) (*Store, error) {
 	}
 	cctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	_, err = client.Get(cctx, probeKey, clientv3.WithCountOnly(), clientv3.WithSerializable())
-	if errors.Is(err, rpctypes.ErrPermissionDenied) {
-		err = nil // reachable and authenticated; the key is just not ours
-	}
+	// AuthStatus needs no permission on any key, so a user limited to a
+	// prefix can connect; the client authenticated while dialing.
+	_, err = client.AuthStatus(cctx)
 	if err != nil {
 		client.Close()
 		return nil, fmt.Errorf("connect to etcd %v: %w", cfg.Endpoints, translateErr("read", err))
