@@ -3,8 +3,8 @@ package datapath
 import (
 	"cmp"
 	"context"
+	"encoding/binary"
 	"errors"
-	"hash/fnv"
 	"log/slog"
 	"maps"
 	"net/netip"
@@ -172,8 +172,7 @@ func (r *Reconciler) reconcile(ctx context.Context, want Desired) error {
 	var stats []MapStatus
 
 	// ipcache
-	wantIP := ipcacheEntries(topo, want)
-	st, err := sync1(r, "ipcache", r.maps.IPCache, wantIP, nil)
+	st, err := r.syncIPCache(ipcacheEntries(topo, want))
 	errs, stats = append(errs, err), append(stats, st)
 
 	// policy
@@ -189,7 +188,7 @@ func (r *Reconciler) reconcile(ctx context.Context, want Desired) error {
 		}
 		wantPol[k] = v
 	}
-	st, err = sync1(r, "policy", r.maps.Policy, wantPol, nil)
+	st, err = sync1(r, "policy", r.maps.Policy, wantPol)
 	errs, stats = append(errs, err), append(stats, st)
 
 	if err := ctx.Err(); err != nil {
@@ -222,67 +221,166 @@ func (r *Reconciler) reconcile(ctx context.Context, want Desired) error {
 	return errors.Join(errs...)
 }
 
-// sync1 diffs one map against want and applies the difference. have is the
-// map's current content; nil means dump it.
-func sync1[K comparable, V comparable](r *Reconciler, name string, t table[K, V], want map[K]V, have map[K]V) (MapStatus, error) {
-	st := MapStatus{Name: name, Desired: len(want)}
+// sync1 diffs one map against want and applies the difference, updates
+// before deletes.
+func sync1[K comparable, V comparable](r *Reconciler, name string, t table[K, V], want map[K]V) (MapStatus, error) {
 	if t == nil {
-		return st, nil
+		return MapStatus{Name: name, Desired: len(want)}, nil
 	}
-	st.Capacity = int(t.MaxEntries())
-	if have == nil {
-		var err error
-		if have, err = t.Dump(); err != nil {
-			r.m.errors.WithLabelValues(name).Inc()
-			return st, err
-		}
-	}
-	var upK []K
-	var upV []V
-	for k, v := range want {
-		if old, ok := have[k]; !ok || old != v {
-			upK = append(upK, k)
-			upV = append(upV, v)
-		}
-	}
-	var del []K
-	for k := range have {
-		if _, ok := want[k]; !ok {
-			del = append(del, k)
-		}
-	}
-	var errs []error
-	if len(upK) > 0 {
-		n, err := t.BatchUpdate(upK, upV)
-		r.writes.Add(uint64(n))
-		r.m.writes.WithLabelValues(name, "update").Add(float64(n))
-		errs = append(errs, err)
-	}
-	if len(del) > 0 {
-		n, err := t.BatchDelete(del)
-		r.writes.Add(uint64(n))
-		r.m.writes.WithLabelValues(name, "delete").Add(float64(n))
-		errs = append(errs, err)
-	}
-	err := errors.Join(errs...)
+	have, err := t.Dump()
 	if err != nil {
 		r.m.errors.WithLabelValues(name).Inc()
+		return MapStatus{Name: name, Desired: len(want), Capacity: int(t.MaxEntries())}, err
 	}
-	st.Entries = len(want)
+	c := diff(name, t, want, have)
+	err = errors.Join(c.upsert(r), c.remove(r))
+	return c.status(r, err), err
+}
+
+// change is the difference between one map and its desired content.
+type change[K comparable, V comparable] struct {
+	name       string
+	t          table[K, V]
+	upK        []K
+	upV        []V
+	del        []K
+	want, have int
+}
+
+// diff computes what makes have equal to want.
+func diff[K comparable, V comparable](name string, t table[K, V], want, have map[K]V) *change[K, V] {
+	c := &change[K, V]{name: name, t: t, want: len(want), have: len(have)}
+	if len(have) == 0 && len(want) > 0 {
+		// Typical of a first reconcile: everything is new.
+		c.upK = make([]K, 0, len(want))
+		c.upV = make([]V, 0, len(want))
+	}
+	matched := 0 // entries of have that want keeps
+	for k, v := range want {
+		if old, ok := have[k]; ok {
+			matched++
+			if old == v {
+				continue
+			}
+		}
+		c.upK = append(c.upK, k)
+		c.upV = append(c.upV, v)
+	}
+	if matched < len(have) {
+		for k := range have {
+			if _, ok := want[k]; !ok {
+				c.del = append(c.del, k)
+			}
+		}
+	}
+	return c
+}
+
+// diffList is diff for a desired state given as unique keys and their
+// values (written in that order); wanted reports whether a key is among
+// them and is only called when have holds entries to delete.
+func diffList[K comparable, V comparable](name string, t table[K, V], keys []K, vals []V, have map[K]V, wanted func(K) bool) *change[K, V] {
+	c := &change[K, V]{name: name, t: t, want: len(keys), have: len(have)}
+	if len(have) == 0 {
+		c.upK, c.upV = keys, vals
+		return c
+	}
+	matched := 0 // entries of have that want keeps
+	for i, k := range keys {
+		if old, ok := have[k]; ok {
+			matched++
+			if old == vals[i] {
+				continue
+			}
+		}
+		c.upK = append(c.upK, k)
+		c.upV = append(c.upV, vals[i])
+	}
+	if matched < len(have) {
+		for k := range have {
+			if !wanted(k) {
+				c.del = append(c.del, k)
+			}
+		}
+	}
+	return c
+}
+
+func (c *change[K, V]) upsert(r *Reconciler) error {
+	if len(c.upK) == 0 {
+		return nil
+	}
+	n, err := c.t.BatchUpdate(c.upK, c.upV)
+	r.writes.Add(uint64(n))
+	r.m.writes.WithLabelValues(c.name, "update").Add(float64(n))
 	if err != nil {
-		st.Entries = len(have) // unknown mix; report what was there
+		r.m.errors.WithLabelValues(c.name).Inc()
+	}
+	return err
+}
+
+func (c *change[K, V]) remove(r *Reconciler) error {
+	if len(c.del) == 0 {
+		return nil
+	}
+	n, err := c.t.BatchDelete(c.del)
+	r.writes.Add(uint64(n))
+	r.m.writes.WithLabelValues(c.name, "delete").Add(float64(n))
+	if err != nil {
+		r.m.errors.WithLabelValues(c.name).Inc()
+	}
+	return err
+}
+
+// status reports the map after the change; err is the change's outcome.
+func (c *change[K, V]) status(r *Reconciler, err error) MapStatus {
+	st := MapStatus{Name: c.name, Desired: c.want, Capacity: int(c.t.MaxEntries()), Entries: c.want}
+	if err != nil {
+		st.Entries = c.have // unknown mix; report what was there
 	}
 	if st.Capacity > 0 {
 		st.Pressure = float64(st.Entries) / float64(st.Capacity)
 	}
-	r.m.entries.WithLabelValues(name).Set(float64(st.Entries))
-	r.m.capacity.WithLabelValues(name).Set(float64(st.Capacity))
-	r.m.pressure.WithLabelValues(name).Set(st.Pressure)
-	return st, err
+	r.m.entries.WithLabelValues(c.name).Set(float64(st.Entries))
+	r.m.capacity.WithLabelValues(c.name).Set(float64(st.Capacity))
+	r.m.pressure.WithLabelValues(c.name).Set(st.Pressure)
+	return st
 }
 
-func ipcacheEntries(topo Topology, want Desired) map[bpf.IPCacheKey]bpf.IPCacheValue {
-	out := make(map[bpf.IPCacheKey]bpf.IPCacheValue, len(want.IPCache)+len(want.Local))
+// ipcacheOrder sorts keys by family, address (as the trie sees it, most
+// significant bit first), then prefix length.
+func ipcacheOrder(a, b bpf.IPCacheKey) int {
+	if c := cmp.Compare(a.Family, b.Family); c != 0 {
+		return c
+	}
+	for i := range a.Addr {
+		if c := cmp.Compare(netOrder(a.Addr[i]), netOrder(b.Addr[i])); c != 0 {
+			return c
+		}
+	}
+	return cmp.Compare(a.Prefixlen, b.Prefixlen)
+}
+
+// netOrder turns a key word (network bytes in native order) into a number
+// that compares like the address.
+func netOrder(w uint32) uint32 {
+	var b [4]byte
+	binary.NativeEndian.PutUint32(b[:], w)
+	return binary.BigEndian.Uint32(b[:])
+}
+
+// ipEntry is one ipcache entry to write.
+type ipEntry struct {
+	k   bpf.IPCacheKey
+	v   bpf.IPCacheValue
+	seq int // input position: on duplicate keys the later entry wins
+}
+
+// ipcacheEntries returns the wanted ipcache keys, sorted by ipcacheOrder
+// and unique, and their values. The agent passes IPCache sorted by prefix,
+// so the sort is mostly a linear check.
+func ipcacheEntries(topo Topology, want Desired) ([]bpf.IPCacheKey, []bpf.IPCacheValue) {
+	es := make([]ipEntry, 0, len(want.IPCache)+len(want.Local))
 	local := make(map[netip.Addr]bool, len(topo.NodeIPs))
 	for _, a := range topo.NodeIPs {
 		local[a.Unmap()] = true
@@ -300,12 +398,49 @@ func ipcacheEntries(topo Topology, want Desired) map[bpf.IPCacheKey]bpf.IPCacheV
 				v.TunnelFamily, v.TunnelEndpoint = bpf.AddrWords(e.HostIP)
 			}
 		}
-		out[bpf.IPCacheKeyFor(e.Prefix.Masked())] = v
+		es = append(es, ipEntry{bpf.IPCacheKeyFor(e.Prefix.Masked()), v, len(es)})
 	}
 	for _, e := range want.Local {
-		out[bpf.IPCacheKeyFor(e.Prefix.Masked())] = bpf.IPCacheValue{Identity: uint32(e.Identity), ClusterId: uint16(topo.ClusterID), Flags: bpf.IPCacheLocal}
+		if !e.Prefix.IsValid() {
+			continue
+		}
+		v := bpf.IPCacheValue{Identity: uint32(e.Identity), ClusterId: uint16(topo.ClusterID), Flags: bpf.IPCacheLocal}
+		es = append(es, ipEntry{bpf.IPCacheKeyFor(e.Prefix.Masked()), v, len(es)})
 	}
-	return out
+	slices.SortFunc(es, func(a, b ipEntry) int {
+		return cmp.Or(ipcacheOrder(a.k, b.k), cmp.Compare(a.seq, b.seq))
+	})
+	keys := make([]bpf.IPCacheKey, 0, len(es))
+	vals := make([]bpf.IPCacheValue, 0, len(es))
+	for i := range es {
+		if i+1 < len(es) && es[i+1].k == es[i].k {
+			continue // keep the last of each run of equal keys
+		}
+		keys = append(keys, es[i].k)
+		vals = append(vals, es[i].v)
+	}
+	return keys, vals
+}
+
+// syncIPCache is sync1 for the ipcache, whose desired state is a sorted
+// list: no map of 100k entries is built, and upserts come out sorted.
+func (r *Reconciler) syncIPCache(keys []bpf.IPCacheKey, vals []bpf.IPCacheValue) (MapStatus, error) {
+	const name = "ipcache"
+	t := r.maps.IPCache
+	if t == nil {
+		return MapStatus{Name: name, Desired: len(keys)}, nil
+	}
+	have, err := t.Dump()
+	if err != nil {
+		r.m.errors.WithLabelValues(name).Inc()
+		return MapStatus{Name: name, Desired: len(keys), Capacity: int(t.MaxEntries())}, err
+	}
+	c := diffList(name, t, keys, vals, have, func(k bpf.IPCacheKey) bool {
+		_, found := slices.BinarySearchFunc(keys, k, ipcacheOrder)
+		return found
+	})
+	err = errors.Join(c.upsert(r), c.remove(r))
+	return c.status(r, err), err
 }
 
 func protoNum(p clustermesh.Protocol) uint8 {
@@ -343,13 +478,37 @@ func (t Topology) tier(b Backend) bpf.Tier {
 	return bpf.TierCluster
 }
 
+// beAddr is a backend's address as stored in a BackendValue.
+type beAddr struct {
+	addr [4]uint32
+	port uint16 // network order
+	fam  uint8
+}
+
+// compare orders like netip.AddrPort.Compare: family, address, port.
+func (a beAddr) compare(b beAddr) int {
+	if c := cmp.Compare(a.fam, b.fam); c != 0 {
+		return c
+	}
+	for i := range a.addr {
+		if c := cmp.Compare(netOrder(a.addr[i]), netOrder(b.addr[i])); c != 0 {
+			return c
+		}
+	}
+	return cmp.Compare(bpf.Port(a.port), bpf.Port(b.port))
+}
+
+// hash32 is FNV-1a of s (0 for ""), without allocating.
 func hash32(s string) uint32 {
 	if s == "" {
 		return 0
 	}
-	h := fnv.New32a()
-	h.Write([]byte(s))
-	return h.Sum32()
+	h := uint32(2166136261)
+	for i := 0; i < len(s); i++ {
+		h ^= uint32(s[i])
+		h *= 16777619
+	}
+	return h
 }
 
 // reconcileServices computes services, slots and backends. IDs are kept
@@ -377,67 +536,78 @@ func (r *Reconciler) reconcileServices(want Desired) ([]MapStatus, error) {
 		return nil, err
 	}
 
+	nBackends, nFrontends := 0, 0
+	for i := range want.Services {
+		nBackends += len(want.Services[i].Backends)
+		nFrontends += len(want.Services[i].Frontends)
+	}
+
 	// Backends by address, reusing IDs.
-	idOf := make(map[netip.AddrPort]uint32, len(haveBe))
+	idOf := make(map[beAddr]uint32, max(len(haveBe), nBackends))
 	for _, id := range slices.Sorted(maps.Keys(haveBe)) {
-		ap := haveBe[id].AddrPort()
-		if _, dup := idOf[ap]; !dup {
-			idOf[ap] = id
+		v := haveBe[id]
+		a := beAddr{v.Addr, v.Port, v.Family}
+		if _, dup := idOf[a]; !dup {
+			idOf[a] = id
 		}
 	}
-	usedBe := make(map[uint32]bool)
-	wantBe := make(map[bpf.BackendID]bpf.BackendValue)
+	wantBe := make(map[bpf.BackendID]bpf.BackendValue, nBackends)
 	nextBe := uint32(1)
-	backendID := func(b Backend) uint32 {
-		ap := netip.AddrPortFrom(b.Addr.Addr().Unmap(), b.Addr.Port())
-		id, ok := idOf[ap]
-		if !ok || (usedBe[id] && wantBe[id].AddrPort() != ap) {
-			for haveBe[nextBe] != (bpf.BackendValue{}) || usedBe[nextBe] {
+	backendID := func(b Backend, a beAddr, tier bpf.Tier) uint32 {
+		id, ok := idOf[a]
+		if ok {
+			if cur, used := wantBe[id]; used {
+				if (beAddr{cur.Addr, cur.Port, cur.Family}) == a {
+					return id
+				}
+				ok = false // the ID went to another address
+			}
+		}
+		if !ok {
+			for {
+				_, used := wantBe[nextBe]
+				if !used && haveBe[nextBe] == (bpf.BackendValue{}) {
+					break
+				}
 				nextBe++
 			}
 			id = nextBe
-			idOf[ap] = id
+			idOf[a] = id
 		}
-		if !usedBe[id] {
-			usedBe[id] = true
-			fam, w := bpf.AddrWords(ap.Addr())
-			v := bpf.BackendValue{Addr: w, Port: bpf.Port(ap.Port()), Family: fam, Tier: uint8(topo.tier(b)),
-				ClusterId: uint16(want.ClusterIDs[b.Cluster]), NodeId: hash32(b.Node), ZoneId: hash32(b.Zone)}
-			if b.Healthy {
-				v.Flags = bpf.BackendHealthy
-			}
-			wantBe[id] = v
+		v := bpf.BackendValue{Addr: a.addr, Port: a.port, Family: a.fam, Tier: uint8(tier),
+			ClusterId: uint16(want.ClusterIDs[b.Cluster]), NodeId: hash32(b.Node), ZoneId: hash32(b.Zone)}
+		if b.Healthy {
+			v.Flags = bpf.BackendHealthy
 		}
+		wantBe[id] = v
 		return id
 	}
 
+	// A group is one service's frontends of one family.
 	type group struct {
 		keys []bpf.ServiceKey
 		fam  uint8
 		svc  *Service
 	}
-	var groups []group
+	groups := make([]group, 0, len(want.Services))
+	keys := make([]bpf.ServiceKey, 0, nFrontends) // backs every group's keys
 	for i := range want.Services {
 		s := &want.Services[i]
-		byFam := map[uint8]*group{}
-		for _, fe := range s.Frontends {
-			k := bpf.ServiceKeyFor(fe.Addr, protoNum(fe.Protocol))
-			g := byFam[k.Family]
-			if g == nil {
-				g = &group{fam: k.Family, svc: s}
-				byFam[k.Family] = g
+		for _, fam := range [...]uint8{bpf.FamilyV4, bpf.FamilyV6} {
+			first := len(keys)
+			for _, fe := range s.Frontends {
+				if k := bpf.ServiceKeyFor(fe.Addr, protoNum(fe.Protocol)); k.Family == fam {
+					keys = append(keys, k)
+				}
 			}
-			g.keys = append(g.keys, k)
-		}
-		for _, fam := range []uint8{bpf.FamilyV4, bpf.FamilyV6} {
-			if g := byFam[fam]; g != nil {
-				groups = append(groups, *g)
+			if len(keys) > first {
+				groups = append(groups, group{keys: keys[first:len(keys):len(keys)], fam: fam, svc: s})
 			}
 		}
 	}
 
 	// Service IDs: keep the ID a group's frontends already use.
-	usedSvc := make(map[uint32]bool)
+	usedSvc := make(map[uint32]bool, len(groups))
 	ids := make([]uint32, len(groups))
 	for gi, g := range groups {
 		for _, k := range g.keys {
@@ -464,99 +634,78 @@ func (r *Reconciler) reconcileServices(want Desired) ([]MapStatus, error) {
 		usedSvc[nextSvc] = true
 	}
 
-	wantSvc := make(map[bpf.ServiceKey]bpf.ServiceValue)
-	wantSlots := make(map[bpf.SlotKey]bpf.BackendID)
+	wantSvc := make(map[bpf.ServiceKey]bpf.ServiceValue, nFrontends)
+	slotK := make([]bpf.SlotKey, 0, nBackends)
+	slotV := make([]bpf.BackendID, 0, nBackends)
+	slotsOf := make(map[uint32]uint32, len(groups)) // SvcId -> number of slots
 	type ranked struct {
 		id   uint32
 		tier bpf.Tier
-		ap   netip.AddrPort
+		a    beAddr
 	}
+	var rs []ranked   // reused per group
+	var seen []beAddr // reused per group; small services scan it
+	var seenSet map[beAddr]bool
 	for gi, g := range groups {
-		var rs []ranked
-		seen := map[netip.AddrPort]bool{}
+		rs, seen = rs[:0], seen[:0]
+		large := len(g.svc.Backends) > 32
+		if large {
+			seenSet = make(map[beAddr]bool, len(g.svc.Backends))
+		}
 		for _, b := range g.svc.Backends {
-			fam, _ := bpf.AddrWords(b.Addr.Addr())
-			ap := netip.AddrPortFrom(b.Addr.Addr().Unmap(), b.Addr.Port())
-			if fam != g.fam || seen[ap] {
+			fam, w := bpf.AddrWords(b.Addr.Addr())
+			if fam != g.fam {
 				continue
 			}
-			seen[ap] = true
-			id := backendID(b)
+			a := beAddr{w, bpf.Port(b.Addr.Port()), fam}
+			if large {
+				if seenSet[a] {
+					continue
+				}
+				seenSet[a] = true
+			} else {
+				if slices.Contains(seen, a) {
+					continue
+				}
+				seen = append(seen, a)
+			}
+			tier := topo.tier(b)
+			id := backendID(b, a, tier)
 			if !b.Healthy {
 				continue // kept in backends, never in slots
 			}
-			rs = append(rs, ranked{id, topo.tier(b), ap})
+			rs = append(rs, ranked{id, tier, a})
 		}
-		slices.SortFunc(rs, func(a, b ranked) int {
-			if c := cmp.Compare(a.tier, b.tier); c != 0 {
-				return c
-			}
-			return a.ap.Compare(b.ap)
+		slices.SortFunc(rs, func(x, y ranked) int {
+			return cmp.Or(cmp.Compare(x.tier, y.tier), x.a.compare(y.a))
 		})
 		v := bpf.ServiceValue{SvcId: ids[gi], Affinity: affinityNum(g.svc.Affinity)}
 		for i, rb := range rs {
 			v.Count[rb.tier]++
-			wantSlots[bpf.SlotKey{SvcId: ids[gi], Slot: uint32(i)}] = rb.id
+			slotK = append(slotK, bpf.SlotKey{SvcId: ids[gi], Slot: uint32(i)})
+			slotV = append(slotV, rb.id)
 		}
+		slotsOf[ids[gi]] = uint32(len(rs))
 		for _, k := range g.keys {
 			wantSvc[k] = v
 		}
 	}
 
 	// Make before break: additions and changes in dependency order, then
-	// removals in reverse order.
-	var errs []error
-	var stats [3]MapStatus
-	stats[2], err = r.apply("backends", r.maps.Backends, wantBe, haveBe, true)
-	errs = append(errs, err)
-	stats[1], err = r.applySlots(wantSlots, haveSlots, true)
-	errs = append(errs, err)
-	stats[0], err = r.applySvc(wantSvc, haveSvc, true)
-	errs = append(errs, err)
-	if errors.Join(errs...) == nil {
-		_, err = r.applySvc(wantSvc, haveSvc, false)
-		errs = append(errs, err)
-		_, err = r.applySlots(wantSlots, haveSlots, false)
-		errs = append(errs, err)
-		_, err = r.apply("backends", r.maps.Backends, wantBe, haveBe, false)
-		errs = append(errs, err)
+	// removals in reverse order, only once every addition succeeded.
+	be := diff("backends", r.maps.Backends, wantBe, haveBe)
+	sl := diffList("backend_slots", r.maps.Slots, slotK, slotV, haveSlots, func(k bpf.SlotKey) bool {
+		return k.Slot < slotsOf[k.SvcId]
+	})
+	sv := diff("services", r.maps.Services, wantSvc, haveSvc)
+	beErr := be.upsert(r)
+	slErr := sl.upsert(r)
+	svErr := sv.upsert(r)
+	if beErr == nil && slErr == nil && svErr == nil {
+		svErr = sv.remove(r)
+		slErr = sl.remove(r)
+		beErr = be.remove(r)
 	}
-	return stats[:], errors.Join(errs...)
-}
-
-func (r *Reconciler) applySvc(want, have map[bpf.ServiceKey]bpf.ServiceValue, upserts bool) (MapStatus, error) {
-	return applyPhase(r, "services", r.maps.Services, want, have, upserts)
-}
-
-func (r *Reconciler) applySlots(want, have map[bpf.SlotKey]bpf.BackendID, upserts bool) (MapStatus, error) {
-	return applyPhase(r, "backend_slots", r.maps.Slots, want, have, upserts)
-}
-
-func (r *Reconciler) apply(name string, t table[bpf.BackendID, bpf.BackendValue], want, have map[bpf.BackendID]bpf.BackendValue, upserts bool) (MapStatus, error) {
-	return applyPhase(r, name, t, want, have, upserts)
-}
-
-// applyPhase writes either the upserts or the deletes of the diff.
-func applyPhase[K comparable, V comparable](r *Reconciler, name string, t table[K, V], want, have map[K]V, upserts bool) (MapStatus, error) {
-	w, h := want, have
-	if upserts {
-		// Pretend nothing is stale: only updates happen.
-		h = make(map[K]V, len(want))
-		for k := range want {
-			if v, ok := have[k]; ok {
-				h[k] = v
-			}
-		}
-	} else {
-		// Pretend every wanted entry is current: only deletes happen.
-		w = make(map[K]V, len(want))
-		for k := range have {
-			if _, ok := want[k]; ok {
-				w[k] = have[k]
-			}
-		}
-		h = have
-		return sync1(r, name, t, w, h)
-	}
-	return sync1(r, name, t, w, h)
+	stats := []MapStatus{sv.status(r, svErr), sl.status(r, slErr), be.status(r, beErr)}
+	return stats, errors.Join(beErr, slErr, svErr)
 }

@@ -49,6 +49,7 @@ func command() *cobra.Command {
 		wireguard  bool
 		wgName     string
 		wgPort     int
+		wgNetns    string
 		stateDir   string
 		strict     bool
 		strictCIDR []string
@@ -87,7 +88,7 @@ func command() *cobra.Command {
 			}
 			cfg.BPF = bpf.Config{PinDir: pinDir}
 			if wireguard {
-				tc := &tunnel.Config{Name: wgName, StateDir: stateDir, ListenPort: wgPort, Strict: strict,
+				tc := &tunnel.Config{Name: wgName, StateDir: stateDir, ListenPort: wgPort, Netns: wgNetns, Strict: strict,
 					RotationInterval: rotate, PersistentKeepalive: 25 * time.Second}
 				for _, s := range strictCIDR {
 					p, err := netip.ParsePrefix(s)
@@ -121,6 +122,7 @@ func command() *cobra.Command {
 	f.BoolVar(&wireguard, "wireguard", true, "encrypt cross-cluster traffic with WireGuard")
 	f.StringVar(&wgName, "wireguard-device", "braid-wg", "WireGuard interface name (unique on the machine)")
 	f.IntVar(&wgPort, "wireguard-port", tunnel.DefaultListenPort, "WireGuard UDP port (the same on every node of the mesh)")
+	f.StringVar(&wgNetns, "wireguard-netns", "", "network namespace (path) the WireGuard device lives in (default: the agent's)")
 	f.StringVar(&stateDir, "state-dir", "/var/lib/braid", "where the node's WireGuard key is kept (mode 0600)")
 	f.BoolVar(&strict, "strict", false, "drop traffic to remote pods that would leave the node unencrypted")
 	f.StringSliceVar(&strictCIDR, "strict-cidr", nil, "the mesh's whole pod address space, guarded before peers are known")

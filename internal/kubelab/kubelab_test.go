@@ -83,9 +83,17 @@ func TestClustersShareEtcd(t *testing.T) {
 	if len(pods.Items) != 0 {
 		t.Errorf("west has %d pods, want 0", len(pods.Items))
 	}
-	kube, err := west.Client.CoreV1().Services("default").Get(ctx, "kubernetes", metav1.GetOptions{})
-	if err != nil {
-		t.Fatalf("west: get service kubernetes: %v", err)
+	// The apiserver creates its own Service shortly after it is ready.
+	var kube *corev1.Service
+	for deadline := time.Now().Add(30 * time.Second); ; {
+		kube, err = west.Client.CoreV1().Services("default").Get(ctx, "kubernetes", metav1.GetOptions{})
+		if err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("west: get service kubernetes: %v", err)
+		}
+		time.Sleep(50 * time.Millisecond)
 	}
 	if ip := netip.MustParseAddr(kube.Spec.ClusterIP); !netip.MustParsePrefix("10.112.0.0/16").Contains(ip) {
 		t.Errorf("west's kubernetes service IP %s is outside west's service CIDR", ip)

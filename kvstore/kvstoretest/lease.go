@@ -28,7 +28,7 @@ func testLeaseExpiry(t *testing.T, h *harness) {
 		if errors.Is(err, kvstore.ErrNotFound) {
 			return nil
 		}
-		return fmt.Errorf("Get error = %v", err)
+		return fmt.Errorf("get: error = %v, want ErrNotFound", err)
 	})
 	if d := time.Since(start); d < h.LeaseTTL/2 {
 		t.Errorf("leased key gone after %v, TTL %v", d, h.LeaseTTL)
@@ -75,7 +75,7 @@ func testLeaseKeepAlive(t *testing.T, h *harness) {
 		if errors.Is(err, kvstore.ErrNotFound) {
 			return nil
 		}
-		return fmt.Errorf("Get error = %v", err)
+		return fmt.Errorf("get: error = %v, want ErrNotFound", err)
 	})
 }
 
