@@ -8,6 +8,8 @@ import (
 	"os/exec"
 	"path/filepath"
 	"testing"
+
+	"github.com/braidmesh/braid/internal/etcdlab"
 )
 
 // bin is where TestMain built the binaries.
@@ -30,6 +32,7 @@ func TestMain(m *testing.M) {
 		}
 	}
 	code := m.Run()
+	etcdlab.Cleanup()
 	os.RemoveAll(dir)
 	os.Exit(code)
 }

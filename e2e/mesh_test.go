@@ -195,7 +195,7 @@ func writeState(t *testing.T, n *labNode, wgKey string) {
 		app = "web"
 	}
 	s := operator.State{
-		Nodes: []clustermesh.Node{{Name: n.node, IPs: []netip.Addr{n.nodeIP}, PodCIDRs: []netip.Prefix{n.podCIDR}, Zone: "zone-a", WireGuardKey: wgKey}},
+		Nodes:      []clustermesh.Node{{Name: n.node, IPs: []netip.Addr{n.nodeIP}, PodCIDRs: []netip.Prefix{n.podCIDR}, Zone: "zone-a", WireGuardKey: wgKey}},
 		Identities: []clustermesh.Identity{{ID: first, Labels: map[string]string{"app": app}}},
 		IPs:        []clustermesh.IPEntry{{Prefix: netip.PrefixFrom(n.podIP, 32), Identity: first, HostIP: n.nodeIP}},
 		Services: []clustermesh.Service{{Namespace: "default", Name: "web", Global: true, Shared: true, Affinity: clustermesh.AffinityNone,

@@ -1,7 +1,6 @@
 package broker
 
 import (
-	"bytes"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -9,7 +8,6 @@ import (
 	"io"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -19,131 +17,15 @@ import (
 	"time"
 
 	"github.com/braidmesh/braid/clustermesh"
+	"github.com/braidmesh/braid/internal/etcdlab"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
-// binDir holds binaries built once per test binary run.
-var binDir string
-
 func TestMain(m *testing.M) {
-	d, err := os.MkdirTemp("", "broker-test-bin")
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
-	}
-	binDir = d
 	code := m.Run()
-	os.RemoveAll(d)
+	etcdlab.Cleanup()
 	os.Exit(code)
-}
-
-var etcdBuild struct {
-	once sync.Once
-	path string
-	err  error
-}
-
-// etcdBinary builds internal/etcdmain once, or skips the test if it cannot.
-func etcdBinary(t *testing.T) string {
-	t.Helper()
-	etcdBuild.once.Do(func() {
-		path := filepath.Join(binDir, "etcd")
-		out, err := exec.Command("go", "build", "-o", path, "github.com/braidmesh/braid/internal/etcdmain").CombinedOutput()
-		if err != nil {
-			etcdBuild.err = fmt.Errorf("%v: %s", err, bytes.TrimSpace(out))
-			return
-		}
-		etcdBuild.path = path
-	})
-	if etcdBuild.err != nil {
-		t.Skipf("go build internal/etcdmain failed: %v", etcdBuild.err)
-	}
-	return etcdBuild.path
-}
-
-// member is one etcd process.
-type member struct {
-	name     string
-	endpoint string
-	cmd      *exec.Cmd
-	done     chan struct{} // closed when the process has exited
-	log      *bytes.Buffer
-}
-
-// startEtcdCluster runs an n-member etcd cluster as separate processes on
-// loopback, with client and peer TLS from pki. Cleanup kills what is left.
-func startEtcdCluster(t *testing.T, bin string, pki *PKI, n int) []*member {
-	t.Helper()
-	ports := freePorts(t, 2*n)
-	var initial []string
-	for i := range n {
-		initial = append(initial, fmt.Sprintf("m%d=https://127.0.0.1:%d", i, ports[n+i]))
-	}
-	dir := t.TempDir()
-	members := make([]*member, n)
-	for i := range n {
-		client := fmt.Sprintf("https://127.0.0.1:%d", ports[i])
-		peer := fmt.Sprintf("https://127.0.0.1:%d", ports[n+i])
-		m := &member{name: fmt.Sprintf("m%d", i), endpoint: client, done: make(chan struct{}), log: new(bytes.Buffer)}
-		m.cmd = exec.Command(bin,
-			"--name", m.name,
-			"--data-dir", filepath.Join(dir, m.name),
-			"--listen-client-urls", client, "--advertise-client-urls", client,
-			"--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
-			"--initial-cluster", strings.Join(initial, ","),
-			"--initial-cluster-token", "braid-test", "--initial-cluster-state", "new",
-			"--cert-file", pki.CertFile, "--key-file", pki.KeyFile,
-			"--peer-cert-file", pki.CertFile, "--peer-key-file", pki.KeyFile,
-			"--peer-trusted-ca-file", pki.CAFile, "--peer-client-cert-auth",
-			"--heartbeat-interval", "50", "--election-timeout", "500",
-			"--log-level", "warn",
-		)
-		m.cmd.Stdout, m.cmd.Stderr = m.log, m.log
-		if err := m.cmd.Start(); err != nil {
-			t.Fatalf("start %s: %v", m.name, err)
-		}
-		go func() { m.cmd.Wait(); close(m.done) }()
-		members[i] = m
-	}
-	t.Cleanup(func() {
-		for _, m := range members {
-			m.cmd.Process.Kill()
-			<-m.done
-			if t.Failed() {
-				t.Logf("%s log tail:\n%s", m.name, tail(m.log.String(), 2000))
-			}
-		}
-	})
-	return members
-}
-
-func tail(s string, n int) string {
-	if len(s) > n {
-		return s[len(s)-n:]
-	}
-	return s
-}
-
-// stop ends m with sig and waits up to d.
-func (m *member) stop(t *testing.T, sig syscall.Signal, d time.Duration) {
-	t.Helper()
-	if err := m.cmd.Process.Signal(sig); err != nil {
-		t.Fatalf("signal %s: %v", m.name, err)
-	}
-	select {
-	case <-m.done:
-	case <-time.After(d):
-		t.Fatalf("%s did not exit within %v of %v", m.name, d, sig)
-	}
-}
-
-func endpoints(ms []*member) []string {
-	var out []string
-	for _, m := range ms {
-		out = append(out, m.endpoint)
-	}
-	return out
 }
 
 // TestExternalClusterSurvivesMemberLoss runs the broker administration code
@@ -151,7 +33,7 @@ func endpoints(ms []*member) []string {
 // of updates reaches a watcher exactly once and in order while the leader is
 // killed halfway through.
 func TestExternalClusterSurvivesMemberLoss(t *testing.T) {
-	bin := etcdBinary(t)
+	bin := etcdlab.Binary(t)
 	pki, err := EnsurePKI(filepath.Join(t.TempDir(), "pki"), nil)
 	if err != nil {
 		t.Fatal(err)
@@ -162,8 +44,8 @@ func TestExternalClusterSurvivesMemberLoss(t *testing.T) {
 	}
 	t0 := time.Now()
 	since := func() time.Duration { return time.Since(t0).Round(time.Millisecond) }
-	members := startEtcdCluster(t, bin, pki, 3)
-	eps := endpoints(members)
+	members := etcdlab.StartCluster(t, bin, etcdlab.TLS{CertFile: pki.CertFile, KeyFile: pki.KeyFile, CAFile: pki.CAFile}, 3)
+	eps := etcdlab.Endpoints(members)
 	ctx, cancel := context.WithTimeout(t.Context(), 45*time.Second)
 	defer cancel()
 
@@ -257,7 +139,7 @@ func TestExternalClusterSurvivesMemberLoss(t *testing.T) {
 	})
 
 	// Find the member serving the watch before writing anything.
-	var watched *member
+	var watched *etcdlab.Member
 	for watched == nil {
 		if ctx.Err() != nil {
 			t.Fatal("no member reports the watch")
@@ -270,14 +152,14 @@ func TestExternalClusterSurvivesMemberLoss(t *testing.T) {
 	// same value guarded by "value differs", so an update that did commit
 	// before the error is not applied twice.
 	var retries int
-	var killed *member
+	var killed *etcdlab.Member
 	for i := range n {
 		if i == n/2 {
 			// The worst member to lose: the leader that also serves the
 			// watch. Both the writes and the watch stream must fail over.
 			killed = makeLeader(t, ctx, acfg, watched, members)
-			t.Logf("%v: killing %s (leader, serving the watch) after %d updates", since(), killed.name, i)
-			killed.stop(t, syscall.SIGKILL, 5*time.Second)
+			t.Logf("%v: killing %s (leader, serving the watch) after %d updates", since(), killed.Name, i)
+			killed.Stop(t, syscall.SIGKILL, 5*time.Second)
 		}
 		val := fmt.Sprintf("v%04d", i)
 		for {
@@ -325,18 +207,18 @@ func TestExternalClusterSurvivesMemberLoss(t *testing.T) {
 		if m == killed {
 			continue
 		}
-		m.stop(t, syscall.SIGTERM, 10*time.Second)
-		t.Logf("%v: %s stopped", since(), m.name)
-		ws := m.cmd.ProcessState.Sys().(syscall.WaitStatus)
+		m.Stop(t, syscall.SIGTERM, 10*time.Second)
+		t.Logf("%v: %s stopped", since(), m.Name)
+		ws := m.Cmd.ProcessState.Sys().(syscall.WaitStatus)
 		if !ws.Exited() && !(ws.Signaled() && ws.Signal() == syscall.SIGTERM) || ws.Exited() && ws.ExitStatus() != 0 {
-			t.Errorf("%s after SIGTERM: %v", m.name, m.cmd.ProcessState)
+			t.Errorf("%s after SIGTERM: %v", m.Name, m.Cmd.ProcessState)
 		}
 	}
 }
 
 // makeLeader moves raft leadership to m, if it is not the leader already, and
 // returns m. acfg reaches the cluster as root.
-func makeLeader(t *testing.T, ctx context.Context, acfg AdminConfig, m *member, ms []*member) *member {
+func makeLeader(t *testing.T, ctx context.Context, acfg AdminConfig, m *etcdlab.Member, ms []*etcdlab.Member) *etcdlab.Member {
 	t.Helper()
 	admin, err := AdminClient(ctx, acfg)
 	if err != nil {
@@ -344,16 +226,16 @@ func makeLeader(t *testing.T, ctx context.Context, acfg AdminConfig, m *member, 
 	}
 	defer admin.Close()
 	for {
-		st, err := admin.Status(ctx, m.endpoint)
+		st, err := admin.Status(ctx, m.Endpoint)
 		if err != nil {
-			t.Fatalf("status of %s: %v", m.name, err)
+			t.Fatalf("status of %s: %v", m.Name, err)
 		}
 		if st.Leader == st.Header.MemberId {
 			return m
 		}
-		var lead *member
+		var lead *etcdlab.Member
 		for _, o := range ms {
-			if s, err := admin.Status(ctx, o.endpoint); err == nil && s.Header.MemberId == st.Leader {
+			if s, err := admin.Status(ctx, o.Endpoint); err == nil && s.Header.MemberId == st.Leader {
 				lead = o
 			}
 		}
@@ -362,7 +244,7 @@ func makeLeader(t *testing.T, ctx context.Context, acfg AdminConfig, m *member, 
 		}
 		// MoveLeader must reach the current leader.
 		lcfg := acfg
-		lcfg.Endpoints = []string{lead.endpoint}
+		lcfg.Endpoints = []string{lead.Endpoint}
 		lc, err := AdminClient(ctx, lcfg)
 		if err != nil {
 			t.Fatal(err)
@@ -370,18 +252,18 @@ func makeLeader(t *testing.T, ctx context.Context, acfg AdminConfig, m *member, 
 		_, err = lc.MoveLeader(ctx, st.Header.MemberId)
 		lc.Close()
 		if err != nil {
-			t.Fatalf("move leader from %s to %s: %v", lead.name, m.name, err)
+			t.Fatalf("move leader from %s to %s: %v", lead.Name, m.Name, err)
 		}
 	}
 }
 
 // watchingMember returns the member that serves a watcher, or nil.
-func watchingMember(t *testing.T, ctx context.Context, tlsCfg *tls.Config, ms []*member) *member {
+func watchingMember(t *testing.T, ctx context.Context, tlsCfg *tls.Config, ms []*etcdlab.Member) *etcdlab.Member {
 	t.Helper()
 	hc := &http.Client{Transport: &http.Transport{TLSClientConfig: tlsCfg}, Timeout: 2 * time.Second}
 	defer hc.CloseIdleConnections()
 	for _, m := range ms {
-		req, err := http.NewRequestWithContext(ctx, http.MethodGet, m.endpoint+"/metrics", nil)
+		req, err := http.NewRequestWithContext(ctx, http.MethodGet, m.Endpoint+"/metrics", nil)
 		if err != nil {
 			t.Fatal(err)
 		}
