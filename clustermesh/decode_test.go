@@ -384,7 +384,9 @@ func TestDecodeService(t *testing.T) {
 	rejects := []rejectCase{
 		{"unshared with backends", key, mut(func(s *clustermesh.Service) { s.Shared = false }),
 			"service is not shared but exports 2 backends"},
-		{"backend names unknown port", key, mut(func(s *clustermesh.Service) { s.Backends[0].Ports = append(s.Backends[0].Ports, clustermesh.BackendPort{Name: "grpc", Port: 9090}) }),
+		{"backend names unknown port", key, mut(func(s *clustermesh.Service) {
+			s.Backends[0].Ports = append(s.Backends[0].Ports, clustermesh.BackendPort{Name: "grpc", Port: 9090})
+		}),
 			`backend 10.2.1.7 names unknown port "grpc"`},
 		{"backend names unnamed port that does not exist", key,
 			mut(func(s *clustermesh.Service) { s.Backends[1].Ports = []clustermesh.BackendPort{{Name: "", Port: 80}} }),

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
-	"net/http"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -266,23 +265,12 @@ func (a *Agent) serveStatus(ctx context.Context, wg *sync.WaitGroup, cancel cont
 	a.mu.Lock()
 	a.listener = ln
 	a.mu.Unlock()
-	mux := http.NewServeMux()
-	mux.Handle("/metrics", promhttp.HandlerFor(a.reg, promhttp.HandlerOpts{}))
-	mux.Handle("/", status.Handler(a))
-	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
-	wg.Add(2)
+	wg.Add(1)
 	go func() {
 		defer wg.Done()
-		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
-			cancel(fmt.Errorf("serve status: %w", err))
+		if err := status.Serve(ctx, ln, a, promhttp.HandlerFor(a.reg, promhttp.HandlerOpts{})); err != nil {
+			cancel(err)
 		}
-	}()
-	go func() {
-		defer wg.Done()
-		<-ctx.Done()
-		sctx, scancel := context.WithTimeout(context.Background(), 2*time.Second)
-		defer scancel()
-		_ = srv.Shutdown(sctx)
 	}()
 	return nil
 }

@@ -14,6 +14,8 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
+
+	"github.com/braidmesh/braid/kvstore/etcd"
 )
 
 // DefaultDialTimeout bounds connecting and authenticating a client.
@@ -89,7 +91,7 @@ func newClient(ctx context.Context, endpoints []string, tlsCfg *tls.Config, user
 	}
 	zl := zap.NewNop()
 	if log != nil {
-		zl = zap.New(newSlogCore(log.Handler(), nil))
+		zl = etcd.NewZapLogger(log.Handler(), nil)
 	}
 	c, err := clientv3.New(clientv3.Config{
 		Endpoints:   endpoints,

@@ -15,10 +15,10 @@ import (
 	"time"
 
 	"github.com/braidmesh/braid/clustermesh"
+	"github.com/braidmesh/braid/kvstore/etcd"
 	"go.etcd.io/etcd/client/pkg/v3/transport"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.etcd.io/etcd/server/v3/embed"
-	"go.uber.org/zap"
 )
 
 // Defaults for zero Config fields.
@@ -264,7 +264,7 @@ func (b *Broker) etcdConfig(pki *PKI) *embed.Config {
 	}
 	ec.AutoCompactionMode = embed.CompactorModePeriodic
 	ec.AutoCompactionRetention = DefaultCompactionRetention.String()
-	ec.ZapLoggerBuilder = embed.NewZapLoggerBuilder(zap.New(newSlogCore(b.log.With("component", "etcd").Handler(), &b.etcdStopping)))
+	ec.ZapLoggerBuilder = embed.NewZapLoggerBuilder(etcd.NewZapLogger(b.log.With("component", "etcd").Handler(), &b.etcdStopping))
 	return ec
 }
 

@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"io/fs"
 	"log/slog"
-	"net"
 	"os"
 	"path/filepath"
 	"slices"
@@ -16,30 +15,12 @@ import (
 	"time"
 
 	"github.com/braidmesh/braid/clustermesh"
+	"github.com/braidmesh/braid/internal/etcdlab"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
 // freePorts returns n distinct loopback TCP ports that were free a moment ago.
-func freePorts(t *testing.T, n int) []int {
-	t.Helper()
-	var ls []net.Listener
-	defer func() {
-		for _, l := range ls {
-			l.Close()
-		}
-	}()
-	ports := make([]int, n)
-	for i := range ports {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		ls = append(ls, l)
-		ports[i] = l.Addr().(*net.TCPAddr).Port
-	}
-	return ports
-}
 
 func testLogger(t *testing.T) *slog.Logger {
 	return slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelWarn}))
@@ -128,7 +109,7 @@ func readFile(t *testing.T, path string) []byte {
 
 func TestBrokerRestartReusesState(t *testing.T) {
 	dir := filepath.Join(t.TempDir(), "broker")
-	ports := freePorts(t, 2)
+	ports := etcdlab.FreePorts(t, 2)
 	b := startBroker(t, dir, ports[0], ports[1])
 
 	creds, err := b.AddCluster(t.Context(), "east")
@@ -190,7 +171,7 @@ func TestBrokerRestartReusesState(t *testing.T) {
 }
 
 func TestClusterAuthorization(t *testing.T) {
-	ports := freePorts(t, 2)
+	ports := etcdlab.FreePorts(t, 2)
 	b := startBroker(t, t.TempDir(), ports[0], ports[1])
 	ctx := t.Context()
 

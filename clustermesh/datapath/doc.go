@@ -16,9 +16,18 @@
 // recovered from the maps themselves, so a restarted agent reuses them and
 // rewrites nothing.
 //
-// Concurrency: Reconcile calls are serialised. Update never blocks; Run
-// (the caller decides to go it) reconciles on each Update and every
-// ResyncInterval, retrying failures with backoff until its context ends.
+// Reconcile builds the desired maps with few allocations and writes
+// ipcache upserts sorted by address: the LPM trie takes sorted inserts
+// markedly faster (see bpf/BENCHMARKS.txt).
+//
+// PruneConntrack deletes connection-tracking entries idle for longer than
+// Config.CTTimeoutTCP or Config.CTTimeout; Run calls it every
+// ResyncInterval. The Reconciler never writes conntrack entries.
+//
+// Concurrency: Reconcile calls are serialised; PruneConntrack may run
+// alongside. Update never blocks; Run (the caller decides to go it)
+// reconciles on each Update and every ResyncInterval, retrying failures
+// with backoff until its context ends.
 // Status and Health return snapshots and never touch the kernel. Metrics
 // are labelled by map name only.
 package datapath

@@ -16,6 +16,7 @@ import (
 	"github.com/braidmesh/braid/bpf"
 	"github.com/braidmesh/braid/clustermesh"
 	"github.com/prometheus/client_golang/prometheus"
+	"golang.org/x/sys/unix"
 )
 
 // table is the part of a bpf.Map the reconciler uses.
@@ -39,17 +40,22 @@ type Maps struct {
 	Backends table[bpf.BackendID, bpf.BackendValue]
 	Policy   table[bpf.PolicyKey, bpf.PolicyValue]
 	Config   configWriter
+	// CT is the connection-tracking table PruneConntrack collects; nil
+	// disables collection. The programs fill it, the Reconciler only deletes.
+	CT table[bpf.CTKey, bpf.CTValue]
 }
 
 // MapsOf returns the Maps of loaded objects.
 func MapsOf(o *bpf.Objects) Maps {
-	return Maps{IPCache: o.IPCache, Services: o.Services, Slots: o.Slots, Backends: o.Backends, Policy: o.Policy, Config: o}
+	return Maps{IPCache: o.IPCache, Services: o.Services, Slots: o.Slots, Backends: o.Backends, Policy: o.Policy, Config: o, CT: o.CT}
 }
 
 // Defaults of Config.
 const (
 	DefaultResyncInterval    = 5 * time.Minute
 	DefaultPressureThreshold = 0.9
+	DefaultCTTimeoutTCP      = 6 * time.Hour
+	DefaultCTTimeout         = 2 * time.Minute
 )
 
 // Config configures a Reconciler.
@@ -61,6 +67,16 @@ type Config struct {
 	// PressureThreshold is the fill ratio above which a map degrades
 	// health; zero means DefaultPressureThreshold.
 	PressureThreshold float64
+	// SocketLBNetnsCookie restricts the socket-level load balancer to the
+	// sockets of one network namespace (its SO_NETNS_COOKIE, e.g. the host
+	// namespace's); zero means every socket in the attached cgroup.
+	SocketLBNetnsCookie uint64
+	// CTTimeoutTCP and CTTimeout are how long a TCP, resp. any other,
+	// connection-tracking entry may go unused before PruneConntrack
+	// deletes it (Run prunes every ResyncInterval); zero means
+	// DefaultCTTimeoutTCP and DefaultCTTimeout.
+	CTTimeoutTCP time.Duration
+	CTTimeout    time.Duration
 }
 
 // Reconciler makes the bpf maps equal to a Desired state.
@@ -80,6 +96,17 @@ type Reconciler struct {
 
 	wake    chan struct{}
 	desired atomic.Pointer[Desired]
+
+	// monotonic reads the clock of CTValue.LastSeen (CLOCK_MONOTONIC, ns).
+	monotonic func() uint64
+}
+
+func monotonicNow() uint64 {
+	var ts unix.Timespec
+	if err := unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts); err != nil {
+		panic(err) // CLOCK_MONOTONIC cannot fail on Linux
+	}
+	return uint64(ts.Nano())
 }
 
 // New returns a Reconciler; it starts nothing. reg may be nil.
@@ -90,6 +117,12 @@ func New(cfg Config, m Maps, log *slog.Logger, reg prometheus.Registerer) (*Reco
 	if cfg.PressureThreshold == 0 {
 		cfg.PressureThreshold = DefaultPressureThreshold
 	}
+	if cfg.CTTimeoutTCP == 0 {
+		cfg.CTTimeoutTCP = DefaultCTTimeoutTCP
+	}
+	if cfg.CTTimeout == 0 {
+		cfg.CTTimeout = DefaultCTTimeout
+	}
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
@@ -97,7 +130,7 @@ func New(cfg Config, m Maps, log *slog.Logger, reg prometheus.Registerer) (*Reco
 	if err != nil {
 		return nil, err
 	}
-	return &Reconciler{cfg: cfg, maps: m, log: log.With("component", "datapath"), m: met, wake: make(chan struct{}, 1)}, nil
+	return &Reconciler{cfg: cfg, maps: m, log: log.With("component", "datapath"), m: met, wake: make(chan struct{}, 1), monotonic: monotonicNow}, nil
 }
 
 // Writes returns how many map entries (updates plus deletes) and config
@@ -127,6 +160,9 @@ func (r *Reconciler) Run(ctx context.Context) error {
 			return nil
 		case <-r.wake:
 		case <-tick.C:
+			if n, err := r.PruneConntrack(); err != nil {
+				r.log.Warn("prune conntrack", "err", err, "deleted", n)
+			}
 		case <-retry:
 		}
 		want := r.desired.Load()
@@ -200,7 +236,7 @@ func (r *Reconciler) reconcile(ctx context.Context, want Desired) error {
 	errs, stats = append(errs, err), append(stats, svcStats...)
 
 	if r.maps.Config != nil {
-		c := bpf.DatapathConfig{TunnelIfindex: topo.TunnelIfindex}
+		c := bpf.DatapathConfig{TunnelIfindex: topo.TunnelIfindex, NetnsCookie: r.cfg.SocketLBNetnsCookie}
 		if want.DefaultDeny {
 			c.DefaultDeny = 1
 		}
@@ -219,6 +255,47 @@ func (r *Reconciler) reconcile(ctx context.Context, want Desired) error {
 	r.status.Maps = stats
 	r.statusMu.Unlock()
 	return errors.Join(errs...)
+}
+
+// PruneConntrack deletes connection-tracking entries idle for longer than
+// Config.CTTimeoutTCP (TCP) or Config.CTTimeout (other protocols) and
+// returns how many it deleted. It is safe to call concurrently with
+// Reconcile. A flow whose entry is deleted just as a packet refreshes it
+// starts over as a new flow (a service flow may pick another backend);
+// the timeouts make that rare.
+func (r *Reconciler) PruneConntrack() (int, error) {
+	t := r.maps.CT
+	if t == nil {
+		return 0, nil
+	}
+	const name = "ct"
+	entries, err := t.Dump()
+	if err != nil {
+		r.m.errors.WithLabelValues(name).Inc()
+		return 0, err
+	}
+	now := r.monotonic()
+	idleTCP, idle := uint64(r.cfg.CTTimeoutTCP), uint64(r.cfg.CTTimeout)
+	var stale []bpf.CTKey
+	for k, v := range entries {
+		limit := idle
+		if k.Proto == 6 {
+			limit = idleTCP
+		}
+		if v.LastSeen+limit < now {
+			stale = append(stale, k)
+		}
+	}
+	n := 0
+	if len(stale) > 0 {
+		n, err = t.BatchDelete(stale)
+		r.m.writes.WithLabelValues(name, "delete").Add(float64(n))
+		if err != nil {
+			r.m.errors.WithLabelValues(name).Inc()
+		}
+	}
+	r.m.entries.WithLabelValues(name).Set(float64(len(entries) - n))
+	return n, err
 }
 
 // sync1 diffs one map against want and applies the difference, updates

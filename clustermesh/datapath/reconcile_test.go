@@ -6,7 +6,9 @@ import (
 	"fmt"
 	"net/netip"
 	"strings"
+	"sync"
 	"testing"
+	"time"
 
 	"github.com/braidmesh/braid/bpf"
 	"github.com/braidmesh/braid/clustermesh"
@@ -175,5 +177,85 @@ func TestPressure(t *testing.T) {
 	h := r.Health()
 	if h.OK || !strings.Contains(h.Reasons[0], "ipcache at 100%") {
 		t.Errorf("health = %+v, want ipcache pressure", h)
+	}
+}
+
+func TestPruneConntrack(t *testing.T) {
+	f := newFakeMaps(1024)
+	r, _ := New(Config{Topology: topo, CTTimeout: time.Minute}, f.Maps(), nil, nil)
+	now := uint64(10 * time.Hour)
+	r.monotonic = func() uint64 { return now }
+	seen := func(ago time.Duration) bpf.CTValue { return bpf.CTValue{LastSeen: now - uint64(ago)} }
+	key := func(proto uint8, sport uint16) bpf.CTKey {
+		return bpf.CTKey{Proto: proto, Family: bpf.FamilyV4, Sport: bpf.Port(sport), Dport: bpf.Port(80)}
+	}
+	keep := []bpf.CTKey{key(6, 1), key(17, 2), key(6, 3)}
+	drop := []bpf.CTKey{key(6, 4), key(17, 5), key(132, 6)}
+	f.ct.m[keep[0]] = seen(time.Second)
+	f.ct.m[keep[1]] = seen(59 * time.Second)
+	f.ct.m[keep[2]] = seen(5 * time.Hour) // TCP: DefaultCTTimeoutTCP
+	f.ct.m[drop[0]] = seen(7 * time.Hour)
+	f.ct.m[drop[1]] = seen(61 * time.Second)
+	f.ct.m[drop[2]] = seen(time.Hour)
+
+	n, err := r.PruneConntrack()
+	if err != nil || n != len(drop) {
+		t.Fatalf("PruneConntrack = %d, %v; want %d deleted", n, err, len(drop))
+	}
+	for _, k := range keep {
+		if _, ok := f.ct.m[k]; !ok {
+			t.Errorf("entry %+v deleted though in use", k)
+		}
+	}
+	if len(f.ct.m) != len(keep) {
+		t.Errorf("%d entries left, want %d", len(f.ct.m), len(keep))
+	}
+	if n, err := r.PruneConntrack(); n != 0 || err != nil {
+		t.Errorf("second PruneConntrack = %d, %v; want nothing to do", n, err)
+	}
+	if r.Writes() != 0 {
+		t.Errorf("Writes = %d: pruning must not count as reconcile writes", r.Writes())
+	}
+}
+
+// TestRunPrunesConntrack checks Run collects idle entries every
+// ResyncInterval, before any desired state is known.
+func TestRunPrunesConntrack(t *testing.T) {
+	f := newFakeMaps(1024)
+	r, _ := New(Config{Topology: topo, ResyncInterval: 10 * time.Millisecond}, f.Maps(), nil, nil)
+	r.monotonic = func() uint64 { return uint64(time.Hour) }
+	var mu sync.Mutex // guards f.ct.m against Run's deletes
+	f.ct.mu = &mu
+	mu.Lock()
+	f.ct.m[bpf.CTKey{Proto: 17}] = bpf.CTValue{LastSeen: 1}
+	mu.Unlock()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error)
+	go func() { done <- r.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+	for deadline := time.Now().Add(5 * time.Second); ; {
+		mu.Lock()
+		n := len(f.ct.m)
+		mu.Unlock()
+		if n == 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("Run did not prune the idle entry")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+func TestReconcileWritesConfig(t *testing.T) {
+	f := newFakeMaps(1024)
+	tp := topo
+	tp.TunnelIfindex = 7
+	r, _ := New(Config{Topology: tp, SocketLBNetnsCookie: 4096}, f.Maps(), nil, nil)
+	if err := r.Reconcile(context.Background(), Desired{DefaultDeny: true}); err != nil {
+		t.Fatal(err)
+	}
+	if want := (bpf.DatapathConfig{TunnelIfindex: 7, DefaultDeny: 1, NetnsCookie: 4096}); f.config.c != want {
+		t.Errorf("config = %+v, want %+v", f.config.c, want)
 	}
 }

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
-	"net/http"
 	"sync"
 	"time"
 
@@ -106,23 +105,12 @@ func (o *Operator) Run(ctx context.Context) error {
 		o.mu.Lock()
 		o.listener = ln
 		o.mu.Unlock()
-		mux := http.NewServeMux()
-		mux.Handle("/metrics", promhttp.HandlerFor(o.reg, promhttp.HandlerOpts{}))
-		mux.Handle("/", status.Handler(o))
-		srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
-		wg.Add(2)
+		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
-				cancel(fmt.Errorf("serve status: %w", err))
+			if err := status.Serve(ctx, ln, o, promhttp.HandlerFor(o.reg, promhttp.HandlerOpts{})); err != nil {
+				cancel(err)
 			}
-		}()
-		go func() {
-			defer wg.Done()
-			<-ctx.Done()
-			sctx, scancel := context.WithTimeout(context.Background(), 2*time.Second)
-			defer scancel()
-			_ = srv.Shutdown(sctx)
 		}()
 	}
 	if o.cfg.StateFile != "" {

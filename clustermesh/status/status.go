@@ -3,7 +3,9 @@ package status
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"net"
 	"net/http"
 	"time"
 
@@ -98,4 +100,30 @@ func Fetch(ctx context.Context, client *http.Client, baseURL string) (Snapshot, 
 		return s, fmt.Errorf("fetch status from %s: decode: %w", baseURL, err)
 	}
 	return s, nil
+}
+
+// Serve serves Handler(src) on ln, and metrics at /metrics if it is not
+// nil, until ctx is done; it then shuts the server down, giving requests in
+// flight up to two seconds. It returns nil after a shutdown.
+func Serve(ctx context.Context, ln net.Listener, src Source, metrics http.Handler) error {
+	mux := http.NewServeMux()
+	if metrics != nil {
+		mux.Handle("/metrics", metrics)
+	}
+	mux.Handle("/", Handler(src))
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	stopped := make(chan struct{})
+	go func() {
+		defer close(stopped)
+		<-ctx.Done()
+		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
+		defer cancel()
+		_ = srv.Shutdown(sctx)
+	}()
+	err := srv.Serve(ln)
+	if errors.Is(err, http.ErrServerClosed) {
+		<-stopped
+		return nil
+	}
+	return fmt.Errorf("serve status on %s: %w", ln.Addr(), err)
 }

@@ -41,7 +41,6 @@ type Config struct {
 	Logger *slog.Logger
 }
 
-
 // Store is a kvstore.Store over an etcd cluster. Create it with New or
 // NewFromClient.
 type Store struct {
@@ -87,7 +86,7 @@ func New(ctx context.Context, cfg Config) (*Store, error) {
 		// and let the client move to another endpoint.
 		DialKeepAliveTime:    10 * time.Second,
 		DialKeepAliveTimeout: 5 * time.Second,
-		Logger:               zapLogger(log.With("component", "etcd-client")),
+		Logger:               NewZapLogger(log.With("component", "etcd-client").Handler(), nil),
 		DialOptions: []grpc.DialOption{
 			// gRPC's default reconnect backoff starts at 1 s; reconnect
 			// faster after a short outage, but not more often than every 5 s

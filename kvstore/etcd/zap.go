@@ -4,53 +4,68 @@ import (
 	"context"
 	"log/slog"
 	"slices"
+	"sync/atomic"
 
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 )
 
-// zapLogger returns a zap logger that writes to log, which the etcd client
-// needs. The client's Info chatter (balancer and retry details) goes to Debug.
-func zapLogger(log *slog.Logger) *zap.Logger {
-	return zap.New(&slogCore{log: log})
-}
-
+// slogCore is a zapcore.Core that hands etcd's zap records to a slog.Handler.
+// etcd logs routine events at info level; they become debug records, so a
+// broker at the default level shows only etcd's warnings and errors. While
+// *quiet is true (if quiet is not nil), every record is a debug record.
 type slogCore struct {
-	log    *slog.Logger
-	fields []zapcore.Field
+	h     slog.Handler
+	quiet *atomic.Bool
 }
 
-func slogLevel(l zapcore.Level) slog.Level {
+// NewZapLogger returns a zap logger, as etcd's client and server need,
+// that writes to h. etcd's routine info records become debug records; while
+// *quiet is true (if quiet is not nil), every record is a debug record, so
+// an owner can mute the expected noise of a shutdown.
+func NewZapLogger(h slog.Handler, quiet *atomic.Bool) *zap.Logger { return zap.New(slogCore{h, quiet}) }
+
+func (c slogCore) level(l zapcore.Level) slog.Level {
 	switch {
-	case l <= zapcore.InfoLevel:
+	case l <= zapcore.InfoLevel, c.quiet != nil && c.quiet.Load():
 		return slog.LevelDebug
 	case l == zapcore.WarnLevel:
 		return slog.LevelWarn
+	default:
+		return slog.LevelError
 	}
-	return slog.LevelError
 }
 
-func (c *slogCore) Enabled(l zapcore.Level) bool {
-	return c.log.Enabled(context.Background(), slogLevel(l))
+func (c slogCore) Enabled(l zapcore.Level) bool {
+	return c.h.Enabled(context.Background(), c.level(l))
 }
 
-func (c *slogCore) With(fields []zapcore.Field) zapcore.Core {
-	return &slogCore{log: c.log, fields: append(slices.Clip(c.fields), fields...)}
+func (c slogCore) With(fs []zapcore.Field) zapcore.Core {
+	return slogCore{c.h.WithAttrs(attrs(fs)), c.quiet}
 }
 
-func (c *slogCore) Check(e zapcore.Entry, ce *zapcore.CheckedEntry) *zapcore.CheckedEntry {
+func (c slogCore) Check(e zapcore.Entry, ce *zapcore.CheckedEntry) *zapcore.CheckedEntry {
 	if c.Enabled(e.Level) {
 		return ce.AddCore(e, c)
 	}
 	return ce
 }
 
-func (c *slogCore) Write(e zapcore.Entry, fields []zapcore.Field) error {
-	enc := zapcore.NewMapObjectEncoder()
-	for _, f := range c.fields {
-		f.AddTo(enc)
+func (c slogCore) Write(e zapcore.Entry, fs []zapcore.Field) error {
+	r := slog.NewRecord(e.Time, c.level(e.Level), e.Message, 0)
+	if e.LoggerName != "" {
+		r.AddAttrs(slog.String("logger", e.LoggerName))
 	}
-	for _, f := range fields {
+	r.AddAttrs(attrs(fs)...)
+	return c.h.Handle(context.Background(), r)
+}
+
+func (slogCore) Sync() error { return nil }
+
+// attrs converts zap fields, in a stable order.
+func attrs(fs []zapcore.Field) []slog.Attr {
+	enc := zapcore.NewMapObjectEncoder()
+	for _, f := range fs {
 		f.AddTo(enc)
 	}
 	keys := make([]string, 0, len(enc.Fields))
@@ -58,15 +73,9 @@ func (c *slogCore) Write(e zapcore.Entry, fields []zapcore.Field) error {
 		keys = append(keys, k)
 	}
 	slices.Sort(keys)
-	attrs := make([]slog.Attr, 0, len(keys)+1)
-	if e.LoggerName != "" {
-		attrs = append(attrs, slog.String("logger", e.LoggerName))
-	}
+	out := make([]slog.Attr, 0, len(keys))
 	for _, k := range keys {
-		attrs = append(attrs, slog.Any(k, enc.Fields[k]))
+		out = append(out, slog.Any(k, enc.Fields[k]))
 	}
-	c.log.LogAttrs(context.Background(), slogLevel(e.Level), e.Message, attrs...)
-	return nil
+	return out
 }
-
-func (c *slogCore) Sync() error { return nil }
