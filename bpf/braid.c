@@ -164,15 +164,19 @@ struct ct_value {
 	__u8 flags;
 	__u8 pad;
 	__u32 backend_id;
+	__u64 last_seen; /* bpf_ktime_get_ns (CLOCK_MONOTONIC) of the last packet */
 };
 
 struct datapath_config {
 	__u32 tunnel_ifindex; /* 0: no tunnel steering */
 	__u8 default_deny;
 	__u8 pad[3];
+	__u64 netns_cookie; /* socket hooks act only in this netns; 0: every netns */
 };
 
-/* Map sizes are placeholders: the loader sets them from its Config. */
+/* Map sizes are placeholders: the loader sets them from its Config. Maps are
+ * pinned by name, so a map whose key or value layout changes gets a new name
+ * (ct_v2, config_v2: last_seen and netns_cookie were added). */
 struct {
 	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
 	__type(key, struct ipcache_key);
@@ -221,7 +225,7 @@ struct {
 	__type(key, struct ct_key);
 	__type(value, struct ct_value);
 	__uint(max_entries, 1);
-} ct SEC(".maps");
+} ct_v2 SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
@@ -235,7 +239,7 @@ struct {
 	__type(key, __u32);
 	__type(value, struct datapath_config);
 	__uint(max_entries, 1);
-} config SEC(".maps");
+} config_v2 SEC(".maps");
 
 /* Keep the enums in BTF so bpf2go can emit them. */
 const enum braid_tier *unused_tier __attribute__((unused));
@@ -305,6 +309,17 @@ select_backend(const struct svc_value *svc, __u32 *id_out)
 	return NULL;
 }
 
+/* sock_in_scope says whether the socket hooks act on this socket: always,
+ * unless the config names one network namespace (datapath_config.netns_cookie). */
+static __always_inline int sock_in_scope(struct bpf_sock_addr *ctx)
+{
+	__u32 zero = 0;
+	struct datapath_config *cfg = bpf_map_lookup_elem(&config_v2, &zero);
+	if (!cfg || cfg->netns_cookie == 0)
+		return 1;
+	return bpf_get_netns_cookie(ctx) == cfg->netns_cookie;
+}
+
 static __always_inline int is_v4_mapped(const __u32 *a)
 {
 	return a[0] == 0 && a[1] == 0 && a[2] == bpf_htonl(0x0000ffff);
@@ -317,6 +332,8 @@ static __always_inline int is_v4_mapped(const __u32 *a)
  * healthy backend), 1 otherwise. */
 static __always_inline int sock_xlate(struct bpf_sock_addr *ctx, __u8 family, int mapped)
 {
+	if (!sock_in_scope(ctx))
+		return 1;
 	struct svc_key key = {};
 	key.family = family;
 	key.proto = ctx->protocol;
@@ -372,6 +389,8 @@ static __always_inline int sock_xlate(struct bpf_sock_addr *ctx, __u8 family, in
 /* sock_revxlate makes a backend address seen by the client the VIP again. */
 static __always_inline int sock_revxlate(struct bpf_sock_addr *ctx, __u8 family, int mapped)
 {
+	if (!sock_in_scope(ctx))
+		return 1;
 	struct sock_revnat_key rk = {};
 	rk.cookie = bpf_get_socket_cookie(ctx);
 	rk.family = family;
@@ -599,18 +618,41 @@ static __always_inline void reverse(const struct ct_key *k, struct ct_key *r)
 	r->family = k->family;
 }
 
+/* CT entries record when they were last used; the agent's GC deletes idle
+ * ones. The write is skipped within a second of the last one, to keep the
+ * cache line clean on busy flows. */
+#define CT_TOUCH_NS 1000000000ULL
+
+static __always_inline void touch(struct ct_value *v, __u64 now)
+{
+	if (v->last_seen + CT_TOUCH_NS < now)
+		v->last_seen = now;
+}
+
 /* revnat restores the VIP as the source of a reply from a backend. Returns
- * 1 if the packet belongs to a tracked flow. */
-static __always_inline int revnat(struct __sk_buff *skb, struct pkt *p, int *err)
+ * 1 if the packet belongs to a tracked flow. A reply keeps the flow's
+ * forward entry alive too. */
+static __always_inline int revnat(struct __sk_buff *skb, struct pkt *p, __u64 now, int *err)
 {
 	struct ct_key k = {};
 	tuple(p, &k);
-	struct ct_value *v = bpf_map_lookup_elem(&ct, &k);
+	struct ct_value *v = bpf_map_lookup_elem(&ct_v2, &k);
 	if (!v || !(v->flags & (CT_F_REVNAT | CT_F_REPLY)))
 		return 0;
+	touch(v, now);
 	if (v->flags & CT_F_REVNAT) {
 		__u32 a[4] = { v->nat_addr[0], v->nat_addr[1], v->nat_addr[2], v->nat_addr[3] };
-		if (rewrite(skb, p, 0, a, v->nat_port) < 0)
+		__u16 port = v->nat_port;
+		struct ct_key fk = {};
+		reverse(&k, &fk);
+#pragma unroll
+		for (int i = 0; i < 4; i++)
+			fk.daddr[i] = a[i];
+		fk.dport = port;
+		struct ct_value *fv = bpf_map_lookup_elem(&ct_v2, &fk);
+		if (fv)
+			touch(fv, now);
+		if (rewrite(skb, p, 0, a, port) < 0)
 			*err = 1;
 	}
 	return 1;
@@ -635,9 +677,10 @@ int tc_from_pod(struct __sk_buff *skb)
 	int err = 0;
 	if (parse(skb, &p) < 0 || p.proto == 0)
 		goto steer;
+	__u64 now = bpf_ktime_get_ns();
 
 	/* A reply from a local backend: make the VIP its source again. */
-	if (revnat(skb, &p, &err)) {
+	if (revnat(skb, &p, now, &err)) {
 		if (err)
 			return TC_ACT_SHOT;
 		goto steer;
@@ -657,7 +700,7 @@ int tc_from_pod(struct __sk_buff *skb)
 	if (svc) {
 		struct backend_value *be = NULL;
 		__u32 id = 0;
-		struct ct_value *fv = bpf_map_lookup_elem(&ct, &fk);
+		struct ct_value *fv = bpf_map_lookup_elem(&ct_v2, &fk);
 		if (fv && (fv->flags & CT_F_FORWARD)) {
 			id = fv->backend_id;
 			be = bpf_map_lookup_elem(&backends, &id);
@@ -668,7 +711,7 @@ int tc_from_pod(struct __sk_buff *skb)
 			count(COUNTER_DROP_NO_BACKEND);
 			return TC_ACT_SHOT;
 		}
-		struct ct_value nv = { .flags = CT_F_FORWARD, .backend_id = id, .nat_port = be->port };
+		struct ct_value nv = { .flags = CT_F_FORWARD, .backend_id = id, .nat_port = be->port, .last_seen = now };
 		__u32 baddr[4];
 #pragma unroll
 		for (int i = 0; i < 4; i++) {
@@ -676,21 +719,29 @@ int tc_from_pod(struct __sk_buff *skb)
 			baddr[i] = be->addr[i];
 		}
 		if (!fv || fv->backend_id != id)
-			bpf_map_update_elem(&ct, &fk, &nv, BPF_ANY);
+			bpf_map_update_elem(&ct_v2, &fk, &nv, BPF_ANY);
+		else
+			touch(fv, now);
 
-		/* Reverse entry, keyed by the reply tuple backend -> client. */
+		/* Reverse entry, keyed by the reply tuple backend -> client. It
+		 * lives as long as the client sends, and is recreated when the
+		 * flow moved to another backend or the entry was collected. */
 		struct ct_key rk = {};
 		reverse(&fk, &rk);
 #pragma unroll
 		for (int i = 0; i < 4; i++)
 			rk.saddr[i] = be->addr[i];
 		rk.sport = be->port;
-		struct ct_value rv = { .flags = CT_F_REVNAT, .nat_port = p.dport };
+		struct ct_value *ev = fv ? bpf_map_lookup_elem(&ct_v2, &rk) : NULL;
+		if (ev) {
+			touch(ev, now);
+		} else {
+			struct ct_value rv = { .flags = CT_F_REVNAT, .nat_port = p.dport, .last_seen = now };
 #pragma unroll
-		for (int i = 0; i < 4; i++)
-			rv.nat_addr[i] = p.daddr[i];
-		if (!fv)
-			bpf_map_update_elem(&ct, &rk, &rv, BPF_NOEXIST);
+			for (int i = 0; i < 4; i++)
+				rv.nat_addr[i] = p.daddr[i];
+			bpf_map_update_elem(&ct_v2, &rk, &rv, BPF_NOEXIST);
+		}
 
 		if (rewrite(skb, &p, 1, baddr, be->port) < 0)
 			return TC_ACT_SHOT;
@@ -699,15 +750,20 @@ int tc_from_pod(struct __sk_buff *skb)
 		/* Track pod-initiated flows so replies pass default-deny. */
 		struct ct_key rk = {};
 		reverse(&fk, &rk);
-		struct ct_value rv = { .flags = CT_F_REPLY };
-		bpf_map_update_elem(&ct, &rk, &rv, BPF_NOEXIST);
+		struct ct_value *ev = bpf_map_lookup_elem(&ct_v2, &rk);
+		if (ev) {
+			touch(ev, now);
+		} else {
+			struct ct_value rv = { .flags = CT_F_REPLY, .last_seen = now };
+			bpf_map_update_elem(&ct_v2, &rk, &rv, BPF_NOEXIST);
+		}
 	}
 
 steer:
 	if (p.family == 0)
 		return TC_ACT_OK;
 	__u32 zero = 0;
-	struct datapath_config *cfg = bpf_map_lookup_elem(&config, &zero);
+	struct datapath_config *cfg = bpf_map_lookup_elem(&config_v2, &zero);
 	if (!cfg || cfg->tunnel_ifindex == 0)
 		return TC_ACT_OK;
 	struct ipcache_value *iv = ipcache_lookup(p.family, p.daddr);
@@ -729,7 +785,7 @@ int tc_to_pod(struct __sk_buff *skb)
 	int err = 0;
 	if (parse(skb, &p) < 0)
 		return TC_ACT_OK;
-	if (p.proto != 0 && revnat(skb, &p, &err)) {
+	if (p.proto != 0 && revnat(skb, &p, bpf_ktime_get_ns(), &err)) {
 		if (err)
 			return TC_ACT_SHOT;
 		count(COUNTER_REPLY);
@@ -761,7 +817,7 @@ int tc_to_pod(struct __sk_buff *skb)
 		return TC_ACT_OK;
 	}
 	__u32 zero = 0;
-	struct datapath_config *cfg = bpf_map_lookup_elem(&config, &zero);
+	struct datapath_config *cfg = bpf_map_lookup_elem(&config_v2, &zero);
 	if (cfg && cfg->default_deny) {
 		count(COUNTER_DROP_DEFAULT_DENY);
 		return TC_ACT_SHOT;

@@ -95,6 +95,7 @@ type braidCtValue struct {
 	Flags     uint8
 	Pad       uint8
 	BackendId uint32
+	LastSeen  uint64
 }
 
 type braidDatapathConfig struct {
@@ -102,6 +103,7 @@ type braidDatapathConfig struct {
 	TunnelIfindex uint32
 	DefaultDeny   uint8
 	Pad           [3]uint8
+	NetnsCookie   uint64
 }
 
 type braidIpcacheKey struct {
@@ -182,9 +184,9 @@ type braidSvcValue struct {
 const (
 	braidMapBackendSlots      = "backend_slots"
 	braidMapBackends          = "backends"
-	braidMapConfig            = "config"
+	braidMapConfigV2          = "config_v2"
 	braidMapCounters          = "counters"
-	braidMapCt                = "ct"
+	braidMapCtV2              = "ct_v2"
 	braidMapIpcache           = "ipcache"
 	braidMapPolicy            = "policy"
 	braidMapServices          = "services"
@@ -267,9 +269,9 @@ type braidProgramSpecs struct {
 type braidMapSpecs struct {
 	BackendSlots *ebpf.MapSpec `ebpf:"backend_slots"`
 	Backends     *ebpf.MapSpec `ebpf:"backends"`
-	Config       *ebpf.MapSpec `ebpf:"config"`
+	ConfigV2     *ebpf.MapSpec `ebpf:"config_v2"`
 	Counters     *ebpf.MapSpec `ebpf:"counters"`
-	Ct           *ebpf.MapSpec `ebpf:"ct"`
+	CtV2         *ebpf.MapSpec `ebpf:"ct_v2"`
 	Ipcache      *ebpf.MapSpec `ebpf:"ipcache"`
 	Policy       *ebpf.MapSpec `ebpf:"policy"`
 	Services     *ebpf.MapSpec `ebpf:"services"`
@@ -310,9 +312,9 @@ func (o *braidObjects) Close() error {
 type braidMaps struct {
 	BackendSlots *ebpf.Map `ebpf:"backend_slots"`
 	Backends     *ebpf.Map `ebpf:"backends"`
-	Config       *ebpf.Map `ebpf:"config"`
+	ConfigV2     *ebpf.Map `ebpf:"config_v2"`
 	Counters     *ebpf.Map `ebpf:"counters"`
-	Ct           *ebpf.Map `ebpf:"ct"`
+	CtV2         *ebpf.Map `ebpf:"ct_v2"`
 	Ipcache      *ebpf.Map `ebpf:"ipcache"`
 	Policy       *ebpf.Map `ebpf:"policy"`
 	Services     *ebpf.Map `ebpf:"services"`
@@ -323,9 +325,9 @@ func (m *braidMaps) Close() error {
 	return _BraidClose(
 		m.BackendSlots,
 		m.Backends,
-		m.Config,
+		m.ConfigV2,
 		m.Counters,
-		m.Ct,
+		m.CtV2,
 		m.Ipcache,
 		m.Policy,
 		m.Services,

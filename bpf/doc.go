@@ -12,6 +12,10 @@
 //     load balancing. A connect or sendto to a service frontend is rewritten
 //     to a backend; getpeername and recvfrom show the frontend again. An
 //     ::ffff: address on an IPv6 socket is handled as IPv4 by every hook.
+//     The hooks run for every process of the attached cgroup, whatever its
+//     network namespace; DatapathConfig.NetnsCookie (a SO_NETNS_COOKIE
+//     value, 0 = every namespace) restricts them to one namespace, e.g. the
+//     host's when pods have their own cgroups elsewhere.
 //   - tc_from_pod (ingress of a pod-facing interface): service DNAT with a
 //     connection-tracking entry per flow, reverse NAT of replies from local
 //     backends, and redirect to the tunnel device for ipcache entries flagged
@@ -22,6 +26,16 @@
 //     then {src, dst, 0, 0}; no rule means allow unless
 //     DatapathConfig.DefaultDeny. Replies of flows a local pod initiated
 //     bypass policy. Counters record each verdict by reason.
+//
+// # Connection tracking
+//
+// The ct_v2 map (CTMap) is an LRU hash: the kernel evicts the least
+// recently used entries when it is full. Every entry records when a packet
+// last used it (CTValue.LastSeen, bpf_ktime_get_ns: CLOCK_MONOTONIC
+// nanoseconds, refreshed at most once a second); a packet of either
+// direction keeps both entries of a service flow alive. The programs never
+// expire entries themselves: the agent deletes idle ones
+// (clustermesh/datapath's PruneConntrack).
 //
 // # Backend selection
 //
@@ -44,7 +58,10 @@
 // restarting or upgrading the agent drops no connection. Legacy clsact
 // filters are replaced with the same handle and priority, also atomically.
 // A pinned map whose layout or size differs from this build makes Load fail
-// with ErrIncompatible; layout changes need a new map name.
+// with ErrIncompatible; layout changes need a new map name (ct and config
+// became ct_v2 and config_v2; Load removes the old pins, which no program
+// of this build uses, so flows tracked by tc before such an upgrade are
+// tracked anew).
 //
 // AttachTC takes an interface index in the calling thread's network
 // namespace. Map methods are safe for concurrent use; Objects methods that

@@ -207,3 +207,49 @@ func TestSocketLBUnconnectedUDP(t *testing.T) {
 		})
 	}
 }
+
+// TestSocketLBNetnsFilter checks DatapathConfig.NetnsCookie: with a cookie
+// set, the socket hooks translate only for sockets of that network
+// namespace, though every process of the cgroup runs them.
+func TestSocketLBNetnsFilter(t *testing.T) {
+	objs := load(t)
+	lab := bpftest.NewLB(t)
+	cg := bpftest.Cgroup(t)
+	if err := objs.AttachCgroup(cg); err != nil {
+		t.Fatalf("attach cgroup: %v", err)
+	}
+	t.Cleanup(func() { objs.DetachCgroup(cg) })
+	bpftest.EnterCgroup(t, cg)
+
+	vip := netip.MustParseAddrPort("10.96.0.30:80")
+	setService(t, objs, 1, vip, protoTCP, bpf.AffinityLocal, []testBackend{{1, lab.LocalV4, bpf.TierNode, true}})
+	client := bpftest.NetNSCookie(t, lab.Client)
+	other := bpftest.NetNSCookie(t, lab.Remote)
+	if client == other {
+		t.Fatalf("two namespaces share cookie %d", client)
+	}
+	for _, c := range []struct {
+		name   string
+		cookie uint64
+		lb     bool
+	}{
+		{"all namespaces", 0, true},
+		{"client namespace", client, true},
+		{"another namespace", other, false},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			if err := objs.SetDatapathConfig(bpf.DatapathConfig{NetnsCookie: c.cookie}); err != nil {
+				t.Fatal(err)
+			}
+			name, peer, err := bpftest.Ask(lab.Client, "tcp", vip)
+			switch {
+			case c.lb && (err != nil || name != "local" || peer != vip):
+				t.Errorf("connect to %s: %q from %s, %v; want \"local\" from the VIP", vip, name, peer, err)
+			case !c.lb && err == nil:
+				// The VIP is not routable in the client namespace.
+				t.Errorf("connect to %s was load-balanced (%q) outside the configured namespace", vip, name)
+			}
+		})
+	}
+	objs.SetDatapathConfig(bpf.DatapathConfig{})
+}

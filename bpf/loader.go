@@ -66,6 +66,9 @@ func (c Config) withDefaults() Config {
 // alone; an operator decides whether to remove it.
 var ErrIncompatible = errors.New("pinned map incompatible")
 
+// obsoleteMaps are pinned map names of earlier builds, removed by Load.
+var obsoleteMaps = []string{"ct", "config"}
+
 // Objects are the loaded programs and the pinned maps. The caller owns them
 // and must Close them; closing does not detach pinned links or remove pinned
 // maps, so the datapath keeps running after the process exits.
@@ -102,14 +105,14 @@ func Load(cfg Config) (*Objects, error) {
 		braidMapBackends:     cfg.BackendEntries,
 		braidMapBackendSlots: cfg.SlotEntries,
 		braidMapPolicy:       cfg.PolicyEntries,
-		braidMapCt:           cfg.CTEntries,
+		braidMapCtV2:         cfg.CTEntries,
 		braidMapSockRevnat:   cfg.SockRevEntries,
 	}
 	for name, ms := range spec.Maps {
 		if n, ok := sizes[name]; ok {
 			ms.MaxEntries = n
 		}
-		if ms.Type != ebpf.Array || name == braidMapConfig {
+		if ms.Type != ebpf.Array || name == braidMapConfigV2 {
 			ms.Pinning = ebpf.PinByName
 		}
 	}
@@ -122,13 +125,18 @@ func Load(cfg Config) (*Objects, error) {
 	if err != nil {
 		return nil, fmt.Errorf("load datapath: %w", err)
 	}
+	// Maps an earlier build pinned under names whose layout has since
+	// changed; no program of this build uses them.
+	for _, name := range obsoleteMaps {
+		os.Remove(filepath.Join(cfg.PinDir, name))
+	}
 	m := &o.objs.braidMaps
 	o.IPCache = newMap[IPCacheKey, IPCacheValue](m.Ipcache, braidMapIpcache)
 	o.Services = newMap[ServiceKey, ServiceValue](m.Services, braidMapServices)
 	o.Slots = newMap[SlotKey, BackendID](m.BackendSlots, braidMapBackendSlots)
 	o.Backends = newMap[BackendID, BackendValue](m.Backends, braidMapBackends)
 	o.Policy = newMap[PolicyKey, PolicyValue](m.Policy, braidMapPolicy)
-	o.CT = newMap[CTKey, CTValue](m.Ct, braidMapCt)
+	o.CT = newMap[CTKey, CTValue](m.CtV2, braidMapCtV2)
 	return o, nil
 }
 
@@ -141,7 +149,7 @@ func (o *Objects) Close() error { return o.objs.Close() }
 // SetDatapathConfig replaces the programs' runtime configuration.
 func (o *Objects) SetDatapathConfig(c DatapathConfig) error {
 	var zero uint32
-	if err := o.objs.Config.Update(&zero, &c, ebpf.UpdateAny); err != nil {
+	if err := o.objs.ConfigV2.Update(&zero, &c, ebpf.UpdateAny); err != nil {
 		return fmt.Errorf("update config: %w", err)
 	}
 	return nil

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"sync/atomic"
 
 	"github.com/cilium/ebpf"
 )
@@ -171,6 +172,7 @@ func (v BackendValue) AddrPort() netip.AddrPort {
 type Map[K comparable, V any] struct {
 	m    *ebpf.Map
 	name string
+	size atomic.Int64 // entries the last Dump found: sizes the next one
 }
 
 // Typed wrappers of the maps the reconcilers own.
@@ -215,7 +217,8 @@ const batchSize = 4096
 
 // Dump returns every entry.
 func (m *Map[K, V]) Dump() (map[K]V, error) {
-	out := make(map[K]V)
+	out := make(map[K]V, m.size.Load())
+	defer func() { m.size.Store(int64(len(out))) }()
 	keys := make([]K, batchSize)
 	vals := make([]V, batchSize)
 	var cursor ebpf.MapBatchCursor

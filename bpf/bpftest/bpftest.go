@@ -231,3 +231,65 @@ func Sysctl(t testing.TB, ns netns.NsHandle, key, val string) {
 		t.Fatalf("sysctl %s: %v", key, err)
 	}
 }
+
+// TUN creates a layer-3 TUN device named name in ns, brings it up and
+// returns its index and the file that reads the IP packets the device
+// transmits (read deadlines work). The device goes away at cleanup, when
+// the file is closed. It skips t when the kernel has no TUN support.
+func TUN(t testing.TB, ns netns.NsHandle, name string) (int, *os.File) {
+	t.Helper()
+	var f *os.File
+	err := Do(ns, func() error {
+		// The device belongs to the netns of the thread that opens the file.
+		fd, err := unix.Open("/dev/net/tun", unix.O_RDWR|unix.O_NONBLOCK|unix.O_CLOEXEC, 0)
+		if err != nil {
+			return err
+		}
+		ifr, err := unix.NewIfreq(name)
+		if err == nil {
+			ifr.SetUint16(unix.IFF_TUN | unix.IFF_NO_PI)
+			err = unix.IoctlIfreq(fd, unix.TUNSETIFF, ifr)
+		}
+		if err != nil {
+			unix.Close(fd)
+			return err
+		}
+		f = os.NewFile(uintptr(fd), "/dev/net/tun")
+		return nil
+	})
+	if err != nil {
+		t.Skipf("skip: cannot create TUN device: %v", err)
+	}
+	t.Cleanup(func() { f.Close() })
+	h := Handle(t, ns)
+	l, err := h.LinkByName(name)
+	if err == nil {
+		err = h.LinkSetUp(l)
+	}
+	if err != nil {
+		t.Fatalf("up %s: %v", name, err)
+	}
+	return l.Attrs().Index, f
+}
+
+// soNetnsCookie is SO_NETNS_COOKIE (Linux 5.14), missing from x/sys/unix.
+const soNetnsCookie = 71
+
+// NetNSCookie returns the cookie bpf_get_netns_cookie reports for ns.
+func NetNSCookie(t testing.TB, ns netns.NsHandle) uint64 {
+	t.Helper()
+	var cookie uint64
+	err := Do(ns, func() error {
+		fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+		if err != nil {
+			return err
+		}
+		defer unix.Close(fd)
+		cookie, err = unix.GetsockoptUint64(fd, unix.SOL_SOCKET, soNetnsCookie)
+		return err
+	})
+	if err != nil {
+		t.Skipf("skip: SO_NETNS_COOKIE: %v", err)
+	}
+	return cookie
+}
