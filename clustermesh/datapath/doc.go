@@ -18,7 +18,7 @@
 //
 // Reconcile builds the desired maps with few allocations and writes
 // ipcache upserts sorted by address: the LPM trie takes sorted inserts
-// markedly faster (see bpf/BENCHMARKS.txt).
+// markedly faster (see docs/benchmarks.md).
 //
 // PruneConntrack deletes connection-tracking entries idle for longer than
 // Config.CTTimeoutTCP or Config.CTTimeout; Run calls it every
