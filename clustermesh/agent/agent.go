@@ -50,6 +50,11 @@ type Config struct {
 	// Tunnel, if set, is this node's WireGuard device; peers are every
 	// other cluster's nodes.
 	Tunnel *tunnel.Config
+	// PublishKey, if set, hands the node's WireGuard public key to whatever
+	// publishes the node (in Kubernetes: an annotation on the Node, which
+	// the operator reads). It is called at start and after every rotation,
+	// and retried until it succeeds. The key is also kept in PublicKeyFile.
+	PublishKey func(ctx context.Context, key string) error
 	// StatusAddr, if set, serves the status page, /api/status and /metrics.
 	StatusAddr string
 	// MinReconcileInterval: zero means DefaultMinReconcileInterval.
@@ -131,9 +136,6 @@ func (a *Agent) Run(ctx context.Context) error {
 			return fmt.Errorf("open tunnel: %w", err)
 		}
 		defer dev.Close()
-		if err := a.writePublicKey(dev.PublicKey().String()); err != nil {
-			return err
-		}
 		if ifi, err := net.InterfaceByName(dev.Name()); err == nil {
 			topo.TunnelIfindex = uint32(ifi.Index)
 		}
@@ -162,16 +164,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			for {
-				select {
-				case <-ctx.Done():
-					return
-				case k := <-dev.KeyChanges():
-					if err := a.writePublicKey(k.String()); err != nil {
-						a.setProblem("tunnel", err)
-					}
-				}
-			}
+			a.publishKeys(ctx, dev)
 		}()
 	}
 	<-ctx.Done()
@@ -232,6 +225,35 @@ func (a *Agent) apply() {
 		a.setProblem("tunnel", nil)
 	}
 }
+
+// publishKeys publishes the device's key now and after every rotation,
+// retrying a failed publication every RetryInterval until it succeeds or a
+// newer key replaces it.
+func (a *Agent) publishKeys(ctx context.Context, dev *tunnel.Device) {
+	key := dev.PublicKey().String()
+	for {
+		err := a.writePublicKey(key)
+		if err == nil && a.cfg.PublishKey != nil {
+			err = a.cfg.PublishKey(ctx, key)
+		}
+		a.setProblem("publish WireGuard key", err)
+		var retry <-chan time.Time
+		if err != nil {
+			a.log.Warn("publish WireGuard key, retrying", "err", err)
+			retry = time.After(keyRetryInterval)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case k := <-dev.KeyChanges():
+			key = k.String()
+		case <-retry:
+		}
+	}
+}
+
+// keyRetryInterval is how soon a failed key publication is retried.
+const keyRetryInterval = 2 * time.Second
 
 func (a *Agent) writePublicKey(key string) error {
 	path := filepath.Join(a.cfg.Tunnel.StateDir, PublicKeyFile)

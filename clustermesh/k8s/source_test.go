@@ -513,3 +513,23 @@ func TestHeadlessMirrors(t *testing.T) {
 		return nil
 	})
 }
+
+// TestNodeKeyAnnotationIsPublished: the agent's WireGuard key reaches the
+// node record through the Node annotation; a malformed one is left out.
+func TestNodeKeyAnnotationIsPublished(t *testing.T) {
+	const key = "q2XXmxpS0iF8UfwpD6Dv1Hd7DcYyzdTO5u5F5BDeq3U="
+	good := node("n1", "192.168.1.1", "z1")
+	good.Annotations = map[string]string{AnnotationWireGuardKey: key}
+	bad := node("n2", "192.168.1.2", "z1")
+	bad.Annotations = map[string]string{AnnotationWireGuardKey: "not-a-key"}
+	h := start(t, memory.New(), []runtime.Object{good, bad}, nil)
+	got := map[string]string{}
+	for _, r := range h.pub.kind(clustermesh.KindNodes) {
+		n := r.(*clustermesh.Node)
+		got[n.Name] = n.WireGuardKey
+		mustDecode(t, r)
+	}
+	if got["n1"] != key || got["n2"] != "" || len(got) != 2 {
+		t.Fatalf("published keys %v, want n1's key and none for n2", got)
+	}
+}

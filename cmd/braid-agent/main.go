@@ -14,10 +14,12 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+	"k8s.io/client-go/kubernetes"
 
 	"github.com/braidmesh/braid/bpf"
 	"github.com/braidmesh/braid/clustermesh/agent"
 	"github.com/braidmesh/braid/clustermesh/broker"
+	"github.com/braidmesh/braid/clustermesh/k8s"
 	"github.com/braidmesh/braid/tunnel"
 )
 
@@ -55,6 +57,8 @@ func command() *cobra.Command {
 		strictCIDR []string
 		rotate     time.Duration
 		logLevel   string
+		kubeconfig string
+		inCluster  bool
 	)
 	cmd := &cobra.Command{
 		Use:           "braid-agent",
@@ -99,6 +103,20 @@ func command() *cobra.Command {
 				}
 				cfg.Tunnel = tc
 			}
+			restCfg, err := k8s.RESTConfig(kubeconfig, inCluster)
+			if err != nil {
+				return err
+			}
+			if restCfg != nil {
+				client, err := kubernetes.NewForConfig(restCfg)
+				if err != nil {
+					return fmt.Errorf("kubernetes client: %w", err)
+				}
+				// The operator publishes the node; it reads the key from here.
+				cfg.PublishKey = func(ctx context.Context, key string) error {
+					return k8s.AnnotateNodeKey(ctx, client, cfg.Node, key)
+				}
+			}
 			store, err := broker.Connect(cmd.Context(), creds, log)
 			if err != nil {
 				return err
@@ -128,6 +146,8 @@ func command() *cobra.Command {
 	f.StringSliceVar(&strictCIDR, "strict-cidr", nil, "the mesh's whole pod address space, guarded before peers are known")
 	f.DurationVar(&rotate, "key-rotation", 0, "rotate the WireGuard key this often (0: only on demand)")
 	f.StringVar(&cfg.StatusAddr, "status-addr", "127.0.0.1:9877", "where to serve status, /api/status and /metrics (empty: off)")
+	f.StringVar(&kubeconfig, "kubeconfig", "", "annotate this node's Node object with its WireGuard key using this kubeconfig")
+	f.BoolVar(&inCluster, "in-cluster", false, "annotate this node's Node object with its WireGuard key using the pod's service account")
 	f.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
 	return cmd
 }

@@ -13,11 +13,10 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
-	"k8s.io/client-go/rest"
-	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/braidmesh/braid/clustermesh"
 	"github.com/braidmesh/braid/clustermesh/broker"
+	"github.com/braidmesh/braid/clustermesh/k8s"
 	"github.com/braidmesh/braid/clustermesh/operator"
 )
 
@@ -75,7 +74,7 @@ func command() *cobra.Command {
 			if err := cfg.Cluster.Validate(); err != nil {
 				return fmt.Errorf("cluster config: %w (set --cluster-id, --pod-cidr, --service-cidr)", err)
 			}
-			if cfg.Kubernetes, err = kubeConfig(kubeconfig, inCluster); err != nil {
+			if cfg.Kubernetes, err = k8s.RESTConfig(kubeconfig, inCluster); err != nil {
 				return err
 			}
 			if cfg.Kubernetes != nil && cfg.StateFile != "" {
@@ -110,28 +109,6 @@ func command() *cobra.Command {
 	f.BoolVar(&inCluster, "in-cluster", false, "publish the Kubernetes cluster the operator runs in (service account)")
 	f.BoolVar(&cfg.EnsureCRDs, "ensure-crds", false, "create the multicluster.x-k8s.io ServiceExport/ServiceImport CRDs if absent")
 	return cmd
-}
-
-// kubeConfig returns the Kubernetes client config the flags select, or nil
-// for none.
-func kubeConfig(path string, inCluster bool) (*rest.Config, error) {
-	switch {
-	case path != "" && inCluster:
-		return nil, fmt.Errorf("--kubeconfig and --in-cluster are exclusive")
-	case inCluster:
-		c, err := rest.InClusterConfig()
-		if err != nil {
-			return nil, fmt.Errorf("--in-cluster: %w", err)
-		}
-		return c, nil
-	case path != "":
-		c, err := clientcmd.BuildConfigFromFlags("", path)
-		if err != nil {
-			return nil, fmt.Errorf("--kubeconfig %s: %w", path, err)
-		}
-		return c, nil
-	}
-	return nil, nil
 }
 
 func parsePrefixes(flag string, in []string) ([]netip.Prefix, error) {

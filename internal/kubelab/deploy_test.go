@@ -119,6 +119,8 @@ func TestDeployManifests(t *testing.T) {
 		{agent, "watch", "", "services", "", true},
 		{agent, "list", "discovery.k8s.io", "endpointslices", "", true},
 		{agent, "create", "discovery.k8s.io", "endpointslices", "", false},
+		{agent, "patch", "", "nodes", "", true},
+		{agent, "delete", "", "nodes", "", false},
 		{agent, "list", "multicluster.x-k8s.io", "serviceimports", "", false},
 		{agent, "get", "", "secrets", "", false},
 	} {
