@@ -1,12 +1,14 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"log/slog"
 	"os"
 	"strings"
 
 	"github.com/spf13/cobra"
+	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/braidmesh/braid/clustermesh"
 	"github.com/braidmesh/braid/clustermesh/broker"
@@ -93,6 +95,20 @@ func (a *adminFlags) config() (broker.AdminConfig, []byte, error) {
 	return broker.AdminConfig{Endpoints: a.endpoints, TLS: tlsCfg, Password: strings.TrimSpace(string(pw))}, ca, nil
 }
 
+// client connects to the selected etcd as root. It returns the CA
+// certificate too, for join bundles; the caller closes the client.
+func (a *adminFlags) client(ctx context.Context) (*clientv3.Client, broker.AdminConfig, []byte, error) {
+	cfg, ca, err := a.config()
+	if err != nil {
+		return nil, cfg, nil, err
+	}
+	c, err := broker.AdminClient(ctx, cfg)
+	if err != nil {
+		return nil, cfg, nil, err
+	}
+	return c, cfg, ca, nil
+}
+
 func addClusterCommand() *cobra.Command {
 	var (
 		admin adminFlags
@@ -110,11 +126,7 @@ bundle braid-operator needs (--join) to --out, mode 0600.`,
 			if err := name.Validate(); err != nil {
 				return err
 			}
-			cfg, ca, err := admin.config()
-			if err != nil {
-				return err
-			}
-			c, err := broker.AdminClient(cmd.Context(), cfg)
+			c, _, ca, err := admin.client(cmd.Context())
 			if err != nil {
 				return err
 			}
@@ -146,11 +158,7 @@ func removeClusterCommand() *cobra.Command {
 		Short: "Delete a cluster's etcd user and role (its entries expire with its lease)",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			cfg, _, err := admin.config()
-			if err != nil {
-				return err
-			}
-			c, err := broker.AdminClient(cmd.Context(), cfg)
+			c, _, _, err := admin.client(cmd.Context())
 			if err != nil {
 				return err
 			}
@@ -172,11 +180,7 @@ func enableAuthCommand() *cobra.Command {
 			if admin.caFile == "" {
 				return fmt.Errorf("enable-auth is for an external etcd: pass --etcd-ca, --etcd-endpoints and --root-password-file (the embedded broker enables auth itself)")
 			}
-			cfg, _, err := admin.config()
-			if err != nil {
-				return err
-			}
-			c, err := broker.AdminClient(cmd.Context(), cfg)
+			c, cfg, _, err := admin.client(cmd.Context())
 			if err != nil {
 				return err
 			}
