@@ -25,7 +25,7 @@ import (
 )
 
 // DefaultMinReconcileInterval bounds how often a burst of changes makes the
-// agent recompute and reconcile.
+// agent recompute and reconcile; a lone change is applied at once.
 const DefaultMinReconcileInterval = 10 * time.Millisecond
 
 // PublicKeyFile is where, in the tunnel's state directory, the agent keeps
@@ -174,8 +174,10 @@ func (a *Agent) Run(ctx context.Context) error {
 	return nil
 }
 
-// loop recomputes the desired state after changes, at most once per
-// MinReconcileInterval.
+// loop recomputes the desired state after changes: at once for a change
+// after a quiet spell, then at most once per MinReconcileInterval while
+// changes keep coming, so a burst costs a few reconciles and a lone change
+// costs no waiting.
 func (a *Agent) loop(ctx context.Context, changes <-chan remote.Change) {
 	a.apply()
 	for {
@@ -187,20 +189,30 @@ func (a *Agent) loop(ctx context.Context, changes <-chan remote.Change) {
 				return
 			}
 		}
-		// Coalesce whatever else arrives within the interval.
-		timer := time.NewTimer(a.cfg.MinReconcileInterval)
-	drain:
-		for {
-			select {
-			case <-ctx.Done():
-				timer.Stop()
-				return
-			case <-changes:
-			case <-timer.C:
-				break drain
+		a.apply()
+		for pending := true; pending; {
+			pending = false
+			timer := time.NewTimer(a.cfg.MinReconcileInterval)
+		window:
+			for {
+				select {
+				case <-ctx.Done():
+					timer.Stop()
+					return
+				case _, ok := <-changes:
+					if !ok {
+						timer.Stop()
+						return
+					}
+					pending = true
+				case <-timer.C:
+					break window
+				}
+			}
+			if pending {
+				a.apply()
 			}
 		}
-		a.apply()
 	}
 }
 

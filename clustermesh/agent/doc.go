@@ -5,8 +5,9 @@
 //
 // The desired state is a pure function of a snapshot and the node's
 // topology (DesiredState), so it is tested without a kernel. Change events
-// only wake the loop; it always recomputes from a whole snapshot, at most
-// once per MinReconcileInterval, so a burst of changes costs one reconcile.
+// only wake the loop; it always recomputes from a whole snapshot: at once
+// after a quiet spell, then at most once per MinReconcileInterval while a
+// burst lasts.
 //
 // Run blocks until its context is done and waits for everything it
 // started. BPF objects are pinned: stopping the agent leaves the datapath
