@@ -1,0 +1,100 @@
+package remote_test
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/netip"
+	"testing"
+	"time"
+
+	"github.com/braidmesh/braid/clustermesh"
+	"github.com/braidmesh/braid/clustermesh/remote"
+	"github.com/braidmesh/braid/kvstore/etcd"
+	"github.com/braidmesh/braid/kvstore/etcd/etcdtest"
+)
+
+// TestReconnectAfterCompactionDoesNotFlush cuts a watcher off from a real
+// etcd, changes, deletes and compacts behind its back, and lets it back: it
+// must re-list and report exactly what changed — one update, one delete —
+// and nothing for the entries that stayed.
+func TestReconnectAfterCompactionDoesNotFlush(t *testing.T) {
+	ctx, cancel := context.WithCancel(t.Context())
+	defer cancel()
+	srv := etcdtest.Start(t)
+	proxy := etcdtest.NewProxy(t, srv.Addr())
+	direct, err := etcd.New(ctx, etcd.Config{Endpoints: srv.Endpoints()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer direct.Close()
+	viaProxy, err := etcd.New(ctx, etcd.Config{Endpoints: proxy.Endpoints(), DialTimeout: 2 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer viaProxy.Close()
+
+	b := cluster("b", 2)
+	publishCluster(t, ctx, direct, b, 5, 30*time.Second)
+	w := runWatcher(t, ctx, viaProxy, "a")
+	eventually(t, 20*time.Second, syncedWith(w, 5, "b"))
+	changes := w.Subscribe(ctx)
+
+	proxy.Partition()
+	put := func(n clustermesh.Node) {
+		val, _ := json.Marshal(n)
+		kv, err := direct.Get(ctx, n.Key())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := direct.Put(ctx, n.Key(), val, kv.Lease); err != nil {
+			t.Fatal(err)
+		}
+	}
+	changed := clustermesh.Node{Name: "n1", Cluster: "b", IPs: []netip.Addr{netip.MustParseAddr("192.168.2.201")}}
+	put(changed)
+	gone := (&clustermesh.Node{Name: "n2", Cluster: "b"}).Key()
+	if err := direct.Delete(ctx, gone); err != nil {
+		t.Fatal(err)
+	}
+	// Compact past everything, so the watcher cannot resume and must
+	// re-list.
+	_, rev, err := direct.List(ctx, clustermesh.Root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := direct.Client().Compact(ctx, rev); err != nil {
+		t.Fatal(err)
+	}
+	proxy.Heal()
+
+	got := map[string]remote.ChangeType{}
+	deadline := time.After(30 * time.Second)
+	for len(got) < 2 {
+		select {
+		case ch := <-changes:
+			if ch.Type == remote.Upsert || ch.Type == remote.Delete {
+				if prev, dup := got[ch.Key]; dup {
+					t.Fatalf("%s reported twice (%v, %v)", ch.Key, prev, ch.Type)
+				}
+				got[ch.Key] = ch.Type
+			}
+		case <-deadline:
+			t.Fatalf("after reconnect saw %v, want the update of n1 and the delete of n2; status %+v", got, w.Status())
+		}
+	}
+	want := map[string]remote.ChangeType{changed.Key(): remote.Upsert, gone: remote.Delete}
+	if fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Fatalf("changes after reconnect %v, want %v", got, want)
+	}
+	// Nothing else follows: the 18 unchanged entries were not flushed.
+	select {
+	case ch := <-changes:
+		t.Fatalf("unexpected change %v %s", ch.Type, ch.Key)
+	case <-time.After(500 * time.Millisecond):
+	}
+	snap := w.Snapshot().Clusters["b"]
+	if len(snap.Nodes) != 4 || len(snap.IPs) != 5 || len(snap.Services) != 5 || snap.Nodes["n1"].IPs[0] != changed.IPs[0] {
+		t.Fatalf("state after reconnect: %d nodes (n1 %v), %d IPs, %d services", len(snap.Nodes), snap.Nodes["n1"].IPs, len(snap.IPs), len(snap.Services))
+	}
+}
