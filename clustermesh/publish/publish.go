@@ -237,26 +237,13 @@ func (p *Publisher) setError(err error) {
 	p.metrics.errors.Inc()
 }
 
-// Register checks the local cluster against every cluster in the mesh and
+// register checks the local cluster against every cluster in the mesh and
 // writes its config, bound to lease. It fails with a
 // *clustermesh.RegistrationError when the name or ID is taken or CIDRs
 // overlap.
 func (p *Publisher) register(ctx context.Context, lease kvstore.LeaseID) error {
 	cfg := p.cfg.Cluster
-	kvs, _, err := p.store.List(ctx, clustermesh.ClustersPrefix)
-	if err != nil {
-		return fmt.Errorf("register cluster %s: list clusters: %w", cfg.Name, err)
-	}
-	var existing []clustermesh.ClusterConfig
-	for _, kv := range kvs {
-		c, err := clustermesh.DecodeClusterConfig(kv.Key, kv.Value)
-		if err != nil {
-			p.log.Warn("ignoring invalid cluster config", "key", kv.Key, "err", err)
-			continue
-		}
-		existing = append(existing, c)
-	}
-	if err := clustermesh.CheckRegistration(cfg, existing); err != nil {
+	if err := p.CheckRegistration(ctx); err != nil {
 		return err
 	}
 	val, err := json.Marshal(&cfg)
@@ -270,7 +257,8 @@ func (p *Publisher) register(ctx context.Context, lease kvstore.LeaseID) error {
 }
 
 // CheckRegistration reads the mesh's cluster configs and reports whether
-// the local cluster may join, without writing anything.
+// the local cluster may join, without writing anything. Invalid configs in
+// the store are skipped (and logged): they cannot hold a name or range.
 func (p *Publisher) CheckRegistration(ctx context.Context) error {
 	kvs, _, err := p.store.List(ctx, clustermesh.ClustersPrefix)
 	if err != nil {
@@ -278,9 +266,12 @@ func (p *Publisher) CheckRegistration(ctx context.Context) error {
 	}
 	var existing []clustermesh.ClusterConfig
 	for _, kv := range kvs {
-		if c, err := clustermesh.DecodeClusterConfig(kv.Key, kv.Value); err == nil {
-			existing = append(existing, c)
+		c, err := clustermesh.DecodeClusterConfig(kv.Key, kv.Value)
+		if err != nil {
+			p.log.Warn("ignoring invalid cluster config", "key", kv.Key, "err", err)
+			continue
 		}
+		existing = append(existing, c)
 	}
 	return clustermesh.CheckRegistration(p.cfg.Cluster, existing)
 }

@@ -1,6 +1,7 @@
 package remote
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"hash/maphash"
@@ -223,15 +224,7 @@ func (w *Watcher) Status() []clustermesh.RemoteClusterStatus {
 	for _, c := range cs {
 		out = append(out, c.status())
 	}
-	slices.SortFunc(out, func(a, b clustermesh.RemoteClusterStatus) int {
-		switch {
-		case a.Name < b.Name:
-			return -1
-		case a.Name > b.Name:
-			return 1
-		}
-		return 0
-	})
+	slices.SortFunc(out, func(a, b clustermesh.RemoteClusterStatus) int { return cmp.Compare(a.Name, b.Name) })
 	return out
 }
 

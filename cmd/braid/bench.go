@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -370,7 +371,7 @@ func fill(ctx context.Context, c *clientv3.Client, spec fillSpec) (int, int, err
 				}
 				if _, err := c.Txn(ctx).Then(ops...).Commit(); err != nil {
 					mu.Lock()
-					first = cmp(first, err)
+					first = cmp.Or(first, err)
 					mu.Unlock()
 				}
 			}
@@ -429,13 +430,6 @@ func fill(ctx context.Context, c *clientv3.Client, spec fillSpec) (int, int, err
 	close(work)
 	wg.Wait()
 	return keys, size, errors.Join(err, first)
-}
-
-func cmp(a, b error) error {
-	if a != nil {
-		return a
-	}
-	return b
 }
 
 type consumeResult struct {

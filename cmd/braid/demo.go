@@ -12,7 +12,6 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -252,28 +251,32 @@ func printView(out io.Writer, c *demoCluster) {
 	printServices(out, c)
 }
 
-var printMu sync.Mutex
-
+// printServices lists the remote services c sees, with their backends.
 func printServices(out io.Writer, c *demoCluster) {
-	printMu.Lock()
-	defer printMu.Unlock()
 	snap := c.op.Watcher().Snapshot()
-	names := make([]string, 0)
-	for _, cs := range snap.Clusters {
-		for _, svc := range cs.Services {
-			names = append(names, fmt.Sprintf("%s from %s", svc.NamespacedName(), cs.Config.Name))
+	type row struct {
+		svc     string
+		cluster clustermesh.ClusterName
+		line    string
+	}
+	var rows []row
+	for name, cs := range snap.Clusters {
+		for key, svc := range cs.Services {
+			var bs []string
+			for _, b := range svc.Backends {
+				bs = append(bs, fmt.Sprintf("%s:%d(%s)", b.IP, port(b), b.Zone))
+			}
+			rows = append(rows, row{key, name, strings.Join(bs, " ")})
 		}
 	}
-	sort.Strings(names)
-	for _, n := range names {
-		parts := strings.SplitN(n, " from ", 2)
-		cs := snap.Clusters[clustermesh.ClusterName(parts[1])]
-		svc := cs.Services[parts[0]]
-		var bs []string
-		for _, b := range svc.Backends {
-			bs = append(bs, fmt.Sprintf("%s:%d(%s)", b.IP, port(b), b.Zone))
+	sort.Slice(rows, func(i, j int) bool {
+		if rows[i].svc != rows[j].svc {
+			return rows[i].svc < rows[j].svc
 		}
-		fmt.Fprintf(out, "  remote service %-12s in %s: %s\n", parts[0], parts[1], strings.Join(bs, " "))
+		return rows[i].cluster < rows[j].cluster
+	})
+	for _, r := range rows {
+		fmt.Fprintf(out, "  remote service %-12s in %s: %s\n", r.svc, r.cluster, r.line)
 	}
 	fmt.Fprintln(out)
 }
