@@ -3,7 +3,6 @@ package clustermesh_test
 import (
 	"encoding/json"
 	"errors"
-	"net/netip"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -194,26 +193,13 @@ func FuzzDecodeIPEntry(f *testing.F) {
 		if !owner.ContainsPodIP(e.Prefix) || !owner.OwnsIdentity(e.Identity) {
 			t.Fatalf("accepted entry %+v outside the owner's pod CIDRs or identity range", e)
 		}
-		if e.Key() != key && knownBugNonCanonicalIPKey(key, e) {
-			t.Skipf("known bug: DecodeIPEntry accepted non-canonical key %q for %s (canonical %q)", key, e.Prefix, e.Key())
+		if e.Key() != key {
+			t.Fatalf("DecodeIPEntry accepted non-canonical key %q for %s (canonical %q)", key, e.Prefix, e.Key())
 		}
 		checkRoundTrip(t, key, e, e.Key(), func(key string, b []byte) (clustermesh.IPEntry, error) {
 			return clustermesh.DecodeIPEntry(&owner, key, b)
 		})
 	})
-}
-
-// knownBugNonCanonicalIPKey reports whether DecodeIPEntry accepted key only
-// because it compares parsed prefixes rather than the key's spelling (see
-// TestDecodeIPEntryRejectsNonCanonicalKey). Once decode.go is fixed such
-// keys are rejected and this is never reached.
-func knownBugNonCanonicalIPKey(key string, e clustermesh.IPEntry) bool {
-	pk, err := clustermesh.ParseKey(key)
-	if err != nil {
-		return false
-	}
-	p, err := netip.ParsePrefix(pk.Name)
-	return err == nil && p == e.Prefix
 }
 
 func FuzzDecodeService(f *testing.F) {
