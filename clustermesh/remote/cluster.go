@@ -12,6 +12,9 @@ import (
 	"github.com/braidmesh/braid/kvstore"
 )
 
+// syncSlotTimeout is the longest a cluster holds an initial-sync slot.
+const syncSlotTimeout = 30 * time.Second
+
 // cluster mirrors one remote cluster. Its watch goroutines apply events
 // under mu; snapshots are rebuilt lazily when version moved.
 type cluster struct {
@@ -107,6 +110,10 @@ func (c *cluster) run() {
 	var releaseOnce sync.Once
 	c.releaseSlot = func() { releaseOnce.Do(func() { <-c.w.syncSlots }) }
 	defer c.releaseSlot()
+	// A cluster whose lists keep failing must not hold its slot forever
+	// and starve the clusters queued behind it.
+	slotTimer := time.AfterFunc(syncSlotTimeout, c.releaseSlot)
+	defer slotTimer.Stop()
 
 	started := map[clustermesh.Kind]bool{}
 	for ev := range c.w.store.Watch(ctx, clustermesh.SyncedPrefix(c.name)) {
