@@ -13,8 +13,7 @@ build:
 # Every test: unit, privileged (bpf, tunnel: skipped with a reason when not
 # root) and end-to-end (build tag e2e). Kubernetes tests need `make
 # kube-tools` first; .ci/run does that.
-test:
-	$(GO) vet -tags e2e ./...
+test: lint
 	$(GO) test -tags e2e -count=1 -timeout 45m $(TESTFLAGS) ./...
 
 # Fast tests only, under the race detector.
