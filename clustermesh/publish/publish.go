@@ -240,7 +240,8 @@ func (p *Publisher) setError(err error) {
 // register checks the local cluster against every cluster in the mesh and
 // writes its config, bound to lease. It fails with a
 // *clustermesh.RegistrationError when the name or ID is taken or CIDRs
-// overlap.
+// overlap, including when a conflicting cluster registered at the same
+// moment and was first.
 func (p *Publisher) register(ctx context.Context, lease kvstore.LeaseID) error {
 	cfg := p.cfg.Cluster
 	if err := p.CheckRegistration(ctx); err != nil {
@@ -252,6 +253,38 @@ func (p *Publisher) register(ctx context.Context, lease kvstore.LeaseID) error {
 	}
 	if err := p.store.Put(ctx, cfg.Key(), val, lease); err != nil {
 		return fmt.Errorf("register cluster %s: %w", cfg.Name, err)
+	}
+	return p.settleRace(ctx)
+}
+
+// settleRace looks again after writing the config: a conflicting cluster
+// may have registered between our check and our write. The older
+// registration (lower create revision) keeps its place; if that is the
+// other cluster, ours is withdrawn and the conflict returned. The other
+// side runs the same rule, so exactly one of two racing clusters stays.
+func (p *Publisher) settleRace(ctx context.Context) error {
+	cfg := p.cfg.Cluster
+	kvs, _, err := p.store.List(ctx, clustermesh.ClustersPrefix)
+	if err != nil {
+		return fmt.Errorf("register cluster %s: list clusters: %w", cfg.Name, err)
+	}
+	var ours int64
+	for _, kv := range kvs {
+		if kv.Key == cfg.Key() {
+			ours = kv.CreateRevision
+		}
+	}
+	for _, kv := range kvs {
+		other, err := clustermesh.DecodeClusterConfig(kv.Key, kv.Value)
+		if err != nil || other.Name == cfg.Name || kv.CreateRevision > ours {
+			continue
+		}
+		if conflict := clustermesh.CheckRegistration(cfg, []clustermesh.ClusterConfig{other}); conflict != nil {
+			if err := p.store.Delete(ctx, cfg.Key()); err != nil {
+				return errors.Join(conflict, fmt.Errorf("withdraw cluster %s: %w", cfg.Name, err))
+			}
+			return conflict
+		}
 	}
 	return nil
 }

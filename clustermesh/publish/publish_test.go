@@ -2,6 +2,7 @@ package publish_test
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net/netip"
@@ -281,5 +282,47 @@ func TestRegistrationConflictsNameBothClusters(t *testing.T) {
 				t.Errorf("%s/%d: error %q does not name %s", tc.cfg.Name, tc.cfg.ID, err, w)
 			}
 		}
+	}
+}
+
+// racingStore lets a competitor register between a publisher's check and
+// its write, the window two clusters joining at once share.
+type racingStore struct {
+	kvstore.Store
+	key   string
+	race  func()
+	raced bool
+}
+
+func (s *racingStore) Put(ctx context.Context, key string, value []byte, lease kvstore.LeaseID) error {
+	if key == s.key && !s.raced {
+		s.raced = true
+		s.race()
+	}
+	return s.Store.Put(ctx, key, value, lease)
+}
+
+func TestSimultaneousOverlappingRegistrationsLeaveOne(t *testing.T) {
+	ctx := t.Context()
+	mem := memory.New()
+	defer mem.Close()
+	west := cluster("west", 2, "10.1.128.0/17")
+	store := &racingStore{Store: mem, key: clustermesh.ClusterKey("east"), race: func() {
+		val, _ := json.Marshal(&west)
+		if err := mem.Put(ctx, west.Key(), val, 0); err != nil {
+			t.Error(err)
+		}
+	}}
+	east, _ := publish.New(publish.Config{Cluster: cluster("east", 1, "10.1.0.0/16")}, store, nil, nil)
+	err := east.Run(ctx)
+	var re *clustermesh.RegistrationError
+	if !errors.As(err, &re) || re.Other != "west" || re.Reason != clustermesh.ReasonCIDROverlap {
+		t.Fatalf("Run = %v, want east to yield to west, which registered first", err)
+	}
+	if _, err := mem.Get(ctx, clustermesh.ClusterKey("east")); !errors.Is(err, kvstore.ErrNotFound) {
+		t.Fatalf("east's config still registered after losing the race: %v", err)
+	}
+	if _, err := mem.Get(ctx, west.Key()); err != nil {
+		t.Fatalf("west's registration was touched: %v", err)
 	}
 }
