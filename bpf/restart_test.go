@@ -23,7 +23,7 @@ func buildLoader(t *testing.T) string {
 	t.Helper()
 	gobin, err := exec.LookPath("go")
 	if err != nil {
-		t.Skip("skip: needs the go tool to build the test loader")
+		t.Skip("skip: go tool not found (needed to build the test loader)")
 	}
 	out := filepath.Join(t.TempDir(), "testloader")
 	cmd := exec.Command(gobin, "build", "-o", out, "./internal/testloader")

@@ -68,10 +68,10 @@ func nsHandle(t *testing.T, name string) netns.NsHandle {
 func TestServiceAcrossClustersOverWireGuard(t *testing.T) {
 	bpftest.RequireRoot(t)
 	if _, err := exec.LookPath("ip"); err != nil {
-		t.Skip("needs iproute2's ip")
+		t.Skip("skip: ip not installed (Debian iproute2)")
 	}
 	if _, err := exec.LookPath("wg"); err != nil {
-		t.Skip("needs wireguard-tools' wg")
+		t.Skip("skip: wg not installed (Debian wireguard-tools)")
 	}
 	var rnd [3]byte
 	_, _ = rand.Read(rnd[:])
