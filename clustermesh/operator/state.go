@@ -2,6 +2,7 @@ package operator
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -22,69 +23,52 @@ type State struct {
 	Services   []clustermesh.Service  `json:"services"`
 }
 
-// records validates s against cfg and returns it as publishable records by
-// kind. It fails on the first invalid record, naming it.
-func (s *State) records(cfg *clustermesh.ClusterConfig) (map[clustermesh.Kind][]publish.Record, error) {
-	out := make(map[clustermesh.Kind][]publish.Record, len(clustermesh.Kinds))
-	check := func(kind clustermesh.Kind, rec publish.Record) error {
-		val, err := json.Marshal(rec)
-		if err != nil {
-			return err
-		}
-		switch kind {
-		case clustermesh.KindNodes:
-			_, err = clustermesh.DecodeNode(cfg, rec.Key(), val)
-		case clustermesh.KindIdentities:
-			_, err = clustermesh.DecodeIdentity(cfg, rec.Key(), val)
-		case clustermesh.KindIPs:
-			_, err = clustermesh.DecodeIPEntry(cfg, rec.Key(), val)
-		case clustermesh.KindServices:
-			_, err = clustermesh.DecodeService(cfg, rec.Key(), val)
-		}
-		if err != nil {
-			return err
-		}
-		out[kind] = append(out[kind], rec)
-		return nil
-	}
+// Records validates s against cfg, with the same decoders remote clusters
+// use, and returns it as publishable records by kind. Records without a
+// cluster get cfg's name, services without an affinity "none". It fails on
+// the first invalid record, naming it.
+func (s *State) Records(cfg *clustermesh.ClusterConfig) (map[clustermesh.Kind][]publish.Record, error) {
 	for i := range s.Nodes {
-		n := &s.Nodes[i]
-		if n.Cluster == "" {
-			n.Cluster = cfg.Name
-		}
-		if err := check(clustermesh.KindNodes, n); err != nil {
-			return nil, err
-		}
+		s.Nodes[i].Cluster = cmp.Or(s.Nodes[i].Cluster, cfg.Name)
 	}
 	for i := range s.Identities {
-		id := &s.Identities[i]
-		if id.Cluster == "" {
-			id.Cluster = cfg.Name
-		}
-		if err := check(clustermesh.KindIdentities, id); err != nil {
-			return nil, err
-		}
+		s.Identities[i].Cluster = cmp.Or(s.Identities[i].Cluster, cfg.Name)
 	}
 	for i := range s.IPs {
-		ip := &s.IPs[i]
-		if ip.Cluster == "" {
-			ip.Cluster = cfg.Name
-		}
-		if err := check(clustermesh.KindIPs, ip); err != nil {
-			return nil, err
-		}
+		s.IPs[i].Cluster = cmp.Or(s.IPs[i].Cluster, cfg.Name)
 	}
 	for i := range s.Services {
-		svc := &s.Services[i]
-		if svc.Cluster == "" {
-			svc.Cluster = cfg.Name
+		s.Services[i].Cluster = cmp.Or(s.Services[i].Cluster, cfg.Name)
+		s.Services[i].Affinity = cmp.Or(s.Services[i].Affinity, clustermesh.AffinityNone)
+	}
+	var errs [4]error
+	out := make(map[clustermesh.Kind][]publish.Record, len(clustermesh.Kinds))
+	out[clustermesh.KindNodes], errs[0] = validated(cfg, s.Nodes, clustermesh.DecodeNode)
+	out[clustermesh.KindIdentities], errs[1] = validated(cfg, s.Identities, clustermesh.DecodeIdentity)
+	out[clustermesh.KindIPs], errs[2] = validated(cfg, s.IPs, clustermesh.DecodeIPEntry)
+	out[clustermesh.KindServices], errs[3] = validated(cfg, s.Services, clustermesh.DecodeService)
+	if err := cmp.Or(errs[:]...); err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+// validated encodes each record and decodes it as a consumer would.
+func validated[T any, P interface {
+	*T
+	publish.Record
+}](cfg *clustermesh.ClusterConfig, recs []T, decode func(*clustermesh.ClusterConfig, string, []byte) (T, error)) ([]publish.Record, error) {
+	out := make([]publish.Record, 0, len(recs))
+	for i := range recs {
+		rec := P(&recs[i])
+		val, err := json.Marshal(rec)
+		if err != nil {
+			return nil, fmt.Errorf("encode %s: %w", rec.Key(), err)
 		}
-		if svc.Affinity == "" {
-			svc.Affinity = clustermesh.AffinityNone
-		}
-		if err := check(clustermesh.KindServices, svc); err != nil {
+		if _, err := decode(cfg, rec.Key(), val); err != nil {
 			return nil, err
 		}
+		out = append(out, rec)
 	}
 	return out, nil
 }
@@ -159,7 +143,7 @@ func (o *Operator) applyStateFile() error {
 // Apply validates s and makes it the desired local state. On error nothing
 // changes.
 func (o *Operator) Apply(s State) error {
-	recs, err := s.records(&o.cfg.Cluster)
+	recs, err := s.Records(&o.cfg.Cluster)
 	if err != nil {
 		return fmt.Errorf("local state: %w", err)
 	}

@@ -39,7 +39,8 @@ func benchCommand() *cobra.Command {
 	return cmd
 }
 
-// startBroker runs a broker in this process on a fresh directory.
+// startBroker runs a broker in this process on dir, on free loopback
+// ports, and waits until it serves. stop ends it and waits.
 func startBroker(ctx context.Context, dir string, log *slog.Logger) (*broker.Broker, func(), error) {
 	cport, err := freePort()
 	if err != nil {
@@ -64,6 +65,9 @@ func startBroker(ctx context.Context, dir string, log *slog.Logger) (*broker.Bro
 	case err := <-done:
 		cancel()
 		return nil, nil, fmt.Errorf("broker: %w", err)
+	case <-ctx.Done():
+		stop()
+		return nil, nil, ctx.Err()
 	}
 }
 
@@ -143,18 +147,12 @@ func benchPropagation(ctx context.Context, out io.Writer, n int) error {
 	if err != nil {
 		return err
 	}
-	op, err := operator.New(operator.Config{Cluster: cfgA}, storeA, log)
+	recs, err := state.Records(&cfgA)
 	if err != nil {
 		return err
 	}
-	_ = op // validation of the state is the operator's; apply directly below
-	for kind, recs := range map[clustermesh.Kind][]publish.Record{
-		clustermesh.KindNodes:      ptrs(state.Nodes),
-		clustermesh.KindIdentities: ptrs(state.Identities),
-		clustermesh.KindIPs:        ptrs(state.IPs),
-		clustermesh.KindServices:   ptrs(state.Services),
-	} {
-		if err := pub.Replace(kind, recs); err != nil {
+	for kind, rs := range recs {
+		if err := pub.Replace(kind, rs); err != nil {
 			return err
 		}
 	}
@@ -223,14 +221,6 @@ func benchPropagation(ctx context.Context, out io.Writer, n int) error {
 	fmt.Fprintf(out, "  raw etcd put → watch event:   %v\n", raw)
 	fmt.Fprintf(out, "  ratio braid/raw: p50 %.2f  p99 %.2f\n", float64(braid.pct(50))/float64(raw.pct(50)), float64(braid.pct(99))/float64(raw.pct(99)))
 	return nil
-}
-
-func ptrs[T any](in []T) []publish.Record {
-	out := make([]publish.Record, len(in))
-	for i := range in {
-		out[i] = any(&in[i]).(publish.Record)
-	}
-	return out
 }
 
 func benchColdSyncCommand() *cobra.Command {

@@ -76,35 +76,11 @@ func runDemo(ctx context.Context, out io.Writer, dir string, ttl, hold time.Dura
 		log = slog.New(slog.NewTextHandler(os.Stderr, nil))
 	}
 
-	cport, err := freePort()
+	b, stopBroker, err := startBroker(ctx, filepath.Join(dir, "broker"), log)
 	if err != nil {
 		return err
 	}
-	pport, err := freePort()
-	if err != nil {
-		return err
-	}
-	b, err := broker.New(broker.Config{
-		DataDir:    filepath.Join(dir, "broker"),
-		ClientURLs: []string{fmt.Sprintf("https://127.0.0.1:%d", cport)},
-		PeerURL:    fmt.Sprintf("https://127.0.0.1:%d", pport),
-		Logger:     log,
-	})
-	if err != nil {
-		return err
-	}
-	bctx, bcancel := context.WithCancel(context.WithoutCancel(ctx))
-	bdone := make(chan error, 1)
-	go func() { bdone <- b.Run(bctx) }()
-	defer func() { bcancel(); <-bdone }()
-	select {
-	case <-b.Ready():
-	case err := <-bdone:
-		bdone <- err
-		return fmt.Errorf("broker: %w", err)
-	case <-ctx.Done():
-		return ctx.Err()
-	}
+	defer stopBroker()
 	say("broker: embedded etcd with TLS and authentication at %s (data in %s)", b.Endpoints()[0], filepath.Join(dir, "broker"))
 
 	specs := []clustermesh.ClusterConfig{
