@@ -8,6 +8,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/braidmesh/braid/clustermesh"
 	"github.com/braidmesh/braid/kvstore"
 )
@@ -27,11 +29,14 @@ type cluster struct {
 
 	mu         sync.Mutex
 	cfg        clustermesh.ClusterConfig
-	nodes      *typedTable[clustermesh.Node]
-	identities *typedTable[clustermesh.Identity]
-	ips        *ipTable
-	services   *typedTable[clustermesh.Service]
+	nodes      *typedTable[clustermesh.Node, hashed[clustermesh.Node]]
+	identities *typedTable[clustermesh.Identity, hashed[clustermesh.Identity]]
+	ips        *typedTable[clustermesh.IPEntry, ipSlot]
+	services   *typedTable[clustermesh.Service, hashed[clustermesh.Service]]
 	tables     map[clustermesh.Kind]table
+	// entryGauges are the per-kind entry count series, looked up once
+	// rather than on every event.
+	entryGauges map[clustermesh.Kind]prometheus.Gauge
 	// strings interns node and zone names repeated across backends.
 	strings    map[string]string
 	markerSeen map[clustermesh.Kind]bool
@@ -73,6 +78,10 @@ func newCluster(ctx context.Context, w *Watcher, cfg clustermesh.ClusterConfig) 
 		clustermesh.KindIdentities: c.identities,
 		clustermesh.KindIPs:        c.ips,
 		clustermesh.KindServices:   c.services,
+	}
+	c.entryGauges = make(map[clustermesh.Kind]prometheus.Gauge, len(clustermesh.Kinds))
+	for _, k := range clustermesh.Kinds {
+		c.entryGauges[k] = w.metrics.entries.WithLabelValues(string(cfg.Name), string(k))
 	}
 	c.ctx, c.cancel = context.WithCancel(ctx)
 	return c
@@ -257,7 +266,7 @@ func (c *cluster) upsert(kind clustermesh.Kind, key string, h uint64, rec any) {
 	c.lastUpdate = now
 	n := c.tables[kind].len()
 	c.mu.Unlock()
-	c.w.metrics.entries.WithLabelValues(string(c.name), string(kind)).Set(float64(n))
+	c.entryGauges[kind].Set(float64(n))
 	c.w.emit(Change{Type: Upsert, Cluster: c.name, Kind: kind, Key: key, Record: rec, Time: now})
 }
 
@@ -308,7 +317,7 @@ func (c *cluster) delete(kind clustermesh.Kind, key string) {
 	c.lastUpdate = now
 	n := c.tables[kind].len()
 	c.mu.Unlock()
-	c.w.metrics.entries.WithLabelValues(string(c.name), string(kind)).Set(float64(n))
+	c.entryGauges[kind].Set(float64(n))
 	c.w.emit(Change{Type: Delete, Cluster: c.name, Kind: kind, Key: key, Record: old, Time: now})
 }
 

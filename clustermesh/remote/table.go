@@ -10,8 +10,8 @@ import (
 // value, not boxed, so a large mesh costs one map slot per entry.
 type table interface {
 	// put stores rec (of the table's record type) unless the stored value
-	// has the same hash; it clears the key's stale mark either way and
-	// reports whether anything changed.
+	// is the same; it clears the key's stale mark either way and reports
+	// whether anything changed.
 	put(key string, hash uint64, rec any) bool
 	// remove deletes key and returns its last record.
 	remove(key string) (any, bool)
@@ -21,55 +21,31 @@ type table interface {
 	len() int
 }
 
-type slot[T any] struct {
+// typedTable stores records of type R as slots of type S: pack builds a
+// slot from a record and the hash of the value it was decoded from, unpack
+// gives the record back, and same says whether two slots hold the same
+// value.
+type typedTable[R, S any] struct {
+	m      map[string]S
+	stale  map[string]struct{} // only during a re-list
+	pack   func(R, uint64) S
+	unpack func(S) R
+	same   func(a, b S) bool
+}
+
+// hashed is the slot of records compared by the hash of their value.
+type hashed[R any] struct {
 	hash uint64
-	rec  T
+	rec  R
 }
 
-// typedTable compares records by the hash of the value they were decoded
-// from.
-type typedTable[T any] struct {
-	m     map[string]slot[T]
-	stale map[string]struct{} // only during a re-list
-}
-
-func newTable[T any]() *typedTable[T] { return &typedTable[T]{m: make(map[string]slot[T])} }
-
-func (t *typedTable[T]) put(key string, hash uint64, rec any) bool {
-	delete(t.stale, key)
-	if s, ok := t.m[key]; ok && s.hash == hash {
-		return false
-	}
-	t.m[key] = slot[T]{hash: hash, rec: rec.(T)}
-	return true
-}
-
-func (t *typedTable[T]) remove(key string) (any, bool) {
-	s, ok := t.m[key]
-	if !ok {
-		return nil, false
-	}
-	delete(t.m, key)
-	delete(t.stale, key)
-	return s.rec, true
-}
-
-func (t *typedTable[T]) markStale() { t.stale = markAll(t.m) }
-
-func (t *typedTable[T]) staleKeys() []string {
-	out := keysOf(t.stale)
-	t.stale = nil
-	return out
-}
-
-func (t *typedTable[T]) keys() []string { return keysOf(t.m) }
-
-func (t *typedTable[T]) len() int { return len(t.m) }
-
-// each calls f for every record.
-func (t *typedTable[T]) each(f func(T)) {
-	for _, s := range t.m {
-		f(s.rec)
+// newTable stores records as they are, compared by value hash.
+func newTable[R any]() *typedTable[R, hashed[R]] {
+	return &typedTable[R, hashed[R]]{
+		m:      make(map[string]hashed[R]),
+		pack:   func(r R, h uint64) hashed[R] { return hashed[R]{h, r} },
+		unpack: func(s hashed[R]) R { return s.rec },
+		same:   func(a, b hashed[R]) bool { return a.hash == b.hash },
 	}
 }
 
@@ -81,66 +57,62 @@ type ipSlot struct {
 	identity clustermesh.NumericIdentity
 }
 
-// ipTable holds a cluster's IP entries compactly, compared by value.
-type ipTable struct {
-	cluster clustermesh.ClusterName
-	m       map[string]ipSlot
-	stale   map[string]struct{}
+// newIPTable stores a cluster's IP entries compactly, compared by value.
+func newIPTable(cluster clustermesh.ClusterName) *typedTable[clustermesh.IPEntry, ipSlot] {
+	return &typedTable[clustermesh.IPEntry, ipSlot]{
+		m: make(map[string]ipSlot),
+		pack: func(e clustermesh.IPEntry, _ uint64) ipSlot {
+			return ipSlot{prefix: e.Prefix, hostIP: e.HostIP, identity: e.Identity}
+		},
+		unpack: func(s ipSlot) clustermesh.IPEntry {
+			return clustermesh.IPEntry{Prefix: s.prefix, Cluster: cluster, Identity: s.identity, HostIP: s.hostIP}
+		},
+		same: func(a, b ipSlot) bool { return a == b },
+	}
 }
 
-func newIPTable(cluster clustermesh.ClusterName) *ipTable {
-	return &ipTable{cluster: cluster, m: make(map[string]ipSlot)}
-}
-
-func (t *ipTable) entry(s ipSlot) clustermesh.IPEntry {
-	return clustermesh.IPEntry{Prefix: s.prefix, Cluster: t.cluster, Identity: s.identity, HostIP: s.hostIP}
-}
-
-func (t *ipTable) put(key string, _ uint64, rec any) bool {
+func (t *typedTable[R, S]) put(key string, hash uint64, rec any) bool {
 	delete(t.stale, key)
-	e := rec.(clustermesh.IPEntry)
-	s := ipSlot{prefix: e.Prefix, hostIP: e.HostIP, identity: e.Identity}
-	if old, ok := t.m[key]; ok && old == s {
+	s := t.pack(rec.(R), hash)
+	if old, ok := t.m[key]; ok && t.same(old, s) {
 		return false
 	}
 	t.m[key] = s
 	return true
 }
 
-func (t *ipTable) remove(key string) (any, bool) {
+func (t *typedTable[R, S]) remove(key string) (any, bool) {
 	s, ok := t.m[key]
 	if !ok {
 		return nil, false
 	}
 	delete(t.m, key)
 	delete(t.stale, key)
-	return t.entry(s), true
+	return t.unpack(s), true
 }
 
-func (t *ipTable) markStale() { t.stale = markAll(t.m) }
+func (t *typedTable[R, S]) markStale() {
+	t.stale = make(map[string]struct{}, len(t.m))
+	for k := range t.m {
+		t.stale[k] = struct{}{}
+	}
+}
 
-func (t *ipTable) staleKeys() []string {
+func (t *typedTable[R, S]) staleKeys() []string {
 	out := keysOf(t.stale)
 	t.stale = nil
 	return out
 }
 
-func (t *ipTable) keys() []string { return keysOf(t.m) }
+func (t *typedTable[R, S]) keys() []string { return keysOf(t.m) }
 
-func (t *ipTable) len() int { return len(t.m) }
+func (t *typedTable[R, S]) len() int { return len(t.m) }
 
-func (t *ipTable) each(f func(clustermesh.IPEntry)) {
+// each calls f for every record.
+func (t *typedTable[R, S]) each(f func(R)) {
 	for _, s := range t.m {
-		f(t.entry(s))
+		f(t.unpack(s))
 	}
-}
-
-func markAll[V any](m map[string]V) map[string]struct{} {
-	out := make(map[string]struct{}, len(m))
-	for k := range m {
-		out[k] = struct{}{}
-	}
-	return out
 }
 
 func keysOf[V any](m map[string]V) []string {
