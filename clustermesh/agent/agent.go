@@ -327,9 +327,6 @@ func (a *Agent) Snapshot() status.Snapshot {
 			continue // the agent's own cluster is mirrored, not remote
 		}
 		s.Remotes = append(s.Remotes, r)
-		if !r.Gone && !r.Connected {
-			s.Problems = append(s.Problems, fmt.Sprintf("cluster %s: disconnected: %s", r.Name, r.LastError))
-		}
 	}
 	s.InvalidClusterConfigs, _ = a.watcher.InvalidConfigs()
 	a.mu.Lock()
@@ -346,6 +343,6 @@ func (a *Agent) Snapshot() status.Snapshot {
 			s.Problems = append(s.Problems, "datapath: "+r)
 		}
 	}
-	s.Healthy = len(s.Problems) == 0
+	s.SetHealth()
 	return s
 }

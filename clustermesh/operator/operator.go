@@ -189,13 +189,6 @@ func (o *Operator) Snapshot() status.Snapshot {
 	if ps.LastError != "" && !ps.Registered {
 		s.Problems = append(s.Problems, "publish: "+ps.LastError)
 	}
-	for _, r := range s.Remotes {
-		switch {
-		case r.Gone:
-		case !r.Connected:
-			s.Problems = append(s.Problems, fmt.Sprintf("cluster %s: disconnected: %s", r.Name, r.LastError))
-		}
-	}
-	s.Healthy = len(s.Problems) == 0
+	s.SetHealth()
 	return s
 }

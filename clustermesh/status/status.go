@@ -41,6 +41,18 @@ type MapFill struct {
 	Pressure float64 `json:"pressure"`
 }
 
+// SetHealth adds a problem for every remote cluster that is disconnected
+// (departed ones are not problems) and sets Healthy: true when Problems is
+// then empty. Sources call it last, after adding their own problems.
+func (s *Snapshot) SetHealth() {
+	for _, r := range s.Remotes {
+		if !r.Gone && !r.Connected {
+			s.Problems = append(s.Problems, fmt.Sprintf("cluster %s: disconnected: %s", r.Name, r.LastError))
+		}
+	}
+	s.Healthy = len(s.Problems) == 0
+}
+
 // Source is what the status page needs from a running agent or operator.
 type Source interface {
 	// Snapshot is cheap, non-blocking and returns a value the caller owns.

@@ -56,3 +56,20 @@ func TestHandlerServesJSONPageAndHealth(t *testing.T) {
 		t.Errorf("/healthz = %d for an unhealthy snapshot, want 503", resp.StatusCode)
 	}
 }
+
+func TestSetHealthFlagsDisconnectedRemotesOnly(t *testing.T) {
+	s := status.Snapshot{Remotes: []clustermesh.RemoteClusterStatus{
+		{Name: "up", Connected: true},
+		{Name: "down", LastError: "connection refused"},
+		{Name: "left", Gone: true},
+	}}
+	s.SetHealth()
+	if s.Healthy || len(s.Problems) != 1 || s.Problems[0] != "cluster down: disconnected: connection refused" {
+		t.Fatalf("healthy %v problems %q", s.Healthy, s.Problems)
+	}
+	ok := status.Snapshot{Remotes: []clustermesh.RemoteClusterStatus{{Name: "up", Connected: true}}}
+	ok.SetHealth()
+	if !ok.Healthy {
+		t.Fatalf("problems %q for a connected mesh", ok.Problems)
+	}
+}
