@@ -505,7 +505,7 @@ func nftTables(t *testing.T, ns *netnstest.NS) []string {
 	t.Helper()
 	c, err := nftables.New(nftables.WithNetNSFd(int(ns.Handle)))
 	if err != nil {
-		t.Skipf("needs nftables: %v", err)
+		t.Skipf("skip: nftables netlink not available: %v", err)
 	}
 	tables, err := c.ListTables()
 	if err != nil {

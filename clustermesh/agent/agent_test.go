@@ -11,6 +11,7 @@ import (
 	"github.com/braidmesh/braid/clustermesh"
 	"github.com/braidmesh/braid/clustermesh/agent"
 	"github.com/braidmesh/braid/clustermesh/publish"
+	"github.com/braidmesh/braid/kvstore"
 	"github.com/braidmesh/braid/kvstore/memory"
 )
 
@@ -30,6 +31,21 @@ func webService(c clustermesh.ClusterConfig, vip string, backend netip.Addr, nod
 	return s
 }
 
+// runPublisher publishes c, starting from an empty state of every kind,
+// until ctx is done.
+func runPublisher(t testing.TB, ctx context.Context, c clustermesh.ClusterConfig, store kvstore.Store) *publish.Publisher {
+	t.Helper()
+	p, err := publish.New(publish.Config{Cluster: c}, store, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, k := range clustermesh.Kinds {
+		_ = p.Replace(k, nil)
+	}
+	go func() { _ = p.Run(ctx) }()
+	return p
+}
+
 // TestAgentServesMeshServiceThroughSocketLB runs the whole pipeline:
 // publishers write two clusters' state to the store, the agent mirrors it
 // and programs real BPF maps, and a connect() to east's service VIP from a
@@ -47,14 +63,8 @@ func TestAgentServesMeshServiceThroughSocketLB(t *testing.T) {
 	east := cluster("east", 1, "10.201.1.0/24", "172.21.0.0/16")
 	west := cluster("west", 2, "10.201.2.0/24", "172.22.0.0/16")
 
-	pubEast, _ := publish.New(publish.Config{Cluster: east}, store, nil, nil)
-	pubWest, _ := publish.New(publish.Config{Cluster: west}, store, nil, nil)
-	for _, p := range []*publish.Publisher{pubEast, pubWest} {
-		for _, k := range clustermesh.Kinds {
-			_ = p.Replace(k, nil)
-		}
-		go func() { _ = p.Run(ctx) }()
-	}
+	pubEast := runPublisher(t, ctx, east, store)
+	pubWest := runPublisher(t, ctx, west, store)
 	if err := pubEast.Upsert(webService(east, "172.21.0.10", lab.LocalV4, "e1", "za", true)); err != nil {
 		t.Fatal(err)
 	}

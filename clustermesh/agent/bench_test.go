@@ -12,7 +12,6 @@ import (
 	"github.com/braidmesh/braid/bpf/bpftest"
 	"github.com/braidmesh/braid/clustermesh"
 	"github.com/braidmesh/braid/clustermesh/agent"
-	"github.com/braidmesh/braid/clustermesh/publish"
 	"github.com/braidmesh/braid/kvstore/etcd"
 	"github.com/braidmesh/braid/kvstore/etcd/etcdtest"
 )
@@ -38,14 +37,8 @@ func BenchmarkChangeToBPFMap(b *testing.B) {
 	westStore, eastStore := connect(), connect()
 	east := cluster("east", 1, "10.201.1.0/24", "172.21.0.0/16")
 	west := cluster("west", 2, "10.201.2.0/24", "172.22.0.0/16")
-	pubEast, _ := publish.New(publish.Config{Cluster: east}, eastStore, nil, nil)
-	pubWest, _ := publish.New(publish.Config{Cluster: west}, westStore, nil, nil)
-	for _, p := range []*publish.Publisher{pubEast, pubWest} {
-		for _, k := range clustermesh.Kinds {
-			_ = p.Replace(k, nil)
-		}
-		go func() { _ = p.Run(ctx) }()
-	}
+	pubEast := runPublisher(b, ctx, east, eastStore)
+	pubWest := runPublisher(b, ctx, west, westStore)
 	backend := netip.MustParseAddr("10.201.2.2")
 	_ = pubEast.Upsert(webService(east, "172.21.0.10", netip.MustParseAddr("10.201.1.2"), "e1", "za", true))
 	_ = pubWest.Upsert(webService(west, "172.22.0.10", backend, "w1", "zb", true))

@@ -35,7 +35,7 @@ import (
 //	BRAID_BENCH=1 go test -run TestBenchmarkGlobalServices -v -timeout 30m ./clustermesh/operator
 func TestBenchmarkGlobalServices(t *testing.T) {
 	if os.Getenv("BRAID_BENCH") == "" {
-		t.Skip("set BRAID_BENCH=1 to run the service benchmark")
+		t.Skip("skip: opt-in benchmark (needs BRAID_BENCH=1 and the kube binaries)")
 	}
 	n := 5000
 	if v, err := strconv.Atoi(os.Getenv("BRAID_BENCH_SERVICES")); err == nil && v > 0 {
