@@ -23,7 +23,7 @@ var ErrNotBuilt = errors.New("kube tools not built")
 const skipReason = "kube-apiserver not built: run `make kube-tools` (tools/kube/build.sh)"
 
 // binaries are the commands build.sh puts in the bin directory.
-var binaries = []string{"etcd", "kube-apiserver", "kube-controller-manager", "kubectl"}
+var binaries = []string{"etcd", "kube-apiserver", "kube-controller-manager", "kube-proxy", "kube-scheduler", "kubectl"}
 
 // BinDir returns the directory holding the etcd, kube-apiserver,
 // kube-controller-manager and kubectl binaries: $BRAID_KUBE_BIN if set,

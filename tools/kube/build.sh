@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Builds the Kubernetes and etcd binaries that lab tests run (internal/kubelab):
-# kube-apiserver, kube-controller-manager, kubectl and etcd, at the versions
+# kube-apiserver, kube-controller-manager, kube-scheduler, kube-proxy, kubectl
+# and etcd, at the versions
 # pinned in this directory's go.mod.
 #
 # The binaries land in ${BRAID_CACHE:-/var/cache/braid}/kube-<key>/bin, where
@@ -87,6 +88,8 @@ main() {
 	go build -trimpath -ldflags "$ldflags" -o "$tmp/bin/" \
 		k8s.io/kubernetes/cmd/kube-apiserver \
 		k8s.io/kubernetes/cmd/kube-controller-manager \
+		k8s.io/kubernetes/cmd/kube-scheduler \
+		k8s.io/kubernetes/cmd/kube-proxy \
 		k8s.io/kubernetes/cmd/kubectl \
 		./cmd/etcd
 	{
