@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/netip"
 	"strconv"
 )
 
@@ -209,8 +210,24 @@ func DecodeIPEntry(owner *ClusterConfig, key string, value []byte) (IPEntry, err
 	return e, nil
 }
 
-// DecodeService parses and validates a service owned by owner.
+// MaxBackendsPerService bounds how many backends one cluster may export for
+// one service; a service with more is rejected whole, so a hostile writer
+// cannot make every consumer allocate and program without bound. (A
+// value is also capped at 1 MiB, which holds about 7,000 small backends.)
+const MaxBackendsPerService = 4096
+
+// DecodeService parses and validates a service owned by owner. Every
+// backend must lie in owner's pod CIDRs; see DecodeServiceOnNodes for
+// host-network backends.
 func DecodeService(owner *ClusterConfig, key string, value []byte) (Service, error) {
+	return DecodeServiceOnNodes(owner, nil, key, value)
+}
+
+// DecodeServiceOnNodes is DecodeService where a backend outside owner's pod
+// CIDRs is also accepted when isNodeIP (if not nil) reports its address as
+// one of the IPs of a node owner published (a host-network backend). No
+// backend may appear twice, and there may be at most MaxBackendsPerService.
+func DecodeServiceOnNodes(owner *ClusterConfig, isNodeIP func(netip.Addr) bool, key string, value []byte) (Service, error) {
 	name, err := parseOwned(owner, KindServices, key)
 	if err != nil {
 		return Service{}, err
@@ -260,9 +277,20 @@ func DecodeService(owner *ClusterConfig, key string, value []byte) (Service, err
 	if !s.Shared && len(s.Backends) > 0 {
 		return Service{}, invalid(key, KindServices, "service is not shared but exports %d backends", len(s.Backends))
 	}
+	if len(s.Backends) > MaxBackendsPerService {
+		return Service{}, invalid(key, KindServices, "service exports %d backends, more than the limit of %d", len(s.Backends), MaxBackendsPerService)
+	}
+	seen := make(map[netip.Addr]bool, len(s.Backends))
 	for _, b := range s.Backends {
 		if !b.IP.IsValid() {
 			return Service{}, invalid(key, KindServices, "backend with invalid IP")
+		}
+		if seen[b.IP] {
+			return Service{}, invalid(key, KindServices, "backend %s appears twice", b.IP)
+		}
+		seen[b.IP] = true
+		if !owner.ContainsPodIP(netip.PrefixFrom(b.IP, b.IP.BitLen())) && (isNodeIP == nil || !isNodeIP(b.IP)) {
+			return Service{}, invalid(key, KindServices, "backend %s is outside cluster %q's pod CIDRs %v and is not one of its node IPs", b.IP, owner.Name, owner.PodCIDRs)
 		}
 		for i, bp := range b.Ports {
 			if !ports[bp.Name] {

@@ -113,12 +113,12 @@ func TestDecodeNode(t *testing.T) {
 			}
 		})
 	}
-	t.Run("valid/owner without pod CIDRs accepts any pod CIDR", func(t *testing.T) {
-		open := clustermesh.ClusterConfig{Name: "east", ID: 2}
+	t.Run("invalid/owner without pod CIDRs is granted no pod CIDR", func(t *testing.T) {
+		none := clustermesh.ClusterConfig{Name: "east", ID: 2}
 		n := eastNode()
 		n.PodCIDRs = prefixes("172.16.0.0/12")
-		if _, err := clustermesh.DecodeNode(&open, n.Key(), mustJSON(t, n)); err != nil {
-			t.Fatal(err)
+		if _, err := clustermesh.DecodeNode(&none, n.Key(), mustJSON(t, n)); !errors.Is(err, clustermesh.ErrInvalid) {
+			t.Fatalf("DecodeNode = %v, want a rejection", err)
 		}
 	})
 

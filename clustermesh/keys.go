@@ -85,8 +85,9 @@ type ParsedKey struct {
 	// identity number, prefix, "namespace/name", or the kind a sync marker
 	// is for.
 	Name string
-	// Config and Synced mark cluster config keys and sync markers.
-	Config, Synced bool
+	// Config, Grant and Synced mark cluster config keys, grants and sync
+	// markers.
+	Config, Grant, Synced bool
 }
 
 // ParseKey splits key by the schema. It does not validate Name beyond being
@@ -97,12 +98,12 @@ func ParseKey(key string) (ParsedKey, error) {
 		return ParsedKey{}, fmt.Errorf("key %q: not under %s", key, Root)
 	}
 	seg, rest, _ := strings.Cut(rest, "/")
-	if seg == "clusters" {
+	if seg == "clusters" || seg == "grants" {
 		name := ClusterName(rest)
 		if err := name.Validate(); err != nil {
 			return ParsedKey{}, fmt.Errorf("key %q: %w", key, err)
 		}
-		return ParsedKey{Cluster: name, Config: true}, nil
+		return ParsedKey{Cluster: name, Config: seg == "clusters", Grant: seg == "grants"}, nil
 	}
 	cluster, name, ok := strings.Cut(rest, "/")
 	if !ok || name == "" {

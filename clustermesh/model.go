@@ -99,11 +99,8 @@ func (c *ClusterConfig) OwnsIdentity(id NumericIdentity) bool {
 }
 
 // ContainsPodIP reports whether p lies inside one of the cluster's pod
-// CIDRs. A cluster that declares no pod CIDRs contains every prefix.
+// CIDRs. A cluster without pod CIDRs contains no prefix.
 func (c *ClusterConfig) ContainsPodIP(p netip.Prefix) bool {
-	if len(c.PodCIDRs) == 0 {
-		return true
-	}
 	for _, cidr := range c.PodCIDRs {
 		if cidr.Bits() <= p.Bits() && cidr.Contains(p.Addr()) {
 			return true
@@ -113,11 +110,8 @@ func (c *ClusterConfig) ContainsPodIP(p netip.Prefix) bool {
 }
 
 // ContainsServiceIP reports whether ip lies inside one of the cluster's
-// service CIDRs. A cluster that declares none contains every address.
+// service CIDRs. A cluster without service CIDRs contains no address.
 func (c *ClusterConfig) ContainsServiceIP(ip netip.Addr) bool {
-	if len(c.ServiceCIDRs) == 0 {
-		return true
-	}
 	for _, cidr := range c.ServiceCIDRs {
 		if cidr.Contains(ip) {
 			return true

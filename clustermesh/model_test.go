@@ -160,9 +160,14 @@ func TestContainsPodIP(t *testing.T) {
 			t.Errorf("ContainsPodIP(%s) = %v, want %v", tc.prefix, got, tc.want)
 		}
 	}
-	open := clustermesh.ClusterConfig{Name: "open", ID: 9}
-	if !open.ContainsPodIP(netip.MustParsePrefix("0.0.0.0/0")) {
-		t.Error("a cluster without pod CIDRs does not contain 0.0.0.0/0")
+	none := clustermesh.ClusterConfig{Name: "none", ID: 9}
+	for _, p := range []string{"0.0.0.0/0", "10.2.0.1/32", "::/0"} {
+		if none.ContainsPodIP(netip.MustParsePrefix(p)) {
+			t.Errorf("a cluster without pod CIDRs contains %s; an empty list must grant nothing", p)
+		}
+	}
+	if none.ContainsServiceIP(netip.MustParseAddr("10.102.0.1")) {
+		t.Error("a cluster without service CIDRs contains 10.102.0.1; an empty list must grant nothing")
 	}
 }
 
