@@ -300,3 +300,20 @@ func Overlaps(a, b []netip.Prefix) [][2]netip.Prefix {
 	}
 	return out
 }
+
+// ParsePrefixes parses CIDRs given with flag, naming the flag and the value
+// in its error. Each must be canonical (no host bits).
+func ParsePrefixes(flag string, in []string) ([]netip.Prefix, error) {
+	var out []netip.Prefix
+	for _, s := range in {
+		p, err := netip.ParsePrefix(s)
+		if err != nil {
+			return nil, fmt.Errorf("%s %q: %w", flag, s, err)
+		}
+		if err := validPrefix(p); err != nil {
+			return nil, fmt.Errorf("%s %q: %w", flag, s, err)
+		}
+		out = append(out, p)
+	}
+	return out, nil
+}

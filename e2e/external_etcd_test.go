@@ -55,8 +55,8 @@ func TestSyncSurvivesExternalMemberLoss(t *testing.T) {
 	})
 	defer adminClient.Close()
 
-	connect := func(name clustermesh.ClusterName) *etcd.Store {
-		creds, err := broker.AddCluster(ctx, adminClient, name)
+	connect := func(g clustermesh.Grant) *etcd.Store {
+		creds, err := broker.AddCluster(ctx, adminClient, g)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -68,7 +68,8 @@ func TestSyncSurvivesExternalMemberLoss(t *testing.T) {
 		t.Cleanup(func() { s.Close() })
 		return s
 	}
-	storeA, storeB := connect("a"), connect("b")
+	storeA := connect(clustermesh.Grant{Name: "a", ID: 1, PodCIDRs: []netip.Prefix{netip.MustParsePrefix("10.1.0.0/16")}})
+	storeB := connect(clustermesh.Grant{Name: "b", ID: 2, PodCIDRs: []netip.Prefix{netip.MustParsePrefix("10.2.0.0/16")}})
 
 	a := clustermesh.ClusterConfig{Name: "a", ID: 1, PodCIDRs: []netip.Prefix{netip.MustParsePrefix("10.1.0.0/16")}}
 	pub, err := publish.New(publish.Config{Cluster: a, LeaseTTL: 10 * time.Second}, storeA, nil, nil)

@@ -128,7 +128,8 @@ func TestServiceAcrossClustersOverWireGuard(t *testing.T) {
 	for _, n := range nodes {
 		join := filepath.Join(n.dir, "join.json")
 		eventually(t, 30*time.Second, func() error {
-			_, err := execOut("braid", "broker", "add-cluster", string(n.cluster.Name), "--data-dir", brokerDir, "--etcd-endpoints", endpoint, "--out", join)
+			_, err := execOut("braid", "broker", "add-cluster", string(n.cluster.Name), "--data-dir", brokerDir, "--etcd-endpoints", endpoint, "--out", join,
+				"--cluster-id", strconv.Itoa(int(n.cluster.ID)), "--pod-cidr", n.cluster.PodCIDRs[0].String(), "--service-cidr", n.cluster.ServiceCIDRs[0].String())
 			return err
 		})
 		n.state = filepath.Join(n.dir, "state.json")

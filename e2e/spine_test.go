@@ -47,7 +47,8 @@ func TestThreeClustersOneBroker(t *testing.T) {
 			PodCIDRs: []netip.Prefix{netip.MustParsePrefix(fmt.Sprintf("10.%d.0.0/16", id))}}}
 		c.join = filepath.Join(dir, name+".join.json")
 		eventually(t, 30*time.Second, func() error {
-			_, err := execOut("braid", "broker", "add-cluster", name, "--data-dir", dataDir, "--etcd-endpoints", endpoint, "--out", c.join)
+			_, err := execOut("braid", "broker", "add-cluster", name, "--data-dir", dataDir, "--etcd-endpoints", endpoint, "--out", c.join,
+				"--cluster-id", fmt.Sprint(id), "--pod-cidr", c.cfg.PodCIDRs[0].String())
 			return err
 		})
 		state, err := operator.SimulatedState(c.cfg, 5, 6, []string{"web", "api"})

@@ -153,3 +153,26 @@ func loadOrCreateRootCredentials(path string) (rootCredentials, error) {
 	}
 	return r, nil
 }
+
+// ensureDataDir creates dir with mode 0700, or tightens an existing one
+// that group or others may access to 0700, logging a warning: it holds the
+// root password and the CA key. It fails if dir cannot be tightened.
+func ensureDataDir(dir string, log *slog.Logger) error {
+	if err := os.MkdirAll(dir, dataDirPerm); err != nil {
+		return fmt.Errorf("data directory: %w", err)
+	}
+	fi, err := os.Stat(dir)
+	if err != nil {
+		return fmt.Errorf("data directory: %w", err)
+	}
+	if !fi.IsDir() {
+		return fmt.Errorf("data directory %s is not a directory", dir)
+	}
+	if perm := fi.Mode().Perm(); perm&0o077 != 0 {
+		if err := os.Chmod(dir, dataDirPerm); err != nil {
+			return fmt.Errorf("data directory %s has mode %04o, open to group or others, and holds the root password; tightening it failed (%w): run chmod 700 %s", dir, perm, err, dir)
+		}
+		log.Warn("data directory was open to group or others; set its mode to 0700", "dir", dir, "was", fmt.Sprintf("%04o", perm))
+	}
+	return nil
+}

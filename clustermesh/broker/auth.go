@@ -3,6 +3,7 @@ package broker
 import (
 	"context"
 	"crypto/rand"
+	"encoding/json"
 	"errors"
 	"fmt"
 
@@ -80,22 +81,37 @@ func clusterPermissions(name clustermesh.ClusterName) []permission {
 	})
 }
 
-// AddCluster makes etcd user and role ClusterUser(name) through admin, a
-// client with root credentials, and returns the user's credentials.
+// grantsLockKey is rewritten with every grant change, so a grant is
+// written only if no other changed since the grants it was checked against
+// were read.
+const grantsLockKey = clustermesh.Root + "grants-lock"
+
+// AddCluster grants cluster g.Name its ID and CIDRs, then makes etcd user
+// and role ClusterUser(g.Name) through admin, a client with root
+// credentials, and returns the user's credentials.
 //
-// The role may read and write name's ClusterKey and OwnedPrefixes and read
-// everything under clustermesh.Root; etcd refuses any other write. AddCluster
-// reconciles: running it again restores the role's permissions and the user's
-// role to exactly these, and rotates the password (etcd stores only a hash, so
-// the old one cannot be returned). A rotation invalidates the earlier join
-// bundle and the old password's tokens.
+// The grant is stored at clustermesh.GrantKey, which only root may write;
+// consumers check every entry of the cluster against it. AddCluster returns
+// a *clustermesh.RegistrationError when another cluster's grant holds the
+// ID or overlaps the CIDRs: conflicting grants cannot be made.
+//
+// The role may read and write the cluster's ClusterKey and OwnedPrefixes and
+// read everything under clustermesh.Root; etcd refuses any other write.
+// AddCluster reconciles: running it again restores the role's permissions
+// and the user's role to exactly these, replaces the grant, and rotates the
+// password (etcd stores only a hash, so the old one cannot be returned). A
+// rotation invalidates the earlier join bundle and the old password's tokens.
 //
 // The credentials' Endpoints are admin's endpoints and CACertPEM is empty; a
 // caller handing them to another cluster sets both to what that cluster
 // should use (Broker.AddCluster does this for its own broker).
-func AddCluster(ctx context.Context, admin *clientv3.Client, name clustermesh.ClusterName) (Credentials, error) {
+func AddCluster(ctx context.Context, admin *clientv3.Client, g clustermesh.Grant) (Credentials, error) {
+	name := g.Name
 	if err := name.Validate(); err != nil {
 		return Credentials{}, fmt.Errorf("add cluster: %w", err)
+	}
+	if err := writeGrant(ctx, admin, g); err != nil {
+		return Credentials{}, fmt.Errorf("add cluster %s: %w", name, err)
 	}
 	if err := ensureRole(ctx, admin, ClusterUser(name), clusterPermissions(name)); err != nil {
 		return Credentials{}, fmt.Errorf("add cluster %s: %w", name, err)
@@ -112,12 +128,75 @@ func AddCluster(ctx context.Context, admin *clientv3.Client, name clustermesh.Cl
 	}, nil
 }
 
-// RemoveCluster deletes cluster name's etcd user and role; its tokens stop
-// working at once. Missing ones are not an error. The cluster's keys are left
-// in place.
+// writeGrant checks g against every other grant and writes it, atomically:
+// the write fails and is retried if any grant changed in between.
+func writeGrant(ctx context.Context, admin *clientv3.Client, g clustermesh.Grant) error {
+	value, err := json.Marshal(&g)
+	if err != nil {
+		return fmt.Errorf("encode grant: %w", err)
+	}
+	for range 10 {
+		resp, err := admin.Get(ctx, clustermesh.GrantsPrefix, clientv3.WithPrefix())
+		if err != nil {
+			return fmt.Errorf("read grants: %w", err)
+		}
+		var existing []clustermesh.Grant
+		for _, kv := range resp.Kvs {
+			o, err := clustermesh.DecodeGrant(string(kv.Key), kv.Value)
+			if err != nil {
+				continue // an unreadable grant holds nothing
+			}
+			existing = append(existing, o)
+		}
+		if err := clustermesh.CheckGrant(g, existing); err != nil {
+			return err
+		}
+		lock, err := admin.Get(ctx, grantsLockKey)
+		if err != nil {
+			return fmt.Errorf("read grants: %w", err)
+		}
+		var lockRev int64
+		if len(lock.Kvs) > 0 {
+			lockRev = lock.Kvs[0].ModRevision
+		}
+		if lockRev > resp.Header.Revision {
+			continue // a grant changed between the two reads
+		}
+		txn, err := admin.Txn(ctx).
+			If(clientv3.Compare(clientv3.ModRevision(grantsLockKey), "=", lockRev)).
+			Then(clientv3.OpPut(g.Key(), string(value)), clientv3.OpPut(grantsLockKey, string(g.Name))).
+			Commit()
+		if err != nil {
+			return fmt.Errorf("write grant: %w", err)
+		}
+		if txn.Succeeded {
+			return nil
+		}
+	}
+	return errors.New("write grant: grants keep changing; try again")
+}
+
+// RemoveCluster takes cluster name out of the mesh at once: it revokes the
+// leases its keys are bound to (consumers drop its entries), deletes its
+// etcd user and role (its tokens stop working; etcd bumps its auth
+// revision) and finally its grant, which makes a Broker end the cluster's
+// open watches. Missing pieces are not an error; keys not bound to a lease
+// are left in place.
 func RemoveCluster(ctx context.Context, admin *clientv3.Client, name clustermesh.ClusterName) error {
 	if err := name.Validate(); err != nil {
 		return fmt.Errorf("remove cluster: %w", err)
+	}
+	leases := map[clientv3.LeaseID]bool{}
+	for _, p := range append(clustermesh.OwnedPrefixes(name), clustermesh.ClusterKey(name)) {
+		resp, err := admin.Get(ctx, p, clientv3.WithPrefix(), clientv3.WithKeysOnly())
+		if err != nil {
+			return fmt.Errorf("remove cluster %s: list its keys: %w", name, err)
+		}
+		for _, kv := range resp.Kvs {
+			if kv.Lease != 0 {
+				leases[clientv3.LeaseID(kv.Lease)] = true
+			}
+		}
 	}
 	user := ClusterUser(name)
 	if _, err := admin.UserDelete(ctx, user); err != nil && !errors.Is(err, rpctypes.ErrUserNotFound) {
@@ -125,6 +204,14 @@ func RemoveCluster(ctx context.Context, admin *clientv3.Client, name clustermesh
 	}
 	if _, err := admin.RoleDelete(ctx, user); err != nil && !errors.Is(err, rpctypes.ErrRoleNotFound) {
 		return fmt.Errorf("remove cluster %s: delete role: %w", name, err)
+	}
+	for id := range leases {
+		if _, err := admin.Revoke(ctx, id); err != nil && !errors.Is(err, rpctypes.ErrLeaseNotFound) {
+			return fmt.Errorf("remove cluster %s: revoke lease %x: %w", name, id, err)
+		}
+	}
+	if _, err := admin.Txn(ctx).Then(clientv3.OpDelete(clustermesh.GrantKey(name)), clientv3.OpPut(grantsLockKey, string(name))).Commit(); err != nil {
+		return fmt.Errorf("remove cluster %s: delete grant: %w", name, err)
 	}
 	return nil
 }

@@ -7,9 +7,9 @@ import (
 	"log/slog"
 	"net"
 	"net/url"
-	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -57,7 +57,13 @@ type Config struct {
 	// StartTimeout bounds waiting for etcd to be ready; zero means
 	// DefaultStartTimeout.
 	StartTimeout time.Duration
+	// MetricsURL is where etcd serves /metrics, /health and /version
+	// (http, loopback by default); the client URLs serve only gRPC. Zero
+	// means http://127.0.0.1 on a free port.
+	MetricsURL string
 	// Logger receives the broker's and etcd's logs; nil discards them.
+	// Authentication requests, tokens and password hashes are never
+	// logged, at any level.
 	Logger *slog.Logger
 }
 
@@ -73,9 +79,12 @@ type Broker struct {
 	// etcdStopping demotes etcd's logs to debug while it shuts down.
 	etcdStopping atomic.Bool
 
-	mu    sync.Mutex
-	admin *clientv3.Client // root client while ready; nil otherwise
-	pki   *PKI
+	guard *guard
+
+	mu         sync.Mutex
+	admin      *clientv3.Client // root client while ready; nil otherwise
+	pki        *PKI
+	metricsURL url.URL
 }
 
 // New checks cfg and returns a broker that has not started.
@@ -99,7 +108,7 @@ func New(cfg Config) (*Broker, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	b := &Broker{cfg: cfg, log: log, ready: make(chan struct{})}
+	b := &Broker{cfg: cfg, log: log, ready: make(chan struct{}), guard: newGuard()}
 	for _, s := range cfg.ClientURLs {
 		u, err := parseHTTPSURL(s)
 		if err != nil {
@@ -112,7 +121,35 @@ func New(cfg Config) (*Broker, error) {
 		return nil, fmt.Errorf("new broker: peer URL: %w", err)
 	}
 	b.peerURL = *u
+	if cfg.MetricsURL != "" {
+		m, err := url.Parse(cfg.MetricsURL)
+		if err != nil || (m.Scheme != "http" && m.Scheme != "https") || m.Port() == "" {
+			return nil, fmt.Errorf("new broker: metrics URL %q: want http://host:port", cfg.MetricsURL)
+		}
+		b.metricsURL = *m
+	}
 	return b, nil
+}
+
+// MetricsURL is where etcd serves /metrics, /health and /version, once
+// Run has started it.
+func (b *Broker) MetricsURL() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.metricsURL.Host == "" {
+		return ""
+	}
+	return b.metricsURL.String()
+}
+
+// freeLoopbackURL returns http://127.0.0.1:PORT for a port free just now.
+func freeLoopbackURL() (url.URL, error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return url.URL{}, err
+	}
+	defer ln.Close()
+	return url.URL{Scheme: "http", Host: ln.Addr().String()}, nil
 }
 
 func parseHTTPSURL(s string) (*url.URL, error) {
@@ -154,7 +191,7 @@ func (b *Broker) Run(ctx context.Context) error {
 	if !b.started.CompareAndSwap(false, true) {
 		return errors.New("run broker: already started")
 	}
-	if err := os.MkdirAll(b.cfg.DataDir, dataDirPerm); err != nil {
+	if err := ensureDataDir(b.cfg.DataDir, b.log); err != nil {
 		return fmt.Errorf("run broker: %w", err)
 	}
 	pki, err := EnsurePKI(filepath.Join(b.cfg.DataDir, pkiDir), b.sans())
@@ -166,10 +203,25 @@ func (b *Broker) Run(ctx context.Context) error {
 		return fmt.Errorf("run broker: %w", err)
 	}
 
-	e, err := embed.StartEtcd(b.etcdConfig(pki))
+	jwt, err := ensureJWTKey(filepath.Join(b.cfg.DataDir, pkiDir))
+	if err != nil {
+		return fmt.Errorf("run broker: %w", err)
+	}
+	b.mu.Lock()
+	if b.metricsURL.Host == "" {
+		if b.metricsURL, err = freeLoopbackURL(); err != nil {
+			b.mu.Unlock()
+			return fmt.Errorf("run broker: metrics listener: %w", err)
+		}
+	}
+	metricsURL := b.metricsURL
+	b.mu.Unlock()
+	e, err := embed.StartEtcd(b.etcdConfig(pki, jwt, metricsURL))
 	if err != nil {
 		return fmt.Errorf("run broker: start etcd: %w", err)
 	}
+	var users authInfoer = e.Server.AuthStore()
+	b.guard.users.Store(&users)
 	var closeOnce sync.Once
 	closeEtcd := func() {
 		closeOnce.Do(func() {
@@ -227,7 +279,8 @@ func (b *Broker) Run(ctx context.Context) error {
 		b.mu.Unlock()
 	}()
 	close(b.ready)
-	b.log.Info("broker ready", "endpoints", b.cfg.ClientURLs, "dataDir", b.cfg.DataDir)
+	b.log.Info("broker ready", "endpoints", b.cfg.ClientURLs, "metrics", metricsURL.String(), "dataDir", b.cfg.DataDir)
+	go b.kickRemoved(ctx, admin)
 
 	select {
 	case <-ctx.Done():
@@ -238,7 +291,7 @@ func (b *Broker) Run(ctx context.Context) error {
 	}
 }
 
-func (b *Broker) etcdConfig(pki *PKI) *embed.Config {
+func (b *Broker) etcdConfig(pki *PKI, jwt jwtKey, metricsURL url.URL) *embed.Config {
 	ec := embed.NewConfig()
 	ec.Name = b.cfg.Name
 	ec.Dir = filepath.Join(b.cfg.DataDir, etcdDir)
@@ -248,6 +301,11 @@ func (b *Broker) etcdConfig(pki *PKI) *embed.Config {
 	ec.AdvertisePeerUrls = []url.URL{b.peerURL}
 	ec.InitialCluster = ec.InitialClusterFromName(ec.Name)
 	ec.ListenMetricsUrls = nil
+	// /metrics, /health, /version and the JSON gateway answer without
+	// credentials: serve them apart, on loopback unless configured.
+	ec.ListenClientHttpUrls = []url.URL{metricsURL}
+	ec.AuthToken = jwt.option()
+	ec.GRPCAdditionalServerOptions = b.guard.serverOptions()
 	// Clients authenticate with passwords over TLS; peers with certificates.
 	ec.ClientTLSInfo = transport.TLSInfo{CertFile: pki.CertFile, KeyFile: pki.KeyFile}
 	ec.PeerTLSInfo = transport.TLSInfo{
@@ -280,12 +338,12 @@ func (b *Broker) running() (*clientv3.Client, *PKI, error) {
 // AddCluster is AddCluster on this broker, with the credentials' Endpoints
 // set to the broker's client URLs and CACertPEM to its CA. It returns
 // ErrNotRunning unless the broker is ready. Safe for concurrent use.
-func (b *Broker) AddCluster(ctx context.Context, name clustermesh.ClusterName) (Credentials, error) {
+func (b *Broker) AddCluster(ctx context.Context, g clustermesh.Grant) (Credentials, error) {
 	admin, pki, err := b.running()
 	if err != nil {
-		return Credentials{}, fmt.Errorf("add cluster %s: %w", name, err)
+		return Credentials{}, fmt.Errorf("add cluster %s: %w", g.Name, err)
 	}
-	c, err := AddCluster(ctx, admin, name)
+	c, err := AddCluster(ctx, admin, g)
 	if err != nil {
 		return Credentials{}, err
 	}
@@ -301,5 +359,24 @@ func (b *Broker) RemoveCluster(ctx context.Context, name clustermesh.ClusterName
 	if err != nil {
 		return fmt.Errorf("remove cluster %s: %w", name, err)
 	}
-	return RemoveCluster(ctx, admin, name)
+	if err := RemoveCluster(ctx, admin, name); err != nil {
+		return err
+	}
+	b.guard.kick(ClusterUser(name))
+	return nil
+}
+
+// kickRemoved ends the open streams of every cluster whose grant is
+// deleted, whoever deleted it (RemoveCluster here or from `braid broker
+// remove-cluster`): the cluster's user is gone by then, so its client cannot
+// open them again.
+func (b *Broker) kickRemoved(ctx context.Context, admin *clientv3.Client) {
+	for resp := range admin.Watch(clientv3.WithRequireLeader(ctx), clustermesh.GrantsPrefix, clientv3.WithPrefix(), clientv3.WithFilterPut()) {
+		for _, ev := range resp.Events {
+			name := clustermesh.ClusterName(strings.TrimPrefix(string(ev.Kv.Key), clustermesh.GrantsPrefix))
+			if n := b.guard.kick(ClusterUser(name)); n > 0 {
+				b.log.Info("cluster removed; ended its open streams", "cluster", name, "streams", n)
+			}
+		}
+	}
 }

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io/fs"
 	"log/slog"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"slices"
@@ -112,7 +113,7 @@ func TestBrokerRestartReusesState(t *testing.T) {
 	ports := etcdlab.FreePorts(t, 2)
 	b := startBroker(t, dir, ports[0], ports[1])
 
-	creds, err := b.AddCluster(t.Context(), "east")
+	creds, err := b.AddCluster(t.Context(), testGrant("east"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -141,7 +142,7 @@ func TestBrokerRestartReusesState(t *testing.T) {
 	if err := b.Run(t.Context()); err == nil {
 		t.Error("second Run on one Broker succeeded")
 	}
-	if _, err := b.AddCluster(t.Context(), "west"); !errors.Is(err, ErrNotRunning) {
+	if _, err := b.AddCluster(t.Context(), testGrant("west")); !errors.Is(err, ErrNotRunning) {
 		t.Errorf("AddCluster on stopped broker: %v, want ErrNotRunning", err)
 	}
 
@@ -177,7 +178,7 @@ func TestClusterAuthorization(t *testing.T) {
 
 	creds := map[clustermesh.ClusterName]Credentials{}
 	for _, name := range []clustermesh.ClusterName{"a", "b", "ab"} {
-		c, err := b.AddCluster(ctx, name)
+		c, err := b.AddCluster(ctx, testGrant(name))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -290,7 +291,7 @@ func TestClusterAuthorization(t *testing.T) {
 		if _, err := admin.RoleGrantPermission(ctx, ClusterUser("a"), "outside/", "outside0", clientv3.PermissionType(clientv3.PermReadWrite)); err != nil {
 			t.Fatal(err)
 		}
-		again, err := AddCluster(ctx, admin, "a")
+		again, err := AddCluster(ctx, admin, testGrant("a"))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -400,5 +401,19 @@ func TestCredentialsDoNotLeakPassword(t *testing.T) {
 	}
 	if err := c.Validate(); err == nil {
 		t.Error("credentials without CA validate")
+	}
+}
+
+// testGrant grants cluster name a distinct ID and pod and service CIDRs.
+func testGrant(name clustermesh.ClusterName) clustermesh.Grant {
+	id := map[clustermesh.ClusterName]int{"east": 1, "west": 2, "a": 3, "b": 4, "ab": 5}[name]
+	if id == 0 {
+		panic("testGrant: no ID for cluster " + string(name))
+	}
+	return clustermesh.Grant{
+		Name:         name,
+		ID:           clustermesh.ClusterID(id),
+		PodCIDRs:     []netip.Prefix{netip.PrefixFrom(netip.AddrFrom4([4]byte{10, byte(id), 0, 0}), 16)},
+		ServiceCIDRs: []netip.Prefix{netip.PrefixFrom(netip.AddrFrom4([4]byte{172, byte(16 + id), 0, 0}), 16)},
 	}
 }

@@ -76,7 +76,7 @@ func TestExternalClusterSurvivesMemberLoss(t *testing.T) {
 	}
 	creds := map[clustermesh.ClusterName]Credentials{}
 	for _, name := range []clustermesh.ClusterName{"a", "b"} {
-		c, err := AddCluster(ctx, admin, name)
+		c, err := AddCluster(ctx, admin, testGrant(name))
 		if err != nil {
 			t.Fatal(err)
 		}

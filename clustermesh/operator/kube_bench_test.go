@@ -71,10 +71,11 @@ func TestBenchmarkGlobalServices(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = brokerProc.Process.Signal(os.Interrupt); _ = brokerProc.Wait() })
-	for _, c := range []string{"a", "b"} {
+	for i, c := range []string{"a", "b"} {
 		waitFor(t, "broker ready", time.Minute, func() error {
 			out, err := exec.Command(filepath.Join(dir, "braid"), "broker", "add-cluster", c, "--data-dir", brokerDir,
-				"--etcd-endpoints", endpoint, "--out", filepath.Join(dir, c+".json")).CombinedOutput()
+				"--etcd-endpoints", endpoint, "--out", filepath.Join(dir, c+".json"), "--cluster-id", fmt.Sprint(i+1),
+				"--pod-cidr", fmt.Sprintf("10.%d.0.0/16", i+1), "--service-cidr", fmt.Sprintf("10.%d.0.0/16", 101+i)).CombinedOutput()
 			if err != nil {
 				return fmt.Errorf("%v: %s", err, out)
 			}

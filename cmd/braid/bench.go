@@ -119,11 +119,11 @@ func benchPropagation(ctx context.Context, out io.Writer, n int) error {
 		return err
 	}
 	defer stop()
-	credsA, err := b.AddCluster(ctx, "a")
+	credsA, err := b.AddCluster(ctx, clustermesh.Grant{Name: "a", ID: 1, PodCIDRs: []netip.Prefix{netip.MustParsePrefix("10.1.0.0/16")}})
 	if err != nil {
 		return err
 	}
-	credsB, err := b.AddCluster(ctx, "b")
+	credsB, err := b.AddCluster(ctx, clustermesh.Grant{Name: "b", ID: 2})
 	if err != nil {
 		return err
 	}
@@ -298,7 +298,7 @@ func benchColdSync(ctx context.Context, out io.Writer, spec fillSpec) error {
 		time.Sleep(100 * time.Millisecond)
 	}
 	defer admin.Close()
-	creds, err := broker.AddCluster(ctx, admin, "consumer")
+	creds, err := broker.AddCluster(ctx, admin, clustermesh.Grant{Name: "consumer", ID: clustermesh.MaxClusterID})
 	if err != nil {
 		return err
 	}
@@ -413,6 +413,8 @@ func fill(ctx context.Context, c *clientv3.Client, spec fillSpec) (int, int, err
 			err = errors.Join(err, add(clustermesh.SyncedKey(cfg.Name, k), clustermesh.SyncMarker{Entries: counts[k]}))
 		}
 		err = errors.Join(err, add(cfg.Key(), &cfg))
+		g := clustermesh.Grant{Name: cfg.Name, ID: cfg.ID, PodCIDRs: cfg.PodCIDRs}
+		err = errors.Join(err, add(g.Key(), &g))
 	}
 	if len(batch) > 0 {
 		work <- batch

@@ -111,27 +111,44 @@ func (a *adminFlags) client(ctx context.Context) (*clientv3.Client, broker.Admin
 
 func addClusterCommand() *cobra.Command {
 	var (
-		admin adminFlags
-		out   string
+		admin        adminFlags
+		out          string
+		clusterID    uint16
+		podCIDRs     []string
+		serviceCIDRs []string
 	)
 	cmd := &cobra.Command{
 		Use:   "add-cluster NAME",
 		Short: "Create a cluster's etcd user and write its join bundle",
 		Long: `Create (or rotate) the etcd user of cluster NAME, whose role may write only
 under that cluster's own keys and read the whole mesh, and write the join
-bundle braid-operator needs (--join) to --out, mode 0600.`,
+bundle braid-operator needs (--join) to --out, mode 0600. The broker grants
+the cluster --cluster-id and its --pod-cidr and --service-cidr ranges; every
+other cluster checks what it publishes against this grant, and refuses a
+grant that overlaps another cluster's.`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			name := clustermesh.ClusterName(args[0])
 			if err := name.Validate(); err != nil {
 				return err
 			}
+			g := clustermesh.Grant{Name: name, ID: clustermesh.ClusterID(clusterID)}
+			var err error
+			if g.PodCIDRs, err = clustermesh.ParsePrefixes("--pod-cidr", podCIDRs); err != nil {
+				return err
+			}
+			if g.ServiceCIDRs, err = clustermesh.ParsePrefixes("--service-cidr", serviceCIDRs); err != nil {
+				return err
+			}
+			if err := g.Validate(); err != nil {
+				return fmt.Errorf("grant for cluster %s: %w (set --cluster-id, --pod-cidr, --service-cidr)", name, err)
+			}
 			c, _, ca, err := admin.client(cmd.Context())
 			if err != nil {
 				return err
 			}
 			defer c.Close()
-			creds, err := broker.AddCluster(cmd.Context(), c, name)
+			creds, err := broker.AddCluster(cmd.Context(), c, g)
 			if err != nil {
 				return err
 			}
@@ -148,6 +165,9 @@ bundle braid-operator needs (--join) to --out, mode 0600.`,
 	}
 	admin.register(cmd)
 	cmd.Flags().StringVar(&out, "out", "", "where to write the join bundle (default NAME.join.json)")
+	cmd.Flags().Uint16Var(&clusterID, "cluster-id", 0, "the cluster's ID in the mesh, 1..511 (required)")
+	cmd.Flags().StringSliceVar(&podCIDRs, "pod-cidr", nil, "pod CIDRs granted to the cluster (repeatable; none grants no pod address)")
+	cmd.Flags().StringSliceVar(&serviceCIDRs, "service-cidr", nil, "service CIDRs granted to the cluster (repeatable)")
 	return cmd
 }
 

@@ -96,7 +96,7 @@ func runDemo(ctx context.Context, out io.Writer, dir string, ttl, hold time.Dura
 		}
 	}()
 	for _, cfg := range specs {
-		creds, err := b.AddCluster(ctx, cfg.Name)
+		creds, err := b.AddCluster(ctx, clustermesh.Grant{Name: cfg.Name, ID: cfg.ID, PodCIDRs: cfg.PodCIDRs, ServiceCIDRs: cfg.ServiceCIDRs})
 		if err != nil {
 			return err
 		}
