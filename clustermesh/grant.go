@@ -143,3 +143,8 @@ func ResolveGrants(all []StoredGrant) (ok map[ClusterName]Grant, conflicts map[C
 	}
 	return ok, conflicts
 }
+
+// Grant returns the grant that allows exactly c's name, ID and CIDRs.
+func (c *ClusterConfig) Grant() Grant {
+	return Grant{Name: c.Name, ID: c.ID, PodCIDRs: slices.Clone(c.PodCIDRs), ServiceCIDRs: slices.Clone(c.ServiceCIDRs)}
+}

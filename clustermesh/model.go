@@ -317,3 +317,19 @@ func ParsePrefixes(flag string, in []string) ([]netip.Prefix, error) {
 	}
 	return out, nil
 }
+
+// Bounds of a lease TTL. A TTL below MinLeaseTTL leaves too little time to
+// renew; a broker refuses leases longer than MaxLeaseTTL, since a dead
+// cluster's entries stay until its lease expires.
+const (
+	MinLeaseTTL = time.Second
+	MaxLeaseTTL = 10 * time.Minute
+)
+
+// ValidateLeaseTTL reports why d is not a usable lease TTL.
+func ValidateLeaseTTL(d time.Duration) error {
+	if d < MinLeaseTTL || d > MaxLeaseTTL {
+		return fmt.Errorf("lease TTL %v: must be between %v and %v", d, MinLeaseTTL, MaxLeaseTTL)
+	}
+	return nil
+}

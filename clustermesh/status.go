@@ -20,6 +20,13 @@ type RemoteClusterStatus struct {
 	// Invalid counts entries rejected by validation.
 	Invalid   int    `json:"invalid"`
 	LastError string `json:"lastError,omitempty"`
+	// Rejected holds the reasons of the most recent rejections (at most
+	// MaxRejectedShown), newest last: entries outside the cluster's grant,
+	// and claims of its config that differ from the grant.
+	Rejected []string `json:"rejected,omitempty"`
+	// Ungranted says why the cluster is ignored: it has no grant from the
+	// broker, or its grant conflicts with an older one.
+	Ungranted string `json:"ungranted,omitempty"`
 	// Gone marks a cluster that left the mesh (its config disappeared);
 	// it has been drained.
 	Gone   bool      `json:"gone,omitempty"`
@@ -33,5 +40,15 @@ type PublishStatus struct {
 	Entries    map[Kind]int  `json:"entries"`
 	LastWrite  time.Time     `json:"lastWrite,omitzero"`
 	Failures   int           `json:"failures"`
-	LastError  string        `json:"lastError,omitempty"`
+	// LastError is the error of the last failed call to the store; it is
+	// cleared by the next success. FailingSince is when the failures began
+	// (zero while the store answers).
+	LastError    string    `json:"lastError,omitempty"`
+	FailingSince time.Time `json:"failingSince,omitzero"`
+	// Removed says the broker no longer accepts the cluster's credentials:
+	// the cluster was removed from the mesh and stopped publishing.
+	Removed bool `json:"removed,omitempty"`
 }
+
+// MaxRejectedShown bounds RemoteClusterStatus.Rejected.
+const MaxRejectedShown = 16

@@ -2,6 +2,7 @@ package agent_test
 
 import (
 	"context"
+	"encoding/json"
 	"net/netip"
 	"testing"
 	"time"
@@ -35,6 +36,14 @@ func webService(c clustermesh.ClusterConfig, vip string, backend netip.Addr, nod
 // until ctx is done.
 func runPublisher(t testing.TB, ctx context.Context, c clustermesh.ClusterConfig, store kvstore.Store) *publish.Publisher {
 	t.Helper()
+	g := c.Grant()
+	v, err := json.Marshal(&g)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := store.Put(ctx, g.Key(), v, 0); err != nil {
+		t.Fatal(err)
+	}
 	p, err := publish.New(publish.Config{Cluster: c}, store, nil, nil)
 	if err != nil {
 		t.Fatal(err)

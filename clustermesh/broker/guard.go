@@ -7,6 +7,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/braidmesh/braid/clustermesh"
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	"go.etcd.io/etcd/server/v3/auth"
 	"google.golang.org/grpc"
@@ -16,7 +17,7 @@ import (
 
 // MaxLeaseTTL is the longest lease a cluster may be granted. Entries of a
 // cluster that vanished without revoking its lease are gone within it.
-const MaxLeaseTTL = 10 * time.Minute
+const MaxLeaseTTL = clustermesh.MaxLeaseTTL
 
 // guard is the broker's gRPC interceptor in front of etcd. It limits what
 // cluster users may do beyond etcd's key permissions (lease TTLs; listing

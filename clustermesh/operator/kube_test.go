@@ -2,6 +2,7 @@ package operator
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"net/netip"
 	"os"
@@ -51,7 +52,8 @@ type kubeEnv struct {
 
 func clusterConfig(name clustermesh.ClusterName, id clustermesh.ClusterID) clustermesh.ClusterConfig {
 	return clustermesh.ClusterConfig{Name: name, ID: id,
-		PodCIDRs: []netip.Prefix{netip.MustParsePrefix(fmt.Sprintf("10.%d.0.0/16", id))}}
+		PodCIDRs:     []netip.Prefix{netip.MustParsePrefix(fmt.Sprintf("10.%d.0.0/16", id))},
+		ServiceCIDRs: []netip.Prefix{netip.MustParsePrefix(fmt.Sprintf("10.%d.0.0/16", 100+id))}}
 }
 
 func fakeEnv(name clustermesh.ClusterName, id clustermesh.ClusterID) *kubeEnv {
@@ -81,6 +83,14 @@ type running struct {
 
 func startOperator(t *testing.T, env *kubeEnv, store kvstore.Store) *running {
 	t.Helper()
+	g := env.cfg.Cluster.Grant()
+	v, err := json.Marshal(&g)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := store.Put(t.Context(), g.Key(), v, 0); err != nil {
+		t.Fatal(err)
+	}
 	op, err := New(env.cfg, store, nil)
 	if err != nil {
 		t.Fatal(err)

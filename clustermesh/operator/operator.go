@@ -133,6 +133,11 @@ func (o *Operator) Run(ctx context.Context) error {
 	go func() {
 		defer wg.Done()
 		if err := o.pub.Run(ctx); err != nil {
+			if o.pub.Status().Removed {
+				// Keep serving status: the operator says it was removed.
+				o.log.Error("cluster removed from the mesh: the broker refuses its credentials; stopped publishing", "err", err)
+				return
+			}
 			cancel(err)
 		}
 	}()
@@ -186,9 +191,30 @@ func (o *Operator) Snapshot() status.Snapshot {
 	if kube != nil {
 		s.Problems = append(s.Problems, kube.Status().Problems...)
 	}
-	if ps.LastError != "" && !ps.Registered {
-		s.Problems = append(s.Problems, "publish: "+ps.LastError)
-	}
+	s.Problems = append(s.Problems, o.publishProblems(ps, s.Time)...)
 	s.SetHealth()
 	return s
+}
+
+// unhealthyAfter is how long the broker may fail before the operator says
+// so: one lease TTL, after which its published entries are at risk.
+func (o *Operator) unhealthyAfter() time.Duration {
+	if o.cfg.LeaseTTL > 0 {
+		return o.cfg.LeaseTTL
+	}
+	return publish.DefaultLeaseTTL
+}
+
+// publishProblems says what is wrong with publishing, each with a hint.
+func (o *Operator) publishProblems(ps clustermesh.PublishStatus, now time.Time) []string {
+	name := o.cfg.Cluster.Name
+	switch {
+	case ps.Removed:
+		return []string{fmt.Sprintf("cluster %s was removed from the mesh: the broker refuses its credentials and it stopped publishing (%s); hint: run `braid broker add-cluster %s` and restart with the new join bundle", name, ps.LastError, name)}
+	case !ps.Registered && ps.LastError != "":
+		return []string{fmt.Sprintf("cluster %s is not registered in the mesh: %s; hint: check the broker is running and reachable", name, ps.LastError)}
+	case !ps.FailingSince.IsZero() && now.Sub(ps.FailingSince) > o.unhealthyAfter():
+		return []string{fmt.Sprintf("broker unreachable for %v (more than %v, the lease TTL), lease not renewed: %s; hint: check the broker is running and reachable", now.Sub(ps.FailingSince).Round(time.Second), o.unhealthyAfter(), ps.LastError)}
+	}
+	return nil
 }

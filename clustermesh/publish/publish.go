@@ -74,6 +74,9 @@ func New(cfg Config, store kvstore.Store, log *slog.Logger, reg prometheus.Regis
 	if cfg.LeaseTTL == 0 {
 		cfg.LeaseTTL = DefaultLeaseTTL
 	}
+	if err := clustermesh.ValidateLeaseTTL(cfg.LeaseTTL); err != nil {
+		return nil, fmt.Errorf("new publisher: %w", err)
+	}
 	if cfg.ResyncInterval == 0 {
 		cfg.ResyncInterval = DefaultResyncInterval
 	}
@@ -233,8 +236,23 @@ func (p *Publisher) setError(err error) {
 	p.mu.Lock()
 	p.status.Failures++
 	p.status.LastError = err.Error()
+	if p.status.FailingSince.IsZero() {
+		p.status.FailingSince = time.Now()
+	}
+	if errors.Is(err, kvstore.ErrPermissionDenied) && p.status.Registered {
+		// Our own keys were writable before: the broker removed us.
+		p.status.Removed = true
+	}
 	p.mu.Unlock()
 	p.metrics.errors.Inc()
+}
+
+// setOK records that the store answered: the last error is over.
+func (p *Publisher) setOK() {
+	p.mu.Lock()
+	p.status.LastError = ""
+	p.status.FailingSince = time.Time{}
+	p.mu.Unlock()
 }
 
 // register checks the local cluster against every cluster in the mesh and

@@ -206,6 +206,7 @@ func (r *reconciler) apply(ctx context.Context, ops []op) error {
 	if len(errs) > 0 {
 		return errors.Join(errs...)
 	}
+	r.p.setOK()
 	return nil
 }
 

@@ -69,6 +69,7 @@ func (p *Publisher) session(ctx context.Context) error {
 	p.status.Registered = true
 	p.status.Synced = map[clustermesh.Kind]bool{}
 	p.mu.Unlock()
+	p.setOK()
 
 	sctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
@@ -179,6 +180,7 @@ func (p *Publisher) keepAlive(ctx context.Context, cancel context.CancelCauseFun
 		rcancel()
 		switch {
 		case err == nil:
+			p.setOK()
 		case errors.Is(err, kvstore.ErrLeaseNotFound):
 			p.log.Warn("lease expired; re-publishing under a new lease", "lease", fmt.Sprintf("%x", lease))
 			cancel(errLeaseLost)

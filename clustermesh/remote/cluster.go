@@ -2,8 +2,10 @@ package remote
 
 import (
 	"context"
+	"fmt"
 	"hash/maphash"
 	"net/netip"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -51,10 +53,16 @@ type cluster struct {
 	failures     int
 	invalid      int
 	lastErr      string
-	lastUpdate   time.Time
-	version      uint64
-	snap         *ClusterState
-	snapVersion  uint64
+	rejected     []string // most recent rejection reasons, newest last
+	claims       []string // config claims differing from the grant
+	// nodesListed is closed once nodes were first listed: services wait for
+	// it, since a host-network backend is checked against the node IPs.
+	nodesListed     chan struct{}
+	nodesListedOnce sync.Once
+	lastUpdate      time.Time
+	version         uint64
+	snap            *ClusterState
+	snapVersion     uint64
 }
 
 func newCluster(ctx context.Context, w *Watcher, cfg clustermesh.ClusterConfig) *cluster {
@@ -70,6 +78,8 @@ func newCluster(ctx context.Context, w *Watcher, cfg clustermesh.ClusterConfig) 
 		strings:    make(map[string]string),
 		markerSeen: make(map[clustermesh.Kind]bool),
 		listed:     make(map[clustermesh.Kind]bool),
+
+		nodesListed: make(chan struct{}),
 
 		initialKinds: -1,
 	}
@@ -91,6 +101,21 @@ func (c *cluster) config() clustermesh.ClusterConfig {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return c.cfg
+}
+
+// setClaims records the claims of the cluster's config that differ from its
+// grant; each new set is counted as a rejection.
+func (c *cluster) setClaims(claims []string) {
+	c.mu.Lock()
+	changed := !slices.Equal(c.claims, claims)
+	c.claims = claims
+	c.mu.Unlock()
+	if !changed {
+		return
+	}
+	for _, claim := range claims {
+		c.reject("", fmt.Errorf("cluster config of %s ignored where it differs from the grant: %s", c.name, claim))
+	}
 }
 
 func (c *cluster) setConfig(cfg clustermesh.ClusterConfig) {
@@ -143,6 +168,13 @@ func (c *cluster) run() {
 				c.wg.Add(1)
 				go func() {
 					defer c.wg.Done()
+					if kind == clustermesh.KindServices {
+						select {
+						case <-c.nodesListed:
+						case <-ctx.Done():
+							return
+						}
+					}
 					c.watchKind(ctx, kind)
 				}()
 			}
@@ -195,6 +227,10 @@ func (c *cluster) reject(kind clustermesh.Kind, err error) {
 	c.mu.Lock()
 	c.invalid++
 	c.lastErr = err.Error()
+	if len(c.rejected) == clustermesh.MaxRejectedShown {
+		c.rejected = slices.Delete(c.rejected, 0, 1)
+	}
+	c.rejected = append(c.rejected, err.Error())
 	c.mu.Unlock()
 	c.w.metrics.invalid.WithLabelValues(string(c.name), string(kind)).Inc()
 	c.w.log.Warn("rejected remote entry", "cluster", c.name, "err", err)
@@ -219,10 +255,21 @@ func (c *cluster) decode(kind clustermesh.Kind, key string, value []byte) (any, 
 		e.Cluster = c.name
 		return e, err
 	default:
-		svc, err := clustermesh.DecodeService(&cfg, key, value)
+		svc, err := clustermesh.DecodeServiceOnNodes(&cfg, c.isNodeIP, key, value)
 		svc.Cluster = c.name
 		return svc, err
 	}
+}
+
+// isNodeIP reports whether ip is an IP of one of the cluster's nodes.
+func (c *cluster) isNodeIP(ip netip.Addr) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	found := false
+	c.nodes.each(func(n clustermesh.Node) {
+		found = found || slices.Contains(n.IPs, ip)
+	})
+	return found
 }
 
 // watchKind lists then watches one kind of the cluster's records.
@@ -330,6 +377,9 @@ func (c *cluster) listDone(kind clustermesh.Kind) {
 	for _, key := range gone {
 		c.delete(kind, key)
 	}
+	if kind == clustermesh.KindNodes {
+		c.nodesListedOnce.Do(func() { close(c.nodesListed) })
+	}
 	c.mu.Lock()
 	c.connected = true
 	c.listed[kind] = true
@@ -385,6 +435,7 @@ func (c *cluster) status() clustermesh.RemoteClusterStatus {
 		Failures:    c.failures,
 		Invalid:     c.invalid,
 		LastError:   c.lastErr,
+		Rejected:    slices.Clone(c.rejected),
 	}
 	for _, k := range clustermesh.Kinds {
 		st.SyncedKinds[k] = c.markerSeen[k] && c.listed[k]

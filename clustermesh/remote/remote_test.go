@@ -26,6 +26,7 @@ func cluster(name string, id int) clustermesh.ClusterConfig {
 // publishCluster runs a publisher with n entries of every kind.
 func publishCluster(t *testing.T, ctx context.Context, s kvstore.Store, c clustermesh.ClusterConfig, n int, ttl time.Duration) *publish.Publisher {
 	t.Helper()
+	putGrant(t, s, c)
 	p, err := publish.New(publish.Config{Cluster: c, LeaseTTL: ttl}, s, nil, nil)
 	if err != nil {
 		t.Fatal(err)
@@ -53,6 +54,19 @@ func publishCluster(t *testing.T, ctx context.Context, s kvstore.Store, c cluste
 		}
 	}()
 	return p
+}
+
+// putGrant writes the grant the broker would have made for c.
+func putGrant(t testing.TB, s kvstore.Store, c clustermesh.ClusterConfig) {
+	t.Helper()
+	g := c.Grant()
+	v, err := json.Marshal(&g)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Put(t.Context(), g.Key(), v, 0); err != nil {
+		t.Fatal(err)
+	}
 }
 
 func runWatcher(t *testing.T, ctx context.Context, s kvstore.Store, self clustermesh.ClusterName) *remote.Watcher {

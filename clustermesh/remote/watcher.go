@@ -53,6 +53,10 @@ type Watcher struct {
 	gone     map[clustermesh.ClusterName]clustermesh.RemoteClusterStatus
 	invalid  int // rejected cluster configs
 	lastErr  string
+	// ungranted holds, by name, why a cluster with a config is ignored.
+	ungranted    map[clustermesh.ClusterName]string
+	selfGranted  bool
+	grantsListed bool
 
 	subsMu sync.Mutex
 	subs   map[*subscription]struct{}
@@ -82,12 +86,18 @@ func New(cfg Config, store kvstore.Store, log *slog.Logger, reg prometheus.Regis
 		syncSlots: make(chan struct{}, cfg.ConcurrentSyncs),
 		clusters:  make(map[clustermesh.ClusterName]*cluster),
 		gone:      make(map[clustermesh.ClusterName]clustermesh.RemoteClusterStatus),
+		ungranted: make(map[clustermesh.ClusterName]string),
 		subs:      make(map[*subscription]struct{}),
 	}, nil
 }
 
 // Run follows the mesh until ctx is done, then stops every cluster's
 // watches and waits for them. It returns nil on cancellation.
+//
+// A cluster is watched once it has both a config (it registered) and a
+// grant from the broker; its entries are checked against the grant. A
+// cluster with a config but no grant, or whose grant conflicts with an
+// older one, is ignored and shown with the reason.
 func (w *Watcher) Run(ctx context.Context) error {
 	var wg sync.WaitGroup
 	defer func() {
@@ -100,55 +110,209 @@ func (w *Watcher) Run(ctx context.Context) error {
 		wg.Wait()
 	}()
 
-	stale := map[clustermesh.ClusterName]bool{}
-	for ev := range w.store.Watch(ctx, clustermesh.ClustersPrefix) {
-		switch ev.Kind {
-		case kvstore.EventUpsert:
-			cfg, err := clustermesh.DecodeClusterConfig(ev.Key, ev.Value)
-			if err != nil {
-				w.mu.Lock()
-				w.invalid++
-				w.lastErr = err.Error()
-				w.mu.Unlock()
-				w.metrics.invalidConfigs.Inc()
-				w.log.Warn("rejected cluster config", "err", err)
+	m := &meshState{
+		claimed: map[clustermesh.ClusterName]clustermesh.ClusterConfig{},
+		stale:   map[clustermesh.ClusterName]bool{},
+	}
+	configs := w.store.Watch(ctx, clustermesh.ClustersPrefix)
+	grants := w.store.Watch(ctx, clustermesh.GrantsPrefix)
+	for configs != nil || grants != nil {
+		select {
+		case ev, ok := <-configs:
+			if !ok {
+				configs = nil
 				continue
 			}
-			delete(stale, cfg.Name)
-			if cfg.Name == w.cfg.Self {
+			w.configEvent(ctx, &wg, m, ev)
+		case ev, ok := <-grants:
+			if !ok {
+				grants = nil
 				continue
 			}
-			w.upsertCluster(ctx, &wg, cfg)
-		case kvstore.EventDelete:
-			pk, err := clustermesh.ParseKey(ev.Key)
-			if err == nil && pk.Config {
-				w.removeCluster(pk.Cluster)
-			}
-		case kvstore.EventRestart:
-			w.mu.Lock()
-			for name := range w.clusters {
-				stale[name] = true
-			}
-			w.mu.Unlock()
-		case kvstore.EventListDone:
-			for name := range stale {
-				w.removeCluster(name)
-			}
-			clear(stale)
-		case kvstore.EventError:
-			w.mu.Lock()
-			w.lastErr = ev.Err.Error()
-			w.mu.Unlock()
-			w.log.Warn("cluster config watch failing", "err", ev.Err)
+			w.grantEvent(ctx, &wg, m, ev)
 		}
 	}
 	return nil
 }
 
+// meshState is what Run knows of the mesh; only Run's goroutine uses it.
+type meshState struct {
+	claimed map[clustermesh.ClusterName]clustermesh.ClusterConfig
+	stale   map[clustermesh.ClusterName]bool
+	// grants are the grants honoured, conflicts the ones ignored; both
+	// valid once grantsListed.
+	grants       map[clustermesh.ClusterName]clustermesh.Grant
+	conflicts    map[clustermesh.ClusterName]error
+	grantsListed bool
+}
+
+func (w *Watcher) configEvent(ctx context.Context, wg *sync.WaitGroup, m *meshState, ev kvstore.Event) {
+	switch ev.Kind {
+	case kvstore.EventUpsert:
+		cfg, err := clustermesh.DecodeClusterConfig(ev.Key, ev.Value)
+		if err != nil {
+			w.mu.Lock()
+			w.invalid++
+			w.lastErr = err.Error()
+			w.mu.Unlock()
+			w.metrics.invalidConfigs.Inc()
+			w.log.Warn("rejected cluster config", "err", err)
+			return
+		}
+		delete(m.stale, cfg.Name)
+		m.claimed[cfg.Name] = cfg
+		w.reconcile(ctx, wg, m, cfg.Name)
+	case kvstore.EventDelete:
+		pk, err := clustermesh.ParseKey(ev.Key)
+		if err == nil && pk.Config {
+			delete(m.claimed, pk.Cluster)
+			w.reconcile(ctx, wg, m, pk.Cluster)
+		}
+	case kvstore.EventRestart:
+		for name := range m.claimed {
+			m.stale[name] = true
+		}
+	case kvstore.EventListDone:
+		for name := range m.stale {
+			delete(m.claimed, name)
+			w.reconcile(ctx, wg, m, name)
+		}
+		clear(m.stale)
+		w.clearError()
+	case kvstore.EventError:
+		w.setError(ev.Err)
+		w.log.Warn("cluster config watch failing", "err", ev.Err)
+	}
+}
+
+// grantEvent re-reads every grant after the initial list and on each
+// change: resolving conflicts needs their create revisions, and grants are
+// few and rarely change.
+func (w *Watcher) grantEvent(ctx context.Context, wg *sync.WaitGroup, m *meshState, ev kvstore.Event) {
+	switch ev.Kind {
+	case kvstore.EventError:
+		w.setError(ev.Err)
+		w.log.Warn("grant watch failing", "err", ev.Err)
+		return
+	case kvstore.EventListDone:
+		m.grantsListed = true
+	case kvstore.EventRestart:
+		return
+	}
+	if !m.grantsListed {
+		return
+	}
+	kvs, _, err := w.store.List(ctx, clustermesh.GrantsPrefix)
+	if err != nil {
+		if ctx.Err() == nil {
+			w.setError(fmt.Errorf("list grants: %w", err))
+		}
+		return
+	}
+	var all []clustermesh.StoredGrant
+	for _, kv := range kvs {
+		g, err := clustermesh.DecodeGrant(kv.Key, kv.Value)
+		if err != nil {
+			w.mu.Lock()
+			w.invalid++
+			w.lastErr = err.Error()
+			w.mu.Unlock()
+			w.metrics.invalidConfigs.Inc()
+			continue
+		}
+		all = append(all, clustermesh.StoredGrant{Grant: g, CreateRevision: kv.CreateRevision})
+	}
+	ok, conflicts := clustermesh.ResolveGrants(all)
+	names := map[clustermesh.ClusterName]bool{}
+	for n := range m.grants {
+		names[n] = true
+	}
+	for n := range ok {
+		names[n] = true
+	}
+	for n := range m.claimed {
+		names[n] = true
+	}
+	m.grants, m.conflicts = ok, conflicts
+	w.mu.Lock()
+	w.selfGranted = ok[w.cfg.Self].Name != ""
+	w.grantsListed = true
+	w.mu.Unlock()
+	for n := range names {
+		w.reconcile(ctx, wg, m, n)
+	}
+}
+
+// reconcile makes the watch of cluster name match its config and grant.
+func (w *Watcher) reconcile(ctx context.Context, wg *sync.WaitGroup, m *meshState, name clustermesh.ClusterName) {
+	if name == w.cfg.Self {
+		return
+	}
+	cfg, claimed := m.claimed[name]
+	if !claimed {
+		w.setUngranted(name, "")
+		w.removeCluster(name)
+		return
+	}
+	if !m.grantsListed {
+		return
+	}
+	g, granted := m.grants[name]
+	if !granted {
+		reason := "no grant from the broker: entries are ignored until `braid broker add-cluster` grants it an ID and CIDRs"
+		if err := m.conflicts[name]; err != nil {
+			reason = err.Error()
+		}
+		w.removeCluster(name)
+		w.setUngranted(name, reason)
+		return
+	}
+	w.setUngranted(name, "")
+	owner, claims := g.Owner(cfg)
+	c := w.upsertCluster(ctx, wg, owner)
+	c.setClaims(claims)
+}
+
+// setUngranted records (reason not empty) or forgets why a cluster with a
+// config is ignored.
+func (w *Watcher) setUngranted(name clustermesh.ClusterName, reason string) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if reason == "" {
+		delete(w.ungranted, name)
+		return
+	}
+	if w.ungranted[name] != reason {
+		w.log.Warn("ignoring cluster", "cluster", name, "reason", reason)
+	}
+	w.ungranted[name] = reason
+}
+
+func (w *Watcher) setError(err error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.lastErr = err.Error()
+}
+
+// clearError forgets the last watch error once the watch works again.
+func (w *Watcher) clearError() {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.lastErr = ""
+}
+
+// SelfGranted reports whether the broker's grant for Config.Self exists,
+// and whether the grants have been listed at all yet.
+func (w *Watcher) SelfGranted() (granted, known bool) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.selfGranted, w.grantsListed
+}
+
 // upsertCluster starts watching a new cluster, or applies a config change.
 // A change of ID or CIDRs invalidates what was validated against the old
 // config, so the cluster is drained and watched again.
-func (w *Watcher) upsertCluster(ctx context.Context, wg *sync.WaitGroup, cfg clustermesh.ClusterConfig) {
+func (w *Watcher) upsertCluster(ctx context.Context, wg *sync.WaitGroup, cfg clustermesh.ClusterConfig) *cluster {
 	w.mu.Lock()
 	c, ok := w.clusters[cfg.Name]
 	w.mu.Unlock()
@@ -156,7 +320,7 @@ func (w *Watcher) upsertCluster(ctx context.Context, wg *sync.WaitGroup, cfg clu
 		old := c.config()
 		if old.ID == cfg.ID && slices.Equal(old.PodCIDRs, cfg.PodCIDRs) && slices.Equal(old.ServiceCIDRs, cfg.ServiceCIDRs) {
 			c.setConfig(cfg)
-			return
+			return c
 		}
 		w.log.Info("cluster config changed; re-syncing it", "cluster", cfg.Name)
 		w.removeCluster(cfg.Name)
@@ -172,6 +336,7 @@ func (w *Watcher) upsertCluster(ctx context.Context, wg *sync.WaitGroup, cfg clu
 		defer wg.Done()
 		c.run()
 	}()
+	return c
 }
 
 // removeCluster stops and drains a cluster.
@@ -219,6 +384,13 @@ func (w *Watcher) Status() []clustermesh.RemoteClusterStatus {
 			continue
 		}
 		out = append(out, st)
+	}
+	for name, reason := range w.ungranted {
+		if _, gone := w.gone[name]; gone {
+			delete(w.gone, name)
+			out = slices.DeleteFunc(out, func(s clustermesh.RemoteClusterStatus) bool { return s.Name == name })
+		}
+		out = append(out, clustermesh.RemoteClusterStatus{Name: name, Ungranted: reason, LastError: reason})
 	}
 	w.mu.Unlock()
 	for _, c := range cs {

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"time"
@@ -108,10 +109,44 @@ func Fetch(ctx context.Context, client *http.Client, baseURL string) (Snapshot, 
 	if resp.StatusCode != http.StatusOK {
 		return s, fmt.Errorf("fetch status from %s: HTTP %s", baseURL, resp.Status)
 	}
-	if err := json.NewDecoder(resp.Body).Decode(&s); err != nil {
+	body, err := io.ReadAll(io.LimitReader(resp.Body, MaxSnapshotBytes+1))
+	if err != nil {
+		return s, fmt.Errorf("fetch status from %s: %w", baseURL, err)
+	}
+	if len(body) > MaxSnapshotBytes {
+		return s, fmt.Errorf("fetch status from %s: response is larger than %d bytes; is that a braid status server?", baseURL, MaxSnapshotBytes)
+	}
+	if err := json.Unmarshal(body, &s); err != nil {
 		return s, fmt.Errorf("fetch status from %s: decode: %w", baseURL, err)
 	}
 	return s, nil
+}
+
+// MaxSnapshotBytes bounds the status document Fetch reads: a mesh of a
+// thousand clusters fits many times over.
+const MaxSnapshotBytes = 8 << 20
+
+// Limits of the status server (see Serve).
+const (
+	ReadHeaderTimeout = 5 * time.Second
+	ReadTimeout       = 10 * time.Second
+	WriteTimeout      = 30 * time.Second
+	IdleTimeout       = 60 * time.Second
+	MaxHeaderBytes    = 16 << 10
+	// MaxBodyBytes bounds a request body; every endpoint is a GET.
+	MaxBodyBytes = 4 << 10
+)
+
+// limitBody caps request bodies at MaxBodyBytes.
+func limitBody(h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.ContentLength > MaxBodyBytes {
+			http.Error(w, "request body too large", http.StatusRequestEntityTooLarge)
+			return
+		}
+		r.Body = http.MaxBytesReader(w, r.Body, MaxBodyBytes)
+		h.ServeHTTP(w, r)
+	})
 }
 
 // Serve serves Handler(src) on ln, and metrics at /metrics if it is not
@@ -123,7 +158,16 @@ func Serve(ctx context.Context, ln net.Listener, src Source, metrics http.Handle
 		mux.Handle("/metrics", metrics)
 	}
 	mux.Handle("/", Handler(src))
-	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	// A client that declares a body and never sends it, or idles, is cut
+	// off: connections and goroutines stay bounded.
+	srv := &http.Server{
+		Handler:           limitBody(mux),
+		ReadHeaderTimeout: ReadHeaderTimeout,
+		ReadTimeout:       ReadTimeout,
+		WriteTimeout:      WriteTimeout,
+		IdleTimeout:       IdleTimeout,
+		MaxHeaderBytes:    MaxHeaderBytes,
+	}
 	stopped := make(chan struct{})
 	go func() {
 		defer close(stopped)

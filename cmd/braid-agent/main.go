@@ -17,6 +17,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 
 	"github.com/braidmesh/braid/bpf"
+	"github.com/braidmesh/braid/clustermesh"
 	"github.com/braidmesh/braid/clustermesh/agent"
 	"github.com/braidmesh/braid/clustermesh/broker"
 	"github.com/braidmesh/braid/clustermesh/k8s"
@@ -72,6 +73,23 @@ func command() *cobra.Command {
 				return fmt.Errorf("--log-level %q: %w", logLevel, err)
 			}
 			log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+			if wgPort < 1 || wgPort > 65535 {
+				return fmt.Errorf("--wireguard-port %d: must be in 1..65535", wgPort)
+			}
+			if rotate < 0 {
+				return fmt.Errorf("--key-rotation %v: must be 0 (off) or positive", rotate)
+			}
+			if rotate > 0 && rotate < time.Minute {
+				return fmt.Errorf("--key-rotation %v: rotating more often than every minute breaks handshakes in flight", rotate)
+			}
+			if _, err := clustermesh.ParsePrefixes("--strict-cidr", strictCIDR); err != nil {
+				return err
+			}
+			for _, s := range nodeIPs {
+				if _, err := netip.ParseAddr(s); err != nil {
+					return fmt.Errorf("--node-ip %q: %w", s, err)
+				}
+			}
 			if joinFile == "" {
 				return fmt.Errorf("--join is required: the cluster's join bundle from `braid broker add-cluster`")
 			}
@@ -94,12 +112,8 @@ func command() *cobra.Command {
 			if wireguard {
 				tc := &tunnel.Config{Name: wgName, StateDir: stateDir, ListenPort: wgPort, Netns: wgNetns, Strict: strict,
 					RotationInterval: rotate, PersistentKeepalive: 25 * time.Second}
-				for _, s := range strictCIDR {
-					p, err := netip.ParsePrefix(s)
-					if err != nil {
-						return fmt.Errorf("--strict-cidr %q: %w", s, err)
-					}
-					tc.StrictCIDRs = append(tc.StrictCIDRs, p)
+				if tc.StrictCIDRs, err = clustermesh.ParsePrefixes("--strict-cidr", strictCIDR); err != nil {
+					return err
 				}
 				cfg.Tunnel = tc
 			}

@@ -4,11 +4,12 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
-	"net/netip"
 	"os"
 	"os/signal"
+	"slices"
 	"syscall"
 	"time"
 
@@ -18,6 +19,7 @@ import (
 	"github.com/braidmesh/braid/clustermesh/broker"
 	"github.com/braidmesh/braid/clustermesh/k8s"
 	"github.com/braidmesh/braid/clustermesh/operator"
+	"github.com/braidmesh/braid/kvstore"
 )
 
 func main() {
@@ -53,6 +55,30 @@ func command() *cobra.Command {
 			if err != nil {
 				return err
 			}
+			if err := clustermesh.ValidateLeaseTTL(cfg.LeaseTTL); err != nil {
+				return fmt.Errorf("--lease-ttl: %w", err)
+			}
+			cfg.Cluster = clustermesh.ClusterConfig{
+				ID:           clustermesh.ClusterID(clusterID),
+				Capabilities: clustermesh.Capabilities{DefaultDeny: defaultDeny, StrictEncryption: strict},
+			}
+			if cfg.Cluster.PodCIDRs, err = clustermesh.ParsePrefixes("--pod-cidr", podCIDRs); err != nil {
+				return err
+			}
+			if cfg.Cluster.ServiceCIDRs, err = clustermesh.ParsePrefixes("--service-cidr", serviceCIDRs); err != nil {
+				return err
+			}
+			if cmd.Flags().Changed("cluster-id") {
+				if err := cfg.Cluster.ID.Validate(); err != nil {
+					return fmt.Errorf("--cluster-id: %w", err)
+				}
+			}
+			if g := cfg.Cluster.Grant(); len(g.PodCIDRs)+len(g.ServiceCIDRs) > 0 {
+				g.Name, g.ID = "placeholder", clustermesh.MinClusterID // checked elsewhere; only the CIDRs here
+				if err := g.Validate(); err != nil {
+					return fmt.Errorf("--pod-cidr/--service-cidr: %w", err)
+				}
+			}
 			if joinFile == "" {
 				return fmt.Errorf("--join is required: the join bundle `braid broker add-cluster` wrote for this cluster")
 			}
@@ -60,20 +86,7 @@ func command() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			cfg.Cluster = clustermesh.ClusterConfig{
-				Name:         creds.Cluster,
-				ID:           clustermesh.ClusterID(clusterID),
-				Capabilities: clustermesh.Capabilities{DefaultDeny: defaultDeny, StrictEncryption: strict},
-			}
-			if cfg.Cluster.PodCIDRs, err = parsePrefixes("--pod-cidr", podCIDRs); err != nil {
-				return err
-			}
-			if cfg.Cluster.ServiceCIDRs, err = parsePrefixes("--service-cidr", serviceCIDRs); err != nil {
-				return err
-			}
-			if err := cfg.Cluster.Validate(); err != nil {
-				return fmt.Errorf("cluster config: %w (set --cluster-id, --pod-cidr, --service-cidr)", err)
-			}
+			cfg.Cluster.Name = creds.Cluster
 			if cfg.Kubernetes, err = k8s.RESTConfig(kubeconfig, inCluster); err != nil {
 				return err
 			}
@@ -86,6 +99,9 @@ func command() *cobra.Command {
 				return err
 			}
 			defer store.Close()
+			if cfg.Cluster, err = grantedConfig(ctx, store, cfg.Cluster, cmd.Flags().Changed("cluster-id")); err != nil {
+				return err
+			}
 			op, err := operator.New(cfg, store, log)
 			if err != nil {
 				return err
@@ -96,9 +112,9 @@ func command() *cobra.Command {
 	}
 	f := cmd.Flags()
 	f.StringVar(&joinFile, "join", "", "join bundle (JSON) written by `braid broker add-cluster`")
-	f.Uint16Var(&clusterID, "cluster-id", 0, "this cluster's ID in the mesh, 1..511")
-	f.StringSliceVar(&podCIDRs, "pod-cidr", nil, "this cluster's pod CIDRs (repeatable)")
-	f.StringSliceVar(&serviceCIDRs, "service-cidr", nil, "this cluster's service CIDRs (repeatable)")
+	f.Uint16Var(&clusterID, "cluster-id", 0, "this cluster's ID in the mesh, 1..511 (default: the broker's grant; must equal it)")
+	f.StringSliceVar(&podCIDRs, "pod-cidr", nil, "this cluster's pod CIDRs (default: the broker's grant; must equal it)")
+	f.StringSliceVar(&serviceCIDRs, "service-cidr", nil, "this cluster's service CIDRs (default: the broker's grant; must equal it)")
 	f.BoolVar(&defaultDeny, "default-deny", false, "identity policy denies what no rule allows")
 	f.BoolVar(&strict, "strict-encryption", false, "drop traffic to remote pods that would bypass the tunnel")
 	f.DurationVar(&cfg.LeaseTTL, "lease-ttl", 15*time.Second, "how long published entries outlive this process")
@@ -111,16 +127,31 @@ func command() *cobra.Command {
 	return cmd
 }
 
-func parsePrefixes(flag string, in []string) ([]netip.Prefix, error) {
-	var out []netip.Prefix
-	for _, s := range in {
-		p, err := netip.ParsePrefix(s)
-		if err != nil {
-			return nil, fmt.Errorf("%s %q: %w", flag, s, err)
-		}
-		out = append(out, p)
+// grantedConfig returns the cluster config the broker granted: the ID and
+// CIDRs of the cluster's grant with want's capabilities. An ID or CIDRs
+// given on the command line must equal the grant's.
+func grantedConfig(ctx context.Context, store kvstore.Store, want clustermesh.ClusterConfig, idSet bool) (clustermesh.ClusterConfig, error) {
+	kv, err := store.Get(ctx, clustermesh.GrantKey(want.Name))
+	if errors.Is(err, kvstore.ErrNotFound) {
+		return want, fmt.Errorf("cluster %s has no grant from the broker: run `braid broker add-cluster %s --cluster-id N --pod-cidr ... --service-cidr ...`", want.Name, want.Name)
 	}
-	return out, nil
+	if err != nil {
+		return want, fmt.Errorf("read the grant of cluster %s: %w", want.Name, err)
+	}
+	g, err := clustermesh.DecodeGrant(kv.Key, kv.Value)
+	if err != nil {
+		return want, fmt.Errorf("read the grant of cluster %s: %w", want.Name, err)
+	}
+	granted := g.Config(want.Capabilities)
+	switch {
+	case idSet && want.ID != g.ID:
+		return want, fmt.Errorf("--cluster-id %d: the broker granted cluster %s ID %d; drop the flag or re-add the cluster", want.ID, want.Name, g.ID)
+	case len(want.PodCIDRs) > 0 && !slices.Equal(want.PodCIDRs, g.PodCIDRs):
+		return want, fmt.Errorf("--pod-cidr %v: the broker granted cluster %s pod CIDRs %v; drop the flag or re-add the cluster", want.PodCIDRs, want.Name, g.PodCIDRs)
+	case len(want.ServiceCIDRs) > 0 && !slices.Equal(want.ServiceCIDRs, g.ServiceCIDRs):
+		return want, fmt.Errorf("--service-cidr %v: the broker granted cluster %s service CIDRs %v; drop the flag or re-add the cluster", want.ServiceCIDRs, want.Name, g.ServiceCIDRs)
+	}
+	return granted, nil
 }
 
 func newLogger(level string) (*slog.Logger, error) {

@@ -100,6 +100,9 @@ Watcher delivers the change; beside it, a raw put by a's etcd client timed
 until b's raw etcd watch sees it. Rounds alternate so both see the same load.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if n < 1 {
+				return fmt.Errorf("--changes %d: must be at least 1", n)
+			}
 			return benchPropagation(cmd.Context(), cmd.OutOrStdout(), n)
 		},
 	}
@@ -237,6 +240,19 @@ process reading the whole mesh prefix with raw range reads (10,000 keys a
 page) and nothing else.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			// Cluster i gets ID i and pod CIDR 10.i-1.0.0/16; the consumer
+			// takes the last ID.
+			if spec.Clusters < 1 || spec.Clusters > 255 {
+				return fmt.Errorf("--clusters %d: must be in 1..255", spec.Clusters)
+			}
+			for _, f := range []struct {
+				name string
+				v    int
+			}{{"--nodes", spec.Nodes}, {"--pods-per-node", spec.PodsPerNode}, {"--services", spec.Services}} {
+				if f.v < 1 || f.v > 1_000_000 {
+					return fmt.Errorf("%s %d: must be in 1..1000000", f.name, f.v)
+				}
+			}
 			return benchColdSync(cmd.Context(), cmd.OutOrStdout(), spec)
 		},
 	}

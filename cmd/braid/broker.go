@@ -178,12 +178,16 @@ func removeClusterCommand() *cobra.Command {
 		Short: "Delete a cluster's etcd user and role (its entries expire with its lease)",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			name := clustermesh.ClusterName(args[0])
+			if err := name.Validate(); err != nil {
+				return err
+			}
 			c, _, _, err := admin.client(cmd.Context())
 			if err != nil {
 				return err
 			}
 			defer c.Close()
-			return broker.RemoveCluster(cmd.Context(), c, clustermesh.ClusterName(args[0]))
+			return broker.RemoveCluster(cmd.Context(), c, name)
 		},
 	}
 	admin.register(cmd)

@@ -16,8 +16,8 @@ func TestBrokerCommandsNameTheFix(t *testing.T) {
 		want string
 	}{
 		{[]string{"broker", "add-cluster", "East_1", "--data-dir", t.TempDir()}, "must be a DNS label"},
-		{[]string{"broker", "add-cluster", "east", "--data-dir", t.TempDir()}, "is --data-dir the broker's?"},
-		{[]string{"broker", "add-cluster", "east", "--etcd-ca", "/nonexistent/ca.crt"}, "--etcd-ca"},
+		{[]string{"broker", "add-cluster", "east", "--cluster-id", "1", "--data-dir", t.TempDir()}, "is --data-dir the broker's?"},
+		{[]string{"broker", "add-cluster", "east", "--cluster-id", "1", "--etcd-ca", "/nonexistent/ca.crt"}, "--etcd-ca"},
 		{[]string{"broker", "enable-auth"}, "enable-auth is for an external etcd"},
 	}
 	for _, tc := range cases {

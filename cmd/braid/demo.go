@@ -35,6 +35,12 @@ func demoCommand() *cobra.Command {
 		Short: "Run a broker and two simulated clusters in this process and show what each sees",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := clustermesh.ValidateLeaseTTL(ttl); err != nil {
+				return fmt.Errorf("--lease-ttl: %w", err)
+			}
+			if hold < 0 {
+				return fmt.Errorf("--hold %v: must not be negative", hold)
+			}
 			if dir == "" {
 				d, err := os.MkdirTemp("", "braid-demo-")
 				if err != nil {

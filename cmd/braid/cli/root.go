@@ -66,6 +66,15 @@ func statusCommand() *cobra.Command {
 	}
 	cmd.Flags().StringVar(&url, "url", "http://127.0.0.1:9876", "status address of an operator or agent")
 	cmd.Flags().DurationVar(&timeout, "timeout", 5*time.Second, "give up after this long")
+	cmd.PreRunE = func(*cobra.Command, []string) error {
+		if timeout <= 0 {
+			return fmt.Errorf("--timeout %v: must be positive", timeout)
+		}
+		if !strings.HasPrefix(url, "http://") && !strings.HasPrefix(url, "https://") {
+			return fmt.Errorf("--url %q: want http://host:port", url)
+		}
+		return nil
+	}
 	return cmd
 }
 
@@ -91,6 +100,8 @@ func PrintStatus(w io.Writer, s status.Snapshot) {
 	for _, r := range rows {
 		state := "syncing"
 		switch {
+		case r.Ungranted != "":
+			state = "ungranted"
 		case r.Gone:
 			state = "gone"
 		case !r.Connected:
