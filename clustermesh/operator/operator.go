@@ -211,8 +211,12 @@ func (o *Operator) publishProblems(ps clustermesh.PublishStatus, now time.Time) 
 	switch {
 	case ps.Removed:
 		return []string{fmt.Sprintf("cluster %s was removed from the mesh: the broker refuses its credentials and it stopped publishing (%s); hint: run `braid broker add-cluster %s` and restart with the new join bundle", name, ps.LastError, name)}
-	case !ps.Registered && ps.LastError != "":
-		return []string{fmt.Sprintf("cluster %s is not registered in the mesh: %s; hint: check the broker is running and reachable", name, ps.LastError)}
+	case !ps.Registered:
+		why := "not yet"
+		if ps.LastError != "" {
+			why = ps.LastError
+		}
+		return []string{fmt.Sprintf("cluster %s is not registered in the mesh (%s); hint: check the broker is running and reachable", name, why)}
 	case !ps.FailingSince.IsZero() && now.Sub(ps.FailingSince) > o.unhealthyAfter():
 		return []string{fmt.Sprintf("broker unreachable for %v (more than %v, the lease TTL), lease not renewed: %s; hint: check the broker is running and reachable", now.Sub(ps.FailingSince).Round(time.Second), o.unhealthyAfter(), ps.LastError)}
 	}

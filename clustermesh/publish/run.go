@@ -91,7 +91,7 @@ func (p *Publisher) session(ctx context.Context) error {
 	}
 	r.adopt(owned)
 	err = r.loop(sctx)
-	if cause := context.Cause(sctx); errors.Is(cause, errLeaseLost) {
+	if cause := context.Cause(sctx); errors.Is(cause, errLeaseLost) || errors.Is(cause, kvstore.ErrPermissionDenied) {
 		return cause
 	}
 	return err
@@ -184,6 +184,12 @@ func (p *Publisher) keepAlive(ctx context.Context, cancel context.CancelCauseFun
 		case errors.Is(err, kvstore.ErrLeaseNotFound):
 			p.log.Warn("lease expired; re-publishing under a new lease", "lease", fmt.Sprintf("%x", lease))
 			cancel(errLeaseLost)
+			return
+		case errors.Is(err, kvstore.ErrPermissionDenied):
+			// The broker no longer accepts our credentials: removed.
+			err = fmt.Errorf("renew lease: %w", err)
+			p.setError(err)
+			cancel(err)
 			return
 		case ctx.Err() == nil:
 			p.setError(fmt.Errorf("renew lease: %w", err))

@@ -2,8 +2,10 @@ package etcd
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
 	"slices"
+	"strings"
 	"sync/atomic"
 
 	"go.uber.org/zap"
@@ -75,7 +77,41 @@ func attrs(fs []zapcore.Field) []slog.Attr {
 	slices.Sort(keys)
 	out := make([]slog.Attr, 0, len(keys))
 	for _, k := range keys {
-		out = append(out, slog.Any(k, enc.Fields[k]))
+		out = append(out, slog.Any(k, redact(k, enc.Fields[k])))
 	}
 	return out
+}
+
+// Redacted replaces a logged value that may hold a credential.
+const Redacted = "[redacted: may hold credentials]"
+
+// secretMarkers are substrings of etcd's logged requests and fields that
+// carry credentials: authenticate and user requests (passwords, bcrypt
+// hashes), simple and JWT tokens.
+var secretMarkers = []string{"password", "token", "authenticate", "$2a$", "$2b$", "eyJ"}
+
+// redact returns v, or Redacted when the field's name or value may hold a
+// credential. etcd logs applied requests whole at debug level, including
+// authentication requests and their tokens.
+func redact(key string, v any) any {
+	lk := strings.ToLower(key)
+	if lk != "token-fingerprint" && (strings.Contains(lk, "password") || strings.Contains(lk, "token")) {
+		return Redacted
+	}
+	var s string
+	switch x := v.(type) {
+	case string:
+		s = x
+	case bool, int, int64, uint64, float64:
+		return v
+	default:
+		s = fmt.Sprint(x)
+	}
+	ls := strings.ToLower(s)
+	for _, m := range secretMarkers {
+		if strings.Contains(ls, strings.ToLower(m)) {
+			return Redacted
+		}
+	}
+	return v
 }
