@@ -203,10 +203,6 @@ func (b *Broker) Run(ctx context.Context) error {
 		return fmt.Errorf("run broker: %w", err)
 	}
 
-	jwt, err := ensureJWTKey(filepath.Join(b.cfg.DataDir, pkiDir))
-	if err != nil {
-		return fmt.Errorf("run broker: %w", err)
-	}
 	b.mu.Lock()
 	if b.metricsURL.Host == "" {
 		if b.metricsURL, err = freeLoopbackURL(); err != nil {
@@ -216,7 +212,7 @@ func (b *Broker) Run(ctx context.Context) error {
 	}
 	metricsURL := b.metricsURL
 	b.mu.Unlock()
-	e, err := embed.StartEtcd(b.etcdConfig(pki, jwt, metricsURL))
+	e, err := embed.StartEtcd(b.etcdConfig(pki, metricsURL))
 	if err != nil {
 		return fmt.Errorf("run broker: start etcd: %w", err)
 	}
@@ -291,7 +287,7 @@ func (b *Broker) Run(ctx context.Context) error {
 	}
 }
 
-func (b *Broker) etcdConfig(pki *PKI, jwt jwtKey, metricsURL url.URL) *embed.Config {
+func (b *Broker) etcdConfig(pki *PKI, metricsURL url.URL) *embed.Config {
 	ec := embed.NewConfig()
 	ec.Name = b.cfg.Name
 	ec.Dir = filepath.Join(b.cfg.DataDir, etcdDir)
@@ -304,7 +300,6 @@ func (b *Broker) etcdConfig(pki *PKI, jwt jwtKey, metricsURL url.URL) *embed.Con
 	// /metrics, /health, /version and the JSON gateway answer without
 	// credentials: serve them apart, on loopback unless configured.
 	ec.ListenClientHttpUrls = []url.URL{metricsURL}
-	ec.AuthToken = jwt.option()
 	ec.GRPCAdditionalServerOptions = b.guard.serverOptions()
 	// Clients authenticate with passwords over TLS; peers with certificates.
 	ec.ClientTLSInfo = transport.TLSInfo{CertFile: pki.CertFile, KeyFile: pki.KeyFile}
