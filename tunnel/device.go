@@ -22,6 +22,8 @@ import (
 	"golang.zx2c4.com/wireguard/tun"
 	"golang.zx2c4.com/wireguard/wgctrl"
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
+
+	"github.com/braidmesh/braid/internal/netnsrun"
 )
 
 const (
@@ -283,7 +285,7 @@ func (d *Device) Open() (err error) {
 	// The kernel's genetlink socket must live in the device's netns; the
 	// userspace client dials the shared socket directory and does not care.
 	var c *wgctrl.Client
-	if err := inNetns(d.ns, func() (err error) { c, err = wgctrl.New(); return err }); err != nil {
+	if err := netnsrun.Do(d.ns, func() (err error) { c, err = wgctrl.New(); return err }); err != nil {
 		return fmt.Errorf("wgctrl: %w", err)
 	}
 	d.wg = c
@@ -377,7 +379,7 @@ func (d *Device) claimSocket() error {
 func (d *Device) startUserspace() error {
 	name := d.cfg.Name
 	var tdev tun.Device
-	err := inNetns(d.ns, func() (err error) {
+	err := netnsrun.Do(d.ns, func() (err error) {
 		tdev, err = tun.CreateTUN(name, d.cfg.MTU())
 		return err
 	})

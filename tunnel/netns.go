@@ -3,38 +3,15 @@ package tunnel
 import (
 	"errors"
 	"fmt"
-	"runtime"
 	"sync"
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 	"golang.zx2c4.com/wireguard/conn"
 	"golang.zx2c4.com/wireguard/tun"
-)
 
-// inNetns runs fn on a locked OS thread switched into ns. If the thread
-// cannot be switched back, it stays locked so that the runtime discards it
-// when the goroutine exits instead of reusing a thread in the wrong netns.
-func inNetns(ns netns.NsHandle, fn func() error) error {
-	runtime.LockOSThread()
-	orig, err := netns.Get()
-	if err != nil {
-		runtime.UnlockOSThread()
-		return fmt.Errorf("get current netns: %w", err)
-	}
-	defer orig.Close()
-	if err := netns.Set(ns); err != nil {
-		runtime.UnlockOSThread()
-		return fmt.Errorf("enter netns: %w", err)
-	}
-	fnErr := fn()
-	if err := netns.Set(orig); err != nil {
-		// Leave the thread locked: it is tainted and dies with the goroutine.
-		return fmt.Errorf("restore netns: %w", err)
-	}
-	runtime.UnlockOSThread()
-	return fnErr
-}
+	"github.com/braidmesh/braid/internal/netnsrun"
+)
 
 // nsBind opens wireguard-go's UDP sockets inside the device's netns.
 // wireguard-go calls Open from whichever goroutine (re)binds: the UAPI
@@ -46,7 +23,7 @@ type nsBind struct {
 }
 
 func (b *nsBind) Open(port uint16) (fns []conn.ReceiveFunc, actual uint16, err error) {
-	nsErr := inNetns(b.ns, func() error {
+	nsErr := netnsrun.Do(b.ns, func() error {
 		fns, actual, err = b.Bind.Open(port)
 		return nil
 	})
