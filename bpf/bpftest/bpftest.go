@@ -2,9 +2,11 @@
 // network namespace per node or pod, a cgroup v2 directory and a bpffs pin
 // directory of their own, each removed when the test ends.
 //
-// Helpers call t.Skip with a one-line reason when the machine cannot run
-// them (not root, no cgroup v2, no bpffs), so tests pass or skip, never fail,
-// on an unprivileged machine.
+// Helpers skip with a one-line reason when the machine cannot run them (not
+// root, no cgroup v2, no bpffs), so tests pass or skip, never fail, on an
+// unprivileged machine; with $BRAID_CI_REQUIRED set (as in CI) such a skip
+// is a failure (see internal/testenv). The cgroup v2 hierarchy is found in
+// /proc/self/mountinfo, wherever it is mounted.
 package bpftest
 
 import (
@@ -17,7 +19,6 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
-	"runtime"
 	"strconv"
 	"strings"
 	"testing"
@@ -25,24 +26,33 @@ import (
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
-)
 
-// CgroupRoot is where cgroup v2 is mounted on the project's machines.
-const CgroupRoot = "/sys/fs/cgroup/unified"
+	"github.com/braidmesh/braid/internal/cgroupv2"
+	"github.com/braidmesh/braid/internal/netnsrun"
+	"github.com/braidmesh/braid/internal/testenv"
+)
 
 // RequireRoot skips t unless it runs as root with cgroup v2 and bpffs.
 func RequireRoot(t testing.TB) {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("skip: needs root (CAP_BPF, CAP_NET_ADMIN, cgroup and netns setup)")
-	}
+	testenv.Root(t, "CAP_BPF, CAP_NET_ADMIN, cgroup and netns setup")
+	CgroupRoot(t)
 	var st unix.Statfs_t
-	if err := unix.Statfs(CgroupRoot, &st); err != nil || st.Type != unix.CGROUP2_SUPER_MAGIC {
-		t.Skipf("skip: no cgroup v2 mounted at %s", CgroupRoot)
-	}
 	if err := unix.Statfs("/sys/fs/bpf", &st); err != nil {
-		t.Skip("skip: no /sys/fs/bpf directory for bpffs")
+		testenv.Skipf(t, "no /sys/fs/bpf directory for bpffs")
 	}
+}
+
+// CgroupRoot returns the cgroup v2 mount, found in /proc/self/mountinfo
+// (/sys/fs/cgroup on pure v2 machines, /sys/fs/cgroup/unified on hybrid
+// ones), or skips t when there is none.
+func CgroupRoot(t testing.TB) cgroupv2.Mount {
+	t.Helper()
+	m, err := cgroupv2.Find()
+	if err != nil {
+		testenv.Skipf(t, "no cgroup v2: %v", err)
+	}
+	return m
 }
 
 func randName(prefix string) string {
@@ -58,7 +68,7 @@ func PinDir(t testing.TB) string {
 	var st unix.Statfs_t
 	if err := unix.Statfs("/sys/fs/bpf", &st); err == nil && st.Type != unix.BPF_FS_MAGIC {
 		if err := unix.Mount("bpf", "/sys/fs/bpf", "bpf", 0, "mode=0700"); err != nil {
-			t.Skipf("skip: cannot mount bpffs: %v", err)
+			testenv.Skipf(t, "cannot mount bpffs: %v", err)
 		}
 	}
 	dir := filepath.Join("/sys/fs/bpf", randName("braid-test-"))
@@ -69,7 +79,7 @@ func PinDir(t testing.TB) string {
 // Cgroup creates a cgroup v2 directory, removed at cleanup.
 func Cgroup(t testing.TB) string {
 	t.Helper()
-	dir := filepath.Join(CgroupRoot, randName("braid-test-"))
+	dir := filepath.Join(CgroupRoot(t).Point, randName("braid-test-"))
 	if err := os.Mkdir(dir, 0o755); err != nil {
 		t.Fatalf("create cgroup: %v", err)
 	}
@@ -77,7 +87,7 @@ func Cgroup(t testing.TB) string {
 	return dir
 }
 
-func ownCgroup() (string, error) {
+func ownCgroup(m cgroupv2.Mount) (string, error) {
 	b, err := os.ReadFile("/proc/self/cgroup")
 	if err != nil {
 		return "", err
@@ -85,7 +95,7 @@ func ownCgroup() (string, error) {
 	sc := bufio.NewScanner(bytes.NewReader(b))
 	for sc.Scan() {
 		if rest, ok := strings.CutPrefix(sc.Text(), "0::"); ok {
-			return filepath.Join(CgroupRoot, rest), nil
+			return m.Dir(rest)
 		}
 	}
 	return "", fmt.Errorf("no cgroup v2 entry in /proc/self/cgroup")
@@ -95,13 +105,13 @@ func ownCgroup() (string, error) {
 // socket the process opens meanwhile is subject to programs attached to cg.
 func EnterCgroup(t testing.TB, cg string) {
 	t.Helper()
-	orig, err := ownCgroup()
+	orig, err := ownCgroup(CgroupRoot(t))
 	if err != nil {
 		t.Fatalf("read own cgroup: %v", err)
 	}
 	pid := []byte(strconv.Itoa(os.Getpid()))
 	if err := os.WriteFile(filepath.Join(cg, "cgroup.procs"), pid, 0); err != nil {
-		t.Skipf("skip: cannot enter cgroup %s: %v", cg, err)
+		testenv.Skipf(t, "cannot enter cgroup %s: %v", cg, err)
 	}
 	t.Cleanup(func() {
 		if err := os.WriteFile(filepath.Join(orig, "cgroup.procs"), pid, 0); err != nil {
@@ -114,19 +124,13 @@ func EnterCgroup(t testing.TB, cg string) {
 // (the kernel reaps it and its interfaces once nothing uses it).
 func NetNS(t testing.TB) netns.NsHandle {
 	t.Helper()
-	runtime.LockOSThread()
-	defer runtime.UnlockOSThread()
-	orig, err := netns.Get()
+	var ns netns.NsHandle
+	err := netnsrun.Do(netns.None(), func() (err error) {
+		ns, err = netns.New() // switches the thread; Do switches it back
+		return err
+	})
 	if err != nil {
-		t.Fatalf("get netns: %v", err)
-	}
-	defer orig.Close()
-	ns, err := netns.New()
-	if err != nil {
-		t.Fatalf("new netns: %v", err)
-	}
-	if err := netns.Set(orig); err != nil {
-		panic(err) // the thread would stay in the wrong namespace
+		testenv.Skipf(t, "needs network namespaces: new netns: %v", err)
 	}
 	t.Cleanup(func() { ns.Close() })
 	h := Handle(t, ns)
@@ -152,28 +156,7 @@ func Handle(t testing.TB, ns netns.NsHandle) *netlink.Handle {
 }
 
 // Do runs fn on a thread switched into ns. Sockets fn creates stay in ns.
-func Do(ns netns.NsHandle, fn func() error) error {
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		orig, err := netns.Get()
-		if err != nil {
-			errc <- err
-			return
-		}
-		defer orig.Close()
-		if err := netns.Set(ns); err != nil {
-			errc <- err
-			return
-		}
-		err = fn()
-		if serr := netns.Set(orig); serr == nil {
-			runtime.UnlockOSThread() // else the thread dies with the goroutine
-		}
-		errc <- err
-	}()
-	return <-errc
-}
+func Do(ns netns.NsHandle, fn func() error) error { return netnsrun.Do(ns, fn) }
 
 // Veth connects nsA and nsB with a veth pair named nameA/nameB, brings both
 // ends up and assigns the addresses (IPv6 without duplicate address
@@ -258,7 +241,7 @@ func TUN(t testing.TB, ns netns.NsHandle, name string) (int, *os.File) {
 		return nil
 	})
 	if err != nil {
-		t.Skipf("skip: cannot create TUN device: %v", err)
+		testenv.Skipf(t, "cannot create TUN device: %v", err)
 	}
 	t.Cleanup(func() { f.Close() })
 	h := Handle(t, ns)
@@ -289,7 +272,7 @@ func NetNSCookie(t testing.TB, ns netns.NsHandle) uint64 {
 		return err
 	})
 	if err != nil {
-		t.Skipf("skip: SO_NETNS_COOKIE: %v", err)
+		testenv.Skipf(t, "SO_NETNS_COOKIE: %v", err)
 	}
 	return cookie
 }

@@ -2,8 +2,9 @@
 // packet captures for tunnel's privileged tests.
 //
 // Every namespace is named (under /run/netns) with a random suffix and is
-// deleted by t.Cleanup. Functions call t.Fatal on errors and t.Skip when
-// the test cannot run here (not root, no netns or TUN support).
+// deleted by t.Cleanup. Functions call t.Fatal on errors and skip when the
+// test cannot run here (not root, no netns or TUN support), which fails the
+// test instead when $BRAID_CI_REQUIRED is set (see internal/testenv).
 package netnstest
 
 import (
@@ -15,29 +16,29 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"testing"
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
+
+	"github.com/braidmesh/braid/internal/netnsrun"
+	"github.com/braidmesh/braid/internal/testenv"
 )
 
 // Require skips t unless it runs as root with network namespaces and
 // /dev/net/tun available, and each named tool is on PATH.
 func Require(t testing.TB, tools ...string) {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("needs root (network namespaces, TUN, nftables)")
-	}
+	testenv.Root(t, "network namespaces, TUN, nftables")
 	if _, err := os.Stat("/dev/net/tun"); err != nil {
-		t.Skip("needs /dev/net/tun")
+		testenv.Skipf(t, "needs /dev/net/tun")
 	}
 	if _, err := os.Stat("/proc/self/ns/net"); err != nil {
-		t.Skip("needs network namespace support")
+		testenv.Skipf(t, "needs network namespace support")
 	}
 	for _, tool := range tools {
 		if _, err := exec.LookPath(tool); err != nil {
-			t.Skipf("needs %s on PATH", tool)
+			testenv.Skipf(t, "needs %s on PATH", tool)
 		}
 	}
 }
@@ -71,7 +72,7 @@ func New(t testing.TB) *NS {
 		return err
 	})
 	if err != nil {
-		t.Skipf("needs network namespaces: create netns: %v", err)
+		testenv.Skipf(t, "needs network namespaces: create netns: %v", err)
 	}
 	ns := &NS{Name: name, Path: filepath.Join("/run/netns", name), Handle: h}
 	t.Cleanup(func() {
@@ -90,27 +91,7 @@ func New(t testing.TB) *NS {
 
 // Do runs fn on a locked OS thread inside ns, or, if ns is netns.None(),
 // on a locked thread that fn itself may move (it is restored afterwards).
-func Do(ns netns.NsHandle, fn func() error) error {
-	runtime.LockOSThread()
-	orig, err := netns.Get()
-	if err != nil {
-		runtime.UnlockOSThread()
-		return err
-	}
-	defer orig.Close()
-	if ns.IsOpen() {
-		if err := netns.Set(ns); err != nil {
-			runtime.UnlockOSThread()
-			return err
-		}
-	}
-	fnErr := fn()
-	if err := netns.Set(orig); err != nil {
-		return fmt.Errorf("restore netns: %w", err) // thread stays locked and dies
-	}
-	runtime.UnlockOSThread()
-	return fnErr
-}
+func Do(ns netns.NsHandle, fn func() error) error { return netnsrun.Do(ns, fn) }
 
 // Do runs fn inside n and fails t on error.
 func (n *NS) Do(t testing.TB, fn func() error) {
