@@ -14,6 +14,7 @@ import (
 
 	"github.com/braidmesh/braid/bpf"
 	"github.com/braidmesh/braid/bpf/bpftest"
+	"github.com/braidmesh/braid/internal/testenv"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 )
@@ -68,9 +69,7 @@ func connectLatency(b *testing.B, ns netns.NsHandle, to netip.AddrPort, samples 
 // iptables (nft backend) DNAT rules. Run with -benchtime 1x.
 func BenchmarkConnectLatency(b *testing.B) {
 	bpftest.RequireRoot(b)
-	if _, err := exec.LookPath("iptables-restore"); err != nil {
-		b.Skip("skip: iptables-restore not installed (Debian iptables)")
-	}
+	testenv.LookPath(b, "iptables-restore", "iptables")
 	const samples = 10000
 	for _, n := range []int{10, 1000, 10000} {
 		b.Run(fmt.Sprintf("socklb/services=%d", n), func(b *testing.B) {

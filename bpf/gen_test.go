@@ -7,6 +7,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/braidmesh/braid/internal/testenv"
 )
 
 // TestGeneratedCurrent regenerates the objects into a temporary directory
@@ -16,13 +18,11 @@ func TestGeneratedCurrent(t *testing.T) {
 	if testing.Short() {
 		t.Skip("skip: -short")
 	}
-	for _, tool := range []string{"clang", "llvm-strip", "go"} {
-		if _, err := exec.LookPath(tool); err != nil {
-			t.Skipf("skip: %s not installed (needed to regenerate)", tool)
-		}
+	for _, tool := range [][2]string{{"clang", "clang"}, {"llvm-strip", "llvm"}, {"go", "golang"}} {
+		testenv.LookPath(t, tool[0], tool[1])
 	}
 	if _, err := os.Stat("/usr/include/bpf/bpf_helpers.h"); err != nil {
-		t.Skip("skip: libbpf headers not installed (Debian libbpf-dev)")
+		testenv.Skipf(t, "libbpf headers not installed (Debian libbpf-dev)")
 	}
 	src, err := os.ReadFile("gen.go")
 	if err != nil {
@@ -42,7 +42,7 @@ func TestGeneratedCurrent(t *testing.T) {
 	cmd.Env = append(os.Environ(), "GOPACKAGE=bpf")
 	if b, err := cmd.CombinedOutput(); err != nil {
 		if bytes.Contains(b, []byte("could not create module cache")) || bytes.Contains(b, []byte("GOCACHE")) {
-			t.Skipf("skip: go toolchain unusable for this user: %s", bytes.TrimSpace(b))
+			testenv.Skipf(t, "go toolchain unusable for this user: %s", bytes.TrimSpace(b))
 		}
 		t.Fatalf("bpf2go: %v\n%s", err, b)
 	}

@@ -16,15 +16,13 @@ import (
 
 	"github.com/braidmesh/braid/bpf"
 	"github.com/braidmesh/braid/bpf/bpftest"
+	"github.com/braidmesh/braid/internal/testenv"
 )
 
 // buildLoader builds internal/testloader once per test binary.
 func buildLoader(t *testing.T) string {
 	t.Helper()
-	gobin, err := exec.LookPath("go")
-	if err != nil {
-		t.Skip("skip: go tool not found (needed to build the test loader)")
-	}
+	gobin := testenv.LookPath(t, "go", "golang")
 	out := filepath.Join(t.TempDir(), "testloader")
 	cmd := exec.Command(gobin, "build", "-o", out, "./internal/testloader")
 	if b, err := cmd.CombinedOutput(); err != nil {

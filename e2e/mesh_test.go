@@ -25,6 +25,7 @@ import (
 	"github.com/braidmesh/braid/clustermesh"
 	"github.com/braidmesh/braid/clustermesh/agent"
 	"github.com/braidmesh/braid/clustermesh/operator"
+	"github.com/braidmesh/braid/internal/testenv"
 )
 
 // labNode is one cluster's single node: a node namespace holding the
@@ -67,12 +68,8 @@ func nsHandle(t *testing.T, name string) netns.NsHandle {
 // WireGuard.
 func TestServiceAcrossClustersOverWireGuard(t *testing.T) {
 	bpftest.RequireRoot(t)
-	if _, err := exec.LookPath("ip"); err != nil {
-		t.Skip("skip: ip not installed (Debian iproute2)")
-	}
-	if _, err := exec.LookPath("wg"); err != nil {
-		t.Skip("skip: wg not installed (Debian wireguard-tools)")
-	}
+	testenv.LookPath(t, "ip", "iproute2")
+	testenv.LookPath(t, "wg", "wireguard-tools")
 	var rnd [3]byte
 	_, _ = rand.Read(rnd[:])
 	sfx := hex.EncodeToString(rnd[:])

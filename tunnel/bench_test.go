@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/braidmesh/braid/internal/testenv"
 	"github.com/braidmesh/braid/tunnel/internal/netnstest"
 	"github.com/vishvananda/netlink"
 	"golang.zx2c4.com/wireguard/wgctrl"
@@ -85,13 +86,13 @@ func benchUnderlay(b *testing.B) (*netnstest.NS, *netnstest.NS) {
 // the baseline is the unmodified upstream program.
 func wireguardGo(b *testing.B) string {
 	if _, err := exec.LookPath("go"); err != nil {
-		b.Skip("needs the go command to build the wireguard-go baseline")
+		testenv.Skipf(b, "needs the go command to build the wireguard-go baseline")
 	}
 	dir := b.TempDir()
 	bin := filepath.Join(dir, "wireguard-go")
 	out, err := exec.Command("go", "build", "-o", bin, "golang.zx2c4.com/wireguard").CombinedOutput()
 	if err != nil {
-		b.Skipf("needs wireguard-go: build: %v\n%s", err, out)
+		testenv.Skipf(b, "needs wireguard-go: build: %v\n%s", err, out)
 	}
 	return bin
 }

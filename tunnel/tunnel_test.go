@@ -17,6 +17,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/braidmesh/braid/internal/testenv"
 	"github.com/braidmesh/braid/tunnel/internal/netnstest"
 	"github.com/google/nftables"
 	"github.com/vishvananda/netlink"
@@ -505,11 +506,11 @@ func nftTables(t *testing.T, ns *netnstest.NS) []string {
 	t.Helper()
 	c, err := nftables.New(nftables.WithNetNSFd(int(ns.Handle)))
 	if err != nil {
-		t.Skipf("skip: nftables netlink not available: %v", err)
+		testenv.Skipf(t, "nftables netlink not available: %v", err)
 	}
 	tables, err := c.ListTables()
 	if err != nil {
-		t.Skipf("needs nftables (nf_tables) in the kernel: %v", err)
+		testenv.Skipf(t, "needs nftables (nf_tables) in the kernel: %v", err)
 	}
 	var names []string
 	for _, tb := range tables {

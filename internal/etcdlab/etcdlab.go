@@ -18,6 +18,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/braidmesh/braid/internal/testenv"
 )
 
 var build struct {
@@ -47,7 +49,7 @@ func Binary(t testing.TB) string {
 		build.path = path
 	})
 	if build.err != nil {
-		t.Skipf("go build internal/etcdmain failed: %v", build.err)
+		testenv.Skipf(t, "go build internal/etcdmain failed: %v", build.err)
 	}
 	return build.path
 }

@@ -13,6 +13,8 @@ import (
 	"slices"
 	"strings"
 	"testing"
+
+	"github.com/braidmesh/braid/internal/testenv"
 )
 
 // ErrNotBuilt is returned (wrapped) by BinDir when the binaries for the
@@ -59,15 +61,14 @@ func checkBinDir(dir string) (string, error) {
 }
 
 // Require returns BinDir, or skips the test when the binaries are not built
-// (fails it instead if $BRAID_KUBE_REQUIRED is set, as in CI).
+// (fails it instead if $BRAID_CI_REQUIRED is set, as in CI; see
+// internal/testenv).
 func Require(t testing.TB) string {
 	t.Helper()
 	dir, err := BinDir()
 	switch {
-	case errors.Is(err, ErrNotBuilt) && os.Getenv("BRAID_KUBE_REQUIRED") != "":
-		t.Fatalf("%s; BRAID_KUBE_REQUIRED is set: %v", skipReason, err)
 	case errors.Is(err, ErrNotBuilt):
-		t.Skip(skipReason)
+		testenv.Skipf(t, "%s: %v", skipReason, err)
 	case err != nil:
 		t.Fatalf("kubelab: %v", err)
 	}

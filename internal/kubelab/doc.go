@@ -7,8 +7,8 @@
 // key from the files in tools/kube, so a test never runs binaries built from a
 // different tools module. $BRAID_KUBE_BIN overrides the lookup. Tests call
 // Require (or StartEtcd, which calls it): when the binaries are absent the test
-// is skipped with a one-line reason, unless $BRAID_KUBE_REQUIRED is set (CI
-// sets it), in which case it fails.
+// is skipped with a one-line reason, unless $BRAID_CI_REQUIRED (or the older
+// $BRAID_KUBE_REQUIRED) is set (CI sets it), in which case it fails.
 //
 // Lifetimes belong to the testing.TB passed in: every process is stopped
 // (SIGTERM, then SIGKILL after a grace period) and its files removed by the
