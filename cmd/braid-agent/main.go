@@ -21,6 +21,7 @@ import (
 	"github.com/braidmesh/braid/clustermesh/agent"
 	"github.com/braidmesh/braid/clustermesh/broker"
 	"github.com/braidmesh/braid/clustermesh/k8s"
+	"github.com/braidmesh/braid/internal/cgroupv2"
 	"github.com/braidmesh/braid/tunnel"
 )
 
@@ -109,6 +110,9 @@ func command() *cobra.Command {
 				cfg.NodeIPs = append(cfg.NodeIPs, ip)
 			}
 			cfg.BPF = bpf.Config{PinDir: pinDir}
+			if cfg.CgroupPath, err = cgroupDir(cfg.CgroupPath, "/proc/self/mountinfo"); err != nil {
+				return err
+			}
 			if wireguard {
 				tc := &tunnel.Config{Name: wgName, StateDir: stateDir, ListenPort: wgPort, Netns: wgNetns, Strict: strict,
 					RotationInterval: rotate, PersistentKeepalive: 25 * time.Second}
@@ -149,7 +153,7 @@ func command() *cobra.Command {
 	f.StringVar(&cfg.Zone, "zone", "", "this node's zone (topology.kubernetes.io/zone)")
 	f.StringSliceVar(&nodeIPs, "node-ip", nil, "this node's IPs (repeatable)")
 	f.StringVar(&pinDir, "bpf-pin-dir", "/sys/fs/bpf/braid", "where BPF maps and links are pinned")
-	f.StringVar(&cfg.CgroupPath, "cgroup", "/sys/fs/cgroup/unified", "cgroup v2 directory the socket load balancer attaches to (empty: off)")
+	f.StringVar(&cfg.CgroupPath, "cgroup", autoCgroup, "cgroup v2 directory the socket load balancer attaches to (auto: where cgroup v2 is mounted, from /proc/self/mountinfo; empty: off)")
 	f.StringSliceVar(&cfg.Interfaces, "interface", nil, "pod-facing interfaces for the tc programs (repeatable)")
 	f.BoolVar(&wireguard, "wireguard", true, "encrypt cross-cluster traffic with WireGuard")
 	f.StringVar(&wgName, "wireguard-device", "braid-wg", "WireGuard interface name (unique on the machine)")
@@ -164,4 +168,22 @@ func command() *cobra.Command {
 	f.BoolVar(&inCluster, "in-cluster", false, "annotate this node's Node object with its WireGuard key using the pod's service account")
 	f.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
 	return cmd
+}
+
+// autoCgroup is --cgroup's default: the cgroup v2 mount, wherever it is.
+const autoCgroup = "auto"
+
+// cgroupDir resolves --cgroup: autoCgroup is the cgroup v2 mount read from
+// the mountinfo table at mountinfo (/sys/fs/cgroup on pure v2 nodes,
+// /sys/fs/cgroup/unified on hybrid ones), "" turns the socket load
+// balancer off, and any other value is used as given.
+func cgroupDir(flag, mountinfo string) (string, error) {
+	if flag != autoCgroup {
+		return flag, nil
+	}
+	m, err := cgroupv2.FindIn(mountinfo)
+	if err != nil {
+		return "", fmt.Errorf("--cgroup=%s: %w (pass --cgroup=DIR, or --cgroup= to run without the socket load balancer)", autoCgroup, err)
+	}
+	return m.Point, nil
 }

@@ -2,8 +2,11 @@ package main
 
 import (
 	"bytes"
+	"errors"
 	"strings"
 	"testing"
+
+	"github.com/braidmesh/braid/internal/cgroupv2"
 )
 
 // TestInvalidFlagsFailWithOneLine runs braid-agent with an invalid value
@@ -43,5 +46,28 @@ func TestInvalidFlagsFailWithOneLine(t *testing.T) {
 				t.Fatalf("error %q: want one line containing %q", msg, tc.want)
 			}
 		})
+	}
+}
+
+// TestCgroupDefault resolves the default --cgroup against mountinfo
+// fixtures of a pure cgroup v2 node, a hybrid one and one without v2.
+func TestCgroupDefault(t *testing.T) {
+	const fixtures = "../../internal/cgroupv2/testdata/"
+	for _, tc := range []struct {
+		flag, mountinfo, want string
+	}{
+		{autoCgroup, fixtures + "purev2.mountinfo", "/sys/fs/cgroup"},
+		{autoCgroup, fixtures + "hybrid.mountinfo", "/sys/fs/cgroup/unified"},
+		{autoCgroup, fixtures + "container.mountinfo", "/sys/fs/cgroup"},
+		{"/custom", fixtures + "v1only.mountinfo", "/custom"},
+		{"", fixtures + "v1only.mountinfo", ""},
+	} {
+		got, err := cgroupDir(tc.flag, tc.mountinfo)
+		if err != nil || got != tc.want {
+			t.Errorf("cgroupDir(%q, %s) = %q, %v; want %q", tc.flag, tc.mountinfo, got, err, tc.want)
+		}
+	}
+	if _, err := cgroupDir(autoCgroup, fixtures+"v1only.mountinfo"); !errors.Is(err, cgroupv2.ErrNotMounted) {
+		t.Errorf("cgroupDir(auto) without cgroup v2 = %v, want ErrNotMounted", err)
 	}
 }
