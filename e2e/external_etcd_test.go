@@ -16,6 +16,7 @@ import (
 	"github.com/braidmesh/braid/clustermesh/publish"
 	"github.com/braidmesh/braid/clustermesh/remote"
 	"github.com/braidmesh/braid/internal/etcdlab"
+	"github.com/braidmesh/braid/internal/testenv"
 	"github.com/braidmesh/braid/kvstore/etcd"
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
@@ -41,7 +42,7 @@ func TestSyncSurvivesExternalMemberLoss(t *testing.T) {
 	const rootPassword = "e2e-root-password"
 	acfg := broker.AdminConfig{Endpoints: etcdlab.Endpoints(members), TLS: tlsCfg, Password: rootPassword}
 	var adminClient *clientv3.Client
-	eventually(t, 30*time.Second, func() error {
+	testenv.Eventually(t, 30*time.Second, func() error {
 		c, err := broker.AdminClient(ctx, acfg)
 		if err != nil {
 			return err

@@ -117,14 +117,14 @@ func TestServiceAcrossClustersOverWireGuard(t *testing.T) {
 	bpftest.Serve(t, nsHandle(t, west.pod), "west", bpftest.BackendPort)
 
 	// Broker, operators, agents.
-	clientPort, peerPort := freePort(t), freePort(t)
+	clientPort, peerPort := testenv.FreePort(t), testenv.FreePort(t)
 	endpoint := url(clientPort)
 	brokerDir := filepath.Join(dir, "broker")
 	start(t, "braid", "broker", "--data-dir", brokerDir, "--listen", endpoint, "--listen-peer", url(peerPort), "--log-level", "warn")
 	var agents []*proc
 	for _, n := range nodes {
 		join := filepath.Join(n.dir, "join.json")
-		eventually(t, 30*time.Second, func() error {
+		testenv.Eventually(t, 30*time.Second, func() error {
 			_, err := execOut("braid", "broker", "add-cluster", string(n.cluster.Name), "--data-dir", brokerDir, "--etcd-endpoints", endpoint, "--out", join,
 				"--cluster-id", strconv.Itoa(int(n.cluster.ID)), "--pod-cidr", n.cluster.PodCIDRs[0].String(), "--service-cidr", n.cluster.ServiceCIDRs[0].String())
 			return err
@@ -133,8 +133,8 @@ func TestServiceAcrossClustersOverWireGuard(t *testing.T) {
 		writeState(t, n, "")
 		start(t, "braid-operator", "--join", join, "--cluster-id", strconv.Itoa(int(n.cluster.ID)),
 			"--pod-cidr", n.cluster.PodCIDRs[0].String(), "--service-cidr", n.cluster.ServiceCIDRs[0].String(),
-			"--state-file", n.state, "--status-addr", fmt.Sprintf("127.0.0.1:%d", freePort(t)), "--log-level", "warn")
-		status := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+			"--state-file", n.state, "--status-addr", fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t)), "--log-level", "warn")
+		status := fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t))
 		agents = append(agents, start(t, "braid-agent", "--join", join, "--node", n.node, "--zone", "zone-a", "--node-ip", n.nodeIP.String(),
 			"--bpf-pin-dir", bpftest.PinDir(t), "--cgroup", n.cgroup,
 			"--wireguard-device", "bw"+sfx+string(n.cluster.Name[0]), "--wireguard-netns", "/run/netns/"+n.ns,
@@ -144,7 +144,7 @@ func TestServiceAcrossClustersOverWireGuard(t *testing.T) {
 	// node, as it would from the Node object in Kubernetes.
 	for _, n := range nodes {
 		var key string
-		eventually(t, 30*time.Second, func() error {
+		testenv.Eventually(t, 30*time.Second, func() error {
 			b, err := os.ReadFile(filepath.Join(n.dir, "agent", agent.PublicKeyFile))
 			key = strings.TrimSpace(string(b))
 			return err
@@ -156,7 +156,7 @@ func TestServiceAcrossClustersOverWireGuard(t *testing.T) {
 	bpftest.EnterCgroup(t, east.cgroup)
 	vip := netip.AddrPortFrom(east.vip, 80)
 	epod := nsHandle(t, east.pod)
-	eventually(t, 60*time.Second, func() error {
+	testenv.Eventually(t, 60*time.Second, func() error {
 		name, peer, err := bpftest.Ask(epod, "tcp", vip)
 		if err != nil {
 			return fmt.Errorf("connect %v from east's pod: %w", vip, err)
@@ -214,7 +214,7 @@ func TestServiceAcrossClustersOverWireGuard(t *testing.T) {
 	agents[0].restart(t, syscall.SIGTERM)
 	echo("after restart")
 	t.Logf("established connection survived the agent restart; echo answered %v after it began", time.Since(restarted).Round(time.Millisecond))
-	eventually(t, 30*time.Second, func() error {
+	testenv.Eventually(t, 30*time.Second, func() error {
 		name, _, err := bpftest.Ask(epod, "tcp", vip)
 		if err != nil || name != "west" {
 			return fmt.Errorf("new connection after restart: %q %v", name, err)

@@ -20,6 +20,7 @@ import (
 	"github.com/braidmesh/braid/clustermesh/operator"
 	"github.com/braidmesh/braid/clustermesh/remote"
 	"github.com/braidmesh/braid/clustermesh/status"
+	"github.com/braidmesh/braid/internal/testenv"
 	"github.com/braidmesh/braid/kvstore/etcd"
 )
 
@@ -34,7 +35,7 @@ type meshCluster struct {
 // processes with simulated clusters, then kills and restarts them.
 func TestThreeClustersOneBroker(t *testing.T) {
 	dir := t.TempDir()
-	clientPort, peerPort := freePort(t), freePort(t)
+	clientPort, peerPort := testenv.FreePort(t), testenv.FreePort(t)
 	endpoint := url(clientPort)
 	dataDir := filepath.Join(dir, "broker")
 	start(t, "braid", "broker", "--data-dir", dataDir, "--listen", endpoint, "--listen-peer", url(peerPort), "--log-level", "warn")
@@ -46,7 +47,7 @@ func TestThreeClustersOneBroker(t *testing.T) {
 		c := &meshCluster{cfg: clustermesh.ClusterConfig{Name: clustermesh.ClusterName(name), ID: clustermesh.ClusterID(id),
 			PodCIDRs: []netip.Prefix{netip.MustParsePrefix(fmt.Sprintf("10.%d.0.0/16", id))}}}
 		c.join = filepath.Join(dir, name+".join.json")
-		eventually(t, 30*time.Second, func() error {
+		testenv.Eventually(t, 30*time.Second, func() error {
 			_, err := execOut("braid", "broker", "add-cluster", name, "--data-dir", dataDir, "--etcd-endpoints", endpoint, "--out", c.join,
 				"--cluster-id", fmt.Sprint(id), "--pod-cidr", c.cfg.PodCIDRs[0].String())
 			return err
@@ -59,7 +60,7 @@ func TestThreeClustersOneBroker(t *testing.T) {
 		if err := operator.WriteStateFile(stateFile, state); err != nil {
 			t.Fatal(err)
 		}
-		port := freePort(t)
+		port := testenv.FreePort(t)
 		c.status = fmt.Sprintf("http://127.0.0.1:%d", port)
 		c.proc = start(t, "braid-operator", "--join", c.join, "--cluster-id", fmt.Sprint(id), "--pod-cidr", c.cfg.PodCIDRs[0].String(),
 			"--state-file", stateFile, "--lease-ttl", ttl.String(), "--status-addr", fmt.Sprintf("127.0.0.1:%d", port), "--log-level", "warn")
@@ -135,7 +136,7 @@ func TestThreeClustersOneBroker(t *testing.T) {
 				want[o.cfg.Name] = "synced"
 			}
 		}
-		eventually(t, 30*time.Second, sees(c, want))
+		testenv.Eventually(t, 30*time.Second, sees(c, want))
 	}
 	t.Log("each cluster sees the other two synced")
 
@@ -149,7 +150,7 @@ func TestThreeClustersOneBroker(t *testing.T) {
 	b := clusters[1]
 	for _, sig := range []syscall.Signal{syscall.SIGKILL, syscall.SIGTERM} {
 		b.proc.restart(t, sig)
-		eventually(t, 30*time.Second, func() error {
+		testenv.Eventually(t, 30*time.Second, func() error {
 			s, err := status.Fetch(ctx, http.DefaultClient, b.status)
 			if err != nil {
 				return err
@@ -159,7 +160,7 @@ func TestThreeClustersOneBroker(t *testing.T) {
 			}
 			return nil
 		})
-		eventually(t, 30*time.Second, sees(clusters[0], map[clustermesh.ClusterName]string{"b": "synced", "c": "synced"}))
+		testenv.Eventually(t, 30*time.Second, sees(clusters[0], map[clustermesh.ClusterName]string{"b": "synced", "c": "synced"}))
 	}
 	time.Sleep(ttl + time.Second) // past the old process's lease TTL: nothing may expire
 	mu.Lock()
@@ -178,7 +179,7 @@ func TestThreeClustersOneBroker(t *testing.T) {
 	if err := rootStore.Put(ctx, forged.Key(), val, 0); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, 10*time.Second, func() error {
+	testenv.Eventually(t, 10*time.Second, func() error {
 		s, err := status.Fetch(ctx, http.DefaultClient, clusters[0].status)
 		if err != nil {
 			return err
@@ -207,7 +208,7 @@ func TestThreeClustersOneBroker(t *testing.T) {
 				want[x.cfg.Name] = "synced"
 			}
 		}
-		eventually(t, ttl+15*time.Second, sees(o, want))
+		testenv.Eventually(t, ttl+15*time.Second, sees(o, want))
 	}
 	t.Logf("c killed: marked gone by a and b after %v (lease TTL %v)", time.Since(killed).Round(time.Millisecond), ttl)
 	mu.Lock()

@@ -16,7 +16,7 @@ import (
 	"time"
 
 	"github.com/braidmesh/braid/clustermesh"
-	"github.com/braidmesh/braid/internal/etcdlab"
+	"github.com/braidmesh/braid/internal/testenv"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
@@ -110,7 +110,7 @@ func readFile(t *testing.T, path string) []byte {
 
 func TestBrokerRestartReusesState(t *testing.T) {
 	dir := filepath.Join(t.TempDir(), "broker")
-	ports := etcdlab.FreePorts(t, 2)
+	ports := testenv.FreePorts(t, 2)
 	b := startBroker(t, dir, ports[0], ports[1])
 
 	creds, err := b.AddCluster(t.Context(), testGrant("east"))
@@ -172,7 +172,7 @@ func TestBrokerRestartReusesState(t *testing.T) {
 }
 
 func TestClusterAuthorization(t *testing.T) {
-	ports := etcdlab.FreePorts(t, 2)
+	ports := testenv.FreePorts(t, 2)
 	b := startBroker(t, t.TempDir(), ports[0], ports[1])
 	ctx := t.Context()
 

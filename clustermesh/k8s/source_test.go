@@ -22,6 +22,7 @@ import (
 	mcsfake "sigs.k8s.io/mcs-api/pkg/client/clientset/versioned/fake"
 
 	"github.com/braidmesh/braid/clustermesh"
+	"github.com/braidmesh/braid/internal/testenv"
 	"github.com/braidmesh/braid/kvstore/memory"
 )
 
@@ -160,28 +161,13 @@ func start(t *testing.T, store *memory.Store, objs []runtime.Object, mcsObjs []r
 			h.stop()
 		}
 	})
-	eventually(t, func() error {
+	testenv.Eventually(t, 10*time.Second, func() error {
 		if !src.Status().Synced {
 			return fmt.Errorf("not synced")
 		}
 		return nil
 	})
 	return h
-}
-
-func eventually(t *testing.T, f func() error) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		err := f()
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatal(err)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
 }
 
 func node(name, ip, zone string) *corev1.Node {
@@ -300,7 +286,7 @@ func TestSourcePublishes(t *testing.T) {
 	if _, err := h.kube.CoreV1().Services("default").Update(ctx, web, metav1.UpdateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, func() error {
+	testenv.Eventually(t, 10*time.Second, func() error {
 		if r, _ := h.pub.get(svcKey("default", "web")).(*clustermesh.Service); r == nil || r.Affinity != clustermesh.AffinityRemote {
 			return fmt.Errorf("affinity not updated: %+v", r)
 		}
@@ -310,7 +296,7 @@ func TestSourcePublishes(t *testing.T) {
 	if _, err := h.kube.CoreV1().Services("default").Update(ctx, web, metav1.UpdateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, func() error {
+	testenv.Eventually(t, 10*time.Second, func() error {
 		if h.pub.get(svcKey("default", "web")) != nil {
 			return fmt.Errorf("web still published without annotation")
 		}
@@ -319,7 +305,7 @@ func TestSourcePublishes(t *testing.T) {
 	if err := h.kube.CoreV1().Services("default").Delete(ctx, "noports", metav1.DeleteOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, func() error {
+	testenv.Eventually(t, 10*time.Second, func() error {
 		if h.pub.get(svcKey("default", "noports")) != nil {
 			return fmt.Errorf("deleted service still published")
 		}
@@ -329,7 +315,7 @@ func TestSourcePublishes(t *testing.T) {
 	if err := h.kube.CoreV1().Pods("other").Delete(ctx, "db", metav1.DeleteOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, func() error {
+	testenv.Eventually(t, 10*time.Second, func() error {
 		if n := len(h.pub.kind(clustermesh.KindIdentities)); n != 1 {
 			return fmt.Errorf("identities = %d, want 1", n)
 		}
@@ -362,7 +348,7 @@ func TestInvalidAnnotationWarns(t *testing.T) {
 	h := start(t, memory.New(), []runtime.Object{
 		service("default", "bad", map[string]string{AnnotationGlobal: "true", "service.cilium.io/affinity": "closest"}),
 	}, nil)
-	eventually(t, func() error {
+	testenv.Eventually(t, 10*time.Second, func() error {
 		evs, err := h.kube.CoreV1().Events("default").List(context.Background(), metav1.ListOptions{})
 		if err != nil {
 			return err
@@ -432,7 +418,7 @@ func TestServiceExportConflict(t *testing.T) {
 		Ports: []clustermesh.ServicePort{{Name: "http", Port: 80, Protocol: clustermesh.TCP}}})
 	h.src.MeshChanged()
 	ctx := context.Background()
-	eventually(t, func() error {
+	testenv.Eventually(t, 10*time.Second, func() error {
 		got, err := h.mcs.MulticlusterV1beta1().ServiceExports("default").Get(ctx, "web", metav1.GetOptions{})
 		if err != nil {
 			return err
@@ -459,7 +445,7 @@ func TestServiceExportConflict(t *testing.T) {
 	if err := h.mcs.MulticlusterV1beta1().ServiceExports("default").Delete(ctx, "web", metav1.DeleteOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, func() error {
+	testenv.Eventually(t, 10*time.Second, func() error {
 		_, err := h.mcs.MulticlusterV1beta1().ServiceImports("default").Get(ctx, "web", metav1.GetOptions{})
 		if !apierrors.IsNotFound(err) {
 			return fmt.Errorf("import still there: %v", err)
@@ -488,7 +474,7 @@ func TestHeadlessMirrors(t *testing.T) {
 		}
 		return l.Items, nil
 	}
-	eventually(t, func() error {
+	testenv.Eventually(t, 10*time.Second, func() error {
 		m, err := mirrors()
 		if err != nil {
 			return err
@@ -505,7 +491,7 @@ func TestHeadlessMirrors(t *testing.T) {
 	// The remote cluster leaves: its mirror goes.
 	h.mesh.set("west")
 	h.src.MeshChanged()
-	eventually(t, func() error {
+	testenv.Eventually(t, 10*time.Second, func() error {
 		m, err := mirrors()
 		if err != nil || len(m) != 0 {
 			return fmt.Errorf("mirrors = %d, %v", len(m), err)

@@ -3,7 +3,6 @@ package operator
 import (
 	"context"
 	"fmt"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -25,6 +24,7 @@ import (
 	"github.com/braidmesh/braid/clustermesh/k8s"
 	"github.com/braidmesh/braid/clustermesh/remote"
 	"github.com/braidmesh/braid/internal/kubelab"
+	"github.com/braidmesh/braid/internal/testenv"
 )
 
 // TestBenchmarkGlobalServices measures how long BRAID_BENCH_SERVICES
@@ -55,14 +55,7 @@ func TestBenchmarkGlobalServices(t *testing.T) {
 			t.Fatalf("build %s: %v\n%s", cmd, err, out)
 		}
 	}
-	port := func() int {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer l.Close()
-		return l.Addr().(*net.TCPAddr).Port
-	}
+	port := func() int { return testenv.FreePort(t) }
 	endpoint := fmt.Sprintf("https://127.0.0.1:%d", port())
 	brokerDir := filepath.Join(dir, "broker")
 	brokerProc := exec.Command(filepath.Join(dir, "braid"), "broker", "--data-dir", brokerDir, "--listen", endpoint,
@@ -72,7 +65,7 @@ func TestBenchmarkGlobalServices(t *testing.T) {
 	}
 	t.Cleanup(func() { _ = brokerProc.Process.Signal(os.Interrupt); _ = brokerProc.Wait() })
 	for i, c := range []string{"a", "b"} {
-		waitFor(t, "broker ready", time.Minute, func() error {
+		testenv.Eventually(t, time.Minute, func() error {
 			out, err := exec.Command(filepath.Join(dir, "braid"), "broker", "add-cluster", c, "--data-dir", brokerDir,
 				"--etcd-endpoints", endpoint, "--out", filepath.Join(dir, c+".json"), "--cluster-id", fmt.Sprint(i+1),
 				"--pod-cidr", fmt.Sprintf("10.%d.0.0/16", i+1), "--service-cidr", fmt.Sprintf("10.%d.0.0/16", 101+i)).CombinedOutput()
@@ -159,7 +152,7 @@ func TestBenchmarkGlobalServices(t *testing.T) {
 	close(work)
 	wg.Wait()
 	createdIn := time.Since(start)
-	waitFor(t, "all services in b's view", 20*time.Minute, func() error {
+	testenv.Eventually(t, 20*time.Minute, func() error {
 		cs := viewB.Snapshot().Clusters["a"]
 		if cs == nil {
 			return fmt.Errorf("a unknown")

@@ -28,6 +28,7 @@ import (
 	"github.com/braidmesh/braid/clustermesh"
 	"github.com/braidmesh/braid/clustermesh/k8s"
 	"github.com/braidmesh/braid/internal/kubelab"
+	"github.com/braidmesh/braid/internal/testenv"
 	"github.com/braidmesh/braid/kvstore"
 	etcdstore "github.com/braidmesh/braid/kvstore/etcd"
 	"github.com/braidmesh/braid/kvstore/etcd/etcdtest"
@@ -109,21 +110,6 @@ func startOperator(t *testing.T, env *kubeEnv, store kvstore.Store) *running {
 	}
 	t.Cleanup(stop)
 	return &running{op: op, stop: stop}
-}
-
-func waitFor(t *testing.T, what string, timeout time.Duration, f func() error) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for {
-		err := f()
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: %v", what, err)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
 }
 
 // remoteService is b's view of cluster a's service ns/name.
@@ -242,7 +228,7 @@ func runTwoClusters(t *testing.T, a, b *kubeEnv, store kvstore.Store) {
 	// A global service with a ready pod in A appears with its backend in B.
 	addBackend(t, a, "web", "10.1.1.5", 8080)
 	createService(t, a, "web", global, corev1.ProtocolTCP)
-	waitFor(t, "web in b's view", timeout, func() error {
+	testenv.Eventually(t, timeout, func() error {
 		s, ok := remoteService(opB.op, "a", "default/web")
 		if !ok || len(s.Backends) != 1 || s.Backends[0].IP != netip.MustParseAddr("10.1.1.5") || !s.Backends[0].Ready {
 			return fmt.Errorf("got %+v (present %v)", s, ok)
@@ -252,7 +238,7 @@ func runTwoClusters(t *testing.T, a, b *kubeEnv, store kvstore.Store) {
 		}
 		return nil
 	})
-	waitFor(t, "web's IP entry in b's view", timeout, func() error {
+	testenv.Eventually(t, timeout, func() error {
 		cs := opB.op.Watcher().Snapshot().Clusters["a"]
 		if cs == nil {
 			return fmt.Errorf("a unknown")
@@ -265,7 +251,7 @@ func runTwoClusters(t *testing.T, a, b *kubeEnv, store kvstore.Store) {
 	})
 	// Affinity changes are reflected.
 	setAnnotations(t, a, "web", map[string]string{k8s.AnnotationGlobal: "true", "service.cilium.io/affinity": "local"})
-	waitFor(t, "affinity local in b", timeout, func() error {
+	testenv.Eventually(t, timeout, func() error {
 		if s, _ := remoteService(opB.op, "a", "default/web"); s.Affinity != clustermesh.AffinityLocal {
 			return fmt.Errorf("affinity %q", s.Affinity)
 		}
@@ -273,14 +259,14 @@ func runTwoClusters(t *testing.T, a, b *kubeEnv, store kvstore.Store) {
 	})
 	// Removing the annotation withdraws it; restoring it brings it back.
 	setAnnotations(t, a, "web", nil)
-	waitFor(t, "web withdrawn", timeout, func() error {
+	testenv.Eventually(t, timeout, func() error {
 		if _, ok := remoteService(opB.op, "a", "default/web"); ok {
 			return fmt.Errorf("still there")
 		}
 		return nil
 	})
 	setAnnotations(t, a, "web", global)
-	waitFor(t, "web back", timeout, func() error {
+	testenv.Eventually(t, timeout, func() error {
 		if _, ok := remoteService(opB.op, "a", "default/web"); !ok {
 			return fmt.Errorf("absent")
 		}
@@ -289,7 +275,7 @@ func runTwoClusters(t *testing.T, a, b *kubeEnv, store kvstore.Store) {
 
 	// An invalid annotation: a Warning Event, not global, operator keeps running.
 	createService(t, a, "bad", map[string]string{k8s.AnnotationGlobal: "true", k8s.AnnotationAffinity: "closest"}, corev1.ProtocolTCP)
-	waitFor(t, "warning event", timeout, func() error {
+	testenv.Eventually(t, timeout, func() error {
 		evs, err := a.kube.CoreV1().Events("default").List(ctx, metav1.ListOptions{})
 		if err != nil {
 			return err
@@ -309,13 +295,13 @@ func runTwoClusters(t *testing.T, a, b *kubeEnv, store kvstore.Store) {
 	for _, env := range []*kubeEnv{a, b} {
 		// Fake clientsets do not set creation timestamps; apiservers do.
 		exp := &mcsv1beta1.ServiceExport{ObjectMeta: metav1.ObjectMeta{Name: "api", Namespace: "default", CreationTimestamp: metav1.Now()}}
-		waitFor(t, "create export", timeout, func() error { // the CRD may still be settling
+		testenv.Eventually(t, timeout, func() error { // the CRD may still be settling
 			_, err := env.mcs.MulticlusterV1beta1().ServiceExports("default").Create(ctx, exp, metav1.CreateOptions{})
 			return err
 		})
 	}
 	for _, env := range []*kubeEnv{a, b} {
-		waitFor(t, fmt.Sprintf("conflict in %s", env.cfg.Cluster.Name), timeout, func() error {
+		testenv.Eventually(t, timeout, func() error {
 			exp, err := env.mcs.MulticlusterV1beta1().ServiceExports("default").Get(ctx, "api", metav1.GetOptions{})
 			if err != nil {
 				return err
@@ -343,7 +329,7 @@ func runTwoClusters(t *testing.T, a, b *kubeEnv, store kvstore.Store) {
 	deletes := deleteWatch(t, store, "a")
 	opA.stop()
 	opA = startOperator(t, a, store)
-	waitFor(t, "a republished", timeout, func() error {
+	testenv.Eventually(t, timeout, func() error {
 		ps := opA.op.Snapshot().Publish
 		for _, k := range clustermesh.Kinds {
 			if !ps.Synced[k] {
@@ -360,7 +346,7 @@ func runTwoClusters(t *testing.T, a, b *kubeEnv, store kvstore.Store) {
 	if err := a.kube.CoreV1().Services("default").Delete(ctx, "web", metav1.DeleteOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "web withdrawn after delete", timeout, func() error {
+	testenv.Eventually(t, timeout, func() error {
 		if _, ok := remoteService(opB.op, "a", "default/web"); ok {
 			return fmt.Errorf("still there")
 		}

@@ -12,6 +12,7 @@ import (
 
 	"github.com/braidmesh/braid/clustermesh"
 	"github.com/braidmesh/braid/clustermesh/publish"
+	"github.com/braidmesh/braid/internal/testenv"
 	"github.com/braidmesh/braid/kvstore"
 	"github.com/braidmesh/braid/kvstore/memory"
 )
@@ -69,21 +70,6 @@ func (r *recorder) drain(quiet time.Duration) []kvstore.Event {
 	}
 }
 
-func eventually(t *testing.T, d time.Duration, f func() error) {
-	t.Helper()
-	deadline := time.Now().Add(d)
-	for {
-		err := f()
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("condition not met after %v: %v", d, err)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-}
-
 func start(t *testing.T, ctx context.Context, p *publish.Publisher) (stop func()) {
 	ctx, cancel := context.WithCancel(ctx)
 	done := make(chan error, 1)
@@ -124,7 +110,7 @@ func TestPublishWritesOnlyWhatChanged(t *testing.T) {
 	}
 	stop := start(t, ctx, p)
 	defer stop()
-	eventually(t, 5*time.Second, synced(p, clustermesh.KindNodes))
+	testenv.Eventually(t, 5*time.Second, synced(p, clustermesh.KindNodes))
 
 	evs := rec.drain(100 * time.Millisecond)
 	// cluster config + 3 nodes + 1 marker
@@ -193,7 +179,7 @@ func TestRestartAdoptsLeaseAndWritesNothing(t *testing.T) {
 	_ = p1.Replace(clustermesh.KindNodes, nodes(east, 5, "z1"))
 	_ = p1.Replace(clustermesh.KindServices, nil)
 	stop := start(t, ctx, p1)
-	eventually(t, 5*time.Second, synced(p1, clustermesh.KindNodes, clustermesh.KindServices))
+	testenv.Eventually(t, 5*time.Second, synced(p1, clustermesh.KindNodes, clustermesh.KindServices))
 	stop()
 
 	rec := record(ctx, t, store)
@@ -201,7 +187,7 @@ func TestRestartAdoptsLeaseAndWritesNothing(t *testing.T) {
 	_ = p2.Replace(clustermesh.KindNodes, nodes(east, 4, "z1"))
 	stop = start(t, ctx, p2)
 	defer stop()
-	eventually(t, 5*time.Second, synced(p2, clustermesh.KindNodes))
+	testenv.Eventually(t, 5*time.Second, synced(p2, clustermesh.KindNodes))
 	evs := rec.drain(300 * time.Millisecond)
 	if len(evs) != 1 || evs[0].Kind != kvstore.EventDelete || !strings.HasSuffix(evs[0].Key, "/node-4") {
 		t.Fatalf("restart with one node fewer: got %v, want only the delete of node-4", evs)
@@ -222,7 +208,7 @@ func TestLostLeaseIsReplacedAndEverythingRewritten(t *testing.T) {
 	_ = p.Replace(clustermesh.KindNodes, nodes(east, 2, "z1"))
 	stop := start(t, ctx, p)
 	defer stop()
-	eventually(t, 5*time.Second, synced(p, clustermesh.KindNodes))
+	testenv.Eventually(t, 5*time.Second, synced(p, clustermesh.KindNodes))
 
 	kv, err := store.Get(ctx, clustermesh.ClusterKey("east"))
 	if err != nil {
@@ -231,7 +217,7 @@ func TestLostLeaseIsReplacedAndEverythingRewritten(t *testing.T) {
 	if err := store.RevokeLease(ctx, kv.Lease); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, 10*time.Second, func() error {
+	testenv.Eventually(t, 10*time.Second, func() error {
 		kvs, _, err := store.List(ctx, clustermesh.Root)
 		if err != nil {
 			return err
@@ -255,7 +241,7 @@ func TestRegistrationConflictsNameBothClusters(t *testing.T) {
 	a, _ := publish.New(publish.Config{Cluster: cluster("east", 1, "10.1.0.0/16")}, store, nil, nil)
 	stop := start(t, ctx, a)
 	defer stop()
-	eventually(t, 5*time.Second, func() error {
+	testenv.Eventually(t, 5*time.Second, func() error {
 		if !a.Status().Registered {
 			return errors.New("east not registered")
 		}

@@ -10,6 +10,7 @@ import (
 
 	"github.com/braidmesh/braid/clustermesh"
 	"github.com/braidmesh/braid/clustermesh/remote"
+	"github.com/braidmesh/braid/internal/testenv"
 	"github.com/braidmesh/braid/kvstore/etcd"
 	"github.com/braidmesh/braid/kvstore/etcd/etcdtest"
 )
@@ -37,7 +38,7 @@ func TestReconnectAfterCompactionDoesNotFlush(t *testing.T) {
 	b := cluster("b", 2)
 	publishCluster(t, ctx, direct, b, 5, 30*time.Second)
 	w := runWatcher(t, ctx, viaProxy, "a")
-	eventually(t, 20*time.Second, syncedWith(w, 5, "b"))
+	testenv.Eventually(t, 20*time.Second, syncedWith(w, 5, "b"))
 	changes := w.Subscribe(ctx)
 
 	proxy.Partition()

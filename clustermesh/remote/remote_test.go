@@ -11,6 +11,7 @@ import (
 	"github.com/braidmesh/braid/clustermesh"
 	"github.com/braidmesh/braid/clustermesh/publish"
 	"github.com/braidmesh/braid/clustermesh/remote"
+	"github.com/braidmesh/braid/internal/testenv"
 	"github.com/braidmesh/braid/kvstore"
 	"github.com/braidmesh/braid/kvstore/memory"
 )
@@ -86,21 +87,6 @@ func runWatcher(t *testing.T, ctx context.Context, s kvstore.Store, self cluster
 	return w
 }
 
-func eventually(t *testing.T, d time.Duration, f func() error) {
-	t.Helper()
-	deadline := time.Now().Add(d)
-	for {
-		err := f()
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("condition not met after %v: %v", d, err)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-}
-
 func syncedWith(w *remote.Watcher, n int, names ...clustermesh.ClusterName) func() error {
 	return func() error {
 		snap := w.Snapshot()
@@ -135,7 +121,7 @@ func TestThreeClustersSeeEachOtherSynced(t *testing.T) {
 				others = append(others, n)
 			}
 		}
-		eventually(t, 10*time.Second, syncedWith(w, 10, others...))
+		testenv.Eventually(t, 10*time.Second, syncedWith(w, 10, others...))
 		if _, ok := w.Snapshot().Clusters[names[i]]; ok {
 			t.Errorf("watcher of %s mirrors itself", names[i])
 		}
@@ -154,7 +140,7 @@ func TestForgedEntriesAreRejectedAndCounted(t *testing.T) {
 	b := cluster("b", 2)
 	publishCluster(t, ctx, s, b, 3, 5*time.Second)
 	w := runWatcher(t, ctx, s, "a")
-	eventually(t, 10*time.Second, syncedWith(w, 3, "b"))
+	testenv.Eventually(t, 10*time.Second, syncedWith(w, 3, "b"))
 
 	// Forged under b's prefix: identity in cluster 3's range.
 	forged := clustermesh.Identity{ID: 3<<16 + 9, Cluster: "b", Labels: map[string]string{"app": "evil"}}
@@ -168,7 +154,7 @@ func TestForgedEntriesAreRejectedAndCounted(t *testing.T) {
 	if err := s.Put(ctx, clustermesh.KindPrefix(clustermesh.KindIPs, "b")+"10.2.9.9/32", val, 0); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, 5*time.Second, func() error {
+	testenv.Eventually(t, 5*time.Second, func() error {
 		st := w.Status()
 		if len(st) != 1 || st[0].Invalid != 2 {
 			return fmt.Errorf("status %+v, want 2 invalid entries counted", st)
@@ -193,7 +179,7 @@ func TestDepartedClusterIsDrained(t *testing.T) {
 	p := publishCluster(t, pctx, s, cluster("b", 2), 4, 2*time.Second)
 	w := runWatcher(t, ctx, s, "a")
 	changes := w.Subscribe(ctx)
-	eventually(t, 10*time.Second, syncedWith(w, 4, "b"))
+	testenv.Eventually(t, 10*time.Second, syncedWith(w, 4, "b"))
 	_ = p
 	stopB() // the process dies: nothing renews the lease
 
@@ -232,7 +218,7 @@ func TestRewriteOfSameValueIsNotAChange(t *testing.T) {
 	b := cluster("b", 2)
 	publishCluster(t, ctx, s, b, 2, 5*time.Second)
 	w := runWatcher(t, ctx, s, "a")
-	eventually(t, 10*time.Second, syncedWith(w, 2, "b"))
+	testenv.Eventually(t, 10*time.Second, syncedWith(w, 2, "b"))
 	changes := w.Subscribe(ctx)
 	kvs, _, _ := s.List(ctx, clustermesh.KindPrefix(clustermesh.KindNodes, "b"))
 	for _, kv := range kvs {

@@ -9,7 +9,6 @@ package etcdlab
 import (
 	"bytes"
 	"fmt"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -99,7 +98,7 @@ func (m *Member) Log() string {
 // the tail of each member's output.
 func StartCluster(t testing.TB, bin string, tls TLS, n int) []*Member {
 	t.Helper()
-	ports := FreePorts(t, 2*n)
+	ports := testenv.FreePorts(t, 2*n)
 	var initial []string
 	for i := range n {
 		initial = append(initial, fmt.Sprintf("m%d=https://127.0.0.1:%d", i, ports[n+i]))
@@ -169,25 +168,4 @@ func Endpoints(ms []*Member) []string {
 		out = append(out, m.Endpoint)
 	}
 	return out
-}
-
-// FreePorts returns n distinct free TCP ports on 127.0.0.1.
-func FreePorts(t testing.TB, n int) []int {
-	t.Helper()
-	var ls []net.Listener
-	defer func() {
-		for _, l := range ls {
-			l.Close()
-		}
-	}()
-	ports := make([]int, n)
-	for i := range ports {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		ls = append(ls, l)
-		ports[i] = l.Addr().(*net.TCPAddr).Port
-	}
-	return ports
 }

@@ -15,6 +15,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/braidmesh/braid/internal/testenv"
 )
 
 // StartTimeout bounds how long StartEtcd and StartCluster wait for a process
@@ -174,7 +176,7 @@ func startReady(t testing.TB, name, logPath, bin string, nports int, args func(p
 	for attempt := 1; ; attempt++ {
 		ports := make([]int, nports)
 		for i := range ports {
-			ports[i] = freePort(t)
+			ports[i] = testenv.FreePort(t)
 		}
 		p, err := startProcess(name, logPath, bin, args(ports)...)
 		if err != nil {
@@ -191,17 +193,6 @@ func startReady(t testing.TB, name, logPath, bin string, nports int, args func(p
 		}
 		t.Fatalf("kubelab: %v; last lines of %s:\n%s", err, logPath, p.tail(40))
 	}
-}
-
-// freePort returns a loopback TCP port that was free a moment ago.
-func freePort(t testing.TB) int {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatalf("kubelab: find a free port: %v", err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
 }
 
 func hostPort(port int) string { return net.JoinHostPort("127.0.0.1", strconv.Itoa(port)) }

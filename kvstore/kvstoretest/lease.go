@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/braidmesh/braid/internal/testenv"
 	"github.com/braidmesh/braid/kvstore"
 )
 
@@ -23,7 +24,7 @@ func testLeaseExpiry(t *testing.T, h *harness) {
 		t.Fatalf("Get = %+v, %v; want lease %d", kv, err, id)
 	}
 	start := time.Now()
-	eventually(t, "leased key deleted after the TTL", func() error {
+	testenv.Eventually(t, timeout, func() error {
 		_, err := h.Store.Get(ctx, k)
 		if errors.Is(err, kvstore.ErrNotFound) {
 			return nil
@@ -70,7 +71,7 @@ func testLeaseKeepAlive(t *testing.T, h *harness) {
 		}
 	}
 	// Then let it lapse.
-	eventually(t, "key deleted once renewals stop", func() error {
+	testenv.Eventually(t, timeout, func() error {
 		_, err := h.Store.Get(ctx, k)
 		if errors.Is(err, kvstore.ErrNotFound) {
 			return nil

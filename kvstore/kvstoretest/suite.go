@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/braidmesh/braid/internal/testenv"
 	"github.com/braidmesh/braid/kvstore"
 )
 
@@ -121,24 +122,6 @@ func mustPut(t *testing.T, s kvstore.Store, key, value string, lease kvstore.Lea
 	t.Helper()
 	if err := s.Put(testCtx(t), key, []byte(value), lease); err != nil {
 		t.Fatalf("Put(%q): %v", key, err)
-	}
-}
-
-// eventually polls cond until it returns nil or the suite's timeout passes.
-func eventually(t *testing.T, what string, cond func() error) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	delay := time.Millisecond
-	for {
-		err := cond()
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: still failing after %v: %v", what, timeout, err)
-		}
-		time.Sleep(delay)
-		delay = min(2*delay, 50*time.Millisecond)
 	}
 }
 
@@ -409,7 +392,7 @@ func testNoGoroutineLeak(t *testing.T, h *harness) {
 	for _, w := range chans {
 		waitClosed(t, w)
 	}
-	eventually(t, "goroutines back to the level before the watches", func() error {
+	testenv.Eventually(t, timeout, func() error {
 		if n := runtime.NumGoroutine(); n > base+2 {
 			return fmt.Errorf("%d goroutines, %d before", n, base)
 		}

@@ -2,7 +2,6 @@ package etcdtest
 
 import (
 	"fmt"
-	"net"
 	"net/url"
 	"sync"
 	"testing"
@@ -10,6 +9,8 @@ import (
 
 	"go.etcd.io/etcd/server/v3/embed"
 	"go.uber.org/zap"
+
+	"github.com/braidmesh/braid/internal/testenv"
 )
 
 // readyTimeout bounds how long Start and Restart wait for the server.
@@ -48,11 +49,7 @@ func Start(t testing.TB, opts ...Option) *Server {
 	s := &Server{dir: t.TempDir(), opts: opts}
 	var err error
 	for range 3 { // a free port can be taken between finding and binding it
-		var ports []int
-		ports, err = freePorts(2)
-		if err != nil {
-			break
-		}
+		ports := testenv.FreePorts(t, 2)
 		s.clientURL = url.URL{Scheme: "http", Host: fmt.Sprintf("127.0.0.1:%d", ports[0])}
 		s.peerURL = url.URL{Scheme: "http", Host: fmt.Sprintf("127.0.0.1:%d", ports[1])}
 		if err = s.start(); err == nil {
@@ -144,24 +141,4 @@ func (s *Server) Restart(t testing.TB) {
 	if err != nil {
 		t.Fatalf("restart etcd: %v", err)
 	}
-}
-
-// freePorts returns n distinct loopback TCP ports that were free a moment ago.
-func freePorts(n int) ([]int, error) {
-	var ports []int
-	var lns []net.Listener
-	defer func() {
-		for _, ln := range lns {
-			ln.Close()
-		}
-	}()
-	for range n {
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			return nil, fmt.Errorf("find free port: %w", err)
-		}
-		lns = append(lns, ln)
-		ports = append(ports, ln.Addr().(*net.TCPAddr).Port)
-	}
-	return ports, nil
 }
