@@ -3,6 +3,7 @@ package agent_test
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"net/netip"
 	"testing"
 	"time"
@@ -12,6 +13,7 @@ import (
 	"github.com/braidmesh/braid/clustermesh"
 	"github.com/braidmesh/braid/clustermesh/agent"
 	"github.com/braidmesh/braid/clustermesh/publish"
+	"github.com/braidmesh/braid/internal/testenv"
 	"github.com/braidmesh/braid/kvstore"
 	"github.com/braidmesh/braid/kvstore/memory"
 )
@@ -125,13 +127,27 @@ func TestAgentServesMeshServiceThroughSocketLB(t *testing.T) {
 	}
 	expect("remote")
 	t.Logf("failover to the remote backend visible to connect() after %v", time.Since(start).Round(time.Millisecond))
-	// West withdraws its service: back to the (unready) local one, the
-	// only backend left, is not chosen... so make it ready again first.
+	// East's backend is ready again: all local.
 	if err := pubEast.Upsert(webService(east, "172.21.0.10", lab.LocalV4, "e1", "za", true)); err != nil {
 		t.Fatal(err)
 	}
 	expect("local")
+	backends := func(want int) func() error {
+		return func() error {
+			for _, m := range a.Snapshot().Maps {
+				if m.Name == "backends" && m.Entries == want {
+					return nil
+				}
+			}
+			return fmt.Errorf("want %d entries in the backends map; agent status %+v", want, a.Snapshot().Maps)
+		}
+	}
+	testenv.Eventually(t, 10*time.Second, backends(2)) // east's and west's
+	// West withdraws its service: its backend leaves the datapath, and
+	// east's, ready again, keeps every connection.
 	pubWest.Delete(webService(west, "", lab.RemoteV4, "", "", true).Key())
+	testenv.Eventually(t, 10*time.Second, backends(1))
+	expect("local")
 	if snap := a.Snapshot(); !snap.Healthy {
 		t.Errorf("agent unhealthy: %v", snap.Problems)
 	}
