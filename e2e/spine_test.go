@@ -15,12 +15,15 @@ import (
 	"testing"
 	"time"
 
+	clientv3 "go.etcd.io/etcd/client/v3"
+
 	"github.com/braidmesh/braid/clustermesh"
 	"github.com/braidmesh/braid/clustermesh/broker"
 	"github.com/braidmesh/braid/clustermesh/operator"
 	"github.com/braidmesh/braid/clustermesh/remote"
 	"github.com/braidmesh/braid/clustermesh/status"
 	"github.com/braidmesh/braid/internal/testenv"
+	"github.com/braidmesh/braid/kvstore"
 	"github.com/braidmesh/braid/kvstore/etcd"
 )
 
@@ -141,8 +144,10 @@ func TestThreeClustersOneBroker(t *testing.T) {
 	t.Log("each cluster sees the other two synced")
 
 	out := run(t, "braid", "status", "--url", clusters[0].status)
-	if !strings.Contains(out, "b   ") && !strings.Contains(out, "synced") {
-		t.Errorf("braid status output lacks the synced remotes:\n%s", out)
+	for _, name := range []string{"b", "c"} {
+		if !statusRowSays(out, name, "synced") {
+			t.Errorf("braid status output lacks remote %s synced:\n%s", name, out)
+		}
 	}
 
 	// Restarts: killed and restarted within the TTL, and stopped cleanly
@@ -162,12 +167,9 @@ func TestThreeClustersOneBroker(t *testing.T) {
 		})
 		testenv.Eventually(t, 30*time.Second, sees(clusters[0], map[clustermesh.ClusterName]string{"b": "synced", "c": "synced"}))
 	}
-	time.Sleep(ttl + time.Second) // past the old process's lease TTL: nothing may expire
-	mu.Lock()
-	if n := deletes["b"]; n != 0 {
-		t.Errorf("restarting b's operator made consumers see %d deletes", n)
-	}
-	mu.Unlock()
+	// Nothing may expire: every key of b's is on one lease that is still
+	// alive past the time it would have expired unrenewed.
+	testenv.Eventually(t, 30*time.Second, leaseOutlivesTTL(ctx, rootStore, admin, "b"))
 	if err := sees(clusters[0], map[clustermesh.ClusterName]string{"b": "synced", "c": "synced"})(); err != nil {
 		t.Error(err)
 	}
@@ -191,9 +193,26 @@ func TestThreeClustersOneBroker(t *testing.T) {
 		}
 		return fmt.Errorf("a's status does not count the forged entry: %+v", s.Remotes)
 	})
+	// The consumer must have seen (and counted) the entry before its
+	// snapshot can show that it was not applied.
+	testenv.Eventually(t, 10*time.Second, func() error {
+		for _, r := range consumer.Status() {
+			if r.Name == "b" && r.Invalid >= 1 && strings.Contains(r.LastError, "outside cluster") {
+				return nil
+			}
+		}
+		return fmt.Errorf("the consumer does not count the forged entry: %+v", consumer.Status())
+	})
 	if _, ok := consumer.Snapshot().Clusters["b"].Identities[forged.ID]; ok {
 		t.Fatal("forged identity applied by a consumer")
 	}
+	// The consumer has now seen b's entries up to the forged one, written
+	// after the restarts.
+	mu.Lock()
+	if n := deletes["b"]; n != 0 {
+		t.Errorf("restarting b's operator made consumers see %d deletes", n)
+	}
+	mu.Unlock()
 	_ = rootStore.Delete(ctx, forged.Key())
 
 	// c dies: after its lease TTL, the others show it gone and its
@@ -221,6 +240,49 @@ func TestThreeClustersOneBroker(t *testing.T) {
 	mu.Unlock()
 }
 
+// leaseOutlivesTTL returns a check that passes once every key cluster owns
+// is bound to one lease that is still alive a full granted TTL after the
+// check first saw it: the running process renews it, so none of the
+// cluster's keys can expire.
+func leaseOutlivesTTL(ctx context.Context, store kvstore.Store, cli *clientv3.Client, cluster clustermesh.ClusterName) func() error {
+	var (
+		seen     kvstore.LeaseID
+		deadline time.Time
+	)
+	return func() error {
+		leases := map[kvstore.LeaseID]int{}
+		for _, p := range append(clustermesh.OwnedPrefixes(cluster), clustermesh.ClusterKey(cluster)) {
+			kvs, _, err := store.List(ctx, p)
+			if err != nil {
+				return err
+			}
+			for _, kv := range kvs {
+				leases[kv.Lease]++
+			}
+		}
+		if len(leases) != 1 {
+			return fmt.Errorf("%s's keys are on leases %v, want one", cluster, leases)
+		}
+		var lease kvstore.LeaseID
+		for lease = range leases {
+		}
+		ttl, err := cli.TimeToLive(ctx, clientv3.LeaseID(lease))
+		if err != nil {
+			return err
+		}
+		if lease == 0 || ttl.TTL <= 0 {
+			return fmt.Errorf("%s's lease %x is gone (TTL %d)", cluster, lease, ttl.TTL)
+		}
+		if lease != seen {
+			seen, deadline = lease, time.Now().Add(time.Duration(ttl.GrantedTTL)*time.Second)
+		}
+		if time.Now().Before(deadline) {
+			return fmt.Errorf("%s's lease %x alive; waiting past its TTL of %ds", cluster, lease, ttl.GrantedTTL)
+		}
+		return nil
+	}
+}
+
 func execOut(name string, args ...string) (string, error) {
 	cmd := execCommand(name, args...)
 	out, err := cmd.CombinedOutput()
@@ -228,4 +290,16 @@ func execOut(name string, args ...string) (string, error) {
 		return string(out), fmt.Errorf("%s %v: %w: %s", name, args, err, out)
 	}
 	return string(out), nil
+}
+
+// statusRowSays reports whether braid status output has a remote row for
+// cluster name whose state column (the third) is state.
+func statusRowSays(out, name, state string) bool {
+	for _, line := range strings.Split(out, "\n") {
+		f := strings.Fields(line)
+		if len(f) >= 3 && f[0] == name && f[2] == state {
+			return true
+		}
+	}
+	return false
 }
