@@ -3,6 +3,7 @@ package tunnel
 import (
 	"bytes"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -13,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/braidmesh/braid/internal/testenv"
 	"github.com/braidmesh/braid/tunnel/internal/netnstest"
 )
 
@@ -165,11 +167,44 @@ func markerPayload(size int) []byte {
 	return bytes.Repeat(marker, size/len(marker)+1)[:size]
 }
 
+// sentinel ends an underlay capture: see stopAfterSentinel.
+var sentinel = []byte("BRAID-UNDERLAY-SENTINEL-c41e07")
+
+// sentinelPort is where to's node receives the sentinel.
+const sentinelPort = 5999
+
+// stopAfterSentinel sends the sentinel from from's node to to's over the
+// underlay (node to node, which no rule drops) and stops capture, running
+// on to's ul0, once it has read the sentinel. Everything from's node sent
+// before the sentinel crossed the same veth first, so the capture holds
+// it: nothing in flight is missed, and no sleep guesses how long to wait.
+func stopAfterSentinel(t testing.TB, capture *netnstest.Capture, from, to *labNode) ([][]byte, uint32) {
+	t.Helper()
+	dst := netip.AddrPortFrom(to.nodeIP, sentinelPort)
+	var l net.PacketConn
+	to.ns.Do(t, func() (err error) {
+		l, err = net.ListenPacket("udp4", dst.String()) // no ICMP port unreachable in the capture
+		return err
+	})
+	defer l.Close()
+	testenv.Eventually(t, 10*time.Second, func() error {
+		sendUDP(t, from.ns, dst, sentinel, 1)
+		for _, f := range capture.Frames() {
+			if bytes.Contains(f, sentinel) {
+				return nil
+			}
+		}
+		return errors.New("underlay capture has not seen the sentinel frame")
+	})
+	return capture.Stop()
+}
+
 // underlayReport classifies captured Ethernet frames.
 type underlayReport struct {
-	wgUDP   int      // IPv4 UDP frames to or from the WireGuard port
-	marker  int      // frames containing the marker
-	foreign []string // other IPv4/IPv6 frames
+	wgUDP    int      // IPv4 UDP frames to or from the WireGuard port
+	marker   int      // frames containing the marker
+	sentinel int      // frames containing the sentinel
+	foreign  []string // other IPv4/IPv6 frames
 }
 
 func analyze(frames [][]byte, wgPort uint16) underlayReport {
@@ -177,6 +212,10 @@ func analyze(frames [][]byte, wgPort uint16) underlayReport {
 	for _, f := range frames {
 		if bytes.Contains(f, marker) {
 			r.marker++
+		}
+		if bytes.Contains(f, sentinel) {
+			r.sentinel++
+			continue
 		}
 		if len(f) < 14 {
 			continue

@@ -55,7 +55,7 @@ func TestPodTrafficIsEncryptedOnUnderlay(t *testing.T) {
 		t.Fatalf("received %d bytes, want %d identical", len(data), len(payload))
 	}
 
-	frames, dropped := capture.Stop()
+	frames, dropped := stopAfterSentinel(t, capture, a, b)
 	r := analyze(frames, DefaultListenPort)
 	t.Logf("underlay: %d frames, %d wireguard udp, %d dropped by capture", len(frames), r.wgUDP, dropped)
 	if r.marker > 0 {
@@ -481,8 +481,7 @@ func TestStrictModeDropsPlaintext(t *testing.T) {
 	}
 	c.Close()
 
-	time.Sleep(200 * time.Millisecond) // let anything in flight reach the capture
-	frames, capDropped := capture.Stop()
+	frames, capDropped := stopAfterSentinel(t, capture, a, b)
 	r := analyze(frames, DefaultListenPort)
 	t.Logf("underlay: %d frames, %d wireguard udp, capture dropped %d; strict drops %d", len(frames), r.wgUDP, capDropped, after)
 	if r.marker > 0 {
