@@ -38,7 +38,8 @@ func nodes(c clustermesh.ClusterConfig, n int, zone string) []publish.Record {
 
 // recorder counts the events a watch on the whole mesh sees.
 type recorder struct {
-	events chan kvstore.Event
+	events  chan kvstore.Event
+	markers int // settle's marker nodes so far
 }
 
 func record(ctx context.Context, t *testing.T, s kvstore.Store) *recorder {
@@ -57,18 +58,45 @@ func record(ctx context.Context, t *testing.T, s kvstore.Store) *recorder {
 	return r
 }
 
-// drain returns the events seen so far, waiting quiet for a moment.
-func (r *recorder) drain(quiet time.Duration) []kvstore.Event {
+// settle returns the events the store saw for everything p was asked
+// before the call, in order, leaving out its own marker events.
+//
+// The sync point is a later marker event: settle upserts a marker node and
+// waits for its write, then a second one. p plans the second only after
+// the pass that wrote the first has begun, so it writes it in a later pass
+// than anything asked before settle, and passes do not overlap: every
+// earlier write is in the stream before the second marker.
+func (r *recorder) settle(t *testing.T, p *publish.Publisher, c clustermesh.ClusterConfig) []kvstore.Event {
+	t.Helper()
 	var out []kvstore.Event
-	for {
-		select {
-		case ev := <-r.events:
-			out = append(out, ev)
-		case <-time.After(quiet):
-			return out
+	for range 2 {
+		r.markers++
+		m := &clustermesh.Node{Name: fmt.Sprintf("%s%d", settlePrefix, r.markers), Cluster: c.Name,
+			IPs: []netip.Addr{netip.AddrFrom4([4]byte{192, 168, 250, byte(r.markers)})}}
+		if err := p.Upsert(m); err != nil {
+			t.Fatal(err)
+		}
+		timeout := time.After(10 * time.Second)
+	wait:
+		for {
+			select {
+			case ev := <-r.events:
+				if ev.Key == m.Key() && ev.Kind == kvstore.EventUpsert {
+					break wait
+				}
+				if !strings.Contains(ev.Key, "/"+settlePrefix) {
+					out = append(out, ev)
+				}
+			case <-timeout:
+				t.Fatalf("marker %s not written after 10s; events so far %v", m.Key(), out)
+			}
 		}
 	}
+	return out
 }
+
+// settlePrefix names settle's marker nodes.
+const settlePrefix = "settle-"
 
 func start(t *testing.T, ctx context.Context, p *publish.Publisher) (stop func()) {
 	ctx, cancel := context.WithCancel(ctx)
@@ -112,7 +140,7 @@ func TestPublishWritesOnlyWhatChanged(t *testing.T) {
 	defer stop()
 	testenv.Eventually(t, 5*time.Second, synced(p, clustermesh.KindNodes))
 
-	evs := rec.drain(100 * time.Millisecond)
+	evs := rec.settle(t, p, east)
 	// cluster config + 3 nodes + 1 marker
 	if len(evs) != 5 {
 		t.Fatalf("first publish: got %d events, want 5: %v", len(evs), evs)
@@ -126,7 +154,7 @@ func TestPublishWritesOnlyWhatChanged(t *testing.T) {
 	if err := p.Replace(clustermesh.KindNodes, nodes(east, 3, "z1")); err != nil {
 		t.Fatal(err)
 	}
-	if evs := rec.drain(200 * time.Millisecond); len(evs) != 0 {
+	if evs := rec.settle(t, p, east); len(evs) != 0 {
 		t.Fatalf("unchanged Replace wrote %d keys: %v", len(evs), evs)
 	}
 
@@ -136,7 +164,7 @@ func TestPublishWritesOnlyWhatChanged(t *testing.T) {
 	if err := p.Replace(clustermesh.KindNodes, ns); err != nil {
 		t.Fatal(err)
 	}
-	evs = rec.drain(200 * time.Millisecond)
+	evs = rec.settle(t, p, east)
 	var puts, dels []string
 	for _, ev := range evs {
 		switch ev.Kind {
@@ -188,7 +216,7 @@ func TestRestartAdoptsLeaseAndWritesNothing(t *testing.T) {
 	stop = start(t, ctx, p2)
 	defer stop()
 	testenv.Eventually(t, 5*time.Second, synced(p2, clustermesh.KindNodes))
-	evs := rec.drain(300 * time.Millisecond)
+	evs := rec.settle(t, p2, east)
 	if len(evs) != 1 || evs[0].Kind != kvstore.EventDelete || !strings.HasSuffix(evs[0].Key, "/node-4") {
 		t.Fatalf("restart with one node fewer: got %v, want only the delete of node-4", evs)
 	}
