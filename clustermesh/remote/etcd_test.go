@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/braidmesh/braid/clustermesh"
+	"github.com/braidmesh/braid/clustermesh/publish"
 	"github.com/braidmesh/braid/clustermesh/remote"
 	"github.com/braidmesh/braid/internal/testenv"
 	"github.com/braidmesh/braid/kvstore/etcd"
@@ -36,7 +37,7 @@ func TestReconnectAfterCompactionDoesNotFlush(t *testing.T) {
 	defer viaProxy.Close()
 
 	b := cluster("b", 2)
-	publishCluster(t, ctx, direct, b, 5, 30*time.Second)
+	pub := publishCluster(t, ctx, direct, b, 5, 30*time.Second)
 	w := runWatcher(t, ctx, viaProxy, "a")
 	testenv.Eventually(t, 20*time.Second, syncedWith(w, 5, "b"))
 	changes := w.Subscribe(ctx)
@@ -89,13 +90,42 @@ func TestReconnectAfterCompactionDoesNotFlush(t *testing.T) {
 		t.Fatalf("changes after reconnect %v, want %v", got, want)
 	}
 	// Nothing else follows: the 18 unchanged entries were not flushed.
-	select {
-	case ch := <-changes:
-		t.Fatalf("unexpected change %v %s", ch.Type, ch.Key)
-	case <-time.After(500 * time.Millisecond):
+	// Sync point: a marker published after the reconnect in every kind
+	// (each kind is its own watch) is the next change of that kind.
+	first, _ := b.IdentityRange()
+	markerIP := netip.MustParseAddr("10.2.0.250")
+	markers := []publish.Record{
+		&clustermesh.Node{Name: "marker", Cluster: "b", IPs: []netip.Addr{netip.MustParseAddr("192.168.2.250")}},
+		&clustermesh.Identity{ID: first + 250, Cluster: "b", Labels: map[string]string{"app": "marker"}},
+		&clustermesh.IPEntry{Prefix: netip.PrefixFrom(markerIP, 32), Cluster: "b", Identity: first + 250, HostIP: netip.MustParseAddr("192.168.2.250")},
+		&clustermesh.Service{Cluster: "b", Namespace: "default", Name: "marker", Global: true, Shared: true,
+			Affinity: clustermesh.AffinityNone, Ports: []clustermesh.ServicePort{{Port: 80, Protocol: clustermesh.TCP}},
+			Backends: []clustermesh.Backend{{IP: markerIP, Ports: []clustermesh.BackendPort{{Port: 8080}}, Ready: true, Serving: true}}},
+	}
+	pending := map[string]bool{}
+	for _, m := range markers {
+		if err := pub.Upsert(m); err != nil {
+			t.Fatal(err)
+		}
+		pending[m.Key()] = true
+	}
+	deadline = time.After(30 * time.Second)
+	for len(pending) > 0 {
+		select {
+		case ch := <-changes:
+			if ch.Type != remote.Upsert && ch.Type != remote.Delete {
+				continue
+			}
+			if !pending[ch.Key] || ch.Type != remote.Upsert {
+				t.Fatalf("unexpected change %v %s before the markers %v", ch.Type, ch.Key, pending)
+			}
+			delete(pending, ch.Key)
+		case <-deadline:
+			t.Fatalf("markers %v not seen; status %+v", pending, w.Status())
+		}
 	}
 	snap := w.Snapshot().Clusters["b"]
-	if len(snap.Nodes) != 4 || len(snap.IPs) != 5 || len(snap.Services) != 5 || snap.Nodes["n1"].IPs[0] != changed.IPs[0] {
+	if len(snap.Nodes) != 5 || len(snap.IPs) != 6 || len(snap.Services) != 6 || snap.Nodes["n1"].IPs[0] != changed.IPs[0] {
 		t.Fatalf("state after reconnect: %d nodes (n1 %v), %d IPs, %d services", len(snap.Nodes), snap.Nodes["n1"].IPs, len(snap.IPs), len(snap.Services))
 	}
 }
