@@ -7,6 +7,8 @@ import (
 	"path/filepath"
 
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
+
+	"github.com/braidmesh/braid/internal/atomicfile"
 )
 
 // KeyFileName is the name of the private key file inside Config.StateDir.
@@ -43,39 +45,13 @@ func loadOrCreateKey(path string) (wgtypes.Key, error) {
 }
 
 // saveKey replaces the key file atomically: a crash leaves either the old or
-// the new key, never a torn file.
+// the new key, never a torn file, and the key is never readable by others.
 func saveKey(path string, k wgtypes.Key) error {
-	dir := filepath.Dir(path)
-	if err := os.MkdirAll(dir, 0o700); err != nil {
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
 		return fmt.Errorf("save private key: %w", err)
 	}
-	f, err := os.CreateTemp(dir, ".wireguard-key-*")
-	if err != nil {
+	if err := atomicfile.WriteFile(path, []byte(k.String()+"\n"), 0o600); err != nil {
 		return fmt.Errorf("save private key: %w", err)
-	}
-	tmp := f.Name()
-	defer os.Remove(tmp) // no-op after a successful rename
-	if err := f.Chmod(0o600); err != nil {
-		f.Close()
-		return fmt.Errorf("save private key: %w", err)
-	}
-	if _, err := f.WriteString(k.String() + "\n"); err != nil {
-		f.Close()
-		return fmt.Errorf("save private key: %w", err)
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return fmt.Errorf("save private key: %w", err)
-	}
-	if err := f.Close(); err != nil {
-		return fmt.Errorf("save private key: %w", err)
-	}
-	if err := os.Rename(tmp, path); err != nil {
-		return fmt.Errorf("save private key: %w", err)
-	}
-	if d, err := os.Open(dir); err == nil {
-		d.Sync()
-		d.Close()
 	}
 	return nil
 }

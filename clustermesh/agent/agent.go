@@ -7,7 +7,6 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
-	"os"
 	"path/filepath"
 	"sync"
 	"time"
@@ -20,6 +19,7 @@ import (
 	"github.com/braidmesh/braid/clustermesh/datapath"
 	"github.com/braidmesh/braid/clustermesh/remote"
 	"github.com/braidmesh/braid/clustermesh/status"
+	"github.com/braidmesh/braid/internal/atomicfile"
 	"github.com/braidmesh/braid/kvstore"
 	"github.com/braidmesh/braid/tunnel"
 )
@@ -269,10 +269,7 @@ const keyRetryInterval = 2 * time.Second
 
 func (a *Agent) writePublicKey(key string) error {
 	path := filepath.Join(a.cfg.Tunnel.StateDir, PublicKeyFile)
-	if err := os.WriteFile(path+".tmp", []byte(key+"\n"), 0o644); err != nil {
-		return fmt.Errorf("write public key: %w", err)
-	}
-	if err := os.Rename(path+".tmp", path); err != nil {
+	if err := atomicfile.WriteFile(path, []byte(key+"\n"), 0o644); err != nil {
 		return fmt.Errorf("write public key: %w", err)
 	}
 	return nil

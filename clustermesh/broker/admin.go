@@ -15,6 +15,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
 
+	"github.com/braidmesh/braid/internal/atomicfile"
 	"github.com/braidmesh/braid/kvstore/etcd"
 )
 
@@ -148,7 +149,7 @@ func loadOrCreateRootCredentials(path string) (rootCredentials, error) {
 	if err != nil {
 		return rootCredentials{}, fmt.Errorf("create root credentials: %w", err)
 	}
-	if err := writeFileAtomic(path, append(b, '\n'), rootFilePerm); err != nil {
+	if err := atomicfile.WriteFile(path, append(b, '\n'), rootFilePerm); err != nil {
 		return rootCredentials{}, fmt.Errorf("create root credentials: %w", err)
 	}
 	return r, nil

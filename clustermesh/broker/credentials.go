@@ -10,6 +10,7 @@ import (
 	"strings"
 
 	"github.com/braidmesh/braid/clustermesh"
+	"github.com/braidmesh/braid/internal/atomicfile"
 )
 
 // Credentials let one cluster use the broker: where it is, which CA signs its
@@ -95,7 +96,7 @@ func (c Credentials) Save(path string) error {
 	if err != nil {
 		return fmt.Errorf("save credentials for cluster %s: %w", c.Cluster, err)
 	}
-	if err := writeFileAtomic(path, append(b, '\n'), 0o600); err != nil {
+	if err := atomicfile.WriteFile(path, append(b, '\n'), 0o600); err != nil {
 		return fmt.Errorf("save credentials for cluster %s: %w", c.Cluster, err)
 	}
 	return nil

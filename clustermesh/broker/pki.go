@@ -18,6 +18,8 @@ import (
 	"path/filepath"
 	"slices"
 	"time"
+
+	"github.com/braidmesh/braid/internal/atomicfile"
 )
 
 // Validity of what EnsurePKI issues. A server certificate is reissued (with a
@@ -157,10 +159,10 @@ func loadOrCreateCA(dir string) (*x509.Certificate, crypto.Signer, error) {
 		return nil, nil, fmt.Errorf("create CA key: %w", err)
 	}
 	// Key first: a CA certificate on disk always has its key next to it.
-	if err := writeFileAtomic(keyPath, pemBlock("PRIVATE KEY", keyDER), 0o600); err != nil {
+	if err := atomicfile.WriteFile(keyPath, pemBlock("PRIVATE KEY", keyDER), 0o600); err != nil {
 		return nil, nil, fmt.Errorf("write CA key: %w", err)
 	}
-	if err := writeFileAtomic(certPath, pemBlock("CERTIFICATE", der), 0o644); err != nil {
+	if err := atomicfile.WriteFile(certPath, pemBlock("CERTIFICATE", der), 0o644); err != nil {
 		return nil, nil, fmt.Errorf("write CA certificate: %w", err)
 	}
 	return cert, key, nil
@@ -235,10 +237,10 @@ func issueServerCert(p *PKI, ca *x509.Certificate, caKey crypto.Signer, ips []ne
 	if err != nil {
 		return fmt.Errorf("create server key: %w", err)
 	}
-	if err := writeFileAtomic(p.KeyFile, pemBlock("PRIVATE KEY", keyDER), 0o600); err != nil {
+	if err := atomicfile.WriteFile(p.KeyFile, pemBlock("PRIVATE KEY", keyDER), 0o600); err != nil {
 		return fmt.Errorf("write server key: %w", err)
 	}
-	if err := writeFileAtomic(p.CertFile, pemBlock("CERTIFICATE", der), 0o644); err != nil {
+	if err := atomicfile.WriteFile(p.CertFile, pemBlock("CERTIFICATE", der), 0o644); err != nil {
 		return fmt.Errorf("write server certificate: %w", err)
 	}
 	return nil
@@ -308,32 +310,4 @@ func newSerial() *big.Int {
 		panic(err) // crypto/rand does not fail on supported platforms
 	}
 	return n
-}
-
-// writeFileAtomic writes data to a temporary file with perm in path's
-// directory, syncs it and renames it over path, so readers never see a
-// partial file and a private key is never readable by others, even briefly.
-func writeFileAtomic(path string, data []byte, perm os.FileMode) error {
-	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp*")
-	if err != nil {
-		return err
-	}
-	tmp := f.Name()
-	defer os.Remove(tmp) // no-op after a successful rename
-	if err := f.Chmod(perm); err != nil {
-		f.Close()
-		return err
-	}
-	if _, err := f.Write(data); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Close(); err != nil {
-		return err
-	}
-	return os.Rename(tmp, path)
 }

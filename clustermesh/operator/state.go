@@ -11,6 +11,7 @@ import (
 
 	"github.com/braidmesh/braid/clustermesh"
 	"github.com/braidmesh/braid/clustermesh/publish"
+	"github.com/braidmesh/braid/internal/atomicfile"
 )
 
 // State is a cluster's complete local state, as a simulated cluster's state
@@ -88,19 +89,15 @@ func ReadStateFile(path string) (State, error) {
 	return s, nil
 }
 
-// WriteStateFile writes s atomically (temp file and rename), so a reader
-// never sees half a file.
+// WriteStateFile writes s atomically (see internal/atomicfile), so a
+// reader never sees half a file.
 func WriteStateFile(path string, s State) error {
 	raw, err := json.MarshalIndent(s, "", "  ")
 	if err != nil {
 		return fmt.Errorf("write state file %s: %w", path, err)
 	}
-	tmp := path + ".tmp"
-	if err := os.WriteFile(tmp, raw, 0o644); err != nil {
-		return fmt.Errorf("write state file %s: %w", path, err)
-	}
-	if err := os.Rename(tmp, path); err != nil {
-		return fmt.Errorf("write state file %s: %w", path, err)
+	if err := atomicfile.WriteFile(path, raw, 0o644); err != nil {
+		return fmt.Errorf("write state file: %w", err)
 	}
 	return nil
 }
