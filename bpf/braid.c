@@ -327,25 +327,47 @@ static __always_inline int is_v4_mapped(const __u32 *a)
 
 /* ---- socket-level load balancing ---- */
 
+/* sock_addr_load reads the address the hook sees into addr (IPv4 in word 0,
+ * also when it came as ::ffff:a.b.c.d in an IPv6 hook). */
+static __always_inline void sock_addr_load(struct bpf_sock_addr *ctx, __u8 family, int mapped, __u32 *addr)
+{
+	if (family == FAMILY_V4) {
+		addr[0] = mapped ? ctx->user_ip6[3] : ctx->user_ip4;
+		return;
+	}
+	addr[0] = ctx->user_ip6[0];
+	addr[1] = ctx->user_ip6[1];
+	addr[2] = ctx->user_ip6[2];
+	addr[3] = ctx->user_ip6[3];
+}
+
+/* sock_addr_store writes addr and port back in the form the hook saw. */
+static __always_inline void sock_addr_store(struct bpf_sock_addr *ctx, __u8 family, int mapped,
+					    const __u32 *addr, __u16 port)
+{
+	if (family == FAMILY_V4 && !mapped) {
+		ctx->user_ip4 = addr[0];
+	} else if (family == FAMILY_V4) {
+		ctx->user_ip6[3] = addr[0];
+	} else {
+		ctx->user_ip6[0] = addr[0];
+		ctx->user_ip6[1] = addr[1];
+		ctx->user_ip6[2] = addr[2];
+		ctx->user_ip6[3] = addr[3];
+	}
+	ctx->user_port = port;
+}
+
 /* sock_xlate looks the destination up as a service and rewrites it to a
  * backend. Returns 0 when the connect must be refused (service without a
  * healthy backend), 1 otherwise. */
 static __always_inline int sock_xlate(struct bpf_sock_addr *ctx, __u8 family, int mapped)
 {
-	if (!sock_in_scope(ctx))
-		return 1;
 	struct svc_key key = {};
 	key.family = family;
 	key.proto = ctx->protocol;
 	key.port = (__u16)ctx->user_port;
-	if (family == FAMILY_V4) {
-		key.addr[0] = mapped ? ctx->user_ip6[3] : ctx->user_ip4;
-	} else {
-		key.addr[0] = ctx->user_ip6[0];
-		key.addr[1] = ctx->user_ip6[1];
-		key.addr[2] = ctx->user_ip6[2];
-		key.addr[3] = ctx->user_ip6[3];
-	}
+	sock_addr_load(ctx, family, mapped, key.addr);
 	struct svc_value *svc = bpf_map_lookup_elem(&services, &key);
 	if (!svc)
 		return 1;
@@ -371,17 +393,7 @@ static __always_inline int sock_xlate(struct bpf_sock_addr *ctx, __u8 family, in
 	}
 	bpf_map_update_elem(&sock_revnat, &rk, &rv, BPF_ANY);
 
-	if (family == FAMILY_V4 && !mapped) {
-		ctx->user_ip4 = be->addr[0];
-	} else if (family == FAMILY_V4) {
-		ctx->user_ip6[3] = be->addr[0];
-	} else {
-		ctx->user_ip6[0] = be->addr[0];
-		ctx->user_ip6[1] = be->addr[1];
-		ctx->user_ip6[2] = be->addr[2];
-		ctx->user_ip6[3] = be->addr[3];
-	}
-	ctx->user_port = be->port;
+	sock_addr_store(ctx, family, mapped, be->addr, be->port);
 	count(COUNTER_SOCK_LB);
 	return 1;
 }
@@ -389,104 +401,97 @@ static __always_inline int sock_xlate(struct bpf_sock_addr *ctx, __u8 family, in
 /* sock_revxlate makes a backend address seen by the client the VIP again. */
 static __always_inline int sock_revxlate(struct bpf_sock_addr *ctx, __u8 family, int mapped)
 {
-	if (!sock_in_scope(ctx))
-		return 1;
 	struct sock_revnat_key rk = {};
 	rk.cookie = bpf_get_socket_cookie(ctx);
 	rk.family = family;
 	rk.port = (__u16)ctx->user_port;
-	if (family == FAMILY_V4) {
-		rk.addr[0] = mapped ? ctx->user_ip6[3] : ctx->user_ip4;
-	} else {
-		rk.addr[0] = ctx->user_ip6[0];
-		rk.addr[1] = ctx->user_ip6[1];
-		rk.addr[2] = ctx->user_ip6[2];
-		rk.addr[3] = ctx->user_ip6[3];
-	}
+	sock_addr_load(ctx, family, mapped, rk.addr);
 	struct sock_revnat_value *rv = bpf_map_lookup_elem(&sock_revnat, &rk);
 	if (!rv)
 		return 1;
-	if (family == FAMILY_V4 && !mapped) {
-		ctx->user_ip4 = rv->addr[0];
-	} else if (family == FAMILY_V4) {
-		ctx->user_ip6[3] = rv->addr[0];
-	} else {
-		ctx->user_ip6[0] = rv->addr[0];
-		ctx->user_ip6[1] = rv->addr[1];
-		ctx->user_ip6[2] = rv->addr[2];
-		ctx->user_ip6[3] = rv->addr[3];
-	}
-	ctx->user_port = rv->port;
+	sock_addr_store(ctx, family, mapped, rv->addr, rv->port);
 	return 1;
 }
 
-static __always_inline int v6_family(struct bpf_sock_addr *ctx, int *mapped)
+enum sock_hook_family { HOOK_INET4, HOOK_INET6 };
+enum sock_direction { SOCK_FORWARD, SOCK_REVERSE };
+
+static __always_inline int sock_translate(struct bpf_sock_addr *ctx, __u8 family, int mapped,
+					  enum sock_direction dir)
 {
+	if (dir == SOCK_FORWARD)
+		return sock_xlate(ctx, family, mapped);
+	return sock_revxlate(ctx, family, mapped);
+}
+
+/* sock_dispatch is every socket hook, IPv4 and IPv6: it checks the scope,
+ * works out the address family the hook sees (an IPv6 hook's ::ffff:
+ * address is IPv4: it matches IPv4 services and reverse entries, which is
+ * also why recvmsg6 finds what sendmsg4 recorded for sendto() to such an
+ * address), and translates forward (connect, sendmsg) or back (recvmsg,
+ * getpeername). hook and dir are constants in each caller, and each
+ * sock_translate call gets constant family and mapped: the verifier
+ * refuses a ctx field chosen at run time (user_ip4 or user_ip6[3]) and
+ * user_ip6 in an IPv4 hook, so those choices must compile away. */
+static __always_inline int sock_dispatch(struct bpf_sock_addr *ctx, enum sock_hook_family hook,
+					 enum sock_direction dir)
+{
+	if (!sock_in_scope(ctx))
+		return 1;
+	if (hook == HOOK_INET4)
+		return sock_translate(ctx, FAMILY_V4, 0, dir);
 	__u32 a[4] = { ctx->user_ip6[0], ctx->user_ip6[1], ctx->user_ip6[2], 0 };
-	*mapped = is_v4_mapped(a);
-	return *mapped ? FAMILY_V4 : FAMILY_V6;
+	if (is_v4_mapped(a))
+		return sock_translate(ctx, FAMILY_V4, 1, dir);
+	return sock_translate(ctx, FAMILY_V6, 0, dir);
 }
 
 SEC("cgroup/connect4")
 int sock_connect4(struct bpf_sock_addr *ctx)
 {
-	return sock_xlate(ctx, FAMILY_V4, 0);
+	return sock_dispatch(ctx, HOOK_INET4, SOCK_FORWARD);
 }
 
 SEC("cgroup/sendmsg4")
 int sock_sendmsg4(struct bpf_sock_addr *ctx)
 {
-	return sock_xlate(ctx, FAMILY_V4, 0);
+	return sock_dispatch(ctx, HOOK_INET4, SOCK_FORWARD);
 }
 
 SEC("cgroup/recvmsg4")
 int sock_recvmsg4(struct bpf_sock_addr *ctx)
 {
-	return sock_revxlate(ctx, FAMILY_V4, 0);
+	return sock_dispatch(ctx, HOOK_INET4, SOCK_REVERSE);
 }
 
 SEC("cgroup/getpeername4")
 int sock_getpeername4(struct bpf_sock_addr *ctx)
 {
-	return sock_revxlate(ctx, FAMILY_V4, 0);
+	return sock_dispatch(ctx, HOOK_INET4, SOCK_REVERSE);
 }
 
 SEC("cgroup/connect6")
 int sock_connect6(struct bpf_sock_addr *ctx)
 {
-	int mapped;
-	if (v6_family(ctx, &mapped) == FAMILY_V4)
-		return sock_xlate(ctx, FAMILY_V4, 1);
-	return sock_xlate(ctx, FAMILY_V6, 0);
+	return sock_dispatch(ctx, HOOK_INET6, SOCK_FORWARD);
 }
 
 SEC("cgroup/sendmsg6")
 int sock_sendmsg6(struct bpf_sock_addr *ctx)
 {
-	int mapped;
-	if (v6_family(ctx, &mapped) == FAMILY_V4)
-		return sock_xlate(ctx, FAMILY_V4, 1);
-	return sock_xlate(ctx, FAMILY_V6, 0);
+	return sock_dispatch(ctx, HOOK_INET6, SOCK_FORWARD);
 }
 
-/* recvmsg6 also consults IPv4 entries: sendto() to an ::ffff: address on an
- * IPv6 socket runs sendmsg4, which records a v4 reverse entry. */
 SEC("cgroup/recvmsg6")
 int sock_recvmsg6(struct bpf_sock_addr *ctx)
 {
-	int mapped;
-	if (v6_family(ctx, &mapped) == FAMILY_V4)
-		return sock_revxlate(ctx, FAMILY_V4, 1);
-	return sock_revxlate(ctx, FAMILY_V6, 0);
+	return sock_dispatch(ctx, HOOK_INET6, SOCK_REVERSE);
 }
 
 SEC("cgroup/getpeername6")
 int sock_getpeername6(struct bpf_sock_addr *ctx)
 {
-	int mapped;
-	if (v6_family(ctx, &mapped) == FAMILY_V4)
-		return sock_revxlate(ctx, FAMILY_V4, 1);
-	return sock_revxlate(ctx, FAMILY_V6, 0);
+	return sock_dispatch(ctx, HOOK_INET6, SOCK_REVERSE);
 }
 
 /* ---- tc ---- */
