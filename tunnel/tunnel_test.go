@@ -400,16 +400,13 @@ func TestStrictModeDropsPlaintext(t *testing.T) {
 	// Control: with no device, the marker does reach the underlay, so the
 	// capture would see a leak.
 	capture := b.ns.StartCapture(t, "ul0")
-	for deadline := time.Now().Add(10 * time.Second); ; {
+	testenv.Eventually(t, 10*time.Second, func() error {
 		sendUDP(t, a.pod, udpDst, marker, 5)
-		time.Sleep(50 * time.Millisecond)
-		if analyze(capture.Frames(), DefaultListenPort).marker > 0 {
-			break
+		if analyze(capture.Frames(), DefaultListenPort).marker == 0 {
+			return errors.New("control: plaintext marker not captured without the tunnel")
 		}
-		if time.Now().After(deadline) {
-			t.Fatal("control: plaintext marker not captured without the tunnel")
-		}
-	}
+		return nil
+	})
 	capture.Stop()
 
 	a.open(t, func(c *Config) { c.Strict = true })

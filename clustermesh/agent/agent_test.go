@@ -100,17 +100,13 @@ func TestAgentServesMeshServiceThroughSocketLB(t *testing.T) {
 	vip := netip.MustParseAddrPort("172.21.0.10:80")
 	expect := func(want string) {
 		t.Helper()
-		deadline := time.Now().Add(10 * time.Second)
-		for {
+		testenv.Eventually(t, 10*time.Second, func() error {
 			name, peer, err := bpftest.Ask(lab.Client, "tcp", vip)
-			if err == nil && name == want && peer == vip {
-				break
+			if err != nil || name != want || peer != vip {
+				return fmt.Errorf("connect to %v: got %q peer %v err %v, want backend %q seen as the VIP; agent status %+v", vip, name, peer, err, want, a.Snapshot())
 			}
-			if time.Now().After(deadline) {
-				t.Fatalf("connect to %v: got %q peer %v err %v, want backend %q seen as the VIP; agent status %+v", vip, name, peer, err, want, a.Snapshot())
-			}
-			time.Sleep(20 * time.Millisecond)
-		}
+			return nil
+		})
 		for i := range 50 {
 			name, _, err := bpftest.Ask(lab.Client, "tcp", vip)
 			if err != nil || name != want {

@@ -12,6 +12,7 @@ import (
 
 	"github.com/braidmesh/braid/bpf"
 	"github.com/braidmesh/braid/clustermesh"
+	"github.com/braidmesh/braid/internal/testenv"
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
 )
@@ -233,18 +234,14 @@ func TestRunPrunesConntrack(t *testing.T) {
 	done := make(chan error)
 	go func() { done <- r.Run(ctx) }()
 	defer func() { cancel(); <-done }()
-	for deadline := time.Now().Add(5 * time.Second); ; {
+	testenv.Eventually(t, 5*time.Second, func() error {
 		mu.Lock()
-		n := len(f.ct.m)
-		mu.Unlock()
-		if n == 0 {
-			return
+		defer mu.Unlock()
+		if n := len(f.ct.m); n != 0 {
+			return fmt.Errorf("Run did not prune the idle entry (%d entries)", n)
 		}
-		if time.Now().After(deadline) {
-			t.Fatal("Run did not prune the idle entry")
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+		return nil
+	})
 }
 
 func TestReconcileWritesConfig(t *testing.T) {

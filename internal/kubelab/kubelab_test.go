@@ -14,6 +14,7 @@ import (
 	"k8s.io/apimachinery/pkg/util/intstr"
 
 	"github.com/braidmesh/braid/internal/kubelab"
+	"github.com/braidmesh/braid/internal/testenv"
 )
 
 // TestClustersShareEtcd runs two clusters on one etcd: one with a controller
@@ -85,16 +86,10 @@ func TestClustersShareEtcd(t *testing.T) {
 	}
 	// The apiserver creates its own Service shortly after it is ready.
 	var kube *corev1.Service
-	for deadline := time.Now().Add(30 * time.Second); ; {
+	testenv.Eventually(t, 30*time.Second, func() (err error) {
 		kube, err = west.Client.CoreV1().Services("default").Get(ctx, "kubernetes", metav1.GetOptions{})
-		if err == nil {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("west: get service kubernetes: %v", err)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+		return err
+	})
 	if ip := netip.MustParseAddr(kube.Spec.ClusterIP); !netip.MustParsePrefix("10.112.0.0/16").Contains(ip) {
 		t.Errorf("west's kubernetes service IP %s is outside west's service CIDR", ip)
 	}
