@@ -73,6 +73,9 @@ func TestImportsRunOneWay(t *testing.T) {
 			if !strings.HasPrefix(imp, mod) {
 				continue
 			}
+			if imp == mod+"reconcile" {
+				continue // below every layer: see TestReconcileImportsNoBraid
+			}
 			to := layer(imp)
 			if to < 0 {
 				continue
@@ -87,6 +90,23 @@ func TestImportsRunOneWay(t *testing.T) {
 			}
 		}
 	}
+}
+
+// TestReconcileImportsNoBraid keeps the reconcile loop below every layer,
+// so that leaves (kvstore/etcd) and loops alike may use it.
+func TestReconcileImportsNoBraid(t *testing.T) {
+	for _, p := range listPackages(t) {
+		if p.ImportPath != mod+"reconcile" {
+			continue
+		}
+		for _, d := range p.Deps {
+			if strings.HasPrefix(d, mod) {
+				t.Errorf("%s links %s: the loop package must import nothing from Braid", p.ImportPath, d)
+			}
+		}
+		return
+	}
+	t.Fatalf("package %sreconcile not found", mod)
 }
 
 func TestForbiddenDependencies(t *testing.T) {
