@@ -25,9 +25,10 @@
 // ResyncInterval. The Reconciler never writes conntrack entries.
 //
 // Concurrency: Reconcile calls are serialised; PruneConntrack may run
-// alongside. Update never blocks; Run (the caller decides to go it)
-// reconciles on each Update and every ResyncInterval, retrying failures
-// with backoff until its context ends.
-// Status and Health return snapshots and never touch the kernel. Metrics
-// are labelled by map name only.
+// alongside. Update and SetTunnelIfindex never block; Run (the caller
+// decides to go it) is a reconcile.Loop named "datapath": it reconciles on
+// each Update and every ResyncInterval, retrying failures with backoff
+// until its context ends, and exports the loop's metrics.
+// Status, LoopStatus and Health return snapshots and never touch the
+// kernel. Map metrics are labelled by map name only.
 package datapath

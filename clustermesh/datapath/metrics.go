@@ -8,13 +8,12 @@ import (
 )
 
 // metrics are labelled by map name only (a fixed set), never by service or
-// cluster.
+// cluster. Run's duration, failures and last success are the reconcile
+// loop's (braid_reconcile_*{loop="datapath"}).
 type metrics struct {
 	entries, capacity, pressure *prometheus.GaugeVec
 	writes                      *prometheus.CounterVec
 	errors                      *prometheus.CounterVec
-	duration                    prometheus.Histogram
-	lastSuccess                 prometheus.Gauge
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
@@ -30,15 +29,11 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Help: "Entries written to bpf maps by reconciles, by operation."}, []string{"map", "op"}),
 		errors: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "reconcile_errors_total",
 			Help: "Failed map operations during reconciles."}, []string{"map"}),
-		duration: prometheus.NewHistogram(prometheus.HistogramOpts{Namespace: ns, Subsystem: sub, Name: "reconcile_duration_seconds",
-			Help: "Duration of datapath reconciles.", Buckets: prometheus.ExponentialBuckets(0.0005, 4, 10)}),
-		lastSuccess: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: ns, Subsystem: sub, Name: "last_success_timestamp_seconds",
-			Help: "Unix time of the last successful reconcile."}),
 	}
 	if reg == nil {
 		return m, nil
 	}
-	for _, c := range []prometheus.Collector{m.entries, m.capacity, m.pressure, m.writes, m.errors, m.duration, m.lastSuccess} {
+	for _, c := range []prometheus.Collector{m.entries, m.capacity, m.pressure, m.writes, m.errors} {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("register datapath metrics: %w", err)
 		}

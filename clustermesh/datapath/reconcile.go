@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"log/slog"
 	"maps"
 	"net/netip"
@@ -15,6 +16,7 @@ import (
 
 	"github.com/braidmesh/braid/bpf"
 	"github.com/braidmesh/braid/clustermesh"
+	"github.com/braidmesh/braid/reconcile"
 	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/sys/unix"
 )
@@ -94,8 +96,9 @@ type Reconciler struct {
 	statusMu sync.Mutex
 	status   Status
 
-	wake    chan struct{}
-	desired atomic.Pointer[Desired]
+	loop          *reconcile.Loop
+	desired       atomic.Pointer[Desired]
+	tunnelIfindex atomic.Uint32
 
 	// monotonic reads the clock of CTValue.LastSeen (CLOCK_MONOTONIC, ns).
 	monotonic func() uint64
@@ -130,7 +133,13 @@ func New(cfg Config, m Maps, log *slog.Logger, reg prometheus.Registerer) (*Reco
 	if err != nil {
 		return nil, err
 	}
-	return &Reconciler{cfg: cfg, maps: m, log: log.With("component", "datapath"), m: met, wake: make(chan struct{}, 1), monotonic: monotonicNow}, nil
+	r := &Reconciler{cfg: cfg, maps: m, log: log.With("component", "datapath"), m: met, monotonic: monotonicNow}
+	r.tunnelIfindex.Store(cfg.Topology.TunnelIfindex)
+	r.loop, err = reconcile.New(reconcile.Config{Name: "datapath", Resync: cfg.ResyncInterval}, r.round, r.log, reg)
+	if err != nil {
+		return nil, fmt.Errorf("new datapath reconciler: %w", err)
+	}
+	return r, nil
 }
 
 // Writes returns how many map entries (updates plus deletes) and config
@@ -141,42 +150,38 @@ func (r *Reconciler) Writes() uint64 { return r.writes.Load() }
 // Update records want as the desired state and wakes Run. It never blocks.
 func (r *Reconciler) Update(want Desired) {
 	r.desired.Store(&want)
-	select {
-	case r.wake <- struct{}{}:
-	default:
+	r.loop.Trigger()
+}
+
+// SetTunnelIfindex sets the tunnel device remote pods are reached through
+// (0 disables steering into it), replacing Topology.TunnelIfindex, and
+// wakes Run if it changed. It never blocks.
+func (r *Reconciler) SetTunnelIfindex(ifindex uint32) {
+	if r.tunnelIfindex.Swap(ifindex) != ifindex {
+		r.loop.Trigger()
 	}
 }
 
-// Run reconciles on every Update and every ResyncInterval until ctx ends.
-// Failures are retried with backoff (up to ResyncInterval).
-func (r *Reconciler) Run(ctx context.Context) error {
-	tick := time.NewTicker(r.cfg.ResyncInterval)
-	defer tick.Stop()
-	backoff := time.Duration(0)
-	var retry <-chan time.Time
-	for {
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-r.wake:
-		case <-tick.C:
-			if n, err := r.PruneConntrack(); err != nil {
-				r.log.Warn("prune conntrack", "err", err, "deleted", n)
-			}
-		case <-retry:
+// Run reconciles on every Update and every ResyncInterval (pruning
+// conntrack too) until ctx ends, on a reconcile.Loop named "datapath":
+// failures are retried with backoff.
+func (r *Reconciler) Run(ctx context.Context) error { return r.loop.Run(ctx) }
+
+// LoopStatus reports how Run's rounds went.
+func (r *Reconciler) LoopStatus() reconcile.Status { return r.loop.Status() }
+
+// round is one round of Run.
+func (r *Reconciler) round(ctx context.Context, resync bool) error {
+	if resync {
+		if n, err := r.PruneConntrack(); err != nil {
+			r.log.Warn("prune conntrack", "err", err, "deleted", n)
 		}
-		want := r.desired.Load()
-		if want == nil {
-			continue
-		}
-		if err := r.Reconcile(ctx, *want); err != nil {
-			backoff = min(max(2*backoff, 100*time.Millisecond), r.cfg.ResyncInterval)
-			retry = time.After(backoff)
-			r.log.Warn("reconcile datapath", "err", err, "retry", backoff)
-			continue
-		}
-		backoff, retry = 0, nil
 	}
+	want := r.desired.Load()
+	if want == nil {
+		return nil // nothing desired yet
+	}
+	return r.Reconcile(ctx, *want)
 }
 
 // Reconcile makes the maps equal to want: it dumps every map, diffs, and
@@ -187,9 +192,7 @@ func (r *Reconciler) Run(ctx context.Context) error {
 func (r *Reconciler) Reconcile(ctx context.Context, want Desired) error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	start := time.Now()
 	err := r.reconcile(ctx, want)
-	r.m.duration.Observe(time.Since(start).Seconds())
 	r.statusMu.Lock()
 	defer r.statusMu.Unlock()
 	if err != nil {
@@ -198,7 +201,6 @@ func (r *Reconciler) Reconcile(ctx context.Context, want Desired) error {
 	}
 	r.status.LastError = ""
 	r.status.LastSuccess = time.Now()
-	r.m.lastSuccess.SetToCurrentTime()
 	return nil
 }
 
@@ -236,7 +238,7 @@ func (r *Reconciler) reconcile(ctx context.Context, want Desired) error {
 	errs, stats = append(errs, err), append(stats, svcStats...)
 
 	if r.maps.Config != nil {
-		c := bpf.DatapathConfig{TunnelIfindex: topo.TunnelIfindex, NetnsCookie: r.cfg.SocketLBNetnsCookie}
+		c := bpf.DatapathConfig{TunnelIfindex: r.tunnelIfindex.Load(), NetnsCookie: r.cfg.SocketLBNetnsCookie}
 		if want.DefaultDeny {
 			c.DefaultDeny = 1
 		}
