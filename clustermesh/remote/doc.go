@@ -17,8 +17,10 @@
 // then a ClusterGone change; its status stays visible, marked gone.
 //
 // Consumers read immutable Snapshots (cheap to take; shared, never
-// modified) and may Subscribe to Changes. Subscriptions are buffered without
-// bound, so a slow consumer never stalls the Watcher; it only grows its own
-// queue. Run blocks until its context is done and waits for every goroutine
+// modified). A level-based consumer registers a wake-up with Notify (such
+// as a reconcile.Loop's Trigger) and reads Snapshot when woken; a consumer
+// that needs each edge may Subscribe to Changes. Subscriptions are buffered
+// without bound, so a slow consumer never stalls the Watcher; it only grows
+// its own queue. Run blocks until its context is done and waits for every goroutine
 // it started.
 package remote

@@ -53,10 +53,33 @@ func (w *Watcher) Subscribe(ctx context.Context) <-chan Change {
 	return s.out
 }
 
-// emit queues ch for every subscriber.
+// notifier is one Notify registration.
+type notifier struct{ f func() }
+
+// Notify calls f after every change the Watcher applies, until ctx is
+// done; Snapshot already includes the change when f runs. Nothing is
+// queued: f is the consumer's wake-up (such as reconcile.Loop.Trigger,
+// which coalesces), after which it reads Snapshot. f must not block: the
+// Watcher's goroutines call it.
+func (w *Watcher) Notify(ctx context.Context, f func()) {
+	n := &notifier{f: f}
+	w.subsMu.Lock()
+	w.notifiers[n] = struct{}{}
+	w.subsMu.Unlock()
+	context.AfterFunc(ctx, func() {
+		w.subsMu.Lock()
+		delete(w.notifiers, n)
+		w.subsMu.Unlock()
+	})
+}
+
+// emit queues ch for every subscriber and wakes every notifier.
 func (w *Watcher) emit(ch Change) {
 	w.subsMu.Lock()
 	defer w.subsMu.Unlock()
+	for n := range w.notifiers {
+		n.f()
+	}
 	for s := range w.subs {
 		s.mu.Lock()
 		s.queue = append(s.queue, ch)

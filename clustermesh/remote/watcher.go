@@ -58,8 +58,9 @@ type Watcher struct {
 	selfGranted  bool
 	grantsListed bool
 
-	subsMu sync.Mutex
-	subs   map[*subscription]struct{}
+	subsMu    sync.Mutex
+	subs      map[*subscription]struct{}
+	notifiers map[*notifier]struct{}
 }
 
 // New builds a Watcher. It starts nothing.
@@ -88,6 +89,7 @@ func New(cfg Config, store kvstore.Store, log *slog.Logger, reg prometheus.Regis
 		gone:      make(map[clustermesh.ClusterName]clustermesh.RemoteClusterStatus),
 		ungranted: make(map[clustermesh.ClusterName]string),
 		subs:      make(map[*subscription]struct{}),
+		notifiers: make(map[*notifier]struct{}),
 	}, nil
 }
 
