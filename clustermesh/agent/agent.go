@@ -13,6 +13,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"golang.org/x/sys/unix"
 
 	"github.com/braidmesh/braid/bpf"
 	"github.com/braidmesh/braid/clustermesh"
@@ -21,6 +22,7 @@ import (
 	"github.com/braidmesh/braid/clustermesh/status"
 	"github.com/braidmesh/braid/internal/atomicfile"
 	"github.com/braidmesh/braid/kvstore"
+	"github.com/braidmesh/braid/reconcile"
 	"github.com/braidmesh/braid/tunnel"
 )
 
@@ -68,9 +70,14 @@ type Agent struct {
 	reg     *prometheus.Registry
 	watcher *remote.Watcher
 
+	// configurePeers, if set, replaces dev.Configure (tests inject
+	// faults through it).
+	configurePeers func(dev *tunnel.Device, want []tunnel.Peer) error
+
 	mu       sync.Mutex
 	dp       *datapath.Reconciler
 	dev      *tunnel.Device
+	loops    *loops
 	problems map[string]string
 	listener net.Listener
 }
@@ -104,6 +111,13 @@ func (a *Agent) Watcher() *remote.Watcher { return a.watcher }
 // Run loads and attaches the datapath, opens the tunnel, and keeps both
 // equal to the mesh until ctx is done. The BPF objects stay pinned; the
 // tunnel device is removed.
+//
+// Each part is a reconcile.Loop (see Snapshot's Loops and /metrics): the
+// datapath; "mesh", woken by the Watcher, which hands the desired state to
+// the datapath and wakes the tunnel; "tunnel_peers", which finds the
+// tunnel device for steering and configures its peers; "tunnel_key",
+// which publishes the node's WireGuard key after each rotation. A failed
+// round is retried with backoff without waiting for the next change.
 func (a *Agent) Run(ctx context.Context) error {
 	objs, err := bpf.Load(a.cfg.BPF)
 	if err != nil {
@@ -136,16 +150,17 @@ func (a *Agent) Run(ctx context.Context) error {
 			return fmt.Errorf("open tunnel: %w", err)
 		}
 		defer dev.Close()
-		if ifi, err := net.InterfaceByName(dev.Name()); err == nil {
-			topo.TunnelIfindex = uint32(ifi.Index)
-		}
 	}
 	dp, err := datapath.New(datapath.Config{Topology: topo}, datapath.MapsOf(objs), a.log, a.reg)
 	if err != nil {
 		return err
 	}
+	loops, err := a.newLoops(dp, dev)
+	if err != nil {
+		return err
+	}
 	a.mu.Lock()
-	a.dp, a.dev = dp, dev
+	a.dp, a.dev, a.loops = dp, dev, loops
 	a.mu.Unlock()
 
 	ctx, cancel := context.WithCancelCause(ctx)
@@ -155,17 +170,27 @@ func (a *Agent) Run(ctx context.Context) error {
 	if err := a.serveStatus(ctx, &wg, cancel); err != nil {
 		return err
 	}
-	changes := a.watcher.Subscribe(ctx)
-	wg.Add(3)
-	go func() { defer wg.Done(); _ = a.watcher.Run(ctx) }()
-	go func() { defer wg.Done(); _ = dp.Run(ctx) }()
-	go func() { defer wg.Done(); a.loop(ctx, changes) }()
-	if dev != nil {
+	a.watcher.Notify(ctx, loops.mesh.Trigger)
+	run := func(f func(context.Context) error) {
 		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			a.publishKeys(ctx, dev)
-		}()
+		go func() { defer wg.Done(); _ = f(ctx) }()
+	}
+	run(a.watcher.Run)
+	run(dp.Run)
+	run(loops.mesh.Run)
+	if dev != nil {
+		run(loops.peers.Run)
+		run(loops.key.Run)
+		run(func(ctx context.Context) error {
+			for {
+				select {
+				case <-ctx.Done():
+					return nil
+				case <-dev.KeyChanges():
+					loops.key.Trigger()
+				}
+			}
+		})
 	}
 	<-ctx.Done()
 	if err := context.Cause(ctx); err != nil && !errors.Is(err, context.Canceled) {
@@ -174,98 +199,109 @@ func (a *Agent) Run(ctx context.Context) error {
 	return nil
 }
 
-// loop recomputes the desired state after changes: at once for a change
-// after a quiet spell, then at most once per MinReconcileInterval while
-// changes keep coming, so a burst costs a few reconciles and a lone change
-// costs no waiting.
-func (a *Agent) loop(ctx context.Context, changes <-chan remote.Change) {
-	a.apply()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case _, ok := <-changes:
-			if !ok {
-				return
-			}
-		}
-		a.apply()
-		for pending := true; pending; {
-			pending = false
-			timer := time.NewTimer(a.cfg.MinReconcileInterval)
-		window:
-			for {
-				select {
-				case <-ctx.Done():
-					timer.Stop()
-					return
-				case _, ok := <-changes:
-					if !ok {
-						timer.Stop()
-						return
-					}
-					pending = true
-				case <-timer.C:
-					break window
-				}
-			}
-			if pending {
-				a.apply()
-			}
-		}
-	}
+// loops are the agent's reconcile loops; peers and key are nil without a
+// tunnel.
+type loops struct {
+	mesh, peers, key *reconcile.Loop
 }
 
-func (a *Agent) apply() {
-	snap := a.watcher.Snapshot()
-	a.mu.Lock()
-	dp, dev := a.dp, a.dev
-	a.mu.Unlock()
-	dp.Update(DesiredState(snap, a.cfg.Cluster))
+func (a *Agent) newLoops(dp *datapath.Reconciler, dev *tunnel.Device) (*loops, error) {
+	var l loops
+	var err error
+	// mesh: a lone change is applied at once, a burst costs one round per
+	// MinReconcileInterval.
+	l.mesh, err = reconcile.New(reconcile.Config{Name: "mesh", MinInterval: a.cfg.MinReconcileInterval}, func(context.Context, bool) error {
+		dp.Update(DesiredState(a.watcher.Snapshot(), a.cfg.Cluster))
+		if l.peers != nil {
+			l.peers.Trigger()
+		}
+		return nil
+	}, a.log, a.reg)
+	if err != nil {
+		return nil, fmt.Errorf("new agent loops: %w", err)
+	}
 	if dev == nil {
-		return
+		return &l, nil
+	}
+	l.peers, err = reconcile.New(reconcile.Config{Name: "tunnel_peers", Resync: peersResyncInterval}, func(context.Context, bool) error {
+		return a.reconcileTunnel(dp, dev)
+	}, a.log, a.reg)
+	if err != nil {
+		return nil, fmt.Errorf("new agent loops: %w", err)
+	}
+	l.key, err = reconcile.New(reconcile.Config{Name: "tunnel_key", MaxBackoff: keyMaxBackoff}, func(ctx context.Context, _ bool) error {
+		return a.publishKey(ctx, dev.PublicKey().String())
+	}, a.log, a.reg)
+	if err != nil {
+		return nil, fmt.Errorf("new agent loops: %w", err)
+	}
+	return &l, nil
+}
+
+// peersResyncInterval is how often the tunnel's peers and the device's
+// index are checked without a mesh change (repairing what changed behind
+// the agent's back).
+const peersResyncInterval = 5 * time.Minute
+
+// keyMaxBackoff bounds the retry delay of a failed key publication: the
+// node is unreachable until its key is published.
+const keyMaxBackoff = 2 * time.Second
+
+// reconcileTunnel points the datapath at the tunnel device and makes the
+// device's peers every other cluster's nodes. Nodes with an invalid key
+// are reported, not retried: only another cluster can fix them.
+func (a *Agent) reconcileTunnel(dp *datapath.Reconciler, dev *tunnel.Device) error {
+	var errs []error
+	if sameNetns(a.cfg.Tunnel.Netns) {
+		// Steering into the device needs its index in our namespace; a
+		// device in another namespace is reached through its routes there.
+		if ifi, err := net.InterfaceByName(dev.Name()); err != nil {
+			errs = append(errs, fmt.Errorf("find tunnel device %s to steer remote pod traffic into it: %w", dev.Name(), err))
+		} else {
+			dp.SetTunnelIfindex(uint32(ifi.Index))
+		}
 	}
 	port := uint16(tunnel.DefaultListenPort)
 	if a.cfg.Tunnel.ListenPort != 0 {
 		port = uint16(a.cfg.Tunnel.ListenPort)
 	}
-	peers, errs := DesiredPeers(snap, a.cfg.Cluster, port)
-	if err := errors.Join(append(errs, dev.Configure(peers))...); err != nil {
-		a.setProblem("tunnel", err)
-		a.log.Warn("configure tunnel peers", "err", err)
-	} else {
-		a.setProblem("tunnel", nil)
+	peers, invalid := DesiredPeers(a.watcher.Snapshot(), a.cfg.Cluster, port)
+	a.setProblem("tunnel peers", errors.Join(invalid...))
+	configure := dev.Configure
+	if a.configurePeers != nil {
+		configure = func(want []tunnel.Peer) error { return a.configurePeers(dev, want) }
 	}
+	if err := configure(peers); err != nil {
+		errs = append(errs, fmt.Errorf("configure tunnel peers: %w", err))
+	}
+	return errors.Join(errs...)
 }
 
-// publishKeys publishes the device's key now and after every rotation,
-// retrying a failed publication every RetryInterval until it succeeds or a
-// newer key replaces it.
-func (a *Agent) publishKeys(ctx context.Context, dev *tunnel.Device) {
-	key := dev.PublicKey().String()
-	for {
-		err := a.writePublicKey(key)
-		if err == nil && a.cfg.PublishKey != nil {
-			err = a.cfg.PublishKey(ctx, key)
-		}
-		a.setProblem("publish WireGuard key", err)
-		var retry <-chan time.Time
-		if err != nil {
-			a.log.Warn("publish WireGuard key, retrying", "err", err)
-			retry = time.After(keyRetryInterval)
-		}
-		select {
-		case <-ctx.Done():
-			return
-		case k := <-dev.KeyChanges():
-			key = k.String()
-		case <-retry:
-		}
+// sameNetns reports whether the network namespace at path (empty: ours)
+// is the agent's own.
+func sameNetns(path string) bool {
+	if path == "" {
+		return true
 	}
+	var want, own unix.Stat_t
+	if unix.Stat(path, &want) != nil || unix.Stat("/proc/thread-self/ns/net", &own) != nil {
+		return false
+	}
+	return want.Dev == own.Dev && want.Ino == own.Ino
 }
 
-// keyRetryInterval is how soon a failed key publication is retried.
-const keyRetryInterval = 2 * time.Second
+// publishKey keeps key in PublicKeyFile and hands it to Config.PublishKey.
+func (a *Agent) publishKey(ctx context.Context, key string) error {
+	if err := a.writePublicKey(key); err != nil {
+		return err
+	}
+	if a.cfg.PublishKey != nil {
+		if err := a.cfg.PublishKey(ctx, key); err != nil {
+			return fmt.Errorf("publish WireGuard key: %w", err)
+		}
+	}
+	return nil
+}
 
 func (a *Agent) writePublicKey(key string) error {
 	path := filepath.Join(a.cfg.Tunnel.StateDir, PublicKeyFile)
@@ -327,12 +363,20 @@ func (a *Agent) Snapshot() status.Snapshot {
 	}
 	s.InvalidClusterConfigs, _ = a.watcher.InvalidConfigs()
 	a.mu.Lock()
-	dp := a.dp
+	dp, loops := a.dp, a.loops
 	for part, p := range a.problems {
 		s.Problems = append(s.Problems, part+": "+p)
 	}
 	a.mu.Unlock()
+	if loops != nil {
+		s.AddLoops(loops.mesh.Status())
+		if loops.peers != nil {
+			s.AddLoops(loops.peers.Status(), loops.key.Status())
+		}
+	}
 	if dp != nil {
+		// The datapath's failures are among its Health reasons.
+		s.Loops = append(s.Loops, dp.LoopStatus())
 		for _, m := range dp.Status().Maps {
 			s.Maps = append(s.Maps, status.MapFill{Name: m.Name, Entries: m.Entries, Capacity: m.Capacity, Pressure: m.Pressure})
 		}

@@ -4,10 +4,14 @@
 // to the BPF map reconciler, and serves the status page.
 //
 // The desired state is a pure function of a snapshot and the node's
-// topology (DesiredState), so it is tested without a kernel. Change events
-// only wake the loop; it always recomputes from a whole snapshot: at once
-// after a quiet spell, then at most once per MinReconcileInterval while a
-// burst lasts.
+// topology (DesiredState), so it is tested without a kernel. The Watcher
+// only wakes the agent's "mesh" reconcile.Loop (Watcher.Notify); it always
+// recomputes from a whole snapshot: at once after a quiet spell, then at
+// most once per MinReconcileInterval while a burst lasts. The datapath, the
+// tunnel's peers (DesiredPeers) and the node's key publication are loops
+// of their own, so each retries its failures with backoff, without waiting
+// for the next change, and reports in Snapshot's Loops and on /metrics
+// (braid_reconcile_*{loop=...}).
 //
 // Run blocks until its context is done and waits for everything it
 // started. BPF objects are pinned: stopping the agent leaves the datapath

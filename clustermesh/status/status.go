@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/braidmesh/braid/clustermesh"
+	"github.com/braidmesh/braid/reconcile"
 )
 
 // Snapshot is the document the status page renders and /api/status serves.
@@ -32,6 +33,19 @@ type Snapshot struct {
 	InvalidClusterConfigs int `json:"invalidClusterConfigs,omitempty"`
 	// Maps is the fill of each BPF map (agents only).
 	Maps []MapFill `json:"maps,omitempty"`
+	// Loops is how each reconcile loop's rounds went.
+	Loops []reconcile.Status `json:"loops,omitempty"`
+}
+
+// AddLoops adds loops to Loops, and a problem for each whose last round
+// failed (it is being retried).
+func (s *Snapshot) AddLoops(loops ...reconcile.Status) {
+	for _, l := range loops {
+		s.Loops = append(s.Loops, l)
+		if p := l.Problem(); p != "" {
+			s.Problems = append(s.Problems, p)
+		}
+	}
 }
 
 // MapFill is how full one BPF map is.
