@@ -3,7 +3,6 @@ package etcd
 import (
 	"context"
 	"errors"
-	"math/rand/v2"
 	"time"
 
 	"go.etcd.io/etcd/api/v3/mvccpb"
@@ -11,9 +10,10 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/braidmesh/braid/kvstore"
+	"github.com/braidmesh/braid/reconcile"
 )
 
-// Watch retry backoff bounds.
+// Watch retry backoff bounds (reconcile.Backoff: doubling, with jitter).
 const (
 	minRetryDelay = 50 * time.Millisecond
 	maxRetryDelay = 5 * time.Second
@@ -75,7 +75,7 @@ type watch struct {
 }
 
 func (w *watch) run(ctx context.Context) {
-	var bo retryDelay
+	bo := reconcile.NewBackoff(minRetryDelay, maxRetryDelay)
 	listed := false
 	for ctx.Err() == nil {
 		if !listed {
@@ -83,16 +83,16 @@ func (w *watch) run(ctx context.Context) {
 				if ctx.Err() != nil || !w.send(ctx, errorEvent(w.s, "list "+w.prefix, err)) {
 					return
 				}
-				if !sleep(ctx, bo.next()) {
+				if !reconcile.Wait(ctx, bo.Next()) {
 					return
 				}
 				continue
 			}
 			listed = true
-			bo.reset()
+			bo.Reset()
 		}
 
-		err := w.follow(ctx, &bo)
+		err := w.follow(ctx, bo)
 		switch {
 		case ctx.Err() != nil:
 			return
@@ -110,7 +110,7 @@ func (w *watch) run(ctx context.Context) {
 			if !w.send(ctx, errorEvent(w.s, "watch "+w.prefix, err)) {
 				return
 			}
-			if !sleep(ctx, bo.next()) {
+			if !reconcile.Wait(ctx, bo.Next()) {
 				return
 			}
 		}
@@ -147,7 +147,7 @@ func (w *watch) restartPartial(ctx context.Context) bool {
 }
 
 // follow watches from w.rev+1 until the watch ends, and returns why.
-func (w *watch) follow(ctx context.Context, bo *retryDelay) error {
+func (w *watch) follow(ctx context.Context, bo *reconcile.Backoff) error {
 	// WithRequireLeader: a member cut off from its cluster ends the watch
 	// (ErrNoLeader) instead of leaving it silently stale.
 	wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
@@ -185,7 +185,7 @@ func (w *watch) follow(ctx context.Context, bo *retryDelay) error {
 			}
 			w.rev = rev
 		}
-		bo.reset()
+		bo.Reset()
 	}
 	if err := ctx.Err(); err != nil {
 		return err
@@ -204,25 +204,4 @@ func (w *watch) send(ctx context.Context, ev kvstore.Event) bool {
 
 func errorEvent(s *Store, op string, err error) kvstore.Event {
 	return kvstore.Event{Kind: kvstore.EventError, Err: s.translate(op, err)}
-}
-
-// retryDelay is an exponential backoff with jitter; the zero value is ready.
-type retryDelay struct{ d time.Duration }
-
-func (b *retryDelay) next() time.Duration {
-	b.d = min(max(2*b.d, minRetryDelay), maxRetryDelay)
-	return b.d/2 + rand.N(b.d/2+1)
-}
-
-func (b *retryDelay) reset() { b.d = 0 }
-
-func sleep(ctx context.Context, d time.Duration) bool {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-t.C:
-		return true
-	case <-ctx.Done():
-		return false
-	}
 }
