@@ -18,6 +18,10 @@
 // a spurious delete. If the lease was lost (expired during a partition), a
 // new one is granted and every key is rewritten.
 //
+// Run is a reconcile.Loop named "publish": failed sessions and writes are
+// retried with backoff and jitter, and the loop's status (LoopStatus) and
+// metrics (braid_reconcile_*{loop="publish"}) say how rounds went.
+//
 // All methods are safe for concurrent use. Register and Run block on the
 // store; Replace, Upsert and Delete never block.
 package publish

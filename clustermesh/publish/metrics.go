@@ -7,10 +7,9 @@ import (
 )
 
 type metrics struct {
-	writes   *prometheus.CounterVec
-	errors   prometheus.Counter
-	entries  *prometheus.GaugeVec
-	duration prometheus.Histogram
+	writes  *prometheus.CounterVec
+	errors  prometheus.Counter
+	entries *prometheus.GaugeVec
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
@@ -27,14 +26,9 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Namespace: "braid", Subsystem: "publish", Name: "entries",
 			Help: "Desired entries by kind.",
 		}, []string{"kind"}),
-		duration: prometheus.NewHistogram(prometheus.HistogramOpts{
-			Namespace: "braid", Subsystem: "publish", Name: "reconcile_duration_seconds",
-			Help:    "Duration of one publish pass.",
-			Buckets: prometheus.ExponentialBuckets(0.0005, 4, 10),
-		}),
 	}
 	if reg != nil {
-		for _, c := range []prometheus.Collector{m.writes, m.errors, m.entries, m.duration} {
+		for _, c := range []prometheus.Collector{m.writes, m.errors, m.entries} {
 			if err := reg.Register(c); err != nil {
 				return nil, fmt.Errorf("register publish metrics: %w", err)
 			}

@@ -16,6 +16,7 @@ import (
 
 	"github.com/braidmesh/braid/clustermesh"
 	"github.com/braidmesh/braid/kvstore"
+	"github.com/braidmesh/braid/reconcile"
 )
 
 // Defaults for Config's zero values.
@@ -62,8 +63,10 @@ type Publisher struct {
 	primed  map[clustermesh.Kind]bool   // kind got a full desired set
 	dirty   map[string]struct{}         // keys whose desired value changed
 	status  clustermesh.PublishStatus
-	wake    chan struct{}
 	counts  map[clustermesh.Kind]int
+
+	loop *reconcile.Loop
+	sess *session // owned by loop's rounds
 }
 
 // New builds a Publisher. It starts nothing and does no I/O.
@@ -90,7 +93,7 @@ func New(cfg Config, store kvstore.Store, log *slog.Logger, reg prometheus.Regis
 	if err != nil {
 		return nil, fmt.Errorf("new publisher: %w", err)
 	}
-	return &Publisher{
+	p := &Publisher{
 		cfg:     cfg,
 		store:   store,
 		log:     log.With("cluster", cfg.Cluster.Name),
@@ -100,9 +103,14 @@ func New(cfg Config, store kvstore.Store, log *slog.Logger, reg prometheus.Regis
 		primed:  make(map[clustermesh.Kind]bool),
 		dirty:   make(map[string]struct{}),
 		status:  clustermesh.PublishStatus{Synced: map[clustermesh.Kind]bool{}, Entries: map[clustermesh.Kind]int{}},
-		wake:    make(chan struct{}, 1),
 		counts:  make(map[clustermesh.Kind]int),
-	}, nil
+	}
+	p.loop, err = reconcile.New(reconcile.Config{Name: "publish", Resync: cfg.ResyncInterval, MinBackoff: minBackoff, MaxBackoff: maxBackoff},
+		p.round, p.log, reg)
+	if err != nil {
+		return nil, fmt.Errorf("new publisher: %w", err)
+	}
+	return p, nil
 }
 
 // encode checks that rec belongs to kind under our prefix and encodes it.
@@ -215,12 +223,10 @@ func (p *Publisher) setLocked(kind clustermesh.Kind, key string, val []byte) {
 	p.dirty[key] = struct{}{}
 }
 
-func (p *Publisher) wakeUp() {
-	select {
-	case p.wake <- struct{}{}:
-	default: // a wake-up is already pending
-	}
-}
+func (p *Publisher) wakeUp() { p.loop.Trigger() }
+
+// LoopStatus reports how Run's rounds went.
+func (p *Publisher) LoopStatus() reconcile.Status { return p.loop.Status() }
 
 // Status returns a copy of the current status.
 func (p *Publisher) Status() clustermesh.PublishStatus {

@@ -7,8 +7,11 @@ import (
 	"fmt"
 	"net/netip"
 	"strings"
+	"sync"
 	"testing"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/braidmesh/braid/clustermesh"
 	"github.com/braidmesh/braid/clustermesh/publish"
@@ -339,4 +342,93 @@ func TestSimultaneousOverlappingRegistrationsLeaveOne(t *testing.T) {
 	if _, err := mem.Get(ctx, west.Key()); err != nil {
 		t.Fatalf("west's registration was touched: %v", err)
 	}
+}
+
+// faultyStore fails the first Put of key.
+type faultyStore struct {
+	kvstore.Store
+	key    string
+	mu     sync.Mutex
+	failed int
+}
+
+func (s *faultyStore) Put(ctx context.Context, key string, val []byte, lease kvstore.LeaseID) error {
+	s.mu.Lock()
+	fail := key == s.key && s.failed == 0
+	if fail {
+		s.failed++
+	}
+	s.mu.Unlock()
+	if fail {
+		return errors.New("injected put fault")
+	}
+	return s.Store.Put(ctx, key, val, lease)
+}
+
+// TestFailedWriteIsRetriedWithoutAChange checks that a write that fails is
+// retried by the publish loop's backoff, with no further desired change,
+// and that the loop reports the failure in its status and metrics.
+func TestFailedWriteIsRetriedWithoutAChange(t *testing.T) {
+	ctx, cancel := context.WithCancel(t.Context())
+	defer cancel()
+	mem := memory.New()
+	defer mem.Close()
+	c := cluster("east", 1, "10.1.0.0/16")
+	recs := nodes(c, 1, "z")
+	store := &faultyStore{Store: mem, key: recs[0].Key()}
+	reg := prometheus.NewRegistry()
+	p, err := publish.New(publish.Config{Cluster: c}, store, nil, reg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := p.Replace(clustermesh.KindNodes, recs); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- p.Run(ctx) }()
+	defer func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("Run: %v", err)
+		}
+	}()
+	testenv.Eventually(t, 10*time.Second, func() error {
+		if _, err := mem.Get(ctx, recs[0].Key()); err != nil {
+			return fmt.Errorf("node not written after the fault: %w; loop %+v", err, p.LoopStatus())
+		}
+		return nil
+	})
+	store.mu.Lock()
+	failed := store.failed
+	store.mu.Unlock()
+	if failed != 1 {
+		t.Fatalf("%d faults injected, want 1", failed)
+	}
+	if st := p.Status(); st.Failures != 1 || !strings.Contains(st.LastError, "injected put fault") {
+		t.Errorf("publish status %+v: want the failure recorded", st)
+	}
+	if got := counterOf(t, reg, "braid_reconcile_failures_total", "publish"); got != 1 {
+		t.Errorf(`braid_reconcile_failures_total{loop="publish"} = %v, want 1`, got)
+	}
+	if st := p.LoopStatus(); st.Rounds < 2 || st.LastFailure.IsZero() {
+		t.Errorf("loop status %+v: want a failed round and its retry", st)
+	}
+}
+
+// counterOf returns the value of the counter name{loop=loop} in reg.
+func counterOf(t *testing.T, reg *prometheus.Registry, name, loop string) float64 {
+	t.Helper()
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		for _, m := range mf.GetMetric() {
+			if mf.GetName() == name && len(m.GetLabel()) == 1 && m.GetLabel()[0].GetValue() == loop {
+				return m.GetCounter().GetValue()
+			}
+		}
+	}
+	t.Fatalf("no %s{loop=%q}", name, loop)
+	return 0
 }

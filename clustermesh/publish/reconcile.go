@@ -69,56 +69,12 @@ type op struct {
 	delete bool
 }
 
-func (r *reconciler) loop(ctx context.Context) error {
-	resync := time.NewTicker(r.p.cfg.ResyncInterval)
-	defer resync.Stop()
-	backoff := minBackoff
-	for {
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-r.p.wake:
-		case <-resync.C:
-			if err := r.resync(ctx); err != nil {
-				return err
-			}
-		}
-		err := r.pass(ctx)
-		if errors.Is(err, kvstore.ErrLeaseNotFound) {
-			return fmt.Errorf("publish: %w", errLeaseLost)
-		}
-		if errors.Is(err, kvstore.ErrPermissionDenied) {
-			return err
-		}
-		if err != nil {
-			r.p.setError(err)
-			r.p.log.Warn("publish pass failed, retrying", "err", err, "backoff", backoff)
-			select {
-			case <-ctx.Done():
-				return ctx.Err()
-			case <-time.After(backoff):
-			}
-			backoff = min(backoff*2, maxBackoff)
-			r.p.wakeUp()
-			continue
-		}
-		backoff = minBackoff
-	}
-}
-
 // pass writes what differs between desired and written, then sync markers.
 func (r *reconciler) pass(ctx context.Context) error {
-	start := time.Now()
-	ops := r.plan()
-	if err := r.apply(ctx, ops); err != nil {
-		r.p.metrics.duration.Observe(time.Since(start).Seconds())
+	if err := r.apply(ctx, r.plan()); err != nil {
 		return err
 	}
-	if err := r.writeMarkers(ctx); err != nil {
-		return err
-	}
-	r.p.metrics.duration.Observe(time.Since(start).Seconds())
-	return nil
+	return r.writeMarkers(ctx)
 }
 
 // plan takes the dirty set and turns it into writes.

@@ -11,8 +11,10 @@ import (
 
 	"github.com/braidmesh/braid/clustermesh"
 	"github.com/braidmesh/braid/kvstore"
+	"github.com/braidmesh/braid/reconcile"
 )
 
+// Publish retry backoff bounds.
 const (
 	minBackoff = 100 * time.Millisecond
 	maxBackoff = 10 * time.Second
@@ -26,44 +28,84 @@ const (
 // backoff. Run returns nil when ctx is done. The lease is not revoked on
 // return: entries outlive a restart and expire after the TTL if the process
 // does not come back (use Withdraw to leave the mesh).
+//
+// Run is a reconcile.Loop named "publish": each round starts a session if
+// there is none (adopt or grant a lease, register), then writes what
+// changed; every ResyncInterval a round first re-lists the owned keys. Run
+// must not be called concurrently with itself.
 func (p *Publisher) Run(ctx context.Context) error {
-	backoff := minBackoff
-	for {
-		err := p.session(ctx)
-		if ctx.Err() != nil {
-			return nil
-		}
-		var regErr *clustermesh.RegistrationError
-		if errors.As(err, &regErr) || errors.Is(err, kvstore.ErrPermissionDenied) {
-			p.setError(err)
-			return err
-		}
-		p.setError(err)
-		p.log.Warn("publish session ended, retrying", "err", err, "backoff", backoff)
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-time.After(backoff):
-		}
-		backoff = min(backoff*2, maxBackoff)
-	}
+	defer p.endSession()
+	return p.loop.Run(ctx)
 }
 
-// session is one lease's life: adopt or grant a lease, register, reconcile
-// until the lease is lost or ctx ends.
-func (p *Publisher) session(ctx context.Context) error {
+// session is one lease's life. It is owned by Run's loop.
+type session struct {
+	r *reconciler
+	// ctx ends with the session; its cause is errLeaseLost when the lease
+	// is gone, an error wrapping kvstore.ErrPermissionDenied when the
+	// broker refused to renew it.
+	ctx    context.Context
+	cancel context.CancelCauseFunc
+	wg     sync.WaitGroup
+}
+
+// round is one round of Run's loop.
+func (p *Publisher) round(ctx context.Context, resync bool) error {
+	if p.sess == nil {
+		s, err := p.startSession(ctx)
+		if err != nil {
+			return p.fail(err)
+		}
+		p.sess = s
+		resync = false // the session just listed everything
+	}
+	s := p.sess
+	var err error
+	if resync {
+		err = s.r.resync(s.ctx)
+	}
+	if err == nil {
+		err = s.r.pass(s.ctx)
+	}
+	if errors.Is(err, kvstore.ErrLeaseNotFound) || errors.Is(context.Cause(s.ctx), errLeaseLost) {
+		p.endSession()
+		return p.fail(fmt.Errorf("publish: %w", errLeaseLost))
+	}
+	if cause := context.Cause(s.ctx); errors.Is(cause, kvstore.ErrPermissionDenied) {
+		p.endSession()
+		return p.fail(cause) // the broker removed us: permanent
+	}
+	return p.fail(err)
+}
+
+// fail records err (if any) and marks the errors that end Run.
+func (p *Publisher) fail(err error) error {
+	if err == nil {
+		return nil
+	}
+	p.setError(err)
+	var regErr *clustermesh.RegistrationError
+	if errors.As(err, &regErr) || errors.Is(err, kvstore.ErrPermissionDenied) {
+		return reconcile.Permanent(err)
+	}
+	return err
+}
+
+// startSession adopts or grants a lease, registers and starts renewing
+// the lease.
+func (p *Publisher) startSession(ctx context.Context) (*session, error) {
 	owned, err := p.listOwned(ctx)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	lease, adopted, err := p.acquireLease(ctx, owned)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	p.log.Info("publishing", "lease", fmt.Sprintf("%x", lease), "adopted", adopted, "owned_keys", len(owned))
 
 	if err := p.registerIfChanged(ctx, owned, lease); err != nil {
-		return err
+		return nil, err
 	}
 	p.mu.Lock()
 	p.status.Registered = true
@@ -71,30 +113,32 @@ func (p *Publisher) session(ctx context.Context) error {
 	p.mu.Unlock()
 	p.setOK()
 
-	sctx, cancel := context.WithCancelCause(ctx)
-	defer cancel(nil)
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		p.keepAlive(sctx, cancel, lease)
-	}()
-	defer wg.Wait()
-
-	r := &reconciler{
+	s := &session{r: &reconciler{
 		p:       p,
 		lease:   lease,
 		written: make(map[string][]byte, len(owned)),
 		present: make(map[string]clustermesh.Kind, len(owned)),
 		markers: make(map[clustermesh.Kind][]byte),
 		swept:   make(map[clustermesh.Kind]bool),
+	}}
+	s.ctx, s.cancel = context.WithCancelCause(ctx)
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		p.keepAlive(s.ctx, s.cancel, lease)
+	}()
+	s.r.adopt(owned)
+	return s, nil
+}
+
+// endSession stops the session's lease renewal, if there is a session.
+func (p *Publisher) endSession() {
+	if p.sess == nil {
+		return
 	}
-	r.adopt(owned)
-	err = r.loop(sctx)
-	if cause := context.Cause(sctx); errors.Is(cause, errLeaseLost) || errors.Is(cause, kvstore.ErrPermissionDenied) {
-		return cause
-	}
-	return err
+	p.sess.cancel(nil)
+	p.sess.wg.Wait()
+	p.sess = nil
 }
 
 // listOwned reads every key the cluster owns.
@@ -184,12 +228,14 @@ func (p *Publisher) keepAlive(ctx context.Context, cancel context.CancelCauseFun
 		case errors.Is(err, kvstore.ErrLeaseNotFound):
 			p.log.Warn("lease expired; re-publishing under a new lease", "lease", fmt.Sprintf("%x", lease))
 			cancel(errLeaseLost)
+			p.loop.Trigger()
 			return
 		case errors.Is(err, kvstore.ErrPermissionDenied):
 			// The broker no longer accepts our credentials: removed.
 			err = fmt.Errorf("renew lease: %w", err)
 			p.setError(err)
 			cancel(err)
+			p.loop.Trigger()
 			return
 		case ctx.Err() == nil:
 			p.setError(fmt.Errorf("renew lease: %w", err))
