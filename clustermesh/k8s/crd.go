@@ -13,6 +13,8 @@ import (
 	"sigs.k8s.io/mcs-api/config/crd"
 	mcsv1beta1 "sigs.k8s.io/mcs-api/pkg/apis/v1beta1"
 	"sigs.k8s.io/yaml"
+
+	"github.com/braidmesh/braid/reconcile"
 )
 
 var crdResource = schema.GroupVersionResource{Group: "apiextensions.k8s.io", Version: "v1", Resource: "customresourcedefinitions"}
@@ -76,9 +78,7 @@ func (s *Source) setupMCS(ctx context.Context) bool {
 			setErr(msg)
 			return false
 		}
-		select {
-		case <-ctx.Done():
-		case <-time.After(500 * time.Millisecond):
-		}
+		reconcile.Wait(ctx, 500*time.Millisecond) // poll until served
+
 	}
 }

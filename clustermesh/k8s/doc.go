@@ -30,11 +30,19 @@
 // deletes imports and mirrors only once the Mesh reports a complete view,
 // so a restart removes nothing that is still wanted.
 //
-// Reconciliation is level-triggered: informer handlers only record which
-// objects changed and wake Run's loop, which recomputes the desired records
-// of what changed and hands them to the Publisher (Replace for the first
-// full set and for small kinds, Upsert/Delete per service afterwards).
-// Nothing is published until every informer has synced.
+// The Source is two controllers, each a client-go workqueue with one
+// worker: kube_to_mesh (nodes, pods, services → Publisher) and
+// mesh_to_kube (Mesh → ServiceImports, ServiceExport conditions, mirrored
+// EndpointSlices, one key per "namespace/name"). Reconciliation is
+// level-triggered: informer handlers and MeshChanged only queue keys,
+// and a worker recomputes a key from the caches (Replace for the first
+// full set and for small kinds, Upsert/Delete per service afterwards). A
+// failed key is requeued with its own backoff (exponential with jitter,
+// package reconcile); every key is queued again every ResyncInterval.
+// Nothing is published until every informer has synced, and mesh_to_kube
+// starts once the first full service set was handed over. Both report
+// their rounds as reconcile loops (Status.Loops, braid_reconcile_* on
+// /metrics) and their failing keys in Status.Problems.
 //
 // Run blocks until its context is done and waits for every goroutine it
 // started. MeshChanged and Status are safe for concurrent use and never

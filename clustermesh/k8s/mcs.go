@@ -97,39 +97,15 @@ func resolve(exps []exporter) resolution {
 	return r
 }
 
-// reconcileMCS brings ServiceExport conditions, ServiceImports and mirrored
-// EndpointSlices of the given services (or all) in line with the mesh. It
-// returns the keys that failed.
-func (s *Source) reconcileMCS(ctx context.Context, all bool, keys map[string]struct{}) ([]string, error) {
-	var remote map[clustermesh.ClusterName]RemoteCluster
-	complete := true
-	if s.mesh != nil {
-		remote, complete = s.mesh.Remote()
-	}
-	if all {
-		keys = s.mcsKeys(remote, keys)
-	}
-	var failed []string
-	var errs []error
-	for k := range keys {
-		if err := s.reconcileKey(ctx, k, remote, complete); err != nil {
-			failed = append(failed, k)
-			errs = append(errs, err)
-		}
-	}
-	return failed, errors.Join(errs...)
-}
-
 // mcsKeys is every service key that may need an import, export status or
 // mirror.
-func (s *Source) mcsKeys(remote map[clustermesh.ClusterName]RemoteCluster, extra map[string]struct{}) map[string]struct{} {
-	keys := make(map[string]struct{}, len(s.local)+len(extra))
-	for k := range extra {
-		keys[k] = struct{}{}
-	}
+func (s *Source) mcsKeys(remote map[clustermesh.ClusterName]RemoteCluster) map[string]struct{} {
+	s.localMu.Lock()
+	keys := make(map[string]struct{}, len(s.local))
 	for k := range s.local {
 		keys[k] = struct{}{}
 	}
+	s.localMu.Unlock()
 	for _, rc := range remote {
 		for k, svc := range rc.Services {
 			if !svc.ExportedAt.IsZero() || svc.Headless {
@@ -160,7 +136,9 @@ func (s *Source) reconcileKey(ctx context.Context, key string, remote map[cluste
 	if !ok {
 		return nil
 	}
-	local := s.local[key]
+	s.localMu.Lock()
+	local, warning := s.local[key], s.warned[key]
+	s.localMu.Unlock()
 	var errs []error
 	if s.mcsOn {
 		var exps []exporter
@@ -174,7 +152,7 @@ func (s *Source) reconcileKey(ctx context.Context, key string, remote map[cluste
 		}
 		res := resolve(exps)
 		if exp := s.exportOf(ns, name); exp != nil {
-			errs = append(errs, s.updateExportStatus(ctx, exp, local, res))
+			errs = append(errs, s.updateExportStatus(ctx, exp, local, warning, res))
 		}
 		errs = append(errs, s.reconcileImport(ctx, ns, name, res, complete))
 	}
@@ -183,7 +161,8 @@ func (s *Source) reconcileKey(ctx context.Context, key string, remote map[cluste
 }
 
 // updateExportStatus sets the Valid, Ready and Conflict conditions.
-func (s *Source) updateExportStatus(ctx context.Context, exp *mcsv1beta1.ServiceExport, local *clustermesh.Service, res resolution) error {
+// warning is the service's invalid-annotation warning, if any.
+func (s *Source) updateExportStatus(ctx context.Context, exp *mcsv1beta1.ServiceExport, local *clustermesh.Service, warning string, res resolution) error {
 	key := exp.Namespace + "/" + exp.Name
 	cond := func(t mcsv1beta1.ServiceExportConditionType, st metav1.ConditionStatus, r mcsv1beta1.ServiceExportConditionReason, msg string) metav1.Condition {
 		return metav1.Condition{Type: string(t), Status: st, Reason: string(r), Message: msg, ObservedGeneration: exp.Generation}
@@ -199,8 +178,8 @@ func (s *Source) updateExportStatus(ctx context.Context, exp *mcsv1beta1.Service
 	case svc.Spec.Type == corev1.ServiceTypeExternalName:
 		conds = append(conds, cond(mcsv1beta1.ServiceExportConditionValid, metav1.ConditionFalse, mcsv1beta1.ServiceExportReasonInvalidServiceType,
 			"ExternalName services cannot be exported"))
-	case s.warned[key] != "":
-		conds = append(conds, cond(mcsv1beta1.ServiceExportConditionValid, metav1.ConditionFalse, "InvalidAnnotation", s.warned[key]))
+	case warning != "":
+		conds = append(conds, cond(mcsv1beta1.ServiceExportConditionValid, metav1.ConditionFalse, "InvalidAnnotation", warning))
 	case local == nil:
 		conds = append(conds, cond(mcsv1beta1.ServiceExportConditionValid, metav1.ConditionFalse, "NotExported", "service is not published"))
 	default:

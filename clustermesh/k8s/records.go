@@ -371,27 +371,33 @@ func backends(objs []any, portNames map[string]bool) []clustermesh.Backend {
 	return out
 }
 
-// publishServices recomputes the dirty services (or all of them) and hands
-// them over: Replace until the Publisher has had one full set,
-// Upsert/Delete afterwards.
-func (s *Source) publishServices(all bool, dirty map[string]struct{}) error {
+// publishServices recomputes the given services (or all of them) and
+// hands them over: Replace until the Publisher has had one full set,
+// Upsert/Delete afterwards. It returns the keys it looked at.
+func (s *Source) publishServices(all bool, dirty []string) ([]string, error) {
+	s.localMu.Lock()
+	defer s.localMu.Unlock()
 	full := !s.servicesPrimed
 	keys := dirty
 	if all || full {
-		keys = make(map[string]struct{}, len(s.local))
+		set := make(map[string]struct{}, len(s.local))
 		svcs, err := s.services.List(labels.Everything())
 		if err != nil {
-			return fmt.Errorf("list services: %w", err)
+			return nil, fmt.Errorf("list services: %w", err)
 		}
 		for _, svc := range svcs {
-			keys[svc.Namespace+"/"+svc.Name] = struct{}{}
+			set[svc.Namespace+"/"+svc.Name] = struct{}{}
 		}
 		for k := range s.local {
-			keys[k] = struct{}{}
+			set[k] = struct{}{}
 		}
+		for _, k := range dirty {
+			set[k] = struct{}{}
+		}
+		keys = slices.Collect(maps.Keys(set))
 	}
 	var errs []error
-	for k := range keys {
+	for _, k := range keys {
 		rec, err := s.serviceRecord(k)
 		if err != nil {
 			errs = append(errs, err)
@@ -424,10 +430,7 @@ func (s *Source) publishServices(all bool, dirty map[string]struct{}) error {
 			s.servicesPrimed = true
 		}
 	}
-	if len(errs) > 0 {
-		return errors.Join(errs...)
-	}
-	return nil
+	return keys, errors.Join(errs...)
 }
 
 func cutKey(key string) (ns, name string, ok bool) {

@@ -26,6 +26,7 @@ import (
 	mcslisters "sigs.k8s.io/mcs-api/pkg/client/listers/apis/v1beta1"
 
 	"github.com/braidmesh/braid/clustermesh"
+	"github.com/braidmesh/braid/reconcile"
 )
 
 // Defaults for Config's zero values.
@@ -93,8 +94,9 @@ type Config struct {
 	// EnsureCRDs creates the ServiceExport and ServiceImport CRDs at start
 	// when they are absent (needs Clients.Dynamic).
 	EnsureCRDs bool
-	// BatchDelay is how long the loop waits after a wake-up to take more
-	// changes in the same pass; zero means DefaultBatchDelay.
+	// BatchDelay is how long a controller waits after an event before it
+	// syncs the object, so a burst of events is one sync; zero means
+	// DefaultBatchDelay.
 	BatchDelay time.Duration
 	// ResyncInterval is how often everything is recomputed even without
 	// events; zero means DefaultResyncInterval.
@@ -111,10 +113,14 @@ type Status struct {
 	Identities int
 	IPs        int
 	Services   int
-	Passes     int
 	// Problems are conditions an operator should look at.
-	Problems  []string
+	Problems []string
+	// LastError is why the Source could not start yet (identities not
+	// readable), empty once it could.
 	LastError string
+	// Loops are the two controllers' rounds: kube_to_mesh and
+	// mesh_to_kube.
+	Loops []reconcile.Status
 }
 
 // Source publishes a Kubernetes cluster into the mesh. See the package doc.
@@ -126,33 +132,52 @@ type Source struct {
 	alloc   *allocator
 	log     *slog.Logger
 	metrics *metrics
-
-	wake chan struct{}
+	reg     prometheus.Registerer
 
 	mu     sync.Mutex
-	dirty  dirtySet
 	status Status
 	mcsErr string
+	toMesh *controller[meshItem] // cluster → mesh; set by Run
+	toKube *controller[string]   // mesh → cluster, by "namespace/name"; set by Run
 
-	// Owned by Run's goroutine.
-	mcsOn          bool
-	services       corelisters.ServiceLister
-	slices         cache.Indexer
-	pods           corelisters.PodLister
-	nodes          corelisters.NodeLister
-	namespaces     corelisters.NamespaceLister
-	exports        mcslisters.ServiceExportLister
-	imports        mcslisters.ServiceImportLister
-	recorder       record.EventRecorder
-	local          map[string]*clustermesh.Service // published services by ns/name
-	servicesPrimed bool                            // a full service set was handed over
-	warned         map[string]string               // ns/name -> last warning
+	// Set by Run before the controllers start; read-only afterwards.
+	mcsOn      bool
+	services   corelisters.ServiceLister
+	slices     cache.Indexer
+	pods       corelisters.PodLister
+	nodes      corelisters.NodeLister
+	namespaces corelisters.NamespaceLister
+	exports    mcslisters.ServiceExportLister
+	imports    mcslisters.ServiceImportLister
+	recorder   record.EventRecorder
+
+	// Written by toMesh's worker, read by toKube's.
+	localMu sync.Mutex
+	local   map[string]*clustermesh.Service // published services by ns/name
+	warned  map[string]string               // ns/name -> last warning
+
+	// Owned by toMesh's worker.
+	servicesPrimed bool            // a full service set was handed over
+	primedKinds    map[string]bool // item kinds handed over once
+	servicesReady  chan struct{}   // closed once servicesPrimed is set
 }
 
-type dirtySet struct {
-	nodes, pods, allServices, allMCS bool
-	services, mcs                    map[string]struct{}
+// meshItem is what the cluster → mesh controller syncs: every node, every
+// pod (identities and IP entries), every service, or one service.
+type meshItem struct {
+	kind string // one of the item* constants
+	key  string // "namespace/name" for itemService
 }
+
+const (
+	itemNodes    = "nodes"
+	itemPods     = "pods"
+	itemServices = "services"
+	itemService  = "service"
+)
+
+// allKeys is the mesh → cluster controller's key for "every service".
+const allKeys = ""
 
 // New builds a Source. It starts nothing and does no I/O. mesh may be nil
 // (no imports or mirrors).
@@ -177,72 +202,70 @@ func New(cfg Config, clients Clients, pub Publisher, ids IdentityStore, mesh Mes
 		return nil, fmt.Errorf("new kubernetes source: %w", err)
 	}
 	s := &Source{
-		cfg:     cfg,
-		clients: clients,
-		pub:     pub,
-		mesh:    mesh,
-		log:     log,
-		metrics: m,
-		wake:    make(chan struct{}, 1),
-		local:   make(map[string]*clustermesh.Service),
-		warned:  make(map[string]string),
+		cfg:           cfg,
+		clients:       clients,
+		pub:           pub,
+		mesh:          mesh,
+		log:           log,
+		metrics:       m,
+		reg:           reg,
+		local:         make(map[string]*clustermesh.Service),
+		warned:        make(map[string]string),
+		servicesReady: make(chan struct{}),
 	}
+	s.primedKinds = map[string]bool{}
 	s.alloc = newAllocator(&s.cfg.Cluster, ids, log)
-	s.dirty = dirtySet{nodes: true, pods: true, allServices: true, allMCS: true,
-		services: map[string]struct{}{}, mcs: map[string]struct{}{}}
 	return s, nil
 }
 
 // MeshChanged tells the Source the Mesh's view changed. It never blocks.
+// Before Run has started its controllers it does nothing: they start with
+// every key.
 func (s *Source) MeshChanged() {
 	s.mu.Lock()
-	s.dirty.allMCS = true
+	c := s.toKube
 	s.mu.Unlock()
-	s.wakeUp()
+	if c != nil {
+		c.add(allKeys)
+	}
 }
 
 // Status returns a copy of the Source's status.
 func (s *Source) Status() Status {
 	s.mu.Lock()
-	defer s.mu.Unlock()
 	st := s.status
+	mcsErr := s.mcsErr
+	toMesh, toKube := s.toMesh, s.toKube
+	s.mu.Unlock()
 	st.Problems = nil
-	if s.mcsErr != "" {
-		st.Problems = append(st.Problems, s.mcsErr)
+	if mcsErr != "" {
+		st.Problems = append(st.Problems, mcsErr)
 	}
 	if st.LastError != "" {
 		st.Problems = append(st.Problems, "kubernetes: "+st.LastError)
 	}
+	if toMesh != nil {
+		for _, p := range []string{toMesh.problem(), toKube.problem()} {
+			if p != "" {
+				st.Problems = append(st.Problems, p)
+			}
+		}
+		st.Loops = []reconcile.Status{toMesh.tracker.Status(), toKube.tracker.Status()}
+	}
 	return st
 }
 
-func (s *Source) wakeUp() {
-	select {
-	case s.wake <- struct{}{}:
-	default: // a wake-up is already pending
+// markService queues the service key for publishing (which then queues
+// its imports, export status and mirrors).
+func (s *Source) markService(key string) { s.toMesh.add(meshItem{kind: itemService, key: key}) }
+
+// markMCS queues the imports, export status and mirrors of key.
+func (s *Source) markMCS(key string) { s.toKube.add(key) }
+
+func (s *Source) markMesh(kinds ...string) {
+	for _, k := range kinds {
+		s.toMesh.add(meshItem{kind: k})
 	}
-}
-
-func (s *Source) markService(key string) {
-	s.mu.Lock()
-	s.dirty.services[key] = struct{}{}
-	s.dirty.mcs[key] = struct{}{}
-	s.mu.Unlock()
-	s.wakeUp()
-}
-
-func (s *Source) markMCS(key string) {
-	s.mu.Lock()
-	s.dirty.mcs[key] = struct{}{}
-	s.mu.Unlock()
-	s.wakeUp()
-}
-
-func (s *Source) mark(f func(d *dirtySet)) {
-	s.mu.Lock()
-	f(&s.dirty)
-	s.mu.Unlock()
-	s.wakeUp()
 }
 
 const indexByService = "service"
@@ -309,11 +332,34 @@ func trim(obj any) (any, error) {
 // an error only when it cannot start (identities cannot be recovered, CRDs
 // cannot be ensured); later failures are retried with backoff and
 // reported in Status.
+//
+// Run runs two controllers, each a client-go workqueue with one worker:
+// kube_to_mesh publishes nodes, pods (identities, IP entries) and
+// services; mesh_to_kube maintains ServiceImports, ServiceExport
+// conditions and mirrored EndpointSlices, and starts once the first full
+// set of local services was handed over, so it never mistakes a local
+// export not yet computed for a withdrawn one.
 func (s *Source) Run(ctx context.Context) error {
 	if err := s.recoverIdentities(ctx); err != nil {
 		return err
 	}
+	if ctx.Err() != nil {
+		return nil
+	}
 	s.mcsOn = s.setupMCS(ctx)
+	toMesh, err := newController("kube_to_mesh", s.cfg.BatchDelay, s.syncToMesh, s.log, s.reg)
+	if err != nil {
+		return err
+	}
+	toKube, err := newController("mesh_to_kube", s.cfg.BatchDelay, s.syncToKube, s.log, s.reg)
+	if err != nil {
+		return err
+	}
+	defer toMesh.q.ShutDown()
+	defer toKube.q.ShutDown()
+	s.mu.Lock()
+	s.toMesh, s.toKube = toMesh, toKube
+	s.mu.Unlock()
 
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -378,16 +424,16 @@ func (s *Source) Run(ctx context.Context) error {
 			}
 		})),
 		add(podInf.Informer(), cache.ResourceEventHandlerFuncs{
-			AddFunc:    func(any) { s.mark(func(d *dirtySet) { d.pods = true }) },
-			DeleteFunc: func(any) { s.mark(func(d *dirtySet) { d.pods = true }) },
+			AddFunc:    func(any) { s.markMesh(itemPods) },
+			DeleteFunc: func(any) { s.markMesh(itemPods) },
 			UpdateFunc: func(o, n any) {
 				if podChanged(o, n) {
-					s.mark(func(d *dirtySet) { d.pods = true })
+					s.markMesh(itemPods)
 				}
 			},
 		}),
-		add(nodeInf.Informer(), handler(func(any) { s.mark(func(d *dirtySet) { d.nodes, d.pods = true, true }) })),
-		add(nsInf.Informer(), handler(func(any) { s.mark(func(d *dirtySet) { d.allMCS = true }) })),
+		add(nodeInf.Informer(), handler(func(any) { s.markMesh(itemNodes, itemPods) })),
+		add(nsInf.Informer(), handler(func(any) { s.markMCS(allKeys) })),
 	}
 	synced := []cache.InformerSynced{svcInf.Informer().HasSynced, sliceInf.Informer().HasSynced,
 		podInf.Informer().HasSynced, nodeInf.Informer().HasSynced, nsInf.Informer().HasSynced}
@@ -430,27 +476,62 @@ func (s *Source) Run(ctx context.Context) error {
 		return nil // ctx done
 	}
 	s.log.Info("kubernetes caches synced")
-	s.loop(ctx)
+	s.queueAll()
+
+	// Workers stop before the informers and the event broadcaster do.
+	var workers sync.WaitGroup
+	defer workers.Wait()
+	workers.Add(3)
+	go func() { defer workers.Done(); toMesh.run(ctx) }()
+	go func() {
+		defer workers.Done()
+		select {
+		case <-s.servicesReady:
+			toKube.run(ctx)
+		case <-ctx.Done():
+		}
+	}()
+	go func() {
+		defer workers.Done()
+		t := time.NewTicker(s.cfg.ResyncInterval)
+		defer t.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+				s.queueAll()
+			}
+		}
+	}()
+	<-ctx.Done()
 	return nil
+}
+
+// queueAll queues every key of both controllers: at start and on resync.
+func (s *Source) queueAll() {
+	for _, k := range []string{itemNodes, itemPods, itemServices} {
+		s.toMesh.addNow(meshItem{kind: k})
+	}
+	s.toKube.addNow(allKeys)
 }
 
 // recoverIdentities reads the cluster's published identities, retrying
 // until it succeeds or ctx ends.
 func (s *Source) recoverIdentities(ctx context.Context) error {
-	backoff := 100 * time.Millisecond
+	bo := reconcile.NewBackoff(minItemBackoff, maxItemBackoff)
 	for {
 		err := s.alloc.recover(ctx)
 		if err == nil {
+			s.setError(nil)
 			return nil
 		}
 		s.setError(err)
-		s.log.Warn("cannot read published identities yet; retrying", "err", err, "backoff", backoff)
-		select {
-		case <-ctx.Done():
+		d := bo.Next()
+		s.log.Warn("cannot read published identities yet; retrying", "err", err, "backoff", d)
+		if !reconcile.Wait(ctx, d) {
 			return nil
-		case <-time.After(backoff):
 		}
-		backoff = min(2*backoff, 10*time.Second)
 	}
 }
 
@@ -462,103 +543,70 @@ func (s *Source) setError(err error) {
 		return
 	}
 	s.status.LastError = err.Error()
-	s.metrics.errors.Inc()
 }
 
-// loop runs passes until ctx is done.
-func (s *Source) loop(ctx context.Context) {
-	resync := time.NewTicker(s.cfg.ResyncInterval)
-	defer resync.Stop()
-	backoff := 100 * time.Millisecond
-	first := true
-	for {
-		start := time.Now()
-		err := s.pass(ctx)
-		s.metrics.duration.Observe(time.Since(start).Seconds())
-		if ctx.Err() != nil {
-			return
-		}
-		var retry <-chan time.Time
-		if err != nil {
-			s.setError(err)
-			s.log.Warn("kubernetes pass failed; retrying", "err", err, "backoff", backoff)
-			retry = time.After(backoff)
-			backoff = min(2*backoff, 10*time.Second)
-		} else {
-			s.setError(nil)
-			s.metrics.lastSuccess.SetToCurrentTime()
-			backoff = 100 * time.Millisecond
-			if first {
-				first = false
-				s.mu.Lock()
-				s.status.Synced = true
-				s.mu.Unlock()
-			}
-		}
-		select {
-		case <-ctx.Done():
-			return
-		case <-s.wake:
-		case <-retry:
-		case <-resync.C:
-			s.mark(func(d *dirtySet) { d.nodes, d.pods, d.allServices, d.allMCS = true, true, true, true })
-		}
-		// Batch what arrives shortly after the wake-up into one pass.
-		select {
-		case <-ctx.Done():
-			return
-		case <-time.After(s.cfg.BatchDelay):
-		}
+// syncToMesh publishes one item; a service's imports, export status and
+// mirrors are queued after it.
+func (s *Source) syncToMesh(ctx context.Context, it meshItem) error {
+	var (
+		err  error
+		keys []string
+	)
+	switch it.kind {
+	case itemNodes:
+		err = s.publishNodes()
+	case itemPods:
+		err = s.publishPods(ctx)
+	case itemServices:
+		keys, err = s.publishServices(true, nil)
+	case itemService:
+		keys, err = s.publishServices(false, []string{it.key})
 	}
-}
-
-// pass recomputes what is dirty. On failure the failed part is marked dirty
-// again.
-func (s *Source) pass(ctx context.Context) error {
+	for _, k := range keys {
+		s.toKube.add(k)
+	}
+	if err != nil {
+		return err
+	}
+	switch it.kind {
+	case itemNodes, itemPods:
+		s.primedKinds[it.kind] = true
+	}
+	if s.servicesPrimed && !s.primedKinds[itemServices] {
+		s.primedKinds[itemServices] = true
+		close(s.servicesReady)
+	}
+	synced := s.primedKinds[itemNodes] && s.primedKinds[itemPods] && s.primedKinds[itemServices]
+	n := s.localCount()
 	s.mu.Lock()
-	d := s.dirty
-	s.dirty = dirtySet{services: map[string]struct{}{}, mcs: map[string]struct{}{}}
-	s.mu.Unlock()
-
-	var errs []error
-	if d.nodes {
-		if err := s.publishNodes(); err != nil {
-			errs = append(errs, err)
-			s.mark(func(d *dirtySet) { d.nodes = true })
-		}
-	}
-	if d.pods {
-		if err := s.publishPods(ctx); err != nil {
-			errs = append(errs, err)
-			s.mark(func(d *dirtySet) { d.pods = true })
-		}
-	}
-	if d.allServices || len(d.services) > 0 {
-		if err := s.publishServices(d.allServices, d.services); err != nil {
-			errs = append(errs, err)
-			s.mark(func(d *dirtySet) { d.allServices = true })
-		}
-	}
-	if d.allMCS || len(d.mcs) > 0 || len(d.services) > 0 {
-		for k := range d.services {
-			d.mcs[k] = struct{}{}
-		}
-		failed, err := s.reconcileMCS(ctx, d.allMCS, d.mcs)
-		if err != nil {
-			errs = append(errs, err)
-			s.mark(func(dd *dirtySet) {
-				for _, k := range failed {
-					dd.mcs[k] = struct{}{}
-				}
-			})
-		}
-	}
-	s.mu.Lock()
-	s.status.Passes++
+	s.status.Synced = s.status.Synced || synced
 	s.status.MCS = s.mcsOn
-	s.status.Services = len(s.local)
+	s.status.Services = n
 	s.mu.Unlock()
-	return errors.Join(errs...)
+	return nil
+}
+
+// syncToKube brings the imports, export status and mirrors of key in line
+// with the mesh; allKeys queues every key that may have any.
+func (s *Source) syncToKube(ctx context.Context, key string) error {
+	var remote map[clustermesh.ClusterName]RemoteCluster
+	complete := true
+	if s.mesh != nil {
+		remote, complete = s.mesh.Remote()
+	}
+	if key == allKeys {
+		for k := range s.mcsKeys(remote) {
+			s.toKube.addNow(k)
+		}
+		return nil
+	}
+	return s.reconcileKey(ctx, key, remote, complete)
+}
+
+func (s *Source) localCount() int {
+	s.localMu.Lock()
+	defer s.localMu.Unlock()
+	return len(s.local)
 }
 
 // exportOf returns the local ServiceExport of key, or nil.
