@@ -16,6 +16,7 @@ import (
 	"github.com/braidmesh/braid/clustermesh/publish"
 	"github.com/braidmesh/braid/clustermesh/remote"
 	"github.com/braidmesh/braid/kvstore"
+	"github.com/braidmesh/braid/reconcile"
 )
 
 // DefaultMeshCompleteTimeout bounds how long the Kubernetes source waits
@@ -110,7 +111,7 @@ func (m *meshAdapter) allSettled(view map[clustermesh.ClusterName]k8s.RemoteClus
 // registeredClusters lists the clusters in the mesh other than self,
 // retrying until it succeeds or ctx ends.
 func registeredClusters(ctx context.Context, store kvstore.Store, self clustermesh.ClusterName) map[clustermesh.ClusterName]bool {
-	backoff := 100 * time.Millisecond
+	bo := reconcile.NewBackoff(100*time.Millisecond, 5*time.Second)
 	for {
 		kvs, _, err := store.List(ctx, clustermesh.ClustersPrefix)
 		if err == nil {
@@ -122,12 +123,9 @@ func registeredClusters(ctx context.Context, store kvstore.Store, self clusterme
 			}
 			return out
 		}
-		select {
-		case <-ctx.Done():
+		if !reconcile.Wait(ctx, bo.Next()) {
 			return nil
-		case <-time.After(backoff):
 		}
-		backoff = min(2*backoff, 5*time.Second)
 	}
 }
 
@@ -155,14 +153,6 @@ func (o *Operator) runKubernetes(ctx context.Context) error {
 	o.mu.Lock()
 	o.kube = src
 	o.mu.Unlock()
-	var wg sync.WaitGroup
-	defer wg.Wait()
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		for range o.watcher.Subscribe(ctx) {
-			src.MeshChanged()
-		}
-	}()
+	o.watcher.Notify(ctx, src.MeshChanged)
 	return src.Run(ctx)
 }

@@ -4,8 +4,11 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
+	"net/http"
 	"net/netip"
 	"os"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -63,7 +66,7 @@ func fakeEnv(name clustermesh.ClusterName, id clustermesh.ClusterID) *kubeEnv {
 		APIResources: []metav1.APIResource{{Name: "serviceexports"}, {Name: "serviceimports"}}}}
 	mcs := mcsfake.NewSimpleClientset()
 	return &kubeEnv{kube: kube, mcs: mcs, cfg: Config{Cluster: clusterConfig(name, id), KubeClients: k8s.Clients{Kube: kube, MCS: mcs},
-		LeaseTTL: 3 * time.Second, MeshCompleteTimeout: 10 * time.Second}}
+		LeaseTTL: 3 * time.Second, MeshCompleteTimeout: 10 * time.Second, StatusAddr: "127.0.0.1:0"}}
 }
 
 func labEnv(t *testing.T, etcd *kubelab.Etcd, name clustermesh.ClusterName, id clustermesh.ClusterID) *kubeEnv {
@@ -74,7 +77,7 @@ func labEnv(t *testing.T, etcd *kubelab.Etcd, name clustermesh.ClusterName, id c
 		t.Fatal(err)
 	}
 	return &kubeEnv{kube: c.Client, mcs: mcs, real: true, kubeconfig: c.Kubeconfig, cfg: Config{Cluster: clusterConfig(name, id), Kubernetes: c.RESTConfig,
-		EnsureCRDs: true, LeaseTTL: 3 * time.Second, MeshCompleteTimeout: 10 * time.Second}}
+		EnsureCRDs: true, LeaseTTL: 3 * time.Second, MeshCompleteTimeout: 10 * time.Second, StatusAddr: "127.0.0.1:0"}}
 }
 
 type running struct {
@@ -352,6 +355,35 @@ func runTwoClusters(t *testing.T, a, b *kubeEnv, store kvstore.Store) {
 		}
 		return nil
 	})
+
+	// Every controller is a reconcile loop on /metrics and in the status.
+	metrics := httpGet(t, opB.op.StatusURL()+"/metrics")
+	for _, loop := range []string{"publish", "kube_to_mesh", "mesh_to_kube"} {
+		if want := `braid_reconcile_duration_seconds_count{loop="` + loop + `"}`; !strings.Contains(metrics, want) {
+			t.Errorf("/metrics lacks %s", want)
+		}
+	}
+	var names []string
+	for _, l := range opB.op.Snapshot().Loops {
+		names = append(names, l.Name)
+	}
+	if want := []string{"publish", "kube_to_mesh", "mesh_to_kube"}; !slices.Equal(names, want) {
+		t.Errorf("status loops %v, want %v", names, want)
+	}
+}
+
+func httpGet(t *testing.T, url string) string {
+	t.Helper()
+	resp, err := http.Get(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil || resp.StatusCode != http.StatusOK {
+		t.Fatalf("GET %s: %s, %v", url, resp.Status, err)
+	}
+	return string(b)
 }
 
 // TestTwoClustersFake runs the acceptance scenario over fake clientsets and

@@ -188,8 +188,11 @@ func (o *Operator) Snapshot() status.Snapshot {
 	}
 	kube := o.kube
 	o.mu.Unlock()
+	s.AddLoops(o.pub.LoopStatus())
 	if kube != nil {
-		s.Problems = append(s.Problems, kube.Status().Problems...)
+		ks := kube.Status()
+		s.Problems = append(s.Problems, ks.Problems...) // the controllers' failing keys among them
+		s.Loops = append(s.Loops, ks.Loops...)
 	}
 	s.Problems = append(s.Problems, o.publishProblems(ps, s.Time)...)
 	s.SetHealth()
