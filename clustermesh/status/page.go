@@ -61,6 +61,9 @@ table{border-collapse:collapse}td,th{padding:.3em .8em;border-bottom:1px solid #
 {{if .Maps}}<h2>Datapath maps</h2><table id="maps"><thead><tr><th>Map</th><th>Entries</th><th>Capacity</th><th>Fill</th></tr></thead><tbody>
 {{range .Maps}}<tr><td>{{.Name}}</td><td>{{.Entries}}</td><td>{{.Capacity}}</td><td>{{printf "%.1f%%" (pct .Pressure)}}</td></tr>
 {{end}}</tbody></table>{{end}}
+{{if .Loops}}<h2>Reconcile loops</h2><table id="loops"><thead><tr><th>Loop</th><th>Rounds</th><th>Last success</th><th>Failing rounds</th><th>Last error</th></tr></thead><tbody>
+{{range .Loops}}<tr data-loop="{{.Name}}"><td>{{.Name}}</td><td>{{.Rounds}}</td><td>{{if .LastSuccess.IsZero}}never{{else}}{{.LastSuccess.Format "15:04:05.000"}}{{end}}</td><td>{{.ConsecutiveFailures}}</td><td>{{.LastError}}</td></tr>
+{{end}}</tbody></table>{{end}}
 <p><small>As of {{.Time.Format "2006-01-02 15:04:05.000 MST"}} · <a href="/api/status">JSON</a></small></p>
 </body></html>
 `))

@@ -10,6 +10,7 @@ import (
 
 	"github.com/braidmesh/braid/clustermesh"
 	"github.com/braidmesh/braid/clustermesh/status"
+	"github.com/braidmesh/braid/reconcile"
 )
 
 type fixed status.Snapshot
@@ -22,7 +23,8 @@ func TestHandlerServesJSONPageAndHealth(t *testing.T) {
 		Remotes: []clustermesh.RemoteClusterStatus{
 			{Name: "west", ID: 2, Connected: true, Synced: true, Entries: map[clustermesh.Kind]int{clustermesh.KindNodes: 3}, LastUpdate: now.Add(-1500 * time.Millisecond)},
 			{Name: "gone", ID: 3, Gone: true},
-		}}
+		},
+		Loops: []reconcile.Status{{Name: "tunnel_peers", Rounds: 4, ConsecutiveFailures: 2, LastError: "injected"}}}
 	srv := httptest.NewServer(status.Handler(fixed(snap)))
 	defer srv.Close()
 
@@ -30,7 +32,8 @@ func TestHandlerServesJSONPageAndHealth(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got.Cluster != "east" || len(got.Remotes) != 2 || got.Remotes[0].Entries[clustermesh.KindNodes] != 3 {
+	if got.Cluster != "east" || len(got.Remotes) != 2 || got.Remotes[0].Entries[clustermesh.KindNodes] != 3 ||
+		len(got.Loops) != 1 || got.Loops[0] != snap.Loops[0] {
 		t.Fatalf("round trip: %+v", got)
 	}
 
@@ -44,7 +47,7 @@ func TestHandlerServesJSONPageAndHealth(t *testing.T) {
 		t.Fatal(err)
 	}
 	html := string(body)
-	for _, want := range []string{`data-cluster="west"`, `class="synced"`, `class="gone"`, "1.5s", "Degraded: cluster west: disconnected"} {
+	for _, want := range []string{`data-cluster="west"`, `class="synced"`, `class="gone"`, "1.5s", "Degraded: cluster west: disconnected", `data-loop="tunnel_peers"`} {
 		if !strings.Contains(html, want) {
 			t.Errorf("page lacks %q", want)
 		}
@@ -71,5 +74,18 @@ func TestSetHealthFlagsDisconnectedRemotesOnly(t *testing.T) {
 	ok.SetHealth()
 	if !ok.Healthy {
 		t.Fatalf("problems %q for a connected mesh", ok.Problems)
+	}
+}
+
+func TestAddLoopsFlagsFailingLoopsOnly(t *testing.T) {
+	var s status.Snapshot
+	s.AddLoops(reconcile.Status{Name: "mesh", Rounds: 3},
+		reconcile.Status{Name: "tunnel_peers", Rounds: 2, ConsecutiveFailures: 1, LastError: "no such device"})
+	s.SetHealth()
+	if s.Healthy || len(s.Problems) != 1 || !strings.Contains(s.Problems[0], "tunnel_peers") || !strings.Contains(s.Problems[0], "no such device") {
+		t.Fatalf("healthy %v problems %q", s.Healthy, s.Problems)
+	}
+	if len(s.Loops) != 2 {
+		t.Errorf("loops %+v, want both", s.Loops)
 	}
 }
