@@ -73,6 +73,9 @@ type Agent struct {
 	// configurePeers, if set, replaces dev.Configure (tests inject
 	// faults through it).
 	configurePeers func(dev *tunnel.Device, want []tunnel.Peer) error
+	// interfaceByName, if set, replaces net.InterfaceByName for the
+	// tunnel device's index (tests inject faults through it).
+	interfaceByName func(name string) (*net.Interface, error)
 
 	mu       sync.Mutex
 	dp       *datapath.Reconciler
@@ -150,6 +153,13 @@ func (a *Agent) Run(ctx context.Context) error {
 			return fmt.Errorf("open tunnel: %w", err)
 		}
 		defer dev.Close()
+		if sameNetns(a.cfg.Tunnel.Netns) {
+			// Steer from the first reconcile if we can; the tunnel_peers
+			// loop retries (and reports) a failed lookup.
+			if ifi, err := net.InterfaceByName(dev.Name()); err == nil {
+				topo.TunnelIfindex = uint32(ifi.Index)
+			}
+		}
 	}
 	dp, err := datapath.New(datapath.Config{Topology: topo}, datapath.MapsOf(objs), a.log, a.reg)
 	if err != nil {
@@ -255,7 +265,11 @@ func (a *Agent) reconcileTunnel(dp *datapath.Reconciler, dev *tunnel.Device) err
 	if sameNetns(a.cfg.Tunnel.Netns) {
 		// Steering into the device needs its index in our namespace; a
 		// device in another namespace is reached through its routes there.
-		if ifi, err := net.InterfaceByName(dev.Name()); err != nil {
+		lookup := net.InterfaceByName
+		if a.interfaceByName != nil {
+			lookup = a.interfaceByName
+		}
+		if ifi, err := lookup(dev.Name()); err != nil {
 			errs = append(errs, fmt.Errorf("find tunnel device %s to steer remote pod traffic into it: %w", dev.Name(), err))
 		} else {
 			dp.SetTunnelIfindex(uint32(ifi.Index))
@@ -284,7 +298,7 @@ func sameNetns(path string) bool {
 		return true
 	}
 	var want, own unix.Stat_t
-	if unix.Stat(path, &want) != nil || unix.Stat("/proc/thread-self/ns/net", &own) != nil {
+	if unix.Stat(path, &want) != nil || unix.Stat("/proc/self/ns/net", &own) != nil {
 		return false
 	}
 	return want.Dev == own.Dev && want.Ino == own.Ino

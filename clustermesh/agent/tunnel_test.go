@@ -24,19 +24,22 @@ import (
 	"github.com/braidmesh/braid/clustermesh"
 	"github.com/braidmesh/braid/clustermesh/agent"
 	"github.com/braidmesh/braid/clustermesh/remote"
+	"github.com/braidmesh/braid/internal/testenv"
 	"github.com/braidmesh/braid/kvstore/memory"
 	"github.com/braidmesh/braid/reconcile"
 	"github.com/braidmesh/braid/tunnel"
 )
 
 // TestTunnelPeersConvergeOnRetryAfterFault makes the agent's first peer
-// update that includes a new remote node fail, and checks that the device
-// still gets that peer, through the tunnel loop's retry: the mesh the
+// update that includes a new remote node fail, together with the lookup of
+// the tunnel device (which steering needs), and checks that both failures
+// are reported in the status while they last, and that the device still
+// gets the new peer through the tunnel loop's retry: the mesh the
 // successful update saw is the very one the failed update saw.
 func TestTunnelPeersConvergeOnRetryAfterFault(t *testing.T) {
 	bpftest.RequireRoot(t)
 	if _, err := os.Stat("/dev/net/tun"); err != nil {
-		t.Skip("skip: needs /dev/net/tun for the wireguard-go device")
+		testenv.Skipf(t, "needs /dev/net/tun for the wireguard-go device")
 	}
 	ctx, cancel := context.WithCancel(t.Context())
 	defer cancel()
@@ -75,14 +78,39 @@ func TestTunnelPeersConvergeOnRetryAfterFault(t *testing.T) {
 		t.Fatal(err)
 	}
 	var (
-		mu        sync.Mutex
-		faults    int
-		faultMesh *remote.Snapshot // the mesh when the fault was injected
-		okMesh    *remote.Snapshot // the mesh of the first success after it
+		mu         sync.Mutex
+		armed      bool // w2 is being published: fail the next lookup
+		lookupFail int
+		faults     int
+		faultMesh  *remote.Snapshot // the mesh when the fault was injected
+		okMesh     *remote.Snapshot // the mesh of the first success after it
 	)
+	// The retry waits until the test has seen the failure in the status.
+	release := make(chan struct{})
+	agent.SetInterfaceByName(a, func(name string) (*net.Interface, error) {
+		mu.Lock()
+		fail := armed && lookupFail == 0
+		if fail {
+			lookupFail++
+		}
+		mu.Unlock()
+		if fail {
+			return nil, errors.New("injected lookup fault")
+		}
+		return net.InterfaceByName(name)
+	})
 	const w2Name = "west/w2"
 	agent.SetConfigurePeers(a, func(dev *tunnel.Device, want []tunnel.Peer) error {
 		hasW2 := slices.ContainsFunc(want, func(p tunnel.Peer) bool { return p.Name == w2Name })
+		mu.Lock()
+		retry := hasW2 && faults == 1
+		mu.Unlock()
+		if retry {
+			select {
+			case <-release:
+			case <-ctx.Done(): // the test failed before releasing
+			}
+		}
 		mu.Lock()
 		defer mu.Unlock()
 		if hasW2 && faults == 0 {
@@ -112,48 +140,57 @@ func TestTunnelPeersConvergeOnRetryAfterFault(t *testing.T) {
 	defer wg.Close()
 	waitPeers := func(want ...wgtypes.Key) {
 		t.Helper()
-		deadline := time.Now().Add(20 * time.Second)
-		for {
-			var have []wgtypes.Key
+		testenv.Eventually(t, 20*time.Second, func() error {
 			d, err := wg.Device(devName)
-			if err == nil {
-				for _, p := range d.Peers {
-					have = append(have, p.PublicKey)
-				}
+			if err != nil {
+				return err
 			}
-			if err == nil && len(have) == len(want) && !slices.ContainsFunc(want, func(k wgtypes.Key) bool { return !slices.Contains(have, k) }) {
-				return
+			var have []wgtypes.Key
+			for _, p := range d.Peers {
+				have = append(have, p.PublicKey)
 			}
-			if time.Now().After(deadline) {
-				t.Fatalf("device %s peers %v (err %v), want %v; agent %+v", devName, have, err, want, a.Snapshot())
+			if len(have) != len(want) || slices.ContainsFunc(want, func(k wgtypes.Key) bool { return !slices.Contains(have, k) }) {
+				return fmt.Errorf("device %s peers %v, want %v; agent %+v", devName, have, want, a.Snapshot())
 			}
-			time.Sleep(20 * time.Millisecond)
-		}
+			return nil
+		})
 	}
 	// Settle: both clusters synced in the agent's view, w1 configured.
 	waitPeers(key1)
-	for deadline := time.Now().Add(20 * time.Second); ; {
+	testenv.Eventually(t, 20*time.Second, func() error {
 		snap := a.Watcher().Snapshot()
-		if snap.Clusters["east"] != nil && snap.Clusters["east"].Synced && snap.Clusters["west"] != nil && snap.Clusters["west"].Synced {
-			break
+		for _, name := range []clustermesh.ClusterName{"east", "west"} {
+			if cs := snap.Clusters[name]; cs == nil || !cs.Synced {
+				return fmt.Errorf("agent has not synced cluster %s", name)
+			}
 		}
-		if time.Now().After(deadline) {
-			t.Fatal("agent never synced both clusters")
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+		return nil
+	})
 
 	// One mesh change; its peer update fails; nothing else changes.
 	w2, key2 := westNode("w2", 1)
+	mu.Lock()
+	armed = true
+	mu.Unlock()
 	if err := pubWest.Upsert(w2); err != nil {
 		t.Fatal(err)
 	}
+	testenv.Eventually(t, 20*time.Second, func() error {
+		snap := a.Snapshot()
+		problems := strings.Join(snap.Problems, "\n")
+		if snap.Healthy || !strings.Contains(problems, "tunnel_peers") || !strings.Contains(problems, "injected peer update fault") ||
+			!strings.Contains(problems, "injected lookup fault") {
+			return fmt.Errorf("failures not reported: %q", snap.Problems)
+		}
+		return nil
+	})
+	close(release)
 	waitPeers(key1, key2)
 
 	mu.Lock()
 	defer mu.Unlock()
-	if faults != 1 || okMesh == nil {
-		t.Fatalf("%d faults injected, success after it recorded: %v; want 1 and true", faults, okMesh != nil)
+	if faults != 1 || lookupFail != 1 || okMesh == nil {
+		t.Fatalf("%d peer faults and %d lookup faults injected, success after them recorded: %v; want 1, 1 and true", faults, lookupFail, okMesh != nil)
 	}
 	for name, cs := range okMesh.Clusters {
 		if faultMesh.Clusters[name] != cs {
