@@ -404,8 +404,8 @@ func TestFailedWriteIsRetriedWithoutAChange(t *testing.T) {
 	if failed != 1 {
 		t.Fatalf("%d faults injected, want 1", failed)
 	}
-	if st := p.Status(); st.Failures != 1 || !strings.Contains(st.LastError, "injected put fault") {
-		t.Errorf("publish status %+v: want the failure recorded", st)
+	if st := p.Status(); st.Failures != 1 || st.LastError != "" {
+		t.Errorf("publish status %+v: want one failure, over", st)
 	}
 	if got := counterOf(t, reg, "braid_reconcile_failures_total", "publish"); got != 1 {
 		t.Errorf(`braid_reconcile_failures_total{loop="publish"} = %v, want 1`, got)
