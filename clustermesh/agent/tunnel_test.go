@@ -79,7 +79,6 @@ func TestTunnelPeersConvergeOnRetryAfterFault(t *testing.T) {
 	}
 	var (
 		mu         sync.Mutex
-		armed      bool // w2 is being published: fail the next lookup
 		lookupFail int
 		faults     int
 		faultMesh  *remote.Snapshot // the mesh when the fault was injected
@@ -88,8 +87,10 @@ func TestTunnelPeersConvergeOnRetryAfterFault(t *testing.T) {
 	// The retry waits until the test has seen the failure in the status.
 	release := make(chan struct{})
 	agent.SetInterfaceByName(a, func(name string) (*net.Interface, error) {
+		west := a.Watcher().Snapshot().Clusters["west"]
+		hasW2 := west != nil && west.Nodes["w2"].Name != ""
 		mu.Lock()
-		fail := armed && lookupFail == 0
+		fail := hasW2 && lookupFail == 0
 		if fail {
 			lookupFail++
 		}
@@ -169,9 +170,6 @@ func TestTunnelPeersConvergeOnRetryAfterFault(t *testing.T) {
 
 	// One mesh change; its peer update fails; nothing else changes.
 	w2, key2 := westNode("w2", 1)
-	mu.Lock()
-	armed = true
-	mu.Unlock()
 	if err := pubWest.Upsert(w2); err != nil {
 		t.Fatal(err)
 	}
