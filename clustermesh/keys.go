@@ -57,6 +57,12 @@ func OwnedPrefixes(cluster ClusterName) []string {
 	return append(out, SyncedPrefix(cluster))
 }
 
+// Record is a record one cluster publishes under its own prefix: *Node,
+// *Identity, *IPEntry and *Service. Key is where it is stored.
+type Record interface {
+	Key() string
+}
+
 // Key returns where the node is stored.
 func (n *Node) Key() string { return KindPrefix(KindNodes, n.Cluster) + n.Name }
 

@@ -13,6 +13,7 @@ import (
 
 	"github.com/braidmesh/braid/clustermesh"
 	"github.com/braidmesh/braid/clustermesh/broker"
+	"github.com/braidmesh/braid/clustermesh/join"
 	"github.com/braidmesh/braid/clustermesh/publish"
 	"github.com/braidmesh/braid/clustermesh/remote"
 	"github.com/braidmesh/braid/internal/etcdlab"
@@ -62,7 +63,7 @@ func TestSyncSurvivesExternalMemberLoss(t *testing.T) {
 			t.Fatal(err)
 		}
 		creds.Endpoints, creds.CACertPEM = etcdlab.Endpoints(members), pki.CACertPEM
-		s, err := broker.Connect(ctx, creds, nil)
+		s, err := join.Connect(ctx, creds, nil)
 		if err != nil {
 			t.Fatal(err)
 		}

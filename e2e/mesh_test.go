@@ -24,7 +24,7 @@ import (
 	"github.com/braidmesh/braid/bpf/bpftest"
 	"github.com/braidmesh/braid/clustermesh"
 	"github.com/braidmesh/braid/clustermesh/agent"
-	"github.com/braidmesh/braid/clustermesh/operator"
+	"github.com/braidmesh/braid/clustermesh/sim"
 	"github.com/braidmesh/braid/internal/testenv"
 )
 
@@ -233,7 +233,7 @@ func writeState(t *testing.T, n *labNode, wgKey string) {
 	if n.cluster.Name == "west" {
 		app = "web"
 	}
-	s := operator.State{
+	s := sim.State{
 		Nodes:      []clustermesh.Node{{Name: n.node, IPs: []netip.Addr{n.nodeIP}, PodCIDRs: []netip.Prefix{n.podCIDR}, Zone: "zone-a", WireGuardKey: wgKey}},
 		Identities: []clustermesh.Identity{{ID: first, Labels: map[string]string{"app": app}}},
 		IPs:        []clustermesh.IPEntry{{Prefix: netip.PrefixFrom(n.podIP, 32), Identity: first, HostIP: n.nodeIP}},
@@ -244,7 +244,7 @@ func writeState(t *testing.T, n *labNode, wgKey string) {
 		s.Services[0].Backends = []clustermesh.Backend{{IP: n.podIP, Ports: []clustermesh.BackendPort{{Name: "http", Port: bpftest.BackendPort}},
 			Node: n.node, Zone: "zone-a", Ready: true, Serving: true}}
 	}
-	if err := operator.WriteStateFile(n.state, s); err != nil {
+	if err := sim.WriteStateFile(n.state, s); err != nil {
 		t.Fatal(err)
 	}
 }

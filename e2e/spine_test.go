@@ -19,8 +19,8 @@ import (
 
 	"github.com/braidmesh/braid/clustermesh"
 	"github.com/braidmesh/braid/clustermesh/broker"
-	"github.com/braidmesh/braid/clustermesh/operator"
 	"github.com/braidmesh/braid/clustermesh/remote"
+	"github.com/braidmesh/braid/clustermesh/sim"
 	"github.com/braidmesh/braid/clustermesh/status"
 	"github.com/braidmesh/braid/internal/testenv"
 	"github.com/braidmesh/braid/kvstore"
@@ -55,12 +55,12 @@ func TestThreeClustersOneBroker(t *testing.T) {
 				"--cluster-id", fmt.Sprint(id), "--pod-cidr", c.cfg.PodCIDRs[0].String())
 			return err
 		})
-		state, err := operator.SimulatedState(c.cfg, 5, 6, []string{"web", "api"})
+		state, err := sim.Generate(c.cfg, 5, 6, []string{"web", "api"})
 		if err != nil {
 			t.Fatal(err)
 		}
 		stateFile := filepath.Join(dir, name+".state.json")
-		if err := operator.WriteStateFile(stateFile, state); err != nil {
+		if err := sim.WriteStateFile(stateFile, state); err != nil {
 			t.Fatal(err)
 		}
 		port := testenv.FreePort(t)

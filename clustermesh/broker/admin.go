@@ -15,6 +15,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
 
+	"github.com/braidmesh/braid/clustermesh/join"
 	"github.com/braidmesh/braid/internal/atomicfile"
 	"github.com/braidmesh/braid/kvstore/etcd"
 )
@@ -66,7 +67,7 @@ func LocalAdminConfig(dataDir string, endpoints []string) (AdminConfig, error) {
 	if err != nil {
 		return AdminConfig{}, fmt.Errorf("local admin config: %w", err)
 	}
-	tlsCfg, err := clientTLSConfig(caPEM)
+	tlsCfg, err := join.ClientTLSConfig(caPEM)
 	if err != nil {
 		return AdminConfig{}, fmt.Errorf("local admin config: %w", err)
 	}

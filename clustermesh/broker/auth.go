@@ -8,6 +8,7 @@ import (
 	"fmt"
 
 	"github.com/braidmesh/braid/clustermesh"
+	"github.com/braidmesh/braid/clustermesh/join"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
@@ -105,22 +106,22 @@ const grantsLockKey = clustermesh.Root + "grants-lock"
 // The credentials' Endpoints are admin's endpoints and CACertPEM is empty; a
 // caller handing them to another cluster sets both to what that cluster
 // should use (Broker.AddCluster does this for its own broker).
-func AddCluster(ctx context.Context, admin *clientv3.Client, g clustermesh.Grant) (Credentials, error) {
+func AddCluster(ctx context.Context, admin *clientv3.Client, g clustermesh.Grant) (join.Credentials, error) {
 	name := g.Name
 	if err := name.Validate(); err != nil {
-		return Credentials{}, fmt.Errorf("add cluster: %w", err)
+		return join.Credentials{}, fmt.Errorf("add cluster: %w", err)
 	}
 	if err := writeGrant(ctx, admin, g); err != nil {
-		return Credentials{}, fmt.Errorf("add cluster %s: %w", name, err)
+		return join.Credentials{}, fmt.Errorf("add cluster %s: %w", name, err)
 	}
 	if err := ensureRole(ctx, admin, ClusterUser(name), clusterPermissions(name)); err != nil {
-		return Credentials{}, fmt.Errorf("add cluster %s: %w", name, err)
+		return join.Credentials{}, fmt.Errorf("add cluster %s: %w", name, err)
 	}
 	user, pw := ClusterUser(name), newPassword()
 	if err := ensureUser(ctx, admin, user, pw, user); err != nil {
-		return Credentials{}, fmt.Errorf("add cluster %s: %w", name, err)
+		return join.Credentials{}, fmt.Errorf("add cluster %s: %w", name, err)
 	}
-	return Credentials{
+	return join.Credentials{
 		Cluster:   name,
 		Endpoints: admin.Endpoints(),
 		Username:  user,

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/braidmesh/braid/clustermesh"
+	"github.com/braidmesh/braid/clustermesh/join"
 	"github.com/braidmesh/braid/kvstore/etcd"
 	"go.etcd.io/etcd/client/pkg/v3/transport"
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -333,14 +334,14 @@ func (b *Broker) running() (*clientv3.Client, *PKI, error) {
 // AddCluster is AddCluster on this broker, with the credentials' Endpoints
 // set to the broker's client URLs and CACertPEM to its CA. It returns
 // ErrNotRunning unless the broker is ready. Safe for concurrent use.
-func (b *Broker) AddCluster(ctx context.Context, g clustermesh.Grant) (Credentials, error) {
+func (b *Broker) AddCluster(ctx context.Context, g clustermesh.Grant) (join.Credentials, error) {
 	admin, pki, err := b.running()
 	if err != nil {
-		return Credentials{}, fmt.Errorf("add cluster %s: %w", g.Name, err)
+		return join.Credentials{}, fmt.Errorf("add cluster %s: %w", g.Name, err)
 	}
 	c, err := AddCluster(ctx, admin, g)
 	if err != nil {
-		return Credentials{}, err
+		return join.Credentials{}, err
 	}
 	c.Endpoints = b.Endpoints()
 	c.CACertPEM = slices.Clone(pki.CACertPEM)

@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/braidmesh/braid/clustermesh"
+	"github.com/braidmesh/braid/clustermesh/join"
 	"github.com/braidmesh/braid/internal/testenv"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -74,7 +75,7 @@ func startBroker(t *testing.T, dir string, clientPort, peerPort int) *testBroker
 }
 
 // clusterClient connects with c's credentials.
-func clusterClient(t *testing.T, c Credentials) *clientv3.Client {
+func clusterClient(t *testing.T, c join.Credentials) *clientv3.Client {
 	t.Helper()
 	tlsCfg, err := c.TLSConfig()
 	if err != nil {
@@ -176,7 +177,7 @@ func TestClusterAuthorization(t *testing.T) {
 	b := startBroker(t, t.TempDir(), ports[0], ports[1])
 	ctx := t.Context()
 
-	creds := map[clustermesh.ClusterName]Credentials{}
+	creds := map[clustermesh.ClusterName]join.Credentials{}
 	for _, name := range []clustermesh.ClusterName{"a", "b", "ab"} {
 		c, err := b.AddCluster(ctx, testGrant(name))
 		if err != nil {
@@ -190,7 +191,7 @@ func TestClusterAuthorization(t *testing.T) {
 		t.Fatal(err)
 	}
 	checkMode(t, path, 0o600)
-	a, err := LoadCredentials(path)
+	a, err := join.LoadCredentials(path)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -391,7 +392,7 @@ func TestEnsurePKI(t *testing.T) {
 }
 
 func TestCredentialsDoNotLeakPassword(t *testing.T) {
-	c := Credentials{Cluster: "a", Endpoints: []string{"https://x:1"}, Username: "cluster-a", Password: "sekrit"}
+	c := join.Credentials{Cluster: "a", Endpoints: []string{"https://x:1"}, Username: "cluster-a", Password: "sekrit"}
 	var buf bytes.Buffer
 	slog.New(slog.NewTextHandler(&buf, nil)).Info("creds", "c", c)
 	for _, s := range []string{c.String(), fmt.Sprintf("%v %+v", c, c), buf.String()} {

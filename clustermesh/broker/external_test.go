@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/braidmesh/braid/clustermesh"
+	"github.com/braidmesh/braid/clustermesh/join"
 	"github.com/braidmesh/braid/internal/etcdlab"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -74,7 +75,7 @@ func TestExternalClusterSurvivesMemberLoss(t *testing.T) {
 	if err := EnableAuth(ctx, admin, "wrong"); !errors.Is(err, rpctypes.ErrAuthFailed) {
 		t.Fatalf("EnableAuth with another root password: %v, want %v", err, rpctypes.ErrAuthFailed)
 	}
-	creds := map[clustermesh.ClusterName]Credentials{}
+	creds := map[clustermesh.ClusterName]join.Credentials{}
 	for _, name := range []clustermesh.ClusterName{"a", "b"} {
 		c, err := AddCluster(ctx, admin, testGrant(name))
 		if err != nil {

@@ -19,6 +19,7 @@ import (
 	"slices"
 	"time"
 
+	"github.com/braidmesh/braid/clustermesh/join"
 	"github.com/braidmesh/braid/internal/atomicfile"
 )
 
@@ -93,15 +94,7 @@ func EnsurePKI(dir string, sans []string) (*PKI, error) {
 }
 
 // TLSConfig returns a client TLS configuration that trusts only the CA.
-func (p *PKI) TLSConfig() (*tls.Config, error) { return clientTLSConfig(p.CACertPEM) }
-
-func clientTLSConfig(caPEM []byte) (*tls.Config, error) {
-	pool := x509.NewCertPool()
-	if !pool.AppendCertsFromPEM(caPEM) {
-		return nil, errors.New("parse CA certificate: no PEM certificate found")
-	}
-	return &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}, nil
-}
+func (p *PKI) TLSConfig() (*tls.Config, error) { return join.ClientTLSConfig(p.CACertPEM) }
 
 func loadOrCreateCA(dir string) (*x509.Certificate, crypto.Signer, error) {
 	certPath, keyPath := filepath.Join(dir, caCertFile), filepath.Join(dir, caKeyFile)

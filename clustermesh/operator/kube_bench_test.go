@@ -20,7 +20,7 @@ import (
 	"k8s.io/client-go/rest"
 	"k8s.io/utils/ptr"
 
-	"github.com/braidmesh/braid/clustermesh/broker"
+	"github.com/braidmesh/braid/clustermesh/join"
 	"github.com/braidmesh/braid/clustermesh/k8s"
 	"github.com/braidmesh/braid/clustermesh/remote"
 	"github.com/braidmesh/braid/internal/kubelab"
@@ -84,11 +84,11 @@ func TestBenchmarkGlobalServices(t *testing.T) {
 	}
 	t.Cleanup(func() { _ = opA.Process.Signal(os.Interrupt); _ = opA.Wait() })
 
-	credsB, err := broker.LoadCredentials(filepath.Join(dir, "b.json"))
+	credsB, err := join.LoadCredentials(filepath.Join(dir, "b.json"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	store, err := broker.Connect(context.Background(), credsB, nil)
+	store, err := join.Connect(context.Background(), credsB, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -20,8 +20,10 @@ import (
 
 	"github.com/braidmesh/braid/clustermesh"
 	"github.com/braidmesh/braid/clustermesh/broker"
+	"github.com/braidmesh/braid/clustermesh/join"
 	"github.com/braidmesh/braid/clustermesh/operator"
 	"github.com/braidmesh/braid/clustermesh/remote"
+	"github.com/braidmesh/braid/clustermesh/sim"
 	"github.com/braidmesh/braid/cmd/braid/cli"
 	"github.com/braidmesh/braid/kvstore"
 )
@@ -82,13 +84,13 @@ func grantFor(name clustermesh.ClusterName, id int) clustermesh.Grant {
 		ServiceCIDRs: []netip.Prefix{netip.MustParsePrefix(fmt.Sprintf("10.%d.0.0/16", 100+id))}}
 }
 
-func connect(t *testing.T, b *broker.Broker, g clustermesh.Grant) (broker.Credentials, kvstore.Store) {
+func connect(t *testing.T, b *broker.Broker, g clustermesh.Grant) (join.Credentials, kvstore.Store) {
 	t.Helper()
 	creds, err := b.AddCluster(t.Context(), g)
 	if err != nil {
 		t.Fatal(err)
 	}
-	s, err := broker.Connect(t.Context(), creds, nil)
+	s, err := join.Connect(t.Context(), creds, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -104,7 +106,7 @@ func runOperator(t *testing.T, g clustermesh.Grant, store kvstore.Store, ttl tim
 	if err != nil {
 		t.Fatal(err)
 	}
-	state, err := operator.SimulatedState(cfg, 2, 4, []string{"web"})
+	state, err := sim.Generate(cfg, 2, 4, []string{"web"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -294,7 +296,7 @@ func TestRemovedClusterIsCutOff(t *testing.T) {
 	})
 
 	// ab's own raw watch over the whole mesh, as `etcdctl watch` would.
-	rawB, err := broker.Connect(t.Context(), credsB, nil)
+	rawB, err := join.Connect(t.Context(), credsB, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

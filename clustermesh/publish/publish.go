@@ -46,9 +46,7 @@ type Config struct {
 
 // Record is a mesh record a Publisher can write: clustermesh's *Node,
 // *Identity, *IPEntry and *Service.
-type Record interface {
-	Key() string
-}
+type Record = clustermesh.Record
 
 // Publisher publishes one cluster's state. See the package doc.
 type Publisher struct {

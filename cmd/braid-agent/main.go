@@ -19,7 +19,7 @@ import (
 	"github.com/braidmesh/braid/bpf"
 	"github.com/braidmesh/braid/clustermesh"
 	"github.com/braidmesh/braid/clustermesh/agent"
-	"github.com/braidmesh/braid/clustermesh/broker"
+	"github.com/braidmesh/braid/clustermesh/join"
 	"github.com/braidmesh/braid/clustermesh/k8s"
 	"github.com/braidmesh/braid/internal/cgroupv2"
 	"github.com/braidmesh/braid/tunnel"
@@ -97,7 +97,7 @@ func command() *cobra.Command {
 			if cfg.Node == "" {
 				return fmt.Errorf("--node is required: this node's name as the operator publishes it")
 			}
-			creds, err := broker.LoadCredentials(joinFile)
+			creds, err := join.LoadCredentials(joinFile)
 			if err != nil {
 				return err
 			}
@@ -135,7 +135,7 @@ func command() *cobra.Command {
 					return k8s.AnnotateNodeKey(ctx, client, cfg.Node, key)
 				}
 			}
-			store, err := broker.Connect(cmd.Context(), creds, log)
+			store, err := join.Connect(cmd.Context(), creds, log)
 			if err != nil {
 				return err
 			}

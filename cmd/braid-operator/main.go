@@ -16,7 +16,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/braidmesh/braid/clustermesh"
-	"github.com/braidmesh/braid/clustermesh/broker"
+	"github.com/braidmesh/braid/clustermesh/join"
 	"github.com/braidmesh/braid/clustermesh/k8s"
 	"github.com/braidmesh/braid/clustermesh/operator"
 	"github.com/braidmesh/braid/kvstore"
@@ -82,7 +82,7 @@ func command() *cobra.Command {
 			if joinFile == "" {
 				return fmt.Errorf("--join is required: the join bundle `braid broker add-cluster` wrote for this cluster")
 			}
-			creds, err := broker.LoadCredentials(joinFile)
+			creds, err := join.LoadCredentials(joinFile)
 			if err != nil {
 				return err
 			}
@@ -94,7 +94,7 @@ func command() *cobra.Command {
 				return fmt.Errorf("--state-file and --kubeconfig/--in-cluster are exclusive: choose a simulated or a real cluster")
 			}
 			ctx := cmd.Context()
-			store, err := broker.Connect(ctx, creds, log)
+			store, err := join.Connect(ctx, creds, log)
 			if err != nil {
 				return err
 			}

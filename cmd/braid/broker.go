@@ -12,6 +12,7 @@ import (
 
 	"github.com/braidmesh/braid/clustermesh"
 	"github.com/braidmesh/braid/clustermesh/broker"
+	"github.com/braidmesh/braid/clustermesh/join"
 )
 
 const defaultBrokerURL = "https://127.0.0.1:2379"
@@ -88,7 +89,7 @@ func (a *adminFlags) config() (broker.AdminConfig, []byte, error) {
 	if err != nil {
 		return broker.AdminConfig{}, nil, fmt.Errorf("--root-password-file: %w", err)
 	}
-	tlsCfg, err := (broker.Credentials{CACertPEM: ca}).TLSConfig()
+	tlsCfg, err := join.ClientTLSConfig(ca)
 	if err != nil {
 		return broker.AdminConfig{}, nil, fmt.Errorf("--etcd-ca %s: %w", a.caFile, err)
 	}

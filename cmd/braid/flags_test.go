@@ -5,7 +5,9 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/braidmesh/braid/cmd/braid/bench"
 	"github.com/braidmesh/braid/cmd/braid/cli"
+	"github.com/braidmesh/braid/cmd/braid/demo"
 )
 
 // TestEveryCommandRefusesInvalidFlags runs each braid command with an
@@ -52,7 +54,7 @@ func TestEveryCommandRefusesInvalidFlags(t *testing.T) {
 		t.Run(strings.Join(tc.args, " "), func(t *testing.T) {
 			var out, errOut bytes.Buffer
 			root := cli.NewRoot(&out, &errOut)
-			root.AddCommand(brokerCommand(), demoCommand(), benchCommand())
+			root.AddCommand(brokerCommand(), demo.Command(), bench.Command())
 			if code := cli.Run(t.Context(), root, tc.args); code != 1 {
 				t.Fatalf("exit %d, want 1; stderr %q", code, errOut.String())
 			}

@@ -8,13 +8,15 @@ import (
 	"os/signal"
 	"syscall"
 
+	"github.com/braidmesh/braid/cmd/braid/bench"
 	"github.com/braidmesh/braid/cmd/braid/cli"
+	"github.com/braidmesh/braid/cmd/braid/demo"
 )
 
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	root := cli.NewRoot(os.Stdout, os.Stderr)
-	root.AddCommand(brokerCommand(), demoCommand(), benchCommand())
+	root.AddCommand(brokerCommand(), demo.Command(), bench.Command())
 	code := cli.Run(ctx, root, os.Args[1:])
 	stop()
 	os.Exit(code)

@@ -1,4 +1,4 @@
-package main
+package demo
 
 import (
 	"context"
@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -18,13 +17,14 @@ import (
 
 	"github.com/braidmesh/braid/clustermesh"
 	"github.com/braidmesh/braid/clustermesh/broker"
-	"github.com/braidmesh/braid/clustermesh/operator"
+	"github.com/braidmesh/braid/clustermesh/join"
 	"github.com/braidmesh/braid/clustermesh/remote"
+	"github.com/braidmesh/braid/clustermesh/sim"
 	"github.com/braidmesh/braid/cmd/braid/cli"
-	"github.com/braidmesh/braid/kvstore"
 )
 
-func demoCommand() *cobra.Command {
+// Command returns `braid demo`.
+func Command() *cobra.Command {
 	var (
 		dir  string
 		hold time.Duration
@@ -58,23 +58,6 @@ func demoCommand() *cobra.Command {
 	return cmd
 }
 
-func freePort() (int, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, err
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port, nil
-}
-
-type demoCluster struct {
-	cfg    clustermesh.ClusterConfig
-	store  kvstore.Store
-	op     *operator.Operator
-	cancel context.CancelFunc
-	done   chan error
-}
-
 func runDemo(ctx context.Context, out io.Writer, dir string, ttl, hold time.Duration) error {
 	say := func(format string, args ...any) { fmt.Fprintf(out, "==> "+format+"\n", args...) }
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
@@ -82,7 +65,7 @@ func runDemo(ctx context.Context, out io.Writer, dir string, ttl, hold time.Dura
 		log = slog.New(slog.NewTextHandler(os.Stderr, nil))
 	}
 
-	b, stopBroker, err := startBroker(ctx, filepath.Join(dir, "broker"), log)
+	b, stopBroker, err := broker.StartLocal(ctx, filepath.Join(dir, "broker"), log)
 	if err != nil {
 		return err
 	}
@@ -93,11 +76,12 @@ func runDemo(ctx context.Context, out io.Writer, dir string, ttl, hold time.Dura
 		{Name: "east", ID: 1, PodCIDRs: []netip.Prefix{netip.MustParsePrefix("10.1.0.0/16")}, ServiceCIDRs: []netip.Prefix{netip.MustParsePrefix("172.21.0.0/16")}},
 		{Name: "west", ID: 2, PodCIDRs: []netip.Prefix{netip.MustParsePrefix("10.2.0.0/16")}, ServiceCIDRs: []netip.Prefix{netip.MustParsePrefix("172.22.0.0/16")}},
 	}
-	clusters := map[clustermesh.ClusterName]*demoCluster{}
+	clusters := map[clustermesh.ClusterName]*cluster{}
 	defer func() {
 		for _, c := range clusters {
 			c.cancel()
 			<-c.done
+			c.close()
 			c.store.Close()
 		}
 	}()
@@ -109,27 +93,27 @@ func runDemo(ctx context.Context, out io.Writer, dir string, ttl, hold time.Dura
 		if err := creds.Save(filepath.Join(dir, string(cfg.Name)+".join.json")); err != nil {
 			return err
 		}
-		store, err := broker.Connect(ctx, creds, log)
+		store, err := join.Connect(ctx, creds, log)
 		if err != nil {
 			return err
 		}
-		op, err := operator.New(operator.Config{Cluster: cfg, LeaseTTL: ttl, StatusAddr: "127.0.0.1:0"}, store, log)
-		if err != nil {
-			store.Close()
-			return err
-		}
-		state, err := operator.SimulatedState(cfg, 3, 4, []string{"web", "api"})
+		c, err := newCluster(cfg, store, ttl, log)
 		if err != nil {
 			store.Close()
 			return err
 		}
-		if err := op.Apply(state); err != nil {
+		state, err := sim.Generate(cfg, 3, 4, []string{"web", "api"})
+		if err == nil {
+			err = c.Apply(state)
+		}
+		if err != nil {
+			c.close()
 			store.Close()
 			return err
 		}
 		cctx, cancel := context.WithCancel(ctx)
-		c := &demoCluster{cfg: cfg, store: store, op: op, cancel: cancel, done: make(chan error, 1)}
-		go func() { c.done <- op.Run(cctx) }()
+		c.cancel, c.done = cancel, make(chan error, 1)
+		go func() { c.done <- c.Run(cctx) }()
 		clusters[cfg.Name] = c
 		say("cluster %s (ID %d, pods %s): user %s, publishing %d nodes, %d identities, %d pod IPs, %d global services",
 			cfg.Name, cfg.ID, cfg.PodCIDRs[0], creds.Username, len(state.Nodes), len(state.Identities), len(state.IPs), len(state.Services))
@@ -143,19 +127,19 @@ func runDemo(ctx context.Context, out io.Writer, dir string, ttl, hold time.Dura
 		return err
 	}
 	say("both clusters synced; what each sees:")
-	for _, c := range []*demoCluster{east, west} {
+	for _, c := range []*cluster{east, west} {
 		printView(out, c)
 	}
 
 	// A change in east reaches west.
 	sctx, scancel := context.WithCancel(ctx)
-	changes := west.op.Watcher().Subscribe(sctx)
-	state, _ := operator.SimulatedState(east.cfg, 3, 4, []string{"web", "api"})
+	changes := west.watcher.Subscribe(sctx)
+	state, _ := sim.Generate(east.cfg, 3, 4, []string{"web", "api"})
 	extra := clustermesh.Backend{IP: netip.MustParseAddr("10.1.9.9"), Ports: []clustermesh.BackendPort{{Name: "http", Port: 8080}}, Node: "east-node-0", Zone: "zone-a", Ready: true, Serving: true}
 	state.Services[0].Backends = append(state.Services[0].Backends, extra)
 	state.IPs = append(state.IPs, clustermesh.IPEntry{Prefix: netip.PrefixFrom(extra.IP, 32), Cluster: "east", Identity: state.Identities[1].ID, HostIP: state.Nodes[0].IPs[0]})
 	start := time.Now()
-	if err := east.op.Apply(state); err != nil {
+	if err := east.Apply(state); err != nil {
 		scancel()
 		return err
 	}
@@ -181,7 +165,7 @@ func runDemo(ctx context.Context, out io.Writer, dir string, ttl, hold time.Dura
 	say("west tries to write under east's prefix: %v", err)
 
 	if hold > 0 {
-		say("status pages: east %s  west %s  (holding for %v; Ctrl-C to stop)", east.op.StatusURL(), west.op.StatusURL(), hold)
+		say("status pages: east %s  west %s  (holding for %v; Ctrl-C to stop)", east.StatusURL(), west.StatusURL(), hold)
 		select {
 		case <-time.After(hold):
 		case <-ctx.Done():
@@ -196,7 +180,7 @@ func runDemo(ctx context.Context, out io.Writer, dir string, ttl, hold time.Dura
 	start = time.Now()
 	deadline := time.After(ttl + 10*time.Second)
 	for {
-		st := west.op.Watcher().Status()
+		st := west.watcher.Status()
 		if len(st) == 1 && st[0].Gone {
 			break
 		}
@@ -207,15 +191,15 @@ func runDemo(ctx context.Context, out io.Writer, dir string, ttl, hold time.Dura
 		}
 	}
 	say("west marked east gone after %v and drained its entries", time.Since(start).Round(time.Millisecond))
-	cli.PrintStatus(out, west.op.Snapshot())
+	cli.PrintStatus(out, west.Snapshot())
 	say("demo done")
 	return nil
 }
 
-func waitSynced(ctx context.Context, d time.Duration, c *demoCluster, other clustermesh.ClusterName) error {
+func waitSynced(ctx context.Context, d time.Duration, c *cluster, other clustermesh.ClusterName) error {
 	deadline := time.Now().Add(d)
 	for time.Now().Before(deadline) {
-		if cs := c.op.Watcher().Snapshot().Clusters[other]; cs != nil && cs.Synced {
+		if cs := c.watcher.Snapshot().Clusters[other]; cs != nil && cs.Synced {
 			return nil
 		}
 		select {
@@ -224,18 +208,18 @@ func waitSynced(ctx context.Context, d time.Duration, c *demoCluster, other clus
 		case <-time.After(20 * time.Millisecond):
 		}
 	}
-	return fmt.Errorf("cluster %s did not sync %s within %v; status: %+v", c.cfg.Name, other, d, c.op.Snapshot())
+	return fmt.Errorf("cluster %s did not sync %s within %v; status: %+v", c.cfg.Name, other, d, c.Snapshot())
 }
 
-func printView(out io.Writer, c *demoCluster) {
-	fmt.Fprintf(out, "\n--- as seen by %s (status page %s) ---\n", c.cfg.Name, c.op.StatusURL())
-	cli.PrintStatus(out, c.op.Snapshot())
+func printView(out io.Writer, c *cluster) {
+	fmt.Fprintf(out, "\n--- as seen by %s (status page %s) ---\n", c.cfg.Name, c.StatusURL())
+	cli.PrintStatus(out, c.Snapshot())
 	printServices(out, c)
 }
 
 // printServices lists the remote services c sees, with their backends.
-func printServices(out io.Writer, c *demoCluster) {
-	snap := c.op.Watcher().Snapshot()
+func printServices(out io.Writer, c *cluster) {
+	snap := c.watcher.Snapshot()
 	type row struct {
 		svc     string
 		cluster clustermesh.ClusterName

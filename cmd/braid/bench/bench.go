@@ -1,4 +1,4 @@
-package main
+package bench
 
 import (
 	"cmp"
@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -25,50 +26,20 @@ import (
 
 	"github.com/braidmesh/braid/clustermesh"
 	"github.com/braidmesh/braid/clustermesh/broker"
-	"github.com/braidmesh/braid/clustermesh/operator"
+	"github.com/braidmesh/braid/clustermesh/join"
 	"github.com/braidmesh/braid/clustermesh/publish"
 	"github.com/braidmesh/braid/clustermesh/remote"
+	"github.com/braidmesh/braid/clustermesh/sim"
 )
 
-func benchCommand() *cobra.Command {
+// Command returns `braid bench`.
+func Command() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "bench",
 		Short: "Measure Braid against the raw baseline on this machine",
 	}
 	cmd.AddCommand(benchPropagationCommand(), benchColdSyncCommand(), benchConsumeCommand())
 	return cmd
-}
-
-// startBroker runs a broker in this process on dir, on free loopback
-// ports, and waits until it serves. stop ends it and waits.
-func startBroker(ctx context.Context, dir string, log *slog.Logger) (*broker.Broker, func(), error) {
-	cport, err := freePort()
-	if err != nil {
-		return nil, nil, err
-	}
-	pport, err := freePort()
-	if err != nil {
-		return nil, nil, err
-	}
-	b, err := broker.New(broker.Config{DataDir: dir, Logger: log,
-		ClientURLs: []string{fmt.Sprintf("https://127.0.0.1:%d", cport)}, PeerURL: fmt.Sprintf("https://127.0.0.1:%d", pport)})
-	if err != nil {
-		return nil, nil, err
-	}
-	bctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
-	done := make(chan error, 1)
-	go func() { done <- b.Run(bctx) }()
-	stop := func() { cancel(); <-done }
-	select {
-	case <-b.Ready():
-		return b, stop, nil
-	case err := <-done:
-		cancel()
-		return nil, nil, fmt.Errorf("broker: %w", err)
-	case <-ctx.Done():
-		stop()
-		return nil, nil, ctx.Err()
-	}
 }
 
 type latencies []time.Duration
@@ -117,7 +88,7 @@ func benchPropagation(ctx context.Context, out io.Writer, n int) error {
 	}
 	defer os.RemoveAll(dir)
 	log := slog.New(slog.DiscardHandler)
-	b, stop, err := startBroker(ctx, dir, log)
+	b, stop, err := broker.StartLocal(ctx, dir, log)
 	if err != nil {
 		return err
 	}
@@ -130,12 +101,12 @@ func benchPropagation(ctx context.Context, out io.Writer, n int) error {
 	if err != nil {
 		return err
 	}
-	storeA, err := broker.Connect(ctx, credsA, log)
+	storeA, err := join.Connect(ctx, credsA, log)
 	if err != nil {
 		return err
 	}
 	defer storeA.Close()
-	storeB, err := broker.Connect(ctx, credsB, log)
+	storeB, err := join.Connect(ctx, credsB, log)
 	if err != nil {
 		return err
 	}
@@ -146,7 +117,7 @@ func benchPropagation(ctx context.Context, out io.Writer, n int) error {
 	if err != nil {
 		return err
 	}
-	state, err := operator.SimulatedState(cfgA, 10, 10, []string{"web"})
+	state, err := sim.Generate(cfgA, 10, 10, []string{"web"})
 	if err != nil {
 		return err
 	}
@@ -323,8 +294,8 @@ func benchColdSync(ctx context.Context, out io.Writer, spec fillSpec) error {
 		return err
 	}
 	creds.Endpoints, creds.CACertPEM = []string{endpoint}, caPEM
-	join := filepath.Join(dir, "consumer.join.json")
-	if err := creds.Save(join); err != nil {
+	joinFile := filepath.Join(dir, "consumer.join.json")
+	if err := creds.Save(joinFile); err != nil {
 		return err
 	}
 
@@ -337,7 +308,7 @@ func benchColdSync(ctx context.Context, out io.Writer, spec fillSpec) error {
 		spec.Clusters, spec.Nodes, spec.Services+1, spec.Nodes*spec.PodsPerNode, spec.Services, keys, float64(bytes)/(1<<20), time.Since(start).Round(time.Millisecond))
 
 	for _, mode := range []string{"raw", "watcher"} {
-		c := exec.CommandContext(ctx, self, "bench", "consume", "--join", join, "--mode", mode, "--clusters", strconv.Itoa(spec.Clusters))
+		c := exec.CommandContext(ctx, self, "bench", "consume", "--join", joinFile, "--mode", mode, "--clusters", strconv.Itoa(spec.Clusters))
 		c.Stderr = os.Stderr
 		res, err := c.Output()
 		if err != nil {
@@ -407,8 +378,8 @@ func fill(ctx context.Context, c *clientv3.Client, spec fillSpec) (int, int, err
 	for i := range spec.Clusters {
 		cfg := clustermesh.ClusterConfig{Name: clustermesh.ClusterName(fmt.Sprintf("cluster-%d", i+1)), ID: clustermesh.ClusterID(i + 1),
 			PodCIDRs: []netip.Prefix{netip.PrefixFrom(netip.AddrFrom4([4]byte{10, byte(i), 0, 0}), 16)}}
-		var st operator.State
-		if st, err = operator.SimulatedState(cfg, spec.Nodes, spec.PodsPerNode, services); err != nil {
+		var st sim.State
+		if st, err = sim.Generate(cfg, spec.Nodes, spec.PodsPerNode, services); err != nil {
 			break
 		}
 		for j := range st.Nodes {
@@ -448,7 +419,7 @@ type consumeResult struct {
 
 func benchConsumeCommand() *cobra.Command {
 	var (
-		join     string
+		joinFile string
 		mode     string
 		clusters int
 	)
@@ -464,12 +435,12 @@ func benchConsumeCommand() *cobra.Command {
 				debug.SetGCPercent(50)
 			}
 			ctx := cmd.Context()
-			creds, err := broker.LoadCredentials(join)
+			creds, err := join.LoadCredentials(joinFile)
 			if err != nil {
 				return err
 			}
 			start := time.Now()
-			store, err := broker.Connect(ctx, creds, nil)
+			store, err := join.Connect(ctx, creds, nil)
 			if err != nil {
 				return err
 			}
@@ -525,7 +496,7 @@ func benchConsumeCommand() *cobra.Command {
 			return json.NewEncoder(cmd.OutOrStdout()).Encode(r)
 		},
 	}
-	cmd.Flags().StringVar(&join, "join", "", "join bundle of the consuming cluster")
+	cmd.Flags().StringVar(&joinFile, "join", "", "join bundle of the consuming cluster")
 	cmd.Flags().StringVar(&mode, "mode", "watcher", "raw or watcher")
 	cmd.Flags().IntVar(&clusters, "clusters", 0, "clusters to wait for")
 	return cmd
@@ -544,4 +515,13 @@ func peakRSS() int64 {
 		}
 	}
 	return 0
+}
+
+func freePort() (int, error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return 0, err
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port, nil
 }

@@ -1,7 +1,8 @@
-package broker
+package join
 
 import (
 	"crypto/tls"
+	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -74,7 +75,7 @@ func (c Credentials) Validate() error {
 	if c.Username == "" || c.Password == "" {
 		errs = append(errs, errors.New("no username or password"))
 	}
-	if _, err := clientTLSConfig(c.CACertPEM); err != nil {
+	if _, err := ClientTLSConfig(c.CACertPEM); err != nil {
 		errs = append(errs, err)
 	}
 	return errors.Join(errs...)
@@ -82,7 +83,7 @@ func (c Credentials) Validate() error {
 
 // TLSConfig returns a client TLS configuration that trusts only c's CA.
 func (c Credentials) TLSConfig() (*tls.Config, error) {
-	cfg, err := clientTLSConfig(c.CACertPEM)
+	cfg, err := ClientTLSConfig(c.CACertPEM)
 	if err != nil {
 		return nil, fmt.Errorf("credentials for cluster %s: %w", c.Cluster, err)
 	}
@@ -116,4 +117,14 @@ func LoadCredentials(path string) (Credentials, error) {
 		return Credentials{}, fmt.Errorf("load credentials %s: %w", path, err)
 	}
 	return c, nil
+}
+
+// ClientTLSConfig returns a client TLS configuration that trusts only the
+// CA certificates in caPEM.
+func ClientTLSConfig(caPEM []byte) (*tls.Config, error) {
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(caPEM) {
+		return nil, errors.New("parse CA certificate: no PEM certificate found")
+	}
+	return &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}, nil
 }

@@ -1,4 +1,4 @@
-package operator
+package sim
 
 import (
 	"fmt"
@@ -7,13 +7,13 @@ import (
 	"github.com/braidmesh/braid/clustermesh"
 )
 
-// SimulatedState builds a plausible state for a cluster without
+// Generate builds a plausible state for a cluster without
 // Kubernetes: nodes spread over three zones, each with a /24 of the
 // cluster's first pod CIDR, podsPerNode pods per node, one identity per
 // app and the given global services, each backed by one pod per node. It is
 // the demo's and the tests' stand-in for a real cluster. The cluster needs
 // an IPv4 pod CIDR of /16 or wider.
-func SimulatedState(cfg clustermesh.ClusterConfig, nodes, podsPerNode int, services []string) (State, error) {
+func Generate(cfg clustermesh.ClusterConfig, nodes, podsPerNode int, services []string) (State, error) {
 	var s State
 	if len(cfg.PodCIDRs) == 0 || !cfg.PodCIDRs[0].Addr().Is4() || cfg.PodCIDRs[0].Bits() > 16 {
 		return s, fmt.Errorf("simulate cluster %s: needs an IPv4 pod CIDR of /16 or wider", cfg.Name)
