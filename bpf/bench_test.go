@@ -65,13 +65,35 @@ func connectLatency(b *testing.B, ns netns.NsHandle, to netip.AddrPort, samples 
 }
 
 // BenchmarkConnectLatency compares connect() to the last of N services
-// through the socket-level LB with the same services as kube-proxy-style
-// iptables (nft backend) DNAT rules. Run with -benchtime 1x.
+// through the socket-level LB with the same services as kube-proxy's two
+// modes, beside a direct connect to the backend (no rules, no hook: the
+// physical limit), all in one run:
+//
+//	direct/beside=N    connect to the backend's own address; nothing loaded
+//	socklb/services=N  the cgroup connect4 hook
+//	nftables/services=N  kube-proxy's nftables mode: one verdict map from
+//	                   address . protocol . port to a per-service chain
+//	iptables/services=N  kube-proxy's iptables mode (nft backend)
+//
+// Run with -benchtime 1x.
 func BenchmarkConnectLatency(b *testing.B) {
 	bpftest.RequireRoot(b)
 	testenv.LookPath(b, "iptables-restore", "iptables")
+	testenv.LookPath(b, "nft", "nftables")
 	const samples = 10000
 	for _, n := range []int{10, 1000, 10000} {
+		b.Run(fmt.Sprintf("direct/beside=%d", n), func(b *testing.B) {
+			client, server := bpftest.NetNS(b), bpftest.NetNS(b)
+			p := netip.MustParsePrefix
+			bpftest.Veth(b, client, "c", []netip.Prefix{p("10.203.0.1/24")}, server, "s", []netip.Prefix{p("10.203.0.2/24")})
+			bpftest.Serve(b, server, "be", bpftest.BackendPort)
+			backend := netip.AddrPortFrom(netip.MustParseAddr("10.203.0.2"), bpftest.BackendPort)
+			for i := 0; i < b.N; i++ {
+				p50, p99 := connectLatency(b, client, backend, samples)
+				b.ReportMetric(float64(p50.Nanoseconds())/1e3, "p50-µs")
+				b.ReportMetric(float64(p99.Nanoseconds())/1e3, "p99-µs")
+			}
+		})
 		b.Run(fmt.Sprintf("socklb/services=%d", n), func(b *testing.B) {
 			objs, err := bpf.Load(bpf.Config{PinDir: bpftest.PinDir(b), ServiceEntries: 16384, BackendEntries: 16384})
 			if err != nil {
@@ -109,6 +131,47 @@ func BenchmarkConnectLatency(b *testing.B) {
 			}
 			defer objs.DetachCgroup(cg)
 			bpftest.EnterCgroup(b, cg)
+			for i := 0; i < b.N; i++ {
+				p50, p99 := connectLatency(b, client, vipN(n-1), samples)
+				b.ReportMetric(float64(p50.Nanoseconds())/1e3, "p50-µs")
+				b.ReportMetric(float64(p99.Nanoseconds())/1e3, "p99-µs")
+			}
+		})
+		b.Run(fmt.Sprintf("nftables/services=%d", n), func(b *testing.B) {
+			client, server := bpftest.NetNS(b), bpftest.NetNS(b)
+			p := netip.MustParsePrefix
+			bpftest.Veth(b, client, "c", []netip.Prefix{p("10.203.0.1/24")}, server, "s", []netip.Prefix{p("10.203.0.2/24")})
+			bpftest.Serve(b, server, "be", bpftest.BackendPort)
+			bpftest.Route(b, client, netip.MustParsePrefix("0.0.0.0/0"), netip.MustParseAddr("10.203.0.2"))
+			// As kube-proxy's nftables mode builds it (pkg/proxy/nftables):
+			// the output hook jumps to services, which looks the packet up
+			// in one verdict map and goes to the service's chain; that
+			// picks an endpoint with numgen and goes to its DNAT chain.
+			var rules strings.Builder
+			rules.WriteString("table ip kube-proxy {\n")
+			rules.WriteString("  chain nat-output {\n    type nat hook output priority -100; policy accept;\n    jump services\n  }\n")
+			for i := 0; i < n; i++ {
+				fmt.Fprintf(&rules, "  chain service-%d {\n    numgen random mod 1 vmap { 0 : goto endpoint-%d }\n  }\n", i, i)
+				fmt.Fprintf(&rules, "  chain endpoint-%d {\n    meta l4proto tcp dnat to 10.203.0.2:%d\n  }\n", i, bpftest.BackendPort)
+			}
+			rules.WriteString("  map service-ips {\n    type ipv4_addr . inet_proto . inet_service : verdict\n    elements = {\n")
+			for i := 0; i < n; i++ {
+				v := vipN(i)
+				fmt.Fprintf(&rules, "      %s . tcp . %d : goto service-%d,\n", v.Addr(), v.Port(), i)
+			}
+			rules.WriteString("    }\n  }\n")
+			rules.WriteString("  chain services {\n    ip daddr . meta l4proto . th dport vmap @service-ips\n  }\n}\n")
+			err := bpftest.Do(client, func() error {
+				cmd := exec.Command("nft", "-f", "-")
+				cmd.Stdin = strings.NewReader(rules.String())
+				if out, err := cmd.CombinedOutput(); err != nil {
+					return fmt.Errorf("%v: %s", err, out)
+				}
+				return nil
+			})
+			if err != nil {
+				b.Fatalf("nft -f: %v", err)
+			}
 			for i := 0; i < b.N; i++ {
 				p50, p99 := connectLatency(b, client, vipN(n-1), samples)
 				b.ReportMetric(float64(p50.Nanoseconds())/1e3, "p50-µs")
