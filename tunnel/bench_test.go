@@ -28,7 +28,11 @@ import (
 //	device-in-process: both Devices inside the benchmark process, using
 //	              Config.Netns (one process does both nodes' crypto)
 //
-// Run: go test -run '^$' -bench Throughput -benchtime 3s -count 3 ./tunnel/
+// Run in the interleaved (ABBA) order docs/benchmarks.md reports, one
+// sub-benchmark per invocation:
+//
+//	go test -c -o /tmp/tunnel.test ./tunnel/ && for s in wireguard-go device device wireguard-go wireguard-go device device wireguard-go; do
+//		/tmp/tunnel.test -test.run "^$" -test.bench "Throughput/^$s\$" -test.benchtime 2s; done
 func BenchmarkThroughput(b *testing.B) {
 	b.Run("veth", func(b *testing.B) {
 		na, nb := benchUnderlay(b)
@@ -39,8 +43,9 @@ func BenchmarkThroughput(b *testing.B) {
 		bin := wireguardGo(b)
 		ka, _ := wgtypes.GeneratePrivateKey()
 		kb, _ := wgtypes.GeneratePrivateKey()
-		rawWireGuard(b, bin, na, ka, kb.PublicKey(), "192.0.2.2:51820", "10.99.0.1/24", "10.99.0.2/32")
-		rawWireGuard(b, bin, nb, kb, ka.PublicKey(), "192.0.2.1:51820", "10.99.0.2/24", "10.99.0.1/32")
+		da := rawWireGuard(b, bin, na, ka, kb.PublicKey(), "192.0.2.2:51820", "10.99.0.1/24", "10.99.0.2/32")
+		db := rawWireGuard(b, bin, nb, kb, ka.PublicKey(), "192.0.2.1:51820", "10.99.0.2/24", "10.99.0.1/32")
+		logImplementations(b, na, da, nb, db)
 		streamBench(b, na, nb, netip.Addr{}, netip.MustParseAddrPort("10.99.0.2:6000"))
 	})
 	b.Run("device", func(b *testing.B) {
@@ -49,8 +54,11 @@ func BenchmarkThroughput(b *testing.B) {
 		nb.AddrLo(b, netip.MustParsePrefix("10.244.2.1/32"))
 		// One process per node, as agents run, with Netns empty: the
 		// production path.
-		ha := startHelper(b, na, Config{Name: netnstest.RandName("brw"), StateDir: b.TempDir()})
-		hb := startHelper(b, nb, Config{Name: netnstest.RandName("brw"), StateDir: b.TempDir()})
+		cfgA := Config{Name: netnstest.RandName("brw"), StateDir: b.TempDir()}
+		cfgB := Config{Name: netnstest.RandName("brw"), StateDir: b.TempDir()}
+		ha := startHelper(b, na, cfgA)
+		hb := startHelper(b, nb, cfgB)
+		logImplementations(b, na, cfgA.Name, nb, cfgB.Name)
 		peer := func(pub, node, pods string) []Peer {
 			k, err := wgtypes.ParseKey(pub)
 			if err != nil {
@@ -71,6 +79,7 @@ func BenchmarkThroughput(b *testing.B) {
 		a.open(b, nil)
 		c.open(b, nil)
 		meshUp(b, a, c)
+		logImplementations(b, na, a.dev.cfg.Name, nb, c.dev.cfg.Name)
 		streamBench(b, na, nb, netip.MustParseAddr("10.244.1.1"), netip.MustParseAddrPort("10.244.2.1:6000"))
 	})
 }
@@ -100,7 +109,7 @@ func wireguardGo(b *testing.B) string {
 // rawWireGuard runs wireguard-go as its own process inside ns (forked from a
 // thread in ns, so it inherits the netns) and configures it by hand over
 // its UAPI socket, with no tunnel code involved.
-func rawWireGuard(b *testing.B, bin string, ns *netnstest.NS, priv, peer wgtypes.Key, endpoint, addr, allowed string) {
+func rawWireGuard(b *testing.B, bin string, ns *netnstest.NS, priv, peer wgtypes.Key, endpoint, addr, allowed string) string {
 	name := netnstest.RandName("brr")
 	cmd := exec.Command(bin, "-f", name)
 	cmd.Env = append(os.Environ(), "LOG_LEVEL=error")
@@ -151,6 +160,38 @@ func rawWireGuard(b *testing.B, bin string, ns *netnstest.NS, priv, peer wgtypes
 		}
 		return netlink.LinkSetUp(l)
 	})
+	return name
+}
+
+// logImplementations prints which WireGuard implementation runs each side
+// (the kernel's or wireguard-go), as wgctrl sees the device from inside its
+// namespace: the figures mean little without it.
+func logImplementations(b *testing.B, na *netnstest.NS, devA string, nb *netnstest.NS, devB string) {
+	b.Helper()
+	impl := func(ns *netnstest.NS, name string) (s string) {
+		ns.Do(b, func() error {
+			wg, err := wgctrl.New()
+			if err != nil {
+				return err
+			}
+			defer wg.Close()
+			d, err := wg.Device(name)
+			if err != nil {
+				return err
+			}
+			switch d.Type {
+			case wgtypes.LinuxKernel:
+				s = "kernel WireGuard"
+			case wgtypes.Userspace:
+				s = "wireguard-go"
+			default:
+				s = d.Type.String()
+			}
+			return nil
+		})
+		return s
+	}
+	b.Logf("side a: %s; side b: %s", impl(na, devA), impl(nb, devB))
 }
 
 // streamBench sends 1 MiB per iteration over one TCP connection from a to
