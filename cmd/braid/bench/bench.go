@@ -19,6 +19,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -30,6 +31,7 @@ import (
 	"github.com/braidmesh/braid/clustermesh/publish"
 	"github.com/braidmesh/braid/clustermesh/remote"
 	"github.com/braidmesh/braid/clustermesh/sim"
+	"github.com/braidmesh/braid/kvstore"
 )
 
 // Command returns `braid bench`.
@@ -66,9 +68,11 @@ func benchPropagationCommand() *cobra.Command {
 		Short: "Latency from a publisher's change to a remote consumer's event, beside raw etcd put→watch",
 		Long: `Runs a broker (embedded etcd, TLS, authentication, fsync on) in this process,
 cluster "a" publishing and cluster "b" consuming with their own credentials.
-Each round changes one service through the publisher and times it until b's
-Watcher delivers the change; beside it, a raw put by a's etcd client timed
-until b's raw etcd watch sees it. Rounds alternate so both see the same load.`,
+Each round changes one service's port through the publisher and times it
+until b's Watcher delivers that port; beside it, a raw put by a's etcd
+client of a key outside the mesh's prefixes, timed until b's raw etcd watch
+delivers the value just put. Rounds alternate so both see the same load;
+the first tenth warms up.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if n < 1 {
@@ -143,49 +147,73 @@ func benchPropagation(ctx context.Context, out io.Writer, n int) error {
 	wg.Add(2)
 	go func() { defer wg.Done(); _ = pub.Run(ctx) }()
 	go func() { defer wg.Done(); _ = w.Run(ctx) }()
-	for {
-		if cs := w.Snapshot().Clusters["a"]; cs != nil && cs.Synced {
-			break
-		}
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(10 * time.Millisecond):
-		}
+	if err := waitSynced(ctx, changes, "a", 30*time.Second); err != nil {
+		return err
 	}
 
-	rawKey := clustermesh.KindPrefix(clustermesh.KindServices, "a") + "bench/raw"
+	// The raw baseline's key lies outside every prefix a Watcher decodes
+	// (outside clustermesh.Root), so its events never reach the Watcher;
+	// a may write it and b read it, over the same TLS and authentication.
+	admin, err := adminClient(ctx, dir, b.Endpoints())
+	if err != nil {
+		return err
+	}
+	defer admin.Close()
+	const rawKey = "braid-bench/raw"
+	if _, err := admin.RoleGrantPermission(ctx, broker.ClusterUser("a"), rawKey, "", clientv3.PermissionType(clientv3.PermReadWrite)); err != nil {
+		return fmt.Errorf("grant a the raw key: %w", err)
+	}
+	if _, err := admin.RoleGrantPermission(ctx, broker.ClusterUser("b"), rawKey, "", clientv3.PermissionType(clientv3.PermRead)); err != nil {
+		return fmt.Errorf("grant b the raw key: %w", err)
+	}
 	rawEvents := storeB.Client().Watch(ctx, rawKey)
 	svc := state.Services[0]
 	var braid, raw latencies
+	const wait = 10 * time.Second
 	for i := range n + n/10 { // the first tenth warms up
-		// Braid: publisher → etcd → remote watcher → subscriber.
-		svc.Backends[0].Ports = []clustermesh.BackendPort{{Name: "http", Port: uint16(10000 + i%50000)}}
+		// Braid: publisher → etcd → remote watcher → subscriber. The round
+		// ends only on the port just published: no earlier round's event
+		// (nor the initial sync) can end it.
+		port := uint16(10000 + i%50000)
+		svc.Backends[0].Ports = []clustermesh.BackendPort{{Name: "http", Port: port}}
 		start := time.Now()
 		if err := pub.Upsert(&svc); err != nil {
 			return err
 		}
+		timeout := time.NewTimer(wait)
 		for got := false; !got; {
 			select {
 			case ch := <-changes:
-				got = ch.Type == remote.Upsert && ch.Key == svc.Key()
-			case <-time.After(10 * time.Second):
-				return errors.New("no change delivered within 10s")
+				got = ch.Type == remote.Upsert && ch.Key == svc.Key() && servicePort(ch.Record) == port
+			case <-timeout.C:
+				return fmt.Errorf("round %d: port %d not delivered within %v", i, port, wait)
 			}
 		}
+		timeout.Stop()
 		if i >= n/10 {
 			braid = append(braid, time.Since(start))
 		}
-		// Raw: put → watch event.
+		// Raw: put → watch event carrying the value just put.
+		val := strconv.Itoa(i)
 		start = time.Now()
-		if _, err := storeA.Client().Put(ctx, rawKey, strconv.Itoa(i)); err != nil {
+		if _, err := storeA.Client().Put(ctx, rawKey, val); err != nil {
 			return fmt.Errorf("raw put: %w", err)
 		}
-		select {
-		case <-rawEvents:
-		case <-time.After(10 * time.Second):
-			return errors.New("no raw watch event within 10s")
+		timeout.Reset(wait)
+		for got := false; !got; {
+			select {
+			case resp := <-rawEvents:
+				if err := resp.Err(); err != nil {
+					return fmt.Errorf("raw watch: %w", err)
+				}
+				for _, ev := range resp.Events {
+					got = got || string(ev.Kv.Value) == val
+				}
+			case <-timeout.C:
+				return fmt.Errorf("round %d: raw value %s not delivered within %v", i, val, wait)
+			}
 		}
+		timeout.Stop()
 		if i >= n/10 {
 			raw = append(raw, time.Since(start))
 		}
@@ -203,12 +231,14 @@ func benchColdSyncCommand() *cobra.Command {
 		Use:   "cold-sync",
 		Short: "Time for a fresh consumer to sync a large mesh, and its peak RSS, beside a raw list",
 		Long: `Starts a broker as a separate process, fills it with --clusters clusters'
-state (nodes, identities, IP entries and services each), then runs a fresh
-consumer as another process (braid bench consume) with a cluster's
-credentials: it syncs every cluster with the remote Watcher and reports the
-time until all are synced and its peak RSS. The baseline is the same
-process reading the whole mesh prefix with raw range reads (10,000 keys a
-page) and nothing else.`,
+state (nodes, identities, IP entries and services each), then runs fresh
+consumer processes (braid bench consume) with a cluster's credentials. The
+Watcher consumer syncs every cluster and reports the time until all are
+synced and its peak RSS; the raw consumer reads the same keys with range
+reads and nothing else, with the Watcher's concurrency (the cluster list,
+then 8 clusters at a time, each its sync markers and its kinds at once).
+Each run starts one of each, raw first on odd runs (ABBA); every count is
+checked against what was loaded.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			// Cluster i gets ID i and pod CIDR 10.i-1.0.0/16; the consumer
@@ -232,11 +262,15 @@ page) and nothing else.`,
 	f.IntVar(&spec.Nodes, "nodes", 100, "nodes per cluster")
 	f.IntVar(&spec.PodsPerNode, "pods-per-node", 10, "pod IP entries per node")
 	f.IntVar(&spec.Services, "services", 100, "global services per cluster (one identity each, plus one)")
+	f.IntVar(&spec.Runs, "runs", 2, "consumer runs of each kind; the order alternates (raw first on odd runs)")
+	f.DurationVar(&spec.Timeout, "timeout", 5*time.Minute, "give up on a fill or a consumer after this long")
 	return cmd
 }
 
 type fillSpec struct {
 	Clusters, Nodes, PodsPerNode, Services int
+	Runs                                   int
+	Timeout                                time.Duration
 }
 
 func benchColdSync(ctx context.Context, out io.Writer, spec fillSpec) error {
@@ -300,31 +334,95 @@ func benchColdSync(ctx context.Context, out io.Writer, spec fillSpec) error {
 	}
 
 	start := time.Now()
-	keys, bytes, err := fill(ctx, admin, spec)
+	fctx, cancel := context.WithTimeout(ctx, spec.Timeout)
+	keys, bytes, err := fill(fctx, admin, spec)
+	cancel()
 	if err != nil {
 		return err
 	}
 	fmt.Fprintf(out, "cold sync: %d clusters × (%d nodes, %d identities, %d IP entries, %d services) = %d keys, %.1f MiB, filled in %v\n",
 		spec.Clusters, spec.Nodes, spec.Services+1, spec.Nodes*spec.PodsPerNode, spec.Services, keys, float64(bytes)/(1<<20), time.Since(start).Round(time.Millisecond))
 
-	for _, mode := range []string{"raw", "watcher"} {
-		c := exec.CommandContext(ctx, self, "bench", "consume", "--join", joinFile, "--mode", mode, "--clusters", strconv.Itoa(spec.Clusters))
-		c.Stderr = os.Stderr
-		res, err := c.Output()
-		if err != nil {
-			return fmt.Errorf("consumer (%s): %w", mode, err)
+	// Expected counts: raw reads every key loaded; the Watcher holds every
+	// entry but the cluster configs and sync markers.
+	want := map[string]int{"raw": keys, "watcher": keys - spec.Clusters*(1+len(clustermesh.Kinds))}
+	// Fresh consumer processes, in ABBA order over pairs of runs so that
+	// drift on a shared machine falls on both sides alike.
+	for run := range spec.Runs {
+		order := []string{"raw", "watcher"}
+		if run%2 == 1 {
+			order = []string{"watcher", "raw"}
 		}
-		var r consumeResult
-		if err := json.Unmarshal(res, &r); err != nil {
-			return fmt.Errorf("consumer (%s) said %q: %w", mode, res, err)
+		for _, mode := range order {
+			cctx, cancel := context.WithTimeout(ctx, spec.Timeout+30*time.Second)
+			c := exec.CommandContext(cctx, self, "bench", "consume", "--join", joinFile, "--mode", mode,
+				"--clusters", strconv.Itoa(spec.Clusters), "--timeout", spec.Timeout.String())
+			c.Stderr = os.Stderr
+			res, err := c.Output()
+			cancel()
+			if err != nil {
+				return fmt.Errorf("consumer (%s): %w", mode, err)
+			}
+			var r consumeResult
+			if err := json.Unmarshal(res, &r); err != nil {
+				return fmt.Errorf("consumer (%s) said %q: %w", mode, res, err)
+			}
+			if r.Entries != want[mode] {
+				return fmt.Errorf("consumer (%s) read %d entries, want %d (what was loaded)", mode, r.Entries, want[mode])
+			}
+			label := "raw range reads, 8 clusters at a time"
+			if mode == "watcher" {
+				label = "braid remote.Watcher, all synced"
+			}
+			fmt.Fprintf(out, "  run %d %-38s %8v  peak RSS %5.0f MiB  (%d entries)\n", run+1, label+":", r.Elapsed.Round(time.Millisecond), float64(r.PeakRSS)/(1<<20), r.Entries)
 		}
-		label := "raw range reads of the whole mesh"
-		if mode == "watcher" {
-			label = "braid remote.Watcher, all synced"
-		}
-		fmt.Fprintf(out, "  %-36s %8v  peak RSS %5.0f MiB  (%d entries)\n", label+":", r.Elapsed.Round(time.Millisecond), float64(r.PeakRSS)/(1<<20), r.Entries)
 	}
 	return nil
+}
+
+// waitSynced waits until changes reports cluster synced, at most d.
+func waitSynced(ctx context.Context, changes <-chan remote.Change, cluster clustermesh.ClusterName, d time.Duration) error {
+	timeout := time.NewTimer(d)
+	defer timeout.Stop()
+	for {
+		select {
+		case ch, ok := <-changes:
+			if !ok {
+				return ctx.Err()
+			}
+			if ch.Type == remote.ClusterSynced && ch.Cluster == cluster {
+				return nil
+			}
+		case <-timeout.C:
+			return fmt.Errorf("cluster %s not synced within %v", cluster, d)
+		}
+	}
+}
+
+// servicePort returns the first backend's first port of a service record.
+func servicePort(rec any) uint16 {
+	var s clustermesh.Service
+	switch r := rec.(type) {
+	case clustermesh.Service:
+		s = r
+	case *clustermesh.Service:
+		s = *r
+	default:
+		return 0
+	}
+	if len(s.Backends) == 0 || len(s.Backends[0].Ports) == 0 {
+		return 0
+	}
+	return s.Backends[0].Ports[0].Port
+}
+
+// adminClient connects to the broker on dir as root.
+func adminClient(ctx context.Context, dir string, endpoints []string) (*clientv3.Client, error) {
+	cfg, err := broker.LocalAdminConfig(dir, endpoints)
+	if err != nil {
+		return nil, err
+	}
+	return broker.AdminClient(ctx, cfg)
 }
 
 // fill writes the mesh state with root credentials, 128 operations a
@@ -422,6 +520,7 @@ func benchConsumeCommand() *cobra.Command {
 		joinFile string
 		mode     string
 		clusters int
+		timeout  time.Duration
 	)
 	cmd := &cobra.Command{
 		Use:    "consume",
@@ -448,44 +547,37 @@ func benchConsumeCommand() *cobra.Command {
 			var r consumeResult
 			switch mode {
 			case "raw":
-				kvs, _, err := store.List(ctx, clustermesh.Root)
-				if err != nil {
+				if r.Entries, err = rawRead(ctx, store, remote.DefaultConcurrentSyncs, timeout); err != nil {
 					return err
 				}
-				r.Entries = len(kvs)
 			case "watcher":
 				w, err := remote.New(remote.Config{Self: "consumer"}, store, nil, nil)
 				if err != nil {
 					return err
 				}
 				wctx, cancel := context.WithCancel(ctx)
+				changes := w.Subscribe(wctx)
 				done := make(chan struct{})
 				go func() { defer close(done); _ = w.Run(wctx) }()
-				for {
-					synced := 0
-					for _, st := range w.Status() {
-						if st.Synced {
-							synced++
-						}
-					}
-					if synced == clusters {
-						break
-					}
-					time.Sleep(5 * time.Millisecond)
-				}
+				err = waitAllSynced(changes, clusters, timeout)
 				r.Elapsed = time.Since(start)
-				if f := os.Getenv("BRAID_HEAPPROFILE"); f != "" {
-					pf, _ := os.Create(f)
-					_ = pprof.WriteHeapProfile(pf)
-					pf.Close()
-				}
-				for _, st := range w.Status() {
-					for _, n := range st.Entries {
-						r.Entries += n
+				if err == nil {
+					if f := os.Getenv("BRAID_HEAPPROFILE"); f != "" {
+						pf, _ := os.Create(f)
+						_ = pprof.WriteHeapProfile(pf)
+						pf.Close()
+					}
+					for _, st := range w.Status() {
+						for _, n := range st.Entries {
+							r.Entries += n
+						}
 					}
 				}
 				cancel()
 				<-done
+				if err != nil {
+					return err
+				}
 			default:
 				return fmt.Errorf("--mode %q: want raw or watcher", mode)
 			}
@@ -499,7 +591,80 @@ func benchConsumeCommand() *cobra.Command {
 	cmd.Flags().StringVar(&joinFile, "join", "", "join bundle of the consuming cluster")
 	cmd.Flags().StringVar(&mode, "mode", "watcher", "raw or watcher")
 	cmd.Flags().IntVar(&clusters, "clusters", 0, "clusters to wait for")
+	cmd.Flags().DurationVar(&timeout, "timeout", 5*time.Minute, "give up after this long")
 	return cmd
+}
+
+// rawRead reads the mesh as the Watcher does, without decoding: the
+// cluster configs, then per cluster its sync markers and each kind's
+// entries (the kinds at once), with at most concurrency clusters reading at
+// a time, through the same kvstore List. It returns the keys read.
+func rawRead(ctx context.Context, store kvstore.Store, concurrency int, timeout time.Duration) (int, error) {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	configs, _, err := store.List(ctx, clustermesh.ClustersPrefix)
+	if err != nil {
+		return 0, fmt.Errorf("raw read: %w", err)
+	}
+	var (
+		total atomic.Int64
+		slots = make(chan struct{}, concurrency)
+		wg    sync.WaitGroup
+		mu    sync.Mutex
+		first error
+	)
+	total.Add(int64(len(configs)))
+	list := func(prefix string) {
+		kvs, _, err := store.List(ctx, prefix)
+		if err != nil {
+			mu.Lock()
+			first = cmp.Or(first, fmt.Errorf("raw read %s: %w", prefix, err))
+			mu.Unlock()
+			return
+		}
+		total.Add(int64(len(kvs)))
+	}
+	for _, kv := range configs {
+		pk, err := clustermesh.ParseKey(kv.Key)
+		if err != nil {
+			return 0, fmt.Errorf("raw read: %w", err)
+		}
+		wg.Add(1)
+		slots <- struct{}{}
+		go func() {
+			defer wg.Done()
+			defer func() { <-slots }()
+			list(clustermesh.SyncedPrefix(pk.Cluster))
+			var kinds sync.WaitGroup
+			for _, k := range clustermesh.Kinds {
+				kinds.Go(func() { list(clustermesh.KindPrefix(k, pk.Cluster)) })
+			}
+			kinds.Wait()
+		}()
+	}
+	wg.Wait()
+	return int(total.Load()), first
+}
+
+// waitAllSynced waits until changes reports n clusters synced, at most d.
+func waitAllSynced(changes <-chan remote.Change, n int, d time.Duration) error {
+	timeout := time.NewTimer(d)
+	defer timeout.Stop()
+	synced := map[clustermesh.ClusterName]bool{}
+	for len(synced) < n {
+		select {
+		case ch, ok := <-changes:
+			if !ok {
+				return errors.New("watcher stopped")
+			}
+			if ch.Type == remote.ClusterSynced {
+				synced[ch.Cluster] = true
+			}
+		case <-timeout.C:
+			return fmt.Errorf("%d of %d clusters synced within %v", len(synced), n, d)
+		}
+	}
+	return nil
 }
 
 // peakRSS reads VmHWM from /proc/self/status, in bytes.
