@@ -14,11 +14,11 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
-	discoveryv1 "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
-	"k8s.io/utils/ptr"
 
 	"github.com/braidmesh/braid/clustermesh/join"
 	"github.com/braidmesh/braid/clustermesh/k8s"
@@ -28,16 +28,21 @@ import (
 )
 
 // TestBenchmarkGlobalServices measures how long BRAID_BENCH_SERVICES
-// (default 5000) global services with 10 endpoints each, created in
-// cluster a, take to appear in cluster b's view. It runs only with
-// BRAID_BENCH=1 and the kube binaries:
+// (default 1000) global services with 10 ready Pods each, created in
+// cluster a, take to appear in cluster b's view with 10 backends each.
+// Cluster a is a real kube-apiserver whose kube-controller-manager
+// generates the EndpointSlices from the Pods (no kubelet: Pods are created
+// on API-created Nodes and their status is patched Ready with an IP);
+// braid-operator for a runs as its own process against a broker process;
+// cluster b's view is a remote.Watcher with b's credentials in this
+// process. It runs only with BRAID_BENCH=1 and the kube binaries:
 //
 //	BRAID_BENCH=1 go test -run TestBenchmarkGlobalServices -v -timeout 30m ./clustermesh/operator
 func TestBenchmarkGlobalServices(t *testing.T) {
 	if os.Getenv("BRAID_BENCH") == "" {
 		t.Skip("skip: opt-in benchmark (needs BRAID_BENCH=1 and the kube binaries)")
 	}
-	n := 5000
+	n := 1000
 	if v, err := strconv.Atoi(os.Getenv("BRAID_BENCH_SERVICES")); err == nil && v > 0 {
 		n = v
 	}
@@ -109,6 +114,14 @@ func TestBenchmarkGlobalServices(t *testing.T) {
 		t.Fatal(err)
 	}
 	ctx := context.Background()
+	const nodes = 3
+	for j := range nodes {
+		node := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: fmt.Sprintf("node-%d", j),
+			Labels: map[string]string{corev1.LabelTopologyZone: fmt.Sprintf("z%d", j)}}}
+		if _, err := client.CoreV1().Nodes().Create(ctx, node, metav1.CreateOptions{}); err != nil {
+			t.Fatalf("create node: %v", err)
+		}
+	}
 	start := time.Now()
 	var created atomic.Int64
 	work := make(chan int)
@@ -121,26 +134,32 @@ func TestBenchmarkGlobalServices(t *testing.T) {
 				name := fmt.Sprintf("svc-%d", i)
 				svc := &corev1.Service{
 					ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: "default", Annotations: map[string]string{k8s.AnnotationGlobal: "true"}},
-					Spec:       corev1.ServiceSpec{Ports: []corev1.ServicePort{{Name: "http", Port: 80, Protocol: corev1.ProtocolTCP}}},
+					Spec: corev1.ServiceSpec{Selector: map[string]string{"app": name},
+						Ports: []corev1.ServicePort{{Name: "http", Port: 80, TargetPort: intstr.FromString("http"), Protocol: corev1.ProtocolTCP}}},
 				}
 				if _, err := client.CoreV1().Services("default").Create(ctx, svc, metav1.CreateOptions{}); err != nil {
 					t.Errorf("create %s: %v", name, err)
 					continue
 				}
-				es := &discoveryv1.EndpointSlice{
-					ObjectMeta: metav1.ObjectMeta{Name: name + "-1", Namespace: "default",
-						Labels: map[string]string{discoveryv1.LabelServiceName: name, discoveryv1.LabelManagedBy: "bench"}},
-					AddressType: discoveryv1.AddressTypeIPv4,
-					Ports:       []discoveryv1.EndpointPort{{Name: ptr.To("http"), Port: ptr.To[int32](8080), Protocol: ptr.To(corev1.ProtocolTCP)}},
-				}
+				// Pods as a kubelet would leave them: scheduled, then
+				// Running and Ready with an IP. kube-controller-manager
+				// turns them into the Service's EndpointSlice.
 				for j := range endpoints {
+					pod := &corev1.Pod{
+						ObjectMeta: metav1.ObjectMeta{Name: fmt.Sprintf("%s-%d", name, j), Namespace: "default", Labels: map[string]string{"app": name}},
+						Spec: corev1.PodSpec{NodeName: fmt.Sprintf("node-%d", j%nodes),
+							Containers: []corev1.Container{{Name: "app", Image: "app", Ports: []corev1.ContainerPort{{Name: "http", ContainerPort: 8080}}}}},
+					}
+					if _, err := client.CoreV1().Pods("default").Create(ctx, pod, metav1.CreateOptions{}); err != nil {
+						t.Errorf("create pod %s: %v", pod.Name, err)
+						continue
+					}
 					ip := fmt.Sprintf("10.1.%d.%d", (i*endpoints+j)/250, (i*endpoints+j)%250+1)
-					es.Endpoints = append(es.Endpoints, discoveryv1.Endpoint{Addresses: []string{ip}, NodeName: ptr.To("node-1"),
-						Zone: ptr.To("z1"), Conditions: discoveryv1.EndpointConditions{Ready: ptr.To(true)}})
-				}
-				if _, err := client.DiscoveryV1().EndpointSlices("default").Create(ctx, es, metav1.CreateOptions{}); err != nil {
-					t.Errorf("create slice %s: %v", name, err)
-					continue
+					status := fmt.Sprintf(`{"status":{"phase":"Running","podIP":%q,"podIPs":[{"ip":%q}],`+
+						`"conditions":[{"type":"Ready","status":"True"},{"type":"ContainersReady","status":"True"}]}}`, ip, ip)
+					if _, err := client.CoreV1().Pods("default").Patch(ctx, pod.Name, types.MergePatchType, []byte(status), metav1.PatchOptions{}, "status"); err != nil {
+						t.Errorf("patch pod %s status: %v", pod.Name, err)
+					}
 				}
 				created.Add(1)
 			}
@@ -177,6 +196,6 @@ func TestBenchmarkGlobalServices(t *testing.T) {
 			}
 		}
 	}
-	t.Logf("services=%d endpoints/service=%d created_in=%v all_in_b_view_after=%v (lag after last create %v) operator_a_peak_rss=%s",
+	t.Logf("services=%d ready_pods/service=%d all_pods_ready_after=%v all_in_b_view_after=%v (lag after last create %v) operator_a_peak_rss=%s",
 		n, endpoints, createdIn.Round(time.Millisecond), total.Round(time.Millisecond), (total - createdIn).Round(time.Millisecond), hwm)
 }
