@@ -343,9 +343,10 @@ func benchColdSync(ctx context.Context, out io.Writer, spec fillSpec) error {
 	fmt.Fprintf(out, "cold sync: %d clusters × (%d nodes, %d identities, %d IP entries, %d services) = %d keys, %.1f MiB, filled in %v\n",
 		spec.Clusters, spec.Nodes, spec.Services+1, spec.Nodes*spec.PodsPerNode, spec.Services, keys, float64(bytes)/(1<<20), time.Since(start).Round(time.Millisecond))
 
-	// Expected counts: raw reads every key loaded; the Watcher holds every
-	// entry but the cluster configs and sync markers.
-	want := map[string]int{"raw": keys, "watcher": keys - spec.Clusters*(1+len(clustermesh.Kinds))}
+	// Expected counts: raw reads every key loaded and the consumer's own
+	// grant (written by AddCluster); the Watcher holds every entry but the
+	// cluster configs, grants and sync markers.
+	want := map[string]int{"raw": keys + 1, "watcher": keys - spec.Clusters*(2+len(clustermesh.Kinds))}
 	// Fresh consumer processes, in ABBA order over pairs of runs so that
 	// drift on a shared machine falls on both sides alike.
 	for run := range spec.Runs {
@@ -596,13 +597,17 @@ func benchConsumeCommand() *cobra.Command {
 }
 
 // rawRead reads the mesh as the Watcher does, without decoding: the
-// cluster configs, then per cluster its sync markers and each kind's
+// cluster configs and the grants, then per cluster its sync markers and each kind's
 // entries (the kinds at once), with at most concurrency clusters reading at
 // a time, through the same kvstore List. It returns the keys read.
 func rawRead(ctx context.Context, store kvstore.Store, concurrency int, timeout time.Duration) (int, error) {
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	configs, _, err := store.List(ctx, clustermesh.ClustersPrefix)
+	if err != nil {
+		return 0, fmt.Errorf("raw read: %w", err)
+	}
+	grants, _, err := store.List(ctx, clustermesh.GrantsPrefix)
 	if err != nil {
 		return 0, fmt.Errorf("raw read: %w", err)
 	}
@@ -613,7 +618,7 @@ func rawRead(ctx context.Context, store kvstore.Store, concurrency int, timeout 
 		mu    sync.Mutex
 		first error
 	)
-	total.Add(int64(len(configs)))
+	total.Add(int64(len(configs) + len(grants)))
 	list := func(prefix string) {
 		kvs, _, err := store.List(ctx, prefix)
 		if err != nil {

@@ -13,7 +13,7 @@ import (
 )
 
 // TestRawReadCountsWhatWasLoaded: the cold-sync raw baseline reads every
-// key of every cluster (config, sync markers, entries) and nothing outside
+// key of every cluster (config, grant, sync markers, entries) and nothing outside
 // the mesh, with fewer slots than clusters.
 func TestRawReadCountsWhatWasLoaded(t *testing.T) {
 	store := memory.New()
@@ -48,7 +48,9 @@ func TestRawReadCountsWhatWasLoaded(t *testing.T) {
 			loaded++
 		}
 		put(cfg.Key(), &cfg)
-		loaded++
+		g := clustermesh.Grant{Name: cfg.Name, ID: cfg.ID, PodCIDRs: cfg.PodCIDRs}
+		put(g.Key(), &g)
+		loaded += 2
 	}
 	put("braid-bench/raw", "outside the mesh")
 	n, err := rawRead(ctx, store, 2, time.Minute)
