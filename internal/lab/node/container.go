@@ -197,6 +197,7 @@ func (c *container) runOnce(ctx context.Context) (int32, error) {
 	if code != 0 {
 		reason = "Error"
 	}
+	c.w.log.Info("container exited", "container", c.spec.Name, "code", code)
 	c.mu.Lock()
 	c.proc = nil
 	c.ready = false
@@ -218,6 +219,7 @@ func (c *container) runOnce(ctx context.Context) (int32, error) {
 // terminate sends SIGTERM to the container's main process and, after grace,
 // kills everything in its cgroup; it returns the main process's state.
 func (c *container) terminate(proc *os.Process, exited <-chan *os.ProcessState, grace time.Duration) *os.ProcessState {
+	c.w.log.Info("stopping container", "container", c.spec.Name, "grace", grace)
 	if err := proc.Signal(syscall.SIGTERM); err != nil {
 		return <-exited
 	}
@@ -226,6 +228,7 @@ func (c *container) terminate(proc *os.Process, exited <-chan *os.ProcessState, 
 		return st
 	case <-time.After(grace):
 	}
+	c.w.log.Info("killing container after its grace period", "container", c.spec.Name, "grace", grace)
 	if err := os.WriteFile(filepath.Join(c.cgroup, "cgroup.kill"), []byte("1"), 0); err != nil {
 		_ = proc.Kill()
 	}
@@ -326,6 +329,12 @@ func newContainerID() string {
 	var b [16]byte
 	_, _ = rand.Read(b[:])
 	return "braidlab://" + hex.EncodeToString(b[:])
+}
+
+func (c *container) restartCount() int32 {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.restarts
 }
 
 func (c *container) setWaiting(reason, msg string) {

@@ -11,7 +11,10 @@
 //   - waits for the controller manager to set Node.Spec.PodCIDR;
 //   - acts as a host-gw CNI for the cluster: routes (protocol
 //     RouteProtocol) to every other node's pod CIDR via that node's
-//     InternalIP;
+//     InternalIP. Reading all Nodes takes more than a kubelet's rights
+//     (the Node authorizer lets a node read only its own): grant get, list
+//     and watch on nodes to group system:nodes. Without that the node runs
+//     its pods, logs an error naming the fix and routes nothing;
 //   - for each Pod bound to the node: creates a network namespace with a veth
 //     pair (host side named from the pod UID, /32 route to the pod IP) and an
 //     IP from the pod CIDR, a cgroup <CgroupParent>/pod-<uid> with one child

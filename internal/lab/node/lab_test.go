@@ -120,14 +120,15 @@ func inNetns(ns netns.NsHandle, fn func() error) error {
 
 // testLab is one kube-apiserver, an underlay bridge and lab nodes on it.
 type testLab struct {
-	t          *testing.T
-	cluster    *kubelab.Cluster
-	cgroupRoot string
-	subnet     byte // underlay 198.18.<subnet>.0/24
-	podNet     byte // pod CIDRs 10.<podNet>.<i>.0/24
-	bridge     string
-	apiAddr    string // the apiserver as the nodes reach it
-	caFile     string
+	t           *testing.T
+	cluster     *kubelab.Cluster
+	cgroupRoot  string
+	subnet      byte // underlay 198.18.<subnet>.0/24
+	podNet      byte // pod CIDRs 10.<podNet>.<i>.0/24
+	bridge      string
+	clusterName string
+	apiAddr     string // the apiserver as the nodes reach it
+	caFile      string
 }
 
 func newTestLab(t *testing.T) *testLab {
@@ -141,24 +142,8 @@ func newTestLab(t *testing.T) *testLab {
 	})
 	b := make([]byte, 2)
 	_, _ = rand.Read(b)
-	lab := &testLab{t: t, cluster: cl, cgroupRoot: cgRoot, subnet: b[0], podNet: 100 + b[1]%100, bridge: "blb" + suffix}
-
-	br := &netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: lab.bridge}}
-	if err := netlink.LinkAdd(br); err != nil {
-		t.Fatalf("add bridge: %v", err)
-	}
-	t.Cleanup(func() {
-		if err := netlink.LinkDel(br); err != nil {
-			t.Errorf("delete bridge %s: %v", lab.bridge, err)
-		}
-	})
-	addr := &netlink.Addr{IPNet: &net.IPNet{IP: lab.underlayIP(1), Mask: net.CIDRMask(24, 32)}}
-	if err := netlink.AddrAdd(br, addr); err != nil {
-		t.Fatalf("address bridge: %v", err)
-	}
-	if err := netlink.LinkSetUp(br); err != nil {
-		t.Fatalf("bridge up: %v", err)
-	}
+	lab := &testLab{t: t, cluster: cl, clusterName: cl.Name, cgroupRoot: cgRoot, subnet: b[0], podNet: 100 + b[1]%100, bridge: "blb" + suffix}
+	lab.addBridge()
 
 	// The apiserver listens on loopback; nodes reach it through a proxy on
 	// the bridge address.
@@ -199,6 +184,28 @@ func newTestLab(t *testing.T) *testLab {
 	return lab
 }
 
+// addBridge creates the underlay bridge with address .1, removed at cleanup.
+func (l *testLab) addBridge() {
+	t := l.t
+	br := &netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: l.bridge}}
+	if err := netlink.LinkAdd(br); err != nil {
+		t.Fatalf("add bridge: %v", err)
+	}
+	t.Cleanup(func() {
+		if err := netlink.LinkDel(br); err != nil {
+			t.Errorf("delete bridge %s: %v", l.bridge, err)
+		}
+	})
+	addr := &netlink.Addr{IPNet: &net.IPNet{IP: l.underlayIP(1), Mask: net.CIDRMask(24, 32)}}
+	if err := netlink.AddrAdd(br, addr); err != nil {
+		t.Fatalf("address bridge: %v", err)
+	}
+	if err := netlink.LinkSetUp(br); err != nil {
+		t.Fatalf("bridge up: %v", err)
+	}
+
+}
+
 func (l *testLab) underlayIP(host byte) net.IP { return net.IPv4(198, 18, l.subnet, host).To4() }
 
 func (l *testLab) podCIDR(i int) string { return fmt.Sprintf("10.%d.%d.0/24", l.podNet, i) }
@@ -217,7 +224,7 @@ type labNode struct {
 
 // startNode creates node i's namespace on the underlay and starts the node
 // process in it.
-func (l *testLab) startNode(i int, zone string) *labNode {
+func (l *testLab) startNode(i int, zone string, creds *nodeCreds) *labNode {
 	t := l.t
 	t.Helper()
 	n := &labNode{name: fmt.Sprintf("node-%d", i), ip: l.underlayIP(byte(10 + i)), exited: make(chan struct{})}
@@ -283,22 +290,14 @@ func (l *testLab) startNode(i int, zone string) *labNode {
 		}
 	})
 
-	kubeconfig := filepath.Join(dir, "kubeconfig")
-	kc := clientcmdapi.NewConfig()
-	kc.Clusters["lab"] = &clientcmdapi.Cluster{Server: "https://" + l.apiAddr, CertificateAuthorityData: l.cluster.RESTConfig.CAData, TLSServerName: "localhost"}
-	kc.AuthInfos["lab"] = &clientcmdapi.AuthInfo{Token: l.cluster.RESTConfig.BearerToken}
-	kc.Contexts["lab"] = &clientcmdapi.Context{Cluster: "lab", AuthInfo: "lab"}
-	kc.CurrentContext = "lab"
-	if err := clientcmd.WriteToFile(*kc, kubeconfig); err != nil {
-		t.Fatal(err)
+	if creds == nil {
+		creds = l.testCreds(dir, n.ip)
 	}
-	certFile, keyFile := writeServingCert(t, dir, n.ip)
-
 	args := []string{"node",
-		"--kubeconfig", kubeconfig, "--node-name", n.name, "--cluster", l.cluster.Name,
+		"--kubeconfig", creds.kubeconfig, "--node-name", n.name, "--cluster", l.clusterName,
 		"--zone", zone, "--region", "lab-region", "--node-ip", n.ip.String(),
 		"--cgroup-parent", n.cgroup, "--state-dir", n.stateDir,
-		"--serving-cert", certFile, "--serving-key", keyFile,
+		"--serving-cert", creds.cert, "--serving-key", creds.key, "--client-ca", creds.clientCA,
 		"--capacity", "cpu=4,memory=8Gi,pods=20",
 	}
 	logf, err := os.Create(n.log)
@@ -346,6 +345,29 @@ func (n *labNode) stop(t *testing.T) {
 		_ = n.cmd.Process.Kill()
 		<-n.exited
 	}
+}
+
+// nodeCreds are a node's kubeconfig and kubelet API certificates.
+type nodeCreds struct {
+	kubeconfig, cert, key, clientCA string
+}
+
+// testCreds writes a kubeconfig reaching the kubelab apiserver through the
+// proxy, with the admin token, and a self-signed serving certificate; the
+// kubelab apiserver has no kubelet client certificate, so no client CA.
+func (l *testLab) testCreds(dir string, ip net.IP) *nodeCreds {
+	t := l.t
+	kubeconfig := filepath.Join(dir, "kubeconfig")
+	kc := clientcmdapi.NewConfig()
+	kc.Clusters["lab"] = &clientcmdapi.Cluster{Server: "https://" + l.apiAddr, CertificateAuthorityData: l.cluster.RESTConfig.CAData, TLSServerName: "localhost"}
+	kc.AuthInfos["lab"] = &clientcmdapi.AuthInfo{Token: l.cluster.RESTConfig.BearerToken}
+	kc.Contexts["lab"] = &clientcmdapi.Context{Cluster: "lab", AuthInfo: "lab"}
+	kc.CurrentContext = "lab"
+	if err := clientcmd.WriteToFile(*kc, kubeconfig); err != nil {
+		t.Fatal(err)
+	}
+	cert, key := writeServingCert(t, dir, ip)
+	return &nodeCreds{kubeconfig: kubeconfig, cert: cert, key: key}
 }
 
 // writeServingCert writes a kubelet serving certificate for ip, signed by a

@@ -29,8 +29,8 @@ func TestLabNode(t *testing.T) {
 	lab := newTestLab(t)
 	client := lab.cluster.Client
 	ctx := t.Context()
-	a := lab.startNode(1, "zone-a")
-	b := lab.startNode(2, "zone-b")
+	a := lab.startNode(1, "zone-a", nil)
+	b := lab.startNode(2, "zone-b", nil)
 	lab.assignPodCIDR(a, lab.podCIDR(1))
 	lab.assignPodCIDR(b, lab.podCIDR(2))
 
@@ -182,8 +182,8 @@ func TestLabNode(t *testing.T) {
 		}
 		out, err = lab.kubectl("exec", "client", "--", "wget", "-qO-", "http://"+identPod.Status.PodIP+":8080/")
 		var id identity
-		if err != nil || json.Unmarshal([]byte(out), &id) != nil || id.Pod != "ident" || id.Node != a.name || id.Cluster != lab.cluster.Name {
-			t.Errorf("wget ident = %q, %v; want JSON naming pod ident, node %s, cluster %s", out, err, a.name, lab.cluster.Name)
+		if err != nil || json.Unmarshal([]byte(out), &id) != nil || id.Pod != "ident" || id.Node != a.name || id.Cluster != lab.clusterName {
+			t.Errorf("wget ident = %q, %v; want JSON naming pod ident, node %s, cluster %s", out, err, a.name, lab.clusterName)
 		}
 		_, err = lab.kubectl("exec", "client", "--", "sh", "-c", "exit 3")
 		if err == nil || !strings.Contains(err.Error(), "exit status 3") {
@@ -230,6 +230,81 @@ func TestLabNode(t *testing.T) {
 		err = ex.StreamWithContext(ctx, remotecommand.StreamOptions{Stdout: &out, Tty: true})
 		if err != nil || !strings.HasPrefix(out.String(), "/dev/pts/") {
 			t.Errorf("tty: %q, %v", out.String(), err)
+		}
+	})
+
+	t.Run("lifecycle", func(t *testing.T) {
+		sh := func(name, script string) corev1.Container {
+			return corev1.Container{Name: name, Image: "busybox", Command: []string{"sh", "-c", script}}
+		}
+		never, onFailure := corev1.RestartPolicyNever, corev1.RestartPolicyOnFailure
+		liveness := sh("main", "exec sleep 3600")
+		liveness.LivenessProbe = &corev1.Probe{ProbeHandler: corev1.ProbeHandler{Exec: &corev1.ExecAction{Command: []string{"false"}}}, InitialDelaySeconds: 1, PeriodSeconds: 1, FailureThreshold: 1}
+		pods := []*corev1.Pod{
+			{ObjectMeta: metav1.ObjectMeta{Name: "job"}, Spec: corev1.PodSpec{NodeName: b.name, RestartPolicy: never,
+				InitContainers: []corev1.Container{sh("init", "echo init done")},
+				Containers:     []corev1.Container{sh("main", "echo main; exit 2")}}},
+			{ObjectMeta: metav1.ObjectMeta{Name: "ok"}, Spec: corev1.PodSpec{NodeName: b.name, RestartPolicy: onFailure,
+				Containers: []corev1.Container{sh("main", "exit 0")}}},
+			{ObjectMeta: metav1.ObjectMeta{Name: "crash"}, Spec: corev1.PodSpec{NodeName: b.name,
+				Containers: []corev1.Container{sh("main", "echo run; exit 1")}}},
+			{ObjectMeta: metav1.ObjectMeta{Name: "unhealthy"}, Spec: corev1.PodSpec{NodeName: b.name,
+				Containers: []corev1.Container{liveness}}},
+		}
+		for _, p := range pods {
+			if _, err := client.CoreV1().Pods("default").Create(ctx, p, metav1.CreateOptions{}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		get := func(name string) *corev1.Pod {
+			p, err := client.CoreV1().Pods("default").Get(ctx, name, metav1.GetOptions{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			return p
+		}
+		eventually(t, 60*time.Second, "job failed", func() error {
+			if p := get("job"); p.Status.Phase != corev1.PodFailed {
+				return errorf("phase %s", p.Status.Phase)
+			}
+			return nil
+		})
+		job := get("job")
+		if st := job.Status.InitContainerStatuses; len(st) != 1 || st[0].State.Terminated == nil || st[0].State.Terminated.ExitCode != 0 || st[0].State.Terminated.Reason != "Completed" {
+			t.Errorf("job init status %+v", st)
+		}
+		if st := job.Status.ContainerStatuses; len(st) != 1 || st[0].State.Terminated == nil || st[0].State.Terminated.ExitCode != 2 || st[0].State.Terminated.Reason != "Error" {
+			t.Errorf("job main status %+v", st)
+		}
+		if out, err := lab.kubectl("logs", "job", "-c", "init"); err != nil || out != "init done\n" {
+			t.Errorf("logs job init = %q, %v", out, err)
+		}
+		if out, err := lab.kubectl("logs", "job", "-c", "main"); err != nil || out != "main\n" {
+			t.Errorf("logs job main = %q, %v", out, err)
+		}
+		eventually(t, 60*time.Second, "ok succeeded", func() error {
+			if p := get("ok"); p.Status.Phase != corev1.PodSucceeded {
+				return errorf("phase %s", p.Status.Phase)
+			}
+			return nil
+		})
+		restarted := func(name string, code int32) {
+			eventually(t, 60*time.Second, name+" restarted", func() error {
+				p := get(name)
+				if len(p.Status.ContainerStatuses) != 1 {
+					return errorf("statuses %+v", p.Status.ContainerStatuses)
+				}
+				st := p.Status.ContainerStatuses[0]
+				if st.RestartCount < 1 || st.LastTerminationState.Terminated == nil || st.LastTerminationState.Terminated.ExitCode != code {
+					return errorf("restarts %d, last state %+v", st.RestartCount, st.LastTerminationState)
+				}
+				return nil
+			})
+		}
+		restarted("crash", 1)
+		restarted("unhealthy", 143) // SIGTERM ends sleep
+		if out, err := lab.kubectl("logs", "crash", "--previous"); err != nil || out != "run\n" {
+			t.Errorf("logs --previous crash = %q, %v", out, err)
 		}
 	})
 

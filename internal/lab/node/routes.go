@@ -12,7 +12,9 @@ import (
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
+	authorizationv1 "k8s.io/api/authorization/v1"
 	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
 )
 
@@ -37,6 +39,44 @@ func (n *node) reconcileRoutes(ctx context.Context) error {
 			time.AfterFunc(apiRetry, func() { wakeup(n.routeWake) })
 		}
 	}
+}
+
+// waitNodeListAccess waits until this node may list and watch all Nodes,
+// which a kubelet's credentials do not allow by default; until then it logs
+// what to grant. It reports false if ctx ended first.
+func (n *node) waitNodeListAccess(ctx context.Context) bool {
+	for {
+		missing, err := n.missingNodeAccess(ctx)
+		switch {
+		case err != nil:
+			n.log.Warn("host-gw routes: check access to nodes", "err", err)
+		case len(missing) == 0:
+			return true
+		default:
+			n.log.Error("host-gw routes need read access to all Nodes; grant get, list and watch on nodes to this node's user or group system:nodes (RBAC); until then no routes to other nodes' pods are installed",
+				"missing", missing)
+		}
+		if waitBackoff(ctx, routeResync) {
+			return false
+		}
+	}
+}
+
+// missingNodeAccess returns the verbs on nodes this node may not use.
+func (n *node) missingNodeAccess(ctx context.Context) ([]string, error) {
+	var missing []string
+	for _, verb := range []string{"list", "watch"} {
+		r, err := n.client.AuthorizationV1().SelfSubjectAccessReviews().Create(ctx, &authorizationv1.SelfSubjectAccessReview{
+			Spec: authorizationv1.SelfSubjectAccessReviewSpec{ResourceAttributes: &authorizationv1.ResourceAttributes{Verb: verb, Resource: "nodes"}},
+		}, metav1.CreateOptions{})
+		if err != nil {
+			return nil, err
+		}
+		if !r.Status.Allowed {
+			missing = append(missing, verb)
+		}
+	}
+	return missing, nil
 }
 
 // desiredRoutes maps each other node's pod CIDR to its InternalIP. Nodes
@@ -92,8 +132,10 @@ func (n *node) syncRoutes() error {
 		return err
 	}
 	var own netip.Prefix
-	if n.ipam != nil {
+	select {
+	case <-n.netReady: // n.ipam is set before netReady is closed
 		own = n.ipam.prefix
+	default:
 	}
 	want, werr := desiredRoutes(n.cfg.NodeName, own, nodes)
 	have, err := netlink.RouteListFiltered(netlink.FAMILY_V4, &netlink.Route{Protocol: RouteProtocol}, netlink.RT_FILTER_PROTOCOL)

@@ -111,12 +111,24 @@ func (n *node) run(ctx context.Context) error {
 	}
 	n.log.Info("node registered", "ip", n.cfg.NodeIP)
 
+	// Our own Node (for the pod CIDR) is always readable by a kubelet;
+	// all Nodes (for host-gw routes) only with extra RBAC: see routes.go.
+	ownInformers := informers.NewSharedInformerFactoryWithOptions(n.client, 0,
+		informers.WithTweakListOptions(func(o *metav1.ListOptions) {
+			o.FieldSelector = fields.OneTermEqualSelector("metadata.name", n.cfg.NodeName).String()
+		}))
+	if _, err := ownInformers.Core().V1().Nodes().Informer().AddEventHandler(cache.ResourceEventHandlerFuncs{
+		AddFunc:    func(obj any) { n.onNode(obj) },
+		UpdateFunc: func(_, obj any) { n.onNode(obj) },
+	}); err != nil {
+		return fmt.Errorf("lab node: %w", err)
+	}
 	nodeInformers := informers.NewSharedInformerFactory(n.client, 0)
 	nodeInf := nodeInformers.Core().V1().Nodes()
 	n.nodes = nodeInf.Lister()
 	if _, err := nodeInf.Informer().AddEventHandler(cache.ResourceEventHandlerFuncs{
-		AddFunc:    func(obj any) { n.onNode(obj) },
-		UpdateFunc: func(_, obj any) { n.onNode(obj) },
+		AddFunc:    func(any) { wakeup(n.routeWake) },
+		UpdateFunc: func(_, obj any) { wakeup(n.routeWake) },
 		DeleteFunc: func(any) { wakeup(n.routeWake) },
 	}); err != nil {
 		return fmt.Errorf("lab node: %w", err)
@@ -130,12 +142,26 @@ func (n *node) run(ctx context.Context) error {
 
 	g, gctx := errgroup.WithContext(ctx)
 	stopInformers := make(chan struct{})
-	nodeInformers.Start(stopInformers)
-	defer func() { close(stopInformers); nodeInformers.Shutdown(); podInformers.Shutdown() }()
+	ownInformers.Start(stopInformers)
+	defer func() {
+		close(stopInformers)
+		ownInformers.Shutdown()
+		nodeInformers.Shutdown()
+		podInformers.Shutdown()
+	}()
 
 	g.Go(func() error { return n.heartbeat(gctx) })
 	g.Go(func() error { return n.statusUpdates(gctx) })
-	g.Go(func() error { return n.reconcileRoutes(gctx) })
+	g.Go(func() error {
+		if !n.waitNodeListAccess(gctx) {
+			return nil
+		}
+		nodeInformers.Start(stopInformers)
+		if !cache.WaitForCacheSync(gctx.Done(), nodeInf.Informer().HasSynced) {
+			return nil
+		}
+		return n.reconcileRoutes(gctx)
+	})
 	g.Go(func() error { return n.serveAPI(gctx) })
 	g.Go(func() error {
 		var cidr string
@@ -191,7 +217,7 @@ func wakeup(ch chan struct{}) {
 	}
 }
 
-// onNode handles a Node event: our own pod CIDR, and others' for routes.
+// onNode handles an event of our own Node: the pod CIDR.
 func (n *node) onNode(obj any) {
 	nd, ok := obj.(*corev1.Node)
 	if !ok {
@@ -202,8 +228,8 @@ func (n *node) onNode(obj any) {
 		case n.podCIDR <- nd.Spec.PodCIDR:
 		default: // already delivered
 		}
+		wakeup(n.routeWake)
 	}
-	wakeup(n.routeWake)
 }
 
 // onPod starts a worker for a new pod or wakes the pod's worker. It never

@@ -159,10 +159,17 @@ func (n *node) handleLogs(w http.ResponseWriter, r *http.Request) {
 	}
 	c.mu.Lock()
 	path, prev := c.logPath, c.prevLog
+	running := c.state.Running != nil
 	runID := c.id
 	c.mu.Unlock()
 	if opts.previous {
-		path = prev
+		// The previous instance is the one before the running one, or,
+		// while the container waits to restart, the one that just ended.
+		if running {
+			path = prev
+		} else if c.restartCount() == 0 {
+			path = ""
+		}
 		opts.follow = false
 	}
 	if path == "" {
