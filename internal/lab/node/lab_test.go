@@ -220,6 +220,7 @@ type labNode struct {
 	cmd      *exec.Cmd
 	log      string
 	exited   chan struct{}
+	waitErr  error // the node's exit; read after exited is closed
 }
 
 // startNode creates node i's namespace on the underlay and starts the node
@@ -311,7 +312,7 @@ func (l *testLab) startNode(i int, zone string, creds *nodeCreds) *labNode {
 	if err := inNetns(n.ns, n.cmd.Start); err != nil {
 		t.Fatalf("start node: %v", err)
 	}
-	go func() { _ = n.cmd.Wait(); close(n.exited) }()
+	go func() { n.waitErr = n.cmd.Wait(); close(n.exited) }()
 	t.Cleanup(func() {
 		n.stop(t)
 		if t.Failed() {
@@ -340,6 +341,9 @@ func (n *labNode) stop(t *testing.T) {
 	_ = n.cmd.Process.Signal(syscall.SIGTERM)
 	select {
 	case <-n.exited:
+		if n.waitErr != nil {
+			t.Errorf("node %s exited after SIGTERM with %v (a data race under -race exits 66)", n.name, n.waitErr)
+		}
 	case <-time.After(30 * time.Second):
 		t.Errorf("node %s did not stop within 30s of SIGTERM", n.name)
 		_ = n.cmd.Process.Kill()

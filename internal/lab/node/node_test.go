@@ -193,6 +193,10 @@ func TestLabNode(t *testing.T) {
 		if err != nil || out != "started client\n" {
 			t.Errorf("kubectl logs client = %q, %v", out, err)
 		}
+		out, err = lab.kubectl("exec", "client", "--", "hostname")
+		if err != nil || out != "client\n" {
+			t.Errorf("hostname in pod client = %q, %v", out, err)
+		}
 		out, err = lab.kubectl("exec", "-i", "client", "--", "cat")
 		if err != nil || out != "" {
 			t.Errorf("exec -i cat with empty stdin = %q, %v", out, err)

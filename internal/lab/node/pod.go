@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"os"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -211,7 +212,7 @@ func (w *podWorker) run(ctx context.Context) {
 // setup creates the sandbox (once) and writes the volumes.
 func (w *podWorker) setup(ctx context.Context, pod *corev1.Pod) error {
 	if w.sb == nil {
-		sb, err := w.n.createSandbox(string(pod.UID), pod.Namespace, pod.Name)
+		sb, err := w.n.createSandbox(string(pod.UID), pod.Namespace, pod.Name, podHostname(pod))
 		if err != nil {
 			return fmt.Errorf("create sandbox: %w", err)
 		}
@@ -412,3 +413,16 @@ func servedVolume(pod *corev1.Pod, name string) bool {
 }
 
 var errNotRunning = errors.New("container is not running")
+
+// podHostname is the hostname a pod's processes see: spec.hostname, else the
+// pod name, at most 63 bytes (as the kubelet truncates it).
+func podHostname(pod *corev1.Pod) string {
+	h := pod.Spec.Hostname
+	if h == "" {
+		h = pod.Name
+	}
+	if len(h) > 63 {
+		h = strings.TrimRight(h[:63], "-.")
+	}
+	return h
+}

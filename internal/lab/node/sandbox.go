@@ -115,14 +115,14 @@ func writeRecord(dir string, r sandboxRecord) error {
 type sandbox struct {
 	rec    sandboxRecord
 	dir    string // <StateDir>/pods/<uid>
-	ns     netns.NsHandle
+	ns     *podNamespaces
 	ip     netip.Addr
 	cgroup string
 }
 
 // createSandbox builds the pod's sandbox. On error, what was created is
 // removed again.
-func (n *node) createSandbox(uid, namespace, name string) (_ *sandbox, err error) {
+func (n *node) createSandbox(uid, namespace, name, hostname string) (_ *sandbox, err error) {
 	dir := filepath.Join(n.cfg.StateDir, "pods", uid)
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, fmt.Errorf("create pod dir: %w", err)
@@ -134,7 +134,7 @@ func (n *node) createSandbox(uid, namespace, name string) (_ *sandbox, err error
 	sb := &sandbox{
 		dir:    dir,
 		ip:     ip,
-		ns:     netns.None(),
+		ns:     &podNamespaces{net: netns.None()},
 		cgroup: filepath.Join(n.cfg.CgroupParent, podCgroupName(uid)),
 		rec: sandboxRecord{
 			UID: uid, Namespace: namespace, Name: name, Veth: vethName(uid),
@@ -152,7 +152,7 @@ func (n *node) createSandbox(uid, namespace, name string) (_ *sandbox, err error
 	if err := os.Mkdir(sb.cgroup, 0o755); err != nil && !errors.Is(err, os.ErrExist) {
 		return sb, fmt.Errorf("create pod cgroup: %w", err)
 	}
-	if sb.ns, err = n.spawn.newNetNS(); err != nil {
+	if sb.ns, err = n.spawn.newPodNamespaces(hostname); err != nil {
 		return sb, err
 	}
 	if err := n.plumb(sb); err != nil {
@@ -167,7 +167,7 @@ func (n *node) plumb(sb *sandbox) error {
 	veth := &netlink.Veth{
 		LinkAttrs:     netlink.LinkAttrs{Name: sb.rec.Veth},
 		PeerName:      podIfName,
-		PeerNamespace: netlink.NsFd(int(sb.ns)),
+		PeerNamespace: netlink.NsFd(int(sb.ns.net)),
 	}
 	if err := netlink.LinkAdd(veth); err != nil {
 		return fmt.Errorf("add veth %s: %w", sb.rec.Veth, err)
@@ -190,7 +190,7 @@ func (n *node) plumb(sb *sandbox) error {
 		return fmt.Errorf("route to pod %s: %w", sb.ip, err)
 	}
 
-	h, err := netlink.NewHandleAt(sb.ns)
+	h, err := netlink.NewHandleAt(sb.ns.net)
 	if err != nil {
 		return fmt.Errorf("netlink in pod namespace: %w", err)
 	}
@@ -232,10 +232,7 @@ func (n *node) destroySandbox(sb *sandbox) error {
 			errs = append(errs, fmt.Errorf("delete veth %s: %w", sb.rec.Veth, err))
 		}
 	}
-	if sb.ns.IsOpen() {
-		sb.ns.Close()
-		sb.ns = netns.None()
-	}
+	sb.ns.close()
 	if sb.ip.IsValid() {
 		n.ipam.release(sb.ip)
 	}

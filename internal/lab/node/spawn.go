@@ -70,38 +70,71 @@ func (s *spawner) do(fn func()) error {
 	return nil
 }
 
-// newNetNS creates a network namespace with its loopback up and returns a
-// handle to it; the namespace lives while the handle or a process in it does.
-func (s *spawner) newNetNS() (netns.NsHandle, error) {
-	var h netns.NsHandle
+// podNamespaces are a pod's network and UTS namespaces.
+type podNamespaces struct {
+	net netns.NsHandle // lives while the handle or a process in it does
+	uts *os.File       // the UTS namespace, whose hostname is the pod's
+}
+
+func (p *podNamespaces) close() {
+	if p.net.IsOpen() {
+		p.net.Close()
+		p.net = netns.None()
+	}
+	if p.uts != nil {
+		p.uts.Close()
+		p.uts = nil
+	}
+}
+
+// newPodNamespaces creates a network namespace (loopback down) and a UTS
+// namespace with the given hostname.
+func (s *spawner) newPodNamespaces(hostname string) (*podNamespaces, error) {
+	ns := &podNamespaces{net: netns.None()}
 	var err error
 	if derr := s.do(func() {
 		var home netns.NsHandle
-		home, err = netns.Get()
-		if err != nil {
+		var homeUTS *os.File
+		if home, err = netns.Get(); err != nil {
 			return
 		}
 		defer home.Close()
-		h, err = netns.New() // moves the thread into the new namespace
-		if serr := netns.Set(home); serr != nil {
-			err = errors.Join(err, fmt.Errorf("return to node namespace: %w", serr))
+		if homeUTS, err = os.Open("/proc/thread-self/ns/uts"); err != nil {
+			return
 		}
+		defer homeUTS.Close()
+		defer func() { // the thread goes home whatever happened
+			if serr := netns.Set(home); serr != nil {
+				err = errors.Join(err, fmt.Errorf("return to node network namespace: %w", serr))
+			}
+			if serr := unix.Setns(int(homeUTS.Fd()), unix.CLONE_NEWUTS); serr != nil {
+				err = errors.Join(err, fmt.Errorf("return to node UTS namespace: %w", serr))
+			}
+		}()
+		if ns.net, err = netns.New(); err != nil { // moves the thread in
+			return
+		}
+		if err = unix.Unshare(unix.CLONE_NEWUTS); err != nil {
+			return
+		}
+		if err = unix.Sethostname([]byte(hostname)); err != nil {
+			return
+		}
+		ns.uts, err = os.Open("/proc/thread-self/ns/uts")
 	}); derr != nil {
-		return netns.None(), derr
+		return nil, derr
 	}
 	if err != nil {
-		if h.IsOpen() {
-			h.Close()
-		}
-		return netns.None(), fmt.Errorf("create network namespace: %w", err)
+		ns.close()
+		return nil, fmt.Errorf("create pod namespaces: %w", err)
 	}
-	return h, nil
+	return ns, nil
 }
 
-// start starts cmd in network namespace ns and cgroup dir cgroup. The child
+// start starts cmd in the pod namespaces ns and cgroup dir cgroup. The child
 // gets SIGKILL if the node process dies, and its own process group (or
 // session, for a TTY) so that signals to the node do not reach it.
-func (s *spawner) start(cmd *exec.Cmd, ns netns.NsHandle, cgroup string) error {
+func (s *spawner) start(cmd *exec.Cmd, ns *podNamespaces, cgroup string) error {
 	cg, err := os.Open(cgroup)
 	if err != nil {
 		return fmt.Errorf("open cgroup %s: %w", cgroup, err)
@@ -118,18 +151,30 @@ func (s *spawner) start(cmd *exec.Cmd, ns netns.NsHandle, cgroup string) error {
 	}
 	if derr := s.do(func() {
 		var home netns.NsHandle
-		home, err = netns.Get()
-		if err != nil {
+		var homeUTS *os.File
+		if home, err = netns.Get(); err != nil {
 			return
 		}
 		defer home.Close()
-		if err = netns.Set(ns); err != nil {
+		if homeUTS, err = os.Open("/proc/thread-self/ns/uts"); err != nil {
+			return
+		}
+		defer homeUTS.Close()
+		defer func() {
+			if serr := netns.Set(home); serr != nil {
+				err = errors.Join(err, fmt.Errorf("return to node network namespace: %w", serr))
+			}
+			if serr := unix.Setns(int(homeUTS.Fd()), unix.CLONE_NEWUTS); serr != nil {
+				err = errors.Join(err, fmt.Errorf("return to node UTS namespace: %w", serr))
+			}
+		}()
+		if err = netns.Set(ns.net); err != nil {
+			return
+		}
+		if err = unix.Setns(int(ns.uts.Fd()), unix.CLONE_NEWUTS); err != nil {
 			return
 		}
 		err = cmd.Start()
-		if serr := netns.Set(home); serr != nil {
-			err = errors.Join(err, fmt.Errorf("return to node namespace: %w", serr))
-		}
 	}); derr != nil {
 		return derr
 	}
@@ -152,21 +197,44 @@ func killCgroup(dir string, timeout time.Duration) error {
 	if err := os.WriteFile(filepath.Join(dir, "cgroup.kill"), []byte("1"), 0); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return fmt.Errorf("kill cgroup %s: %w", dir, err)
 	}
-	deadline := time.Now().Add(timeout)
-	for {
-		populated, err := cgroupPopulated(dir)
-		if err != nil {
-			return err
-		}
-		if !populated {
-			break
-		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("cgroup %s still has processes after %v", dir, timeout)
-		}
-		time.Sleep(5 * time.Millisecond) // the kernel reaps killed processes within milliseconds
+	if err := waitCgroupEmpty(dir, timeout); err != nil {
+		return err
 	}
 	return removeCgroupTree(dir)
+}
+
+// waitCgroupEmpty waits until no process is left in dir or its descendants:
+// the kernel reports a change of cgroup.events' "populated" as a
+// modification of the file.
+func waitCgroupEmpty(dir string, timeout time.Duration) error {
+	fd, err := unix.InotifyInit1(unix.IN_CLOEXEC | unix.IN_NONBLOCK)
+	if err != nil {
+		return fmt.Errorf("watch cgroup %s: %w", dir, err)
+	}
+	defer unix.Close(fd)
+	if _, err := unix.InotifyAddWatch(fd, filepath.Join(dir, "cgroup.events"), unix.IN_MODIFY); err != nil {
+		if errors.Is(err, unix.ENOENT) {
+			return nil
+		}
+		return fmt.Errorf("watch cgroup %s: %w", dir, err)
+	}
+	deadline := time.Now().Add(timeout)
+	buf := make([]byte, 4096)
+	for {
+		populated, err := cgroupPopulated(dir)
+		if err != nil || !populated {
+			return err
+		}
+		left := time.Until(deadline)
+		if left <= 0 {
+			return fmt.Errorf("cgroup %s still has processes after %v", dir, timeout)
+		}
+		fds := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}
+		if _, err := unix.Poll(fds, int(left.Milliseconds())+1); err != nil && !errors.Is(err, unix.EINTR) {
+			return fmt.Errorf("watch cgroup %s: %w", dir, err)
+		}
+		_, _ = unix.Read(fd, buf) // drain; the loop re-reads the file
+	}
 }
 
 // cgroupPopulated reports whether dir or a descendant holds a process.

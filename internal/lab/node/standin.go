@@ -110,8 +110,20 @@ func (s *standin) serveUDP(pc net.PacketConn) {
 
 func (s *standin) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	s.log.Info("request", "method", r.Method, "path", r.URL.Path, "remote", r.RemoteAddr)
-	if f := s.lookup(r.URL.Path); f != "" {
-		http.ServeFile(w, r, f)
+	if name := s.lookup(r.URL.Path); name != "" {
+		// ServeContent, not ServeFile: no redirect of .../index.html.
+		f, err := os.Open(name)
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusInternalServerError)
+			return
+		}
+		defer f.Close()
+		st, err := f.Stat()
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusInternalServerError)
+			return
+		}
+		http.ServeContent(w, r, name, st.ModTime(), f)
 		return
 	}
 	if len(s.Mounts) > 0 && r.URL.Path != "/" {
