@@ -17,10 +17,16 @@
 //     its pods, logs an error naming the fix and routes nothing;
 //   - for each Pod bound to the node: creates a network namespace with a veth
 //     pair (host side named from the pod UID, /32 route to the pod IP) and an
-//     IP from the pod CIDR, a cgroup <CgroupParent>/pod-<uid> with one child
-//     cgroup per container, and runs every container as a process in that
-//     namespace and cgroup; probes (httpGet, tcpSocket, exec) drive readiness;
-//     the pod status is reported as a kubelet reports it;
+//     IP from the pod CIDR (a hostNetwork pod uses the node's namespace and
+//     address), a UTS namespace whose hostname is the pod's, a cgroup
+//     <CgroupParent>/pod-<uid> with one child cgroup per container, and runs
+//     every container (init containers first, sidecars too) as a process in
+//     those namespaces and cgroup, restarted per its restart policy; probes
+//     (httpGet, tcpSocket, exec, grpc) drive readiness, liveness and startup;
+//     ConfigMap, Secret, projected (incl. service account tokens), downward
+//     API and emptyDir volumes are written under StateDir; the pod status is
+//     reported as a kubelet reports it, and a deleted pod's processes are
+//     stopped within its grace period before the object is removed;
 //   - serves the kubelet API (containerLogs, exec over SPDY and WebSocket,
 //     healthz, pods) over TLS on NodeIP:10250 for `kubectl logs` and
 //     `kubectl exec`.

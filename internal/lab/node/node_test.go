@@ -254,6 +254,8 @@ func TestLabNode(t *testing.T) {
 				Containers: []corev1.Container{sh("main", "echo run; exit 1")}}},
 			{ObjectMeta: metav1.ObjectMeta{Name: "unhealthy"}, Spec: corev1.PodSpec{NodeName: b.name,
 				Containers: []corev1.Container{liveness}}},
+			{ObjectMeta: metav1.ObjectMeta{Name: "hostnet"}, Spec: corev1.PodSpec{NodeName: b.name, HostNetwork: true,
+				Containers: []corev1.Container{sh("main", "exec sleep 3600")}}},
 		}
 		for _, p := range pods {
 			if _, err := client.CoreV1().Pods("default").Create(ctx, p, metav1.CreateOptions{}); err != nil {
@@ -307,6 +309,12 @@ func TestLabNode(t *testing.T) {
 		}
 		restarted("crash", 1)
 		restarted("unhealthy", 143) // SIGTERM ends sleep
+		if p := lab.waitPodReady("default", "hostnet"); p.Status.PodIP != b.ip.String() {
+			t.Errorf("hostNetwork pod IP %s, want the node's %s", p.Status.PodIP, b.ip)
+		}
+		if out, err := lab.kubectl("exec", "hostnet", "--", "hostname"); err != nil || out != b.name+"\n" {
+			t.Errorf("hostname in hostNetwork pod = %q, %v; want %s", out, err, b.name)
+		}
 		if out, err := lab.kubectl("logs", "crash", "--previous"); err != nil || out != "run\n" {
 			t.Errorf("logs --previous crash = %q, %v", out, err)
 		}

@@ -212,7 +212,7 @@ func (w *podWorker) run(ctx context.Context) {
 // setup creates the sandbox (once) and writes the volumes.
 func (w *podWorker) setup(ctx context.Context, pod *corev1.Pod) error {
 	if w.sb == nil {
-		sb, err := w.n.createSandbox(string(pod.UID), pod.Namespace, pod.Name, podHostname(pod))
+		sb, err := w.n.createSandbox(pod)
 		if err != nil {
 			return fmt.Errorf("create sandbox: %w", err)
 		}

@@ -14,6 +14,7 @@ import (
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
+	corev1 "k8s.io/api/core/v1"
 )
 
 // podGateway is the address every pod's default route points at: the first
@@ -113,34 +114,43 @@ func writeRecord(dir string, r sandboxRecord) error {
 
 // sandbox is a pod's network namespace, veth pair, address and cgroup.
 type sandbox struct {
-	rec    sandboxRecord
-	dir    string // <StateDir>/pods/<uid>
-	ns     *podNamespaces
-	ip     netip.Addr
-	cgroup string
+	rec     sandboxRecord
+	dir     string // <StateDir>/pods/<uid>
+	ns      *podNamespaces
+	ip      netip.Addr
+	cgroup  string
+	hostNet bool // the pod uses the node's network namespace
 }
 
 // createSandbox builds the pod's sandbox. On error, what was created is
 // removed again.
-func (n *node) createSandbox(uid, namespace, name, hostname string) (_ *sandbox, err error) {
+func (n *node) createSandbox(pod *corev1.Pod) (_ *sandbox, err error) {
+	uid := string(pod.UID)
 	dir := filepath.Join(n.cfg.StateDir, "pods", uid)
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, fmt.Errorf("create pod dir: %w", err)
 	}
-	ip, err := n.ipam.allocate(uid)
-	if err != nil {
-		return nil, err
-	}
+	hostNet := pod.Spec.HostNetwork
 	sb := &sandbox{
-		dir:    dir,
-		ip:     ip,
-		ns:     &podNamespaces{net: netns.None()},
-		cgroup: filepath.Join(n.cfg.CgroupParent, podCgroupName(uid)),
+		dir:     dir,
+		hostNet: hostNet,
+		ns:      &podNamespaces{net: netns.None()},
+		cgroup:  filepath.Join(n.cfg.CgroupParent, podCgroupName(uid)),
 		rec: sandboxRecord{
-			UID: uid, Namespace: namespace, Name: name, Veth: vethName(uid),
-			Cgroup: filepath.Join(n.cfg.CgroupParent, podCgroupName(uid)), IP: ip.String(),
+			UID: uid, Namespace: pod.Namespace, Name: pod.Name,
+			Cgroup: filepath.Join(n.cfg.CgroupParent, podCgroupName(uid)),
 		},
 	}
+	if hostNet {
+		// The node's own network: its address, no veth.
+		sb.ip, _ = netip.AddrFromSlice(n.cfg.NodeIP.To4())
+	} else {
+		if sb.ip, err = n.ipam.allocate(uid); err != nil {
+			return nil, err
+		}
+		sb.rec.Veth = vethName(uid)
+	}
+	sb.rec.IP = sb.ip.String()
 	defer func() {
 		if err != nil {
 			err = errors.Join(err, n.destroySandbox(sb))
@@ -152,8 +162,15 @@ func (n *node) createSandbox(uid, namespace, name, hostname string) (_ *sandbox,
 	if err := os.Mkdir(sb.cgroup, 0o755); err != nil && !errors.Is(err, os.ErrExist) {
 		return sb, fmt.Errorf("create pod cgroup: %w", err)
 	}
-	if sb.ns, err = n.spawn.newPodNamespaces(hostname); err != nil {
+	hostname := podHostname(pod)
+	if hostNet {
+		hostname = n.cfg.NodeName
+	}
+	if sb.ns, err = n.spawn.newPodNamespaces(hostname, hostNet); err != nil {
 		return sb, err
+	}
+	if hostNet {
+		return sb, nil
 	}
 	if err := n.plumb(sb); err != nil {
 		return sb, fmt.Errorf("connect pod network namespace: %w", err)
@@ -227,13 +244,15 @@ func (n *node) plumb(sb *sandbox) error {
 func (n *node) destroySandbox(sb *sandbox) error {
 	var errs []error
 	errs = append(errs, killCgroup(sb.cgroup, cgroupKillTimeout))
-	if l, err := netlink.LinkByName(sb.rec.Veth); err == nil {
+	if sb.rec.Veth == "" {
+		// hostNetwork: nothing of ours in the network
+	} else if l, err := netlink.LinkByName(sb.rec.Veth); err == nil {
 		if err := netlink.LinkDel(l); err != nil {
 			errs = append(errs, fmt.Errorf("delete veth %s: %w", sb.rec.Veth, err))
 		}
 	}
 	sb.ns.close()
-	if sb.ip.IsValid() {
+	if sb.ip.IsValid() && !sb.hostNet {
 		n.ipam.release(sb.ip)
 	}
 	if err := errors.Join(errs...); err != nil {

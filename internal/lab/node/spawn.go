@@ -87,9 +87,9 @@ func (p *podNamespaces) close() {
 	}
 }
 
-// newPodNamespaces creates a network namespace (loopback down) and a UTS
-// namespace with the given hostname.
-func (s *spawner) newPodNamespaces(hostname string) (*podNamespaces, error) {
+// newPodNamespaces creates a network namespace (loopback down), or with
+// hostNet takes the node's own, and a UTS namespace with the given hostname.
+func (s *spawner) newPodNamespaces(hostname string, hostNet bool) (*podNamespaces, error) {
 	ns := &podNamespaces{net: netns.None()}
 	var err error
 	if derr := s.do(func() {
@@ -111,7 +111,12 @@ func (s *spawner) newPodNamespaces(hostname string) (*podNamespaces, error) {
 				err = errors.Join(err, fmt.Errorf("return to node UTS namespace: %w", serr))
 			}
 		}()
-		if ns.net, err = netns.New(); err != nil { // moves the thread in
+		if hostNet {
+			ns.net, err = netns.Get()
+		} else {
+			ns.net, err = netns.New() // moves the thread in
+		}
+		if err != nil {
 			return
 		}
 		if err = unix.Unshare(unix.CLONE_NEWUTS); err != nil {
