@@ -137,7 +137,11 @@ func (w *podWorker) buildStatus(pod *corev1.Pod) corev1.PodStatus {
 		}
 	}
 	conds = append(conds, boolCond(corev1.PodReady, ready, reason, msg))
+	for i := range conds {
+		conds[i].ObservedGeneration = pod.Generation
+	}
 	st.Conditions = mergeConditions(old.Conditions, conds)
+	st.ObservedGeneration = pod.Generation
 	return st
 }
 
