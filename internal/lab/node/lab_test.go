@@ -1,7 +1,6 @@
 package node
 
 import (
-	"bufio"
 	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
@@ -10,7 +9,6 @@ import (
 	"crypto/x509/pkix"
 	"encoding/hex"
 	"encoding/pem"
-	"errors"
 	"fmt"
 	"io"
 	"math/big"
@@ -33,7 +31,10 @@ import (
 	"k8s.io/client-go/tools/clientcmd"
 	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
 
+	"github.com/braidmesh/braid/internal/cgroupv2"
 	"github.com/braidmesh/braid/internal/kubelab"
+	"github.com/braidmesh/braid/internal/netnsrun"
+	"github.com/braidmesh/braid/internal/testenv"
 )
 
 // TestMain lets the test binary play the lab node binary: `<test> node ...`
@@ -52,48 +53,20 @@ func TestMain(m *testing.M) {
 	os.Exit(m.Run())
 }
 
-// requirePrivileged skips t unless it can create namespaces, veths and
-// cgroups, or fails it when BRAID_KUBE_REQUIRED is set (CI), where every
-// lab test must run.
+// requirePrivileged skips t (see testenv.Skipf: a failure where CI
+// requires every test) unless it can create namespaces, veths and cgroups,
+// and returns the cgroup v2 mount point.
 func requirePrivileged(t *testing.T) string {
 	t.Helper()
-	skip := func(reason string) {
-		t.Helper()
-		if os.Getenv("BRAID_KUBE_REQUIRED") != "" {
-			t.Fatalf("%s; BRAID_KUBE_REQUIRED is set", reason)
-		}
-		t.Skip(reason)
-	}
-	if os.Geteuid() != 0 {
-		skip("needs root (network namespaces, veths, cgroups)")
-	}
-	root, err := cgroup2Root()
+	testenv.Root(t, "network namespaces, veths, cgroups")
+	m, err := cgroupv2.Find()
 	if err != nil {
-		skip("needs cgroup v2: " + err.Error())
+		testenv.Skipf(t, "needs cgroup v2: %v", err)
 	}
 	if _, err := os.Stat("/proc/self/ns/net"); err != nil {
-		skip("needs network namespace support")
+		testenv.Skipf(t, "needs network namespace support")
 	}
-	return root
-}
-
-// cgroup2Root finds the cgroup v2 mount in /proc/self/mountinfo.
-func cgroup2Root() (string, error) {
-	f, err := os.Open("/proc/self/mountinfo")
-	if err != nil {
-		return "", err
-	}
-	defer f.Close()
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		fields := strings.Fields(sc.Text())
-		for i, fld := range fields {
-			if fld == "-" && i+1 < len(fields) && fields[i+1] == "cgroup2" {
-				return fields[4], nil
-			}
-		}
-	}
-	return "", errors.New("no cgroup2 mount in /proc/self/mountinfo")
+	return m.Point
 }
 
 func randHex(n int) string {
@@ -102,21 +75,8 @@ func randHex(n int) string {
 	return hex.EncodeToString(b)
 }
 
-// inNetns runs fn on a locked thread inside ns.
-func inNetns(ns netns.NsHandle, fn func() error) error {
-	runtime.LockOSThread()
-	defer runtime.UnlockOSThread()
-	home, err := netns.Get()
-	if err != nil {
-		return err
-	}
-	defer home.Close()
-	if err := netns.Set(ns); err != nil {
-		return err
-	}
-	defer netns.Set(home)
-	return fn()
-}
+// inNetns runs fn on a thread inside ns.
+func inNetns(ns netns.NsHandle, fn func() error) error { return netnsrun.Do(ns, fn) }
 
 // testLab is one kube-apiserver, an underlay bridge and lab nodes on it.
 type testLab struct {
@@ -406,24 +366,15 @@ func writeServingCert(t *testing.T, dir string, ip net.IP) (string, string) {
 	return certFile, keyFile
 }
 
-// eventually polls check until it returns nil or the deadline passes.
+// eventually polls check until it returns nil, failing t after timeout.
 func eventually(t *testing.T, timeout time.Duration, what string, check func() error) {
 	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for {
-		err := check()
-		if err == nil {
-			return
+	testenv.Eventually(t, timeout, func() error {
+		if err := check(); err != nil {
+			return fmt.Errorf("%s: %w", what, err)
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: not within %v: %v", what, timeout, err)
-		}
-		select {
-		case <-t.Context().Done():
-			t.Fatalf("%s: %v", what, t.Context().Err())
-		case <-time.After(100 * time.Millisecond):
-		}
-	}
+		return nil
+	})
 }
 
 // assignPodCIDR plays the controller manager's node IPAM: it sets the

@@ -315,9 +315,6 @@ func TestLabNode(t *testing.T) {
 		if out, err := lab.kubectl("exec", "hostnet", "--", "hostname"); err != nil || out != b.name+"\n" {
 			t.Errorf("hostname in hostNetwork pod = %q, %v; want %s", out, err, b.name)
 		}
-		if out, err := lab.kubectl("logs", "crash", "--previous"); err != nil || out != "run\n" {
-			t.Errorf("logs --previous crash = %q, %v", out, err)
-		}
 	})
 
 	t.Run("delete", func(t *testing.T) {
