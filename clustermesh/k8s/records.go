@@ -285,6 +285,7 @@ func (s *Source) serviceRecord(key string) (*clustermesh.Service, error) {
 	if exp != nil {
 		rec.ExportedAt = exp.CreationTimestamp.UTC()
 	}
+	rec.ClusterIPs = clusterIPs(svc)
 	names := map[string]bool{}
 	for _, p := range svc.Spec.Ports {
 		if p.Port <= 0 || p.Port > 65535 || names[p.Name] {
@@ -440,4 +441,21 @@ func cutKey(key string) (ns, name string, ok bool) {
 		}
 	}
 	return "", "", false
+}
+
+// clusterIPs are a Service's virtual IPs: Spec.ClusterIPs, or the older
+// Spec.ClusterIP alone; none for a headless service. Agents of this cluster
+// answer on them with the backends of every cluster.
+func clusterIPs(svc *corev1.Service) []netip.Addr {
+	ips := svc.Spec.ClusterIPs
+	if len(ips) == 0 && svc.Spec.ClusterIP != "" {
+		ips = []string{svc.Spec.ClusterIP}
+	}
+	var out []netip.Addr
+	for _, s := range ips {
+		if a, err := netip.ParseAddr(s); err == nil && !slices.Contains(out, a) {
+			out = append(out, a)
+		}
+	}
+	return out
 }

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/netip"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -265,6 +266,9 @@ func TestSourcePublishes(t *testing.T) {
 	mustDecode(t, rec)
 	if rec.Affinity != clustermesh.AffinityLocal || !rec.Shared || len(rec.Backends) != 2 {
 		t.Fatalf("web = %+v", rec)
+	}
+	if want := []netip.Addr{netip.MustParseAddr("10.96.0.10")}; !slices.Equal(rec.ClusterIPs, want) {
+		t.Errorf("web's cluster IPs = %v, want %v: agents answer on them", rec.ClusterIPs, want)
 	}
 	if b := rec.Backends[1]; b.Ready || !b.Serving || !b.Terminating || b.Zone != "" {
 		t.Errorf("backend 2 = %+v", b)
