@@ -16,6 +16,7 @@ import (
 	"strings"
 	"time"
 
+	rbacv1 "k8s.io/api/rbac/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
@@ -138,7 +139,33 @@ func Start(ctx context.Context, cfg Config) (c *Cluster, err error) {
 	}); err != nil {
 		return nil, fmt.Errorf("service account default/default: %w", err)
 	}
+	if err := c.grantCNI(ctx); err != nil {
+		return nil, err
+	}
 	return c, nil
+}
+
+// CNIRole is the ClusterRole, bound to the group system:nodes, that lets
+// lab nodes do what a host-gw CNI daemon does besides the kubelet's work:
+// read every Node, for the routes to their pod CIDRs. (The Node authorizer
+// lets a kubelet read only its own Node.)
+const CNIRole = "braid-lab:cni"
+
+func (c *Cluster) grantCNI(ctx context.Context) error {
+	rules := []rbacv1.PolicyRule{{APIGroups: []string{""}, Resources: []string{"nodes"}, Verbs: []string{"get", "list", "watch"}}}
+	if _, err := c.Client.RbacV1().ClusterRoles().Create(ctx, &rbacv1.ClusterRole{
+		ObjectMeta: metav1.ObjectMeta{Name: CNIRole}, Rules: rules,
+	}, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
+		return fmt.Errorf("create cluster role %s: %w", CNIRole, err)
+	}
+	if _, err := c.Client.RbacV1().ClusterRoleBindings().Create(ctx, &rbacv1.ClusterRoleBinding{
+		ObjectMeta: metav1.ObjectMeta{Name: CNIRole},
+		RoleRef:    rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "ClusterRole", Name: CNIRole},
+		Subjects:   []rbacv1.Subject{{APIGroup: rbacv1.GroupName, Kind: rbacv1.GroupKind, Name: "system:nodes"}},
+	}, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
+		return fmt.Errorf("bind cluster role %s: %w", CNIRole, err)
+	}
+	return nil
 }
 
 func (c *Cluster) path(name string) string { return filepath.Join(c.cfg.Dir, name) }
