@@ -1,0 +1,136 @@
+package lab
+
+import (
+	"fmt"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/braidmesh/braid/clustermesh/k8s"
+	"github.com/braidmesh/braid/internal/lab/proc"
+)
+
+const wireGuardKeyAnnotation = k8s.AnnotationWireGuardKey
+
+// managed is a lab process that can be stopped and started again (tests
+// restart agents and operators); only an exit nobody asked for is a failure.
+type managed struct {
+	lab  *Lab
+	name string
+	log  string
+	cmd  func() (bin string, args []string)
+
+	mu sync.Mutex
+	p  *proc.Process
+}
+
+func (l *Lab) newManaged(name, log string, cmd func() (string, []string)) *managed {
+	return &managed{lab: l, name: name, log: log, cmd: cmd}
+}
+
+// expected marks processes whose exit was asked for.
+var expected sync.Map // *proc.Process → struct{}
+
+func (m *managed) start() error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.p != nil && !m.p.Exited() {
+		return nil
+	}
+	bin, args := m.cmd()
+	p, err := proc.Start(m.name, m.log, nil, bin, args...)
+	if err != nil {
+		return err
+	}
+	m.p = p
+	m.lab.watch(p, m)
+	return nil
+}
+
+// stop stops the process (SIGTERM, SIGKILL after grace) and waits.
+func (m *managed) stop(grace time.Duration) { m.stopWith(syscall.SIGTERM, grace) }
+
+// stopWith sends sig (SIGKILL: kill at once) and waits for the exit.
+func (m *managed) stopWith(sig syscall.Signal, grace time.Duration) {
+	m.mu.Lock()
+	p := m.p
+	m.mu.Unlock()
+	if p == nil {
+		return
+	}
+	expected.Store(p, struct{}{})
+	if sig != syscall.SIGTERM {
+		_ = p.Signal(sig)
+	}
+	p.Stop(grace)
+}
+
+// pid is the current process's ID, 0 if none runs.
+func (m *managed) pid() int {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.p == nil || m.p.Exited() {
+		return 0
+	}
+	return m.p.Pid()
+}
+
+// watch reports p's exit on l.failures unless it was asked for or the lab is
+// closing.
+func (l *Lab) watch(p *proc.Process, m *managed) {
+	go func() {
+		<-p.Done()
+		if _, ok := expected.Load(p); ok {
+			expected.Delete(p)
+			return
+		}
+		l.mu.Lock()
+		closed := l.closed
+		l.mu.Unlock()
+		if closed {
+			return
+		}
+		err := fmt.Errorf("%s exited: %v; last lines of %s:\n%s", p.Name, p.Err(), p.Log, p.Tail(20))
+		select {
+		case l.failures <- err:
+		default: // the first failure is reported
+		}
+	}()
+}
+
+// StopAgent stops n's braid-agent with sig (SIGTERM: graceful) and waits.
+func (n *Node) StopAgent(sig syscall.Signal) { n.agent.stopWith(sig, 10*time.Second) }
+
+// StartAgent starts n's braid-agent again after StopAgent.
+func (n *Node) StartAgent() error { return n.agent.start() }
+
+// StopNode stops n's lab node process (its pods are removed) and waits.
+func (n *Node) StopNode() { n.kubelt.stop(20 * time.Second) }
+
+// StartNode starts n's lab node process again after StopNode.
+func (n *Node) StartNode() error { return n.kubelt.start() }
+
+// AgentLog is the path of n's agent log.
+func (n *Node) AgentLog() string { return n.agent.log }
+
+// NodeLog is the path of n's lab node log.
+func (n *Node) NodeLog() string { return n.kubelt.log }
+
+// StopOperator stops c's braid-operator with sig and waits.
+func (c *Cluster) StopOperator(sig syscall.Signal) { c.operator.stopWith(sig, 10*time.Second) }
+
+// StartOperator starts c's braid-operator again after StopOperator.
+func (c *Cluster) StartOperator() error { return c.operator.start() }
+
+// OperatorLog is the path of c's operator log.
+func (c *Cluster) OperatorLog() string { return c.operator.log }
+
+// Cluster returns the cluster named name, or nil.
+func (l *Lab) Cluster(name string) *Cluster {
+	for _, c := range l.Clusters {
+		if string(c.Name) == name {
+			return c
+		}
+	}
+	return nil
+}
