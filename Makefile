@@ -3,11 +3,12 @@ GO        ?= go
 BIN       ?= bin
 TESTFLAGS ?=
 
-.PHONY: all build test test-unit demo generate kube-tools lint bench clean
+.PHONY: all build test test-unit e2e demo generate kube-tools lint bench clean
 
 all: build
 
 build:
+	@echo "==> building braid, braid-operator, braid-agent, braid-lab into $(BIN)/"
 	$(GO) build -o $(BIN)/ ./cmd/...
 
 # Every test: unit, privileged (bpf, tunnel: skipped with a reason when not
@@ -20,10 +21,19 @@ test: lint
 test-unit:
 	$(GO) test -race -count=1 ./clustermesh/... ./kvstore/... ./cmd/...
 
-# A broker and two simulated clusters in one process: what each sees, a
-# change crossing the mesh, a cluster dying.
-demo:
-	$(GO) run ./cmd/braid demo
+# Two Kubernetes clusters × two nodes on this machine (real control planes,
+# lab nodes, a braid-operator per cluster, a braid-agent per node), joined
+# into an encrypted mesh; deploy/examples applied to both; cross-cluster
+# calls shown; runs until Ctrl-C, then removes everything.
+demo: build
+	@bash tools/lab/prepare.sh
+	@echo "==> Kubernetes binaries (cached after the first build, ~10 min cold)"
+	@kube=$$(bash tools/kube/build.sh) && BRAID_KUBE_BIN="$$kube" $(BIN)/braid-lab demo
+
+# The end-to-end tests (also part of `make test`): the lab's clusters,
+# braid's processes, real packets.
+e2e:
+	$(GO) test -tags e2e -count=1 -timeout 40m $(TESTFLAGS) ./e2e/
 
 # Regenerate the committed BPF objects (needs clang and llvm).
 generate:
