@@ -24,8 +24,12 @@
 // WireGuard sockets. Children are killed by the kernel if the lab process
 // dies (internal/lab/proc).
 //
+// Operators, agents and lab nodes restart when they exit unasked, with
+// back-off, as their pods would in a cluster (restartPolicy: Always); each
+// restart is reported on Config.Progress. Failed reports a control-plane
+// process's exit, or a lab process that keeps exiting.
+//
 // Up blocks until every node is Ready with a pod CIDR and a WireGuard key and
-// every operator and agent has synced every other cluster. Failed reports the
-// first unexpected exit of a lab process. A Lab's methods are safe for
+// every operator and agent has synced every other cluster. A Lab's methods are safe for
 // concurrent use. Everything here needs root.
 package lab

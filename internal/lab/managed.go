@@ -20,8 +20,9 @@ type managed struct {
 	log  string
 	cmd  func() (bin string, args []string)
 
-	mu sync.Mutex
-	p  *proc.Process
+	mu       sync.Mutex
+	p        *proc.Process
+	restarts int // exits in a row, for the restart policy
 }
 
 func (l *Lab) newManaged(name, log string, cmd func() (string, []string)) *managed {
@@ -75,27 +76,66 @@ func (m *managed) pid() int {
 	return m.p.Pid()
 }
 
-// watch reports p's exit on l.failures unless it was asked for or the lab is
-// closing.
+// Restart policy of managed processes, as a DaemonSet's or Deployment's
+// pod has (restartPolicy: Always, with back-off): a process that exits
+// unasked is started again after restartBackoff, doubled per exit up to
+// maxRestartBackoff; one that stays up for stableAfter starts over. Past
+// maxRestarts exits in a row the lab reports it on Failed.
+const (
+	restartBackoff    = time.Second
+	maxRestartBackoff = 16 * time.Second
+	stableAfter       = 30 * time.Second
+	maxRestarts       = 5
+)
+
+// watch handles p's exit: nothing if it was asked for or the lab is
+// closing; else, for a managed process, a restart under the restart policy,
+// and otherwise (or past maxRestarts) a report on l.failures.
 func (l *Lab) watch(p *proc.Process, m *managed) {
+	started := time.Now()
 	go func() {
 		<-p.Done()
 		if _, ok := expected.Load(p); ok {
 			expected.Delete(p)
 			return
 		}
-		l.mu.Lock()
-		closed := l.closed
-		l.mu.Unlock()
-		if closed {
+		if l.isClosed() {
 			return
 		}
 		err := fmt.Errorf("%s exited: %v; last lines of %s:\n%s", p.Name, p.Err(), p.Log, p.Tail(20))
+		if m != nil {
+			m.mu.Lock()
+			if time.Since(started) >= stableAfter {
+				m.restarts = 0
+			}
+			m.restarts++
+			n := m.restarts
+			m.mu.Unlock()
+			if n <= maxRestarts {
+				backoff := min(restartBackoff<<(n-1), maxRestartBackoff)
+				l.cfg.Progress("%s exited (%v); restart %d in %v", p.Name, p.Err(), n, backoff)
+				time.Sleep(backoff)
+				if l.isClosed() {
+					return
+				}
+				serr := m.start()
+				if serr == nil {
+					return
+				}
+				err = fmt.Errorf("%w; restart: %w", err, serr)
+			}
+		}
 		select {
 		case l.failures <- err:
 		default: // the first failure is reported
 		}
 	}()
+}
+
+func (l *Lab) isClosed() bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.closed
 }
 
 // StopAgent stops n's braid-agent with sig (SIGTERM: graceful) and waits.
