@@ -1,7 +1,12 @@
 // Package e2e holds Braid's end-to-end tests: real binaries (braid broker,
-// braid-operator, later braid-agent) run as separate processes against a
-// real etcd, and later in network namespaces with real BPF and WireGuard.
+// braid-operator, braid-agent, braid-lab) run as separate processes against
+// real etcd, in network namespaces with real BPF and WireGuard.
+//
+// TestLab and TestDemo run on the lab (internal/lab): real Kubernetes
+// control planes, lab nodes running pods as processes, an operator per
+// cluster and an agent per node; manifests are applied with kubectl.
 //
 // The tests carry the build tag e2e (`go test -tags e2e ./e2e/`); `make
-// test` runs them. Binaries are built once per run in TestMain.
+// test` and `make e2e` run them. Binaries are built once per run in
+// TestMain.
 package e2e

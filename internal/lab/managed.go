@@ -66,16 +66,6 @@ func (m *managed) stopWith(sig syscall.Signal, grace time.Duration) {
 	p.Stop(grace)
 }
 
-// pid is the current process's ID, 0 if none runs.
-func (m *managed) pid() int {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	if m.p == nil || m.p.Exited() {
-		return 0
-	}
-	return m.p.Pid()
-}
-
 // Restart policy of managed processes, as a DaemonSet's or Deployment's
 // pod has (restartPolicy: Always, with back-off): a process that exits
 // unasked is started again after restartBackoff, doubled per exit up to
