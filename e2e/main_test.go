@@ -22,7 +22,7 @@ func TestMain(m *testing.M) {
 		os.Exit(1)
 	}
 	bin = dir
-	for _, cmd := range []string{"braid", "braid-operator", "braid-agent"} {
+	for _, cmd := range []string{"braid", "braid-operator", "braid-agent", "braid-lab"} {
 		build := exec.Command("go", "build", "-o", filepath.Join(dir, cmd), "../cmd/"+cmd)
 		build.Stdout, build.Stderr = os.Stderr, os.Stderr
 		if err := build.Run(); err != nil {
