@@ -16,6 +16,7 @@ import (
 	discoveryv1 "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
+	"k8s.io/client-go/util/retry"
 
 	"github.com/braidmesh/braid/clustermesh/broker"
 	"github.com/braidmesh/braid/internal/lab"
@@ -116,13 +117,17 @@ func benchPropagation(ctx context.Context, out io.Writer, dir string, scales, sl
 
 	deployments := east.Client.AppsV1().Deployments("default")
 	scaleTo := func(n int32) error {
-		s, err := deployments.GetScale(ctx, "bench", metav1.GetOptions{})
-		if err != nil {
+		// As kubectl scale: read the scale, write it back; the controllers
+		// write the Deployment too, so retry on conflict.
+		return retry.RetryOnConflict(retry.DefaultRetry, func() error {
+			s, err := deployments.GetScale(ctx, "bench", metav1.GetOptions{})
+			if err != nil {
+				return err
+			}
+			s.Spec.Replicas = n
+			_, err = deployments.UpdateScale(ctx, "bench", s, metav1.UpdateOptions{})
 			return err
-		}
-		s.Spec.Replicas = n
-		_, err = deployments.UpdateScale(ctx, "bench", s, metav1.UpdateOptions{})
-		return err
+		})
 	}
 	var scaleLat latencies
 	for i := range scales {
