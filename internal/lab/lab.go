@@ -233,7 +233,8 @@ func (l *Lab) build(ctx context.Context) error {
 			l.watch(pr, nil)
 		}
 		c.Kubeconfig, c.RESTConfig, c.Client = c.cp.Kubeconfig, c.cp.RESTConfig, c.cp.Client
-		creds, err := l.addCluster(ctx, c.Name)
+		creds, err := l.addCluster(ctx, clustermesh.Grant{Name: c.Name, ID: c.ID,
+			PodCIDRs: []netip.Prefix{c.PodCIDR}, ServiceCIDRs: []netip.Prefix{c.ServiceCIDR}})
 		if err != nil {
 			return err
 		}
@@ -258,14 +259,16 @@ func (l *Lab) build(ctx context.Context) error {
 	return l.waitReady(ctx)
 }
 
-func (l *Lab) addCluster(ctx context.Context, name clustermesh.ClusterName) (broker.Credentials, error) {
+// addCluster grants a cluster its name, ID and ranges on the broker and
+// returns its credentials.
+func (l *Lab) addCluster(ctx context.Context, g clustermesh.Grant) (broker.Credentials, error) {
 	l.mu.Lock()
 	b := l.broker
 	l.mu.Unlock()
 	if b == nil {
-		return broker.Credentials{}, fmt.Errorf("add cluster %s: %w", name, broker.ErrNotRunning)
+		return broker.Credentials{}, fmt.Errorf("add cluster %s: %w", g.Name, broker.ErrNotRunning)
 	}
-	return b.AddCluster(ctx, name)
+	return b.AddCluster(ctx, g)
 }
 
 // StartBroker starts the embedded broker (again, after StopBroker), on the
