@@ -125,7 +125,8 @@ func (m *fakeMesh) set(name clustermesh.ClusterName, svcs ...clustermesh.Service
 	m.clusters = next
 }
 
-var testCluster = clustermesh.ClusterConfig{Name: "east", ID: 3, PodCIDRs: []netip.Prefix{netip.MustParsePrefix("10.3.0.0/16")}}
+var testCluster = clustermesh.ClusterConfig{Name: "east", ID: 3, PodCIDRs: []netip.Prefix{netip.MustParsePrefix("10.3.0.0/16")},
+	ServiceCIDRs: []netip.Prefix{netip.MustParsePrefix("10.96.0.0/16")}}
 
 type harness struct {
 	kube  *kubefake.Clientset
