@@ -6,6 +6,7 @@ import (
 	"bufio"
 	"context"
 	"encoding/json"
+	"github.com/braidmesh/braid/internal/testenv"
 	"net/http"
 	"os"
 	"os/exec"
@@ -95,7 +96,7 @@ wait:
 	for _, line := range execs {
 		args := strings.Fields(line)
 		heard := map[string]bool{}
-		eventually(t, 30*time.Second, func() error {
+		testenv.Eventually(t, 30*time.Second, func() error {
 			out, err := exec.Command(args[0], args[1:]...).Output()
 			if err != nil {
 				return err

@@ -7,6 +7,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"github.com/braidmesh/braid/internal/testenv"
 	"io"
 	"net/http"
 	"os"
@@ -29,16 +30,10 @@ import (
 func requireLab(t *testing.T) string {
 	t.Helper()
 	kubeBin := kubelab.Require(t)
-	skip := t.Skip
-	if os.Getenv("BRAID_KUBE_REQUIRED") != "" {
-		skip = func(args ...any) { t.Fatal(append([]any{"BRAID_KUBE_REQUIRED is set:"}, args...)...) }
-	}
-	if os.Geteuid() != 0 {
-		skip("skip: the lab needs root (network namespaces, cgroups, BPF)")
-	}
+	testenv.Root(t, "the lab: network namespaces, cgroups, BPF")
 	for _, tool := range []string{"ip", "nsenter", "curl", "tcpdump", "wg", "busybox"} {
 		if _, err := exec.LookPath(tool); err != nil {
-			skip(fmt.Sprintf("skip: %s not installed (tools/lab/prepare.sh installs what the lab needs)", tool))
+			testenv.Skipf(t, "%s not installed (tools/lab/prepare.sh installs what the lab needs)", tool)
 		}
 	}
 	return kubeBin
@@ -154,7 +149,7 @@ func (e *labEnv) testManifests(t *testing.T) {
 	for _, c := range []*lab.Cluster{e.east, e.west} {
 		vip := e.vip(t, c, "web")
 		heard := map[string]bool{}
-		eventually(t, 90*time.Second, func() error {
+		testenv.Eventually(t, 90*time.Second, func() error {
 			id, err := e.call(t, c, "http://"+vip+":8080/")
 			if err != nil {
 				return err
@@ -191,7 +186,7 @@ func (e *labEnv) testKubectl(t *testing.T) {
 		t.Errorf("kubectl exec -i cat: %q", out)
 	}
 	// The stand-in logs each request it serves.
-	eventually(t, 30*time.Second, func() error {
+	testenv.Eventually(t, 30*time.Second, func() error {
 		out, err := e.kubectl(t, c, nil, "logs", "deploy/web", "-c", "whoami")
 		if err != nil {
 			return err
@@ -203,7 +198,7 @@ func (e *labEnv) testKubectl(t *testing.T) {
 	})
 	e.mustKubectl(t, c, nil, "scale", "deployment/web", "--replicas=3")
 	e.mustKubectl(t, c, nil, "rollout", "status", "deployment/web", "--timeout=120s")
-	eventually(t, 30*time.Second, func() error {
+	testenv.Eventually(t, 30*time.Second, func() error {
 		slices, err := c.Client.DiscoveryV1().EndpointSlices("default").List(context.Background(), metav1.ListOptions{LabelSelector: "kubernetes.io/service-name=web"})
 		if err != nil {
 			return err
@@ -270,7 +265,7 @@ func (e *labEnv) testOneSided(t *testing.T) {
 		e.mustKubectl(t, dir.from, strings.NewReader(soloManifest(name, false)), "apply", "-f", "-")
 		e.mustKubectl(t, dir.to, nil, "rollout", "status", "deployment/"+name, "--timeout=120s")
 		url := "http://" + e.vip(t, dir.from, name) + ":8080/"
-		eventually(t, 60*time.Second, func() error {
+		testenv.Eventually(t, 60*time.Second, func() error {
 			_, err := e.call(t, dir.from, url)
 			return err
 		})
@@ -393,7 +388,7 @@ spec:
 	c, other := e.east, "west"
 	for _, a := range []string{"local", "remote", "none"} {
 		url := "http://" + e.vip(t, c, "aff-"+a) + ":8080/"
-		eventually(t, 60*time.Second, func() error {
+		testenv.Eventually(t, 60*time.Second, func() error {
 			_, err := e.call(t, c, url)
 			return err
 		})
@@ -571,7 +566,7 @@ func (e *labEnv) waitSynced(t *testing.T) {
 			urls = append(urls, n.StatusURL)
 		}
 		for _, u := range urls {
-			eventually(t, 60*time.Second, func() error {
+			testenv.Eventually(t, 60*time.Second, func() error {
 				snap, err := status.Fetch(context.Background(), client, u)
 				if err != nil {
 					return err
@@ -616,7 +611,7 @@ func (e *labEnv) testBrokerOutage(t *testing.T) {
 	}
 	back := time.Now()
 	pods := map[string]bool{}
-	eventually(t, 30*time.Second, func() error {
+	testenv.Eventually(t, 30*time.Second, func() error {
 		id, err := e.call(t, c, url)
 		if err != nil {
 			return err
@@ -641,7 +636,7 @@ func (e *labEnv) testClusterLeaves(t *testing.T) {
 		t.Fatal(err)
 	}
 	e.west.StopOperator(syscall.SIGKILL) // no goodbye: only the lease tells
-	eventually(t, 60*time.Second, func() error {
+	testenv.Eventually(t, 60*time.Second, func() error {
 		_, err := e.call(t, e.east, url)
 		if err == nil {
 			return fmt.Errorf("solo-west still answers from east")

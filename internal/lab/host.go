@@ -1,15 +1,14 @@
 package lab
 
 import (
-	"bufio"
 	"bytes"
 	"errors"
 	"fmt"
+	"github.com/braidmesh/braid/internal/cgroupv2"
 	"io/fs"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"slices"
 	"strings"
 	"syscall"
 	"time"
@@ -70,27 +69,11 @@ func createNodeNetns(p *Plan, n *NodePlan) error {
 // cgroup2Root returns where the cgroup v2 hierarchy is mounted, from
 // /proc/self/mountinfo.
 func cgroup2Root() (string, error) {
-	f, err := os.Open("/proc/self/mountinfo")
+	m, err := cgroupv2.Find()
 	if err != nil {
-		return "", fmt.Errorf("find cgroup2 mount: %w", err)
+		return "", fmt.Errorf("find cgroup2 mount: %w (mount one: mount -t cgroup2 none /sys/fs/cgroup)", err)
 	}
-	defer f.Close()
-	s := bufio.NewScanner(f)
-	for s.Scan() {
-		// 40 30 0:37 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw
-		fields := strings.Fields(s.Text())
-		sep := slices.Index(fields, "-")
-		if sep < 0 || sep+1 >= len(fields) || len(fields) < 5 {
-			continue
-		}
-		if fields[sep+1] == "cgroup2" {
-			return fields[4], nil
-		}
-	}
-	if err := s.Err(); err != nil {
-		return "", fmt.Errorf("find cgroup2 mount: %w", err)
-	}
-	return "", errors.New("find cgroup2 mount: no cgroup2 file system in /proc/self/mountinfo (mount one: mount -t cgroup2 none /sys/fs/cgroup)")
+	return m.Point, nil
 }
 
 // removeCgroup kills every process in the cgroup tree at dir and removes it,
