@@ -21,6 +21,7 @@ import (
 
 	"github.com/braidmesh/braid/clustermesh"
 	"github.com/braidmesh/braid/clustermesh/broker"
+	"github.com/braidmesh/braid/clustermesh/join"
 	"github.com/braidmesh/braid/clustermesh/status"
 	"github.com/braidmesh/braid/internal/kubelab"
 	"github.com/braidmesh/braid/internal/lab/controlplane"
@@ -261,12 +262,12 @@ func (l *Lab) build(ctx context.Context) error {
 
 // addCluster grants a cluster its name, ID and ranges on the broker and
 // returns its credentials.
-func (l *Lab) addCluster(ctx context.Context, g clustermesh.Grant) (broker.Credentials, error) {
+func (l *Lab) addCluster(ctx context.Context, g clustermesh.Grant) (join.Credentials, error) {
 	l.mu.Lock()
 	b := l.broker
 	l.mu.Unlock()
 	if b == nil {
-		return broker.Credentials{}, fmt.Errorf("add cluster %s: %w", g.Name, broker.ErrNotRunning)
+		return join.Credentials{}, fmt.Errorf("add cluster %s: %w", g.Name, broker.ErrNotRunning)
 	}
 	return b.AddCluster(ctx, g)
 }
