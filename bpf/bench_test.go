@@ -115,7 +115,7 @@ func BenchmarkConnectLatency(b *testing.B) {
 			var sv []bpf.BackendID
 			for i := 0; i < n; i++ {
 				ks = append(ks, bpf.ServiceKeyFor(vipN(i), protoTCP))
-				vs = append(vs, bpf.ServiceValue{SvcId: uint32(i + 1), Count: [4]uint16{1}})
+				vs = append(vs, bpf.ServiceValue{SvcId: uint32(i + 1), Count: [bpf.NumBands]uint16{1}})
 				sk = append(sk, bpf.SlotKey{SvcId: uint32(i + 1)})
 				sv = append(sv, 1)
 			}

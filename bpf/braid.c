@@ -23,15 +23,21 @@ char LICENSE[] SEC("license") = "Dual BSD/GPL";
 #define FAMILY_V4 4
 #define FAMILY_V6 6
 
-/* Topology tiers of a backend as seen from this node. Slots of a service
- * are laid out tier by tier in this order. */
+/* Topology tiers of a backend as seen from this node, closest first. */
 enum braid_tier {
 	TIER_NODE = 0,    /* same node */
 	TIER_ZONE = 1,    /* same cluster, same zone, other node */
 	TIER_CLUSTER = 2, /* same cluster, other zone */
-	TIER_REMOTE = 3,  /* another cluster */
-	TIER_MAX = 4,
+	TIER_REGION = 3,  /* another cluster in the same region */
+	TIER_REMOTE = 4,  /* any other cluster */
+	TIER_MAX = 5,
 };
+
+/* A service's slots are laid out in bands, most preferred first. The agent
+ * decides which tiers share a band (from the service's affinity and
+ * topology preference); the programs use the first band that holds a
+ * healthy backend and pick evenly within it. */
+#define BAND_MAX 5
 
 enum braid_affinity {
 	AFFINITY_NONE = 0,
@@ -40,7 +46,13 @@ enum braid_affinity {
 };
 
 enum braid_backend_flags {
-	BACKEND_F_HEALTHY = 1,
+	BACKEND_F_HEALTHY = 1, /* ready in its EndpointSlice and its node alive */
+};
+
+enum braid_service_flags {
+	/* No backend is healthy: the slots hold every ready backend whatever
+	 * its node's liveness, rather than blackholing the service. */
+	SVC_F_FALLBACK = 1,
 };
 
 enum braid_ipcache_flags {
@@ -63,7 +75,8 @@ enum braid_counter {
 	COUNTER_SVC_DNAT = 5,         /* tc translated a service packet */
 	COUNTER_SOCK_LB = 6,          /* socket hook translated a VIP */
 	COUNTER_TUNNEL_REDIRECT = 7,  /* steered to the tunnel device */
-	COUNTER_MAX = 8,
+	COUNTER_FALLBACK = 8,         /* backend picked from a service in fallback */
+	COUNTER_MAX = 9,
 };
 
 enum braid_ct_flags {
@@ -98,10 +111,9 @@ struct svc_key {
 
 struct svc_value {
 	__u32 svc_id;
-	__u16 count[TIER_MAX]; /* healthy backends per tier */
-	__u8 affinity;
-	__u8 flags;
-	__u16 pad;
+	__u16 count[BAND_MAX]; /* slots per band, best band first */
+	__u8 affinity; /* for diagnostics: the bands already apply it */
+	__u8 flags;    /* enum braid_service_flags */
 };
 
 struct slot_key {
@@ -176,7 +188,8 @@ struct datapath_config {
 
 /* Map sizes are placeholders: the loader sets them from its Config. Maps are
  * pinned by name, so a map whose key or value layout changes gets a new name
- * (ct_v2, config_v2: last_seen and netns_cookie were added). */
+ * (ct_v2, config_v2: last_seen and netns_cookie were added; services_v2:
+ * tiers became bands). */
 struct {
 	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
 	__type(key, struct ipcache_key);
@@ -190,7 +203,7 @@ struct {
 	__type(key, struct svc_key);
 	__type(value, struct svc_value);
 	__uint(max_entries, 1);
-} services SEC(".maps");
+} services_v2 SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
@@ -245,6 +258,7 @@ struct {
 const enum braid_tier *unused_tier __attribute__((unused));
 const enum braid_affinity *unused_affinity __attribute__((unused));
 const enum braid_backend_flags *unused_bflags __attribute__((unused));
+const enum braid_service_flags *unused_sflags __attribute__((unused));
 const enum braid_ipcache_flags *unused_iflags __attribute__((unused));
 const enum braid_policy_action *unused_action __attribute__((unused));
 const enum braid_counter *unused_counter __attribute__((unused));
@@ -256,10 +270,11 @@ static __always_inline void count(__u32 idx)
 		*v += 1;
 }
 
-/* pick_in_range picks a healthy backend among n slots starting at base,
- * probing forward from a random start. */
+/* pick_in_range picks a backend among n slots starting at base, probing
+ * forward from a random start: a healthy one, or any when the service is in
+ * fallback. */
 static __always_inline struct backend_value *
-pick_in_range(__u32 svc_id, __u32 base, __u32 n, __u32 rnd, __u32 *id_out)
+pick_in_range(__u32 svc_id, __u32 base, __u32 n, __u32 rnd, int any, __u32 *id_out)
 {
 	if (n == 0)
 		return NULL;
@@ -272,7 +287,7 @@ pick_in_range(__u32 svc_id, __u32 base, __u32 n, __u32 rnd, __u32 *id_out)
 		if (!id)
 			continue;
 		struct backend_value *be = bpf_map_lookup_elem(&backends, id);
-		if (be && (be->flags & BACKEND_F_HEALTHY)) {
+		if (be && (any || (be->flags & BACKEND_F_HEALTHY))) {
 			*id_out = *id;
 			return be;
 		}
@@ -280,32 +295,26 @@ pick_in_range(__u32 svc_id, __u32 base, __u32 n, __u32 rnd, __u32 *id_out)
 	return NULL;
 }
 
-/* select_backend applies the service's affinity over its tiers. */
+/* select_backend picks from the first band holding a usable backend. */
 static __always_inline struct backend_value *
 select_backend(const struct svc_value *svc, __u32 *id_out)
 {
 	__u32 rnd = bpf_get_prandom_u32();
-	__u32 c0 = svc->count[0], c1 = svc->count[1], c2 = svc->count[2], c3 = svc->count[3];
-	__u32 base[TIER_MAX] = { 0, c0, c0 + c1, c0 + c1 + c2 };
-	__u32 cnt[TIER_MAX] = { c0, c1, c2, c3 };
+	int fallback = svc->flags & SVC_F_FALLBACK;
+	__u32 base = 0;
 	struct backend_value *be;
 
-	if (svc->affinity == AFFINITY_NONE)
-		return pick_in_range(svc->svc_id, 0, c0 + c1 + c2 + c3, rnd, id_out);
-
-	if (svc->affinity == AFFINITY_REMOTE) {
-		be = pick_in_range(svc->svc_id, base[TIER_REMOTE], cnt[TIER_REMOTE], rnd, id_out);
-		if (be)
-			return be;
-	}
 #pragma unroll
-	for (int t = 0; t < TIER_REMOTE; t++) {
-		be = pick_in_range(svc->svc_id, base[t], cnt[t], rnd, id_out);
-		if (be)
+	for (int b = 0; b < BAND_MAX; b++) {
+		__u32 n = svc->count[b];
+		be = pick_in_range(svc->svc_id, base, n, rnd, fallback, id_out);
+		if (be) {
+			if (fallback)
+				count(COUNTER_FALLBACK);
 			return be;
+		}
+		base += n;
 	}
-	if (svc->affinity == AFFINITY_LOCAL)
-		return pick_in_range(svc->svc_id, base[TIER_REMOTE], cnt[TIER_REMOTE], rnd, id_out);
 	return NULL;
 }
 
@@ -368,7 +377,7 @@ static __always_inline int sock_xlate(struct bpf_sock_addr *ctx, __u8 family, in
 	key.proto = ctx->protocol;
 	key.port = (__u16)ctx->user_port;
 	sock_addr_load(ctx, family, mapped, key.addr);
-	struct svc_value *svc = bpf_map_lookup_elem(&services, &key);
+	struct svc_value *svc = bpf_map_lookup_elem(&services_v2, &key);
 	if (!svc)
 		return 1;
 
@@ -698,7 +707,7 @@ int tc_from_pod(struct __sk_buff *skb)
 #pragma unroll
 	for (int i = 0; i < 4; i++)
 		sk.addr[i] = p.daddr[i];
-	struct svc_value *svc = bpf_map_lookup_elem(&services, &sk);
+	struct svc_value *svc = bpf_map_lookup_elem(&services_v2, &sk);
 
 	struct ct_key fk = {};
 	tuple(&p, &fk);

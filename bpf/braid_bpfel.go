@@ -50,7 +50,8 @@ const (
 	braidBraidCounterCOUNTER_SVC_DNAT          braidBraidCounter = 5
 	braidBraidCounterCOUNTER_SOCK_LB           braidBraidCounter = 6
 	braidBraidCounterCOUNTER_TUNNEL_REDIRECT   braidBraidCounter = 7
-	braidBraidCounterCOUNTER_MAX               braidBraidCounter = 8
+	braidBraidCounterCOUNTER_FALLBACK          braidBraidCounter = 8
+	braidBraidCounterCOUNTER_MAX               braidBraidCounter = 9
 )
 
 type braidBraidIpcacheFlags uint32
@@ -67,14 +68,21 @@ const (
 	braidBraidPolicyActionPOLICY_DENY  braidBraidPolicyAction = 2
 )
 
+type braidBraidServiceFlags uint32
+
+const (
+	braidBraidServiceFlagsSVC_F_FALLBACK braidBraidServiceFlags = 1
+)
+
 type braidBraidTier uint32
 
 const (
 	braidBraidTierTIER_NODE    braidBraidTier = 0
 	braidBraidTierTIER_ZONE    braidBraidTier = 1
 	braidBraidTierTIER_CLUSTER braidBraidTier = 2
-	braidBraidTierTIER_REMOTE  braidBraidTier = 3
-	braidBraidTierTIER_MAX     braidBraidTier = 4
+	braidBraidTierTIER_REGION  braidBraidTier = 3
+	braidBraidTierTIER_REMOTE  braidBraidTier = 4
+	braidBraidTierTIER_MAX     braidBraidTier = 5
 )
 
 type braidCtKey struct {
@@ -172,10 +180,9 @@ type braidSvcKey struct {
 type braidSvcValue struct {
 	_        structs.HostLayout
 	SvcId    uint32
-	Count    [4]uint16
+	Count    [5]uint16
 	Affinity uint8
 	Flags    uint8
-	Pad      uint16
 }
 
 // Names of all BPF objects in the ELF.
@@ -189,7 +196,7 @@ const (
 	braidMapCtV2              = "ct_v2"
 	braidMapIpcache           = "ipcache"
 	braidMapPolicy            = "policy"
-	braidMapServices          = "services"
+	braidMapServicesV2        = "services_v2"
 	braidMapSockRevnat        = "sock_revnat"
 	braidProgSockConnect4     = "sock_connect4"
 	braidProgSockConnect6     = "sock_connect6"
@@ -206,6 +213,7 @@ const (
 	braidVarUnusedBflags      = "unused_bflags"
 	braidVarUnusedCounter     = "unused_counter"
 	braidVarUnusedIflags      = "unused_iflags"
+	braidVarUnusedSflags      = "unused_sflags"
 	braidVarUnusedTier        = "unused_tier"
 )
 
@@ -274,7 +282,7 @@ type braidMapSpecs struct {
 	CtV2         *ebpf.MapSpec `ebpf:"ct_v2"`
 	Ipcache      *ebpf.MapSpec `ebpf:"ipcache"`
 	Policy       *ebpf.MapSpec `ebpf:"policy"`
-	Services     *ebpf.MapSpec `ebpf:"services"`
+	ServicesV2   *ebpf.MapSpec `ebpf:"services_v2"`
 	SockRevnat   *ebpf.MapSpec `ebpf:"sock_revnat"`
 }
 
@@ -287,6 +295,7 @@ type braidVariableSpecs struct {
 	UnusedBflags   *ebpf.VariableSpec `ebpf:"unused_bflags"`
 	UnusedCounter  *ebpf.VariableSpec `ebpf:"unused_counter"`
 	UnusedIflags   *ebpf.VariableSpec `ebpf:"unused_iflags"`
+	UnusedSflags   *ebpf.VariableSpec `ebpf:"unused_sflags"`
 	UnusedTier     *ebpf.VariableSpec `ebpf:"unused_tier"`
 }
 
@@ -317,7 +326,7 @@ type braidMaps struct {
 	CtV2         *ebpf.Map `ebpf:"ct_v2"`
 	Ipcache      *ebpf.Map `ebpf:"ipcache"`
 	Policy       *ebpf.Map `ebpf:"policy"`
-	Services     *ebpf.Map `ebpf:"services"`
+	ServicesV2   *ebpf.Map `ebpf:"services_v2"`
 	SockRevnat   *ebpf.Map `ebpf:"sock_revnat"`
 }
 
@@ -330,7 +339,7 @@ func (m *braidMaps) Close() error {
 		m.CtV2,
 		m.Ipcache,
 		m.Policy,
-		m.Services,
+		m.ServicesV2,
 		m.SockRevnat,
 	)
 }
@@ -344,6 +353,7 @@ type braidVariables struct {
 	UnusedBflags   *ebpf.Variable `ebpf:"unused_bflags"`
 	UnusedCounter  *ebpf.Variable `ebpf:"unused_counter"`
 	UnusedIflags   *ebpf.Variable `ebpf:"unused_iflags"`
+	UnusedSflags   *ebpf.Variable `ebpf:"unused_sflags"`
 	UnusedTier     *ebpf.Variable `ebpf:"unused_tier"`
 }
 

@@ -39,14 +39,17 @@
 //
 // # Backend selection
 //
-// A ServiceValue holds the number of healthy backends per Tier; the
-// service's slots (SlotKey{SvcId, 0..n-1}) list them tier by tier in Tier
-// order. AffinityLocal takes the first tier with a healthy backend in the
-// order node, zone, cluster, remote; AffinityRemote tries remote first, then
-// the local tiers; AffinityNone picks uniformly among all slots. A backend
-// whose BackendHealthy flag is clear is skipped (up to 8 probes per tier),
-// so a health flip takes effect before the slots are rewritten. A service
-// whose backends are all unhealthy refuses connect() (EPERM) and drops
+// A service's slots (SlotKey{SvcId, 0..n-1}) are laid out in bands, most
+// preferred first; ServiceValue.Count holds the number of slots per band.
+// The programs take the first band holding a healthy backend and pick
+// uniformly within it. Which tiers share a band (the service's affinity
+// and topology preference) is the writer's decision (clustermesh/datapath
+// computes it), so the programs know no policy. A backend whose
+// BackendHealthy flag is clear is skipped (up to 8 probes per band), so a
+// health flip takes effect before the slots are rewritten. A service with
+// ServiceFallback set has no healthy backend and its slots hold every ready
+// one: any of them may be picked, and each pick counts CounterFallback. A
+// service without a usable backend refuses connect() (EPERM) and drops
 // packets (CounterDropNoBackend).
 //
 // # Ownership and restarts
@@ -58,10 +61,10 @@
 // restarting or upgrading the agent drops no connection. Legacy clsact
 // filters are replaced with the same handle and priority, also atomically.
 // A pinned map whose layout or size differs from this build makes Load fail
-// with ErrIncompatible; layout changes need a new map name (ct and config
-// became ct_v2 and config_v2; Load removes the old pins, which no program
-// of this build uses, so flows tracked by tc before such an upgrade are
-// tracked anew).
+// with ErrIncompatible; layout changes need a new map name (ct, config and
+// services became ct_v2, config_v2 and services_v2; Load removes the old
+// pins, which no program of this build uses, so flows tracked by tc before
+// such an upgrade are tracked anew).
 //
 // AttachTC takes an interface index in the calling thread's network
 // namespace. Map methods are safe for concurrent use; Objects methods that

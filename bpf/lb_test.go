@@ -34,37 +34,37 @@ func load(t *testing.T) *bpf.Objects {
 type testBackend struct {
 	id      uint32
 	addr    netip.Addr
-	tier    bpf.Tier
+	band    int // 0 is the most preferred
 	healthy bool
 }
 
-// setService writes one service by hand: backends, slots tier by tier, then
+// setService writes one service by hand: backends, slots band by band, then
 // the frontend record.
-func setService(t *testing.T, objs *bpf.Objects, svcID uint32, vip netip.AddrPort, proto uint8, affinity uint8, bes []testBackend) {
+func setService(t *testing.T, objs *bpf.Objects, svcID uint32, vip netip.AddrPort, proto uint8, flags uint8, bes []testBackend) {
 	t.Helper()
-	var counts [bpf.NumTiers]uint16
+	var counts [bpf.NumBands]uint16
 	slot := uint32(0)
-	for tier := bpf.Tier(0); int(tier) < bpf.NumTiers; tier++ {
+	for band := 0; band < bpf.NumBands; band++ {
 		for _, b := range bes {
 			fam, w := bpf.AddrWords(b.addr)
-			v := bpf.BackendValue{Addr: w, Port: bpf.Port(bpftest.BackendPort), Family: fam, Tier: uint8(b.tier)}
+			v := bpf.BackendValue{Addr: w, Port: bpf.Port(bpftest.BackendPort), Family: fam}
 			if b.healthy {
 				v.Flags = bpf.BackendHealthy
 			}
 			if err := objs.Backends.Update(b.id, v); err != nil {
 				t.Fatal(err)
 			}
-			if b.tier != tier {
+			if b.band != band {
 				continue
 			}
 			if err := objs.Slots.Update(bpf.SlotKey{SvcId: svcID, Slot: slot}, b.id); err != nil {
 				t.Fatal(err)
 			}
 			slot++
-			counts[tier]++
+			counts[band]++
 		}
 	}
-	if err := objs.Services.Update(bpf.ServiceKeyFor(vip, proto), bpf.ServiceValue{SvcId: svcID, Count: counts, Affinity: affinity}); err != nil {
+	if err := objs.Services.Update(bpf.ServiceKeyFor(vip, proto), bpf.ServiceValue{SvcId: svcID, Count: counts, Flags: flags}); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -118,38 +118,52 @@ func TestSocketLB(t *testing.T) {
 				id := svcID
 				svcID++
 				localID, remoteID := 10*id+1, 10*id+2
-				both := func(localHealthy bool) []testBackend {
-					return []testBackend{{localID, f.local, bpf.TierNode, localHealthy}, {remoteID, f.remote, bpf.TierRemote, true}}
+				// Two bands: local preferred, remote as the fallback band.
+				bands := func(localBand, remoteBand int, localHealthy bool) []testBackend {
+					return []testBackend{{localID, f.local, localBand, localHealthy}, {remoteID, f.remote, remoteBand, true}}
 				}
 
-				setService(t, objs, id, vip, proto, bpf.AffinityLocal, both(true))
+				setService(t, objs, id, vip, proto, 0, bands(0, 1, true))
 				if got := tally(t, lab, network, vip, n); got["local"] != n {
-					t.Errorf("affinity local, local healthy: %v, want all %d local", got, n)
+					t.Errorf("local band first, local healthy: %v, want all %d local", got, n)
 				}
 
-				setService(t, objs, id, vip, proto, bpf.AffinityLocal, both(false))
+				setService(t, objs, id, vip, proto, 0, bands(0, 1, false))
 				if got := tally(t, lab, network, vip, n); got["remote"] != n {
-					t.Errorf("affinity local, local unhealthy: %v, want all %d remote", got, n)
+					t.Errorf("local band first, local unhealthy: %v, want all %d remote", got, n)
+				}
+
+				// Fallback: every backend unhealthy, the service flagged:
+				// unhealthy ones are picked and counted.
+				before := counters(t, objs)[bpf.CounterFallback]
+				fb := bands(0, 1, false)
+				fb[1].healthy = false
+				setService(t, objs, id, vip, proto, bpf.ServiceFallback, fb)
+				if got := tally(t, lab, network, vip, n); got["local"] != n {
+					t.Errorf("fallback: %v, want all %d local (first band)", got, n)
+				}
+				if d := counters(t, objs)[bpf.CounterFallback] - before; d != n {
+					t.Errorf("fallback counter rose by %d, want %d", d, n)
 				}
 
 				// Removed: the only local backend leaves the slots.
 				objs.Slots.BatchDelete([]bpf.SlotKey{{SvcId: id, Slot: 0}, {SvcId: id, Slot: 1}})
-				setService(t, objs, id, vip, proto, bpf.AffinityLocal, both(true)[1:])
+				setService(t, objs, id, vip, proto, 0, bands(0, 0, true)[1:])
 				if got := tally(t, lab, network, vip, n); got["remote"] != n {
-					t.Errorf("affinity local, no local backend: %v, want all %d remote", got, n)
+					t.Errorf("no local backend: %v, want all %d remote", got, n)
 				}
 
-				setService(t, objs, id, vip, proto, bpf.AffinityRemote, both(true))
+				setService(t, objs, id, vip, proto, 0, bands(1, 0, true))
 				if got := tally(t, lab, network, vip, n); got["remote"] != n {
-					t.Errorf("affinity remote: %v, want all %d remote", got, n)
+					t.Errorf("remote band first: %v, want all %d remote", got, n)
 				}
 
-				setService(t, objs, id, vip, proto, bpf.AffinityNone, both(true))
+				setService(t, objs, id, vip, proto, 0, bands(0, 0, true))
 				got := tally(t, lab, network, vip, n)
 				if l, r := got["local"], got["remote"]; l+r != n || l < n*45/100 || r < n*45/100 {
-					t.Errorf("affinity none: %v, want a 50/50 split within 10%%", got)
+					t.Errorf("one band: %v, want a 50/50 split within 10%%", got)
 				}
-				t.Logf("affinity none split: %v", got)
+				t.Logf("one band split: %v", got)
 			})
 		}
 	}
@@ -170,8 +184,8 @@ func TestSocketLBUnconnectedUDP(t *testing.T) {
 
 	vip4 := netip.MustParseAddrPort("10.96.0.20:53")
 	vip6 := netip.MustParseAddrPort("[fd00:96::20]:53")
-	setService(t, objs, 1, vip4, protoUDP, bpf.AffinityLocal, []testBackend{{1, lab.LocalV4, bpf.TierNode, true}})
-	setService(t, objs, 2, vip6, protoUDP, bpf.AffinityLocal, []testBackend{{2, lab.LocalV6, bpf.TierNode, true}})
+	setService(t, objs, 1, vip4, protoUDP, 0, []testBackend{{1, lab.LocalV4, 0, true}})
+	setService(t, objs, 2, vip6, protoUDP, 0, []testBackend{{2, lab.LocalV6, 0, true}})
 
 	cases := []struct {
 		name, network, bind string
@@ -222,7 +236,7 @@ func TestSocketLBNetnsFilter(t *testing.T) {
 	bpftest.EnterCgroup(t, cg)
 
 	vip := netip.MustParseAddrPort("10.96.0.30:80")
-	setService(t, objs, 1, vip, protoTCP, bpf.AffinityLocal, []testBackend{{1, lab.LocalV4, bpf.TierNode, true}})
+	setService(t, objs, 1, vip, protoTCP, 0, []testBackend{{1, lab.LocalV4, 0, true}})
 	client := bpftest.NetNSCookie(t, lab.Client)
 	other := bpftest.NetNSCookie(t, lab.Remote)
 	if client == other {

@@ -67,7 +67,7 @@ func (c Config) withDefaults() Config {
 var ErrIncompatible = errors.New("pinned map incompatible")
 
 // obsoleteMaps are pinned map names of earlier builds, removed by Load.
-var obsoleteMaps = []string{"ct", "config"}
+var obsoleteMaps = []string{"ct", "config", "services"}
 
 // Objects are the loaded programs and the pinned maps. The caller owns them
 // and must Close them; closing does not detach pinned links or remove pinned
@@ -101,7 +101,7 @@ func Load(cfg Config) (*Objects, error) {
 	}
 	sizes := map[string]uint32{
 		braidMapIpcache:      cfg.IPCacheEntries,
-		braidMapServices:     cfg.ServiceEntries,
+		braidMapServicesV2:   cfg.ServiceEntries,
 		braidMapBackends:     cfg.BackendEntries,
 		braidMapBackendSlots: cfg.SlotEntries,
 		braidMapPolicy:       cfg.PolicyEntries,
@@ -132,7 +132,7 @@ func Load(cfg Config) (*Objects, error) {
 	}
 	m := &o.objs.braidMaps
 	o.IPCache = newMap[IPCacheKey, IPCacheValue](m.Ipcache, braidMapIpcache)
-	o.Services = newMap[ServiceKey, ServiceValue](m.Services, braidMapServices)
+	o.Services = newMap[ServiceKey, ServiceValue](m.ServicesV2, braidMapServicesV2)
 	o.Slots = newMap[SlotKey, BackendID](m.BackendSlots, braidMapBackendSlots)
 	o.Backends = newMap[BackendID, BackendValue](m.Backends, braidMapBackends)
 	o.Policy = newMap[PolicyKey, PolicyValue](m.Policy, braidMapPolicy)

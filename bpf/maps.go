@@ -37,18 +37,23 @@ const (
 	FamilyV6 uint8 = 6
 )
 
-// Tier is a backend's topology relative to this node. A service's slots are
-// laid out tier by tier in this order.
+// Tier is a backend's topology relative to this node (BackendValue.Tier).
 type Tier uint8
 
-// Tiers, best first.
+// Tiers, closest first.
 const (
 	TierNode    = Tier(braidBraidTierTIER_NODE)
 	TierZone    = Tier(braidBraidTierTIER_ZONE)
 	TierCluster = Tier(braidBraidTierTIER_CLUSTER)
+	TierRegion  = Tier(braidBraidTierTIER_REGION)
 	TierRemote  = Tier(braidBraidTierTIER_REMOTE)
 	NumTiers    = int(braidBraidTierTIER_MAX)
 )
+
+// NumBands is the length of ServiceValue.Count. A service's slots are laid
+// out band by band, most preferred first; the programs pick evenly among
+// the healthy backends of the first band that has one.
+const NumBands = len(ServiceValue{}.Count)
 
 // Affinity values of ServiceValue.Affinity.
 const (
@@ -60,10 +65,13 @@ const (
 // Flags.
 const (
 	BackendHealthy = uint16(braidBraidBackendFlagsBACKEND_F_HEALTHY)
-	IPCacheLocal   = uint8(braidBraidIpcacheFlagsIPCACHE_F_LOCAL)
-	IPCacheTunnel  = uint8(braidBraidIpcacheFlagsIPCACHE_F_TUNNEL)
-	PolicyAllow    = uint8(braidBraidPolicyActionPOLICY_ALLOW)
-	PolicyDeny     = uint8(braidBraidPolicyActionPOLICY_DENY)
+	// ServiceFallback marks a service none of whose backends is healthy:
+	// its slots hold every ready backend and any of them may be picked.
+	ServiceFallback = uint8(braidBraidServiceFlagsSVC_F_FALLBACK)
+	IPCacheLocal    = uint8(braidBraidIpcacheFlagsIPCACHE_F_LOCAL)
+	IPCacheTunnel   = uint8(braidBraidIpcacheFlagsIPCACHE_F_TUNNEL)
+	PolicyAllow     = uint8(braidBraidPolicyActionPOLICY_ALLOW)
+	PolicyDeny      = uint8(braidBraidPolicyActionPOLICY_DENY)
 )
 
 // Counter indexes the datapath's packet counters.
@@ -79,10 +87,11 @@ const (
 	CounterServiceDNAT     = Counter(braidBraidCounterCOUNTER_SVC_DNAT)
 	CounterSockLB          = Counter(braidBraidCounterCOUNTER_SOCK_LB)
 	CounterTunnelRedirect  = Counter(braidBraidCounterCOUNTER_TUNNEL_REDIRECT)
+	CounterFallback        = Counter(braidBraidCounterCOUNTER_FALLBACK)
 	NumCounters            = int(braidBraidCounterCOUNTER_MAX)
 )
 
-var counterNames = [...]string{"forward", "reply", "drop_policy", "drop_default_deny", "drop_no_backend", "service_dnat", "sock_lb", "tunnel_redirect"}
+var counterNames = [...]string{"forward", "reply", "drop_policy", "drop_default_deny", "drop_no_backend", "service_dnat", "sock_lb", "tunnel_redirect", "fallback"}
 
 // String returns the counter's metric-friendly name, e.g. "drop_policy".
 func (c Counter) String() string {

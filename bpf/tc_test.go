@@ -109,7 +109,7 @@ func TestTCServiceAndPolicy(t *testing.T) {
 		{"service DNAT v6", 2, netip.MustParseAddrPort("[fd00:96::1:1]:80"), n.ips6[1]},
 	} {
 		t.Run(c.name, func(t *testing.T) {
-			setService(t, objs, c.svcID, c.vip, protoTCP, bpf.AffinityNone, []testBackend{{c.svcID, c.backend, bpf.TierNode, true}})
+			setService(t, objs, c.svcID, c.vip, protoTCP, 0, []testBackend{{c.svcID, c.backend, 0, true}})
 			before := counters(t, objs)[bpf.CounterServiceDNAT]
 			start := monotonicNow(t)
 			for i := 0; i < 20; i++ {

@@ -251,6 +251,9 @@ func DecodeServiceOnNodes(owner *ClusterConfig, isNodeIP func(netip.Addr) bool, 
 	if _, err := ParseAffinity(string(s.Affinity)); err != nil || s.Affinity == "" {
 		return Service{}, invalid(key, KindServices, "affinity %q: must be one of local, remote, none", s.Affinity)
 	}
+	if s.Topology != TopologyZone && s.Topology != TopologyRegion && s.Topology != TopologyNone {
+		return Service{}, invalid(key, KindServices, "topology %q: must be one of zone, region or absent", s.Topology)
+	}
 	for _, ip := range s.ClusterIPs {
 		if !ip.IsValid() {
 			return Service{}, invalid(key, KindServices, "invalid cluster IP")

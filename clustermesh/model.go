@@ -187,6 +187,36 @@ func ParseAffinity(s string) (Affinity, error) {
 	return "", fmt.Errorf("affinity %q: must be one of local, remote, none", s)
 }
 
+// Topology is how strongly a global service prefers backends close to the
+// client's node. Without a preference the backends an affinity selects are
+// used evenly.
+type Topology string
+
+// Topology values.
+const (
+	// TopologyNone uses the backends the affinity selects evenly.
+	TopologyNone Topology = ""
+	// TopologyZone prefers, in order, backends on the client's node, in its
+	// zone, in its cluster, in its region, then anywhere (Kubernetes'
+	// spec.trafficDistribution PreferClose, or braid.dev/topology: zone).
+	TopologyZone Topology = "zone"
+	// TopologyRegion prefers the client's cluster, then its region, then
+	// anywhere (braid.dev/topology: region).
+	TopologyRegion Topology = "region"
+)
+
+// ParseTopology accepts "", "none", "zone" and "region" ("" and "none" are
+// TopologyNone).
+func ParseTopology(s string) (Topology, error) {
+	switch Topology(s) {
+	case "", "none":
+		return TopologyNone, nil
+	case TopologyZone, TopologyRegion:
+		return Topology(s), nil
+	}
+	return "", fmt.Errorf("topology %q: must be one of zone, region, none", s)
+}
+
 // Protocol is a transport protocol of a service port.
 type Protocol string
 
@@ -245,6 +275,8 @@ type Service struct {
 	// none of its own: Backends is then empty.
 	Shared   bool     `json:"shared"`
 	Affinity Affinity `json:"affinity"`
+	// Topology is the service's preference for close backends.
+	Topology Topology `json:"topology,omitempty"`
 	Headless bool     `json:"headless,omitempty"`
 	// ClusterIPs are the service's virtual IPs in the publishing cluster;
 	// agents of that cluster serve the mesh's backends on them. Other

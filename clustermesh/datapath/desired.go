@@ -10,6 +10,7 @@ import (
 type Topology struct {
 	Node      string
 	Zone      string
+	Region    string
 	Cluster   clustermesh.ClusterName
 	ClusterID clustermesh.ClusterID
 	// NodeIPs are this node's addresses: an IP entry whose HostIP is one of
@@ -32,8 +33,19 @@ type Backend struct {
 	Cluster clustermesh.ClusterName
 	Node    string
 	Zone    string
+	// Region is the region of the backend's node; it places a backend of
+	// another cluster in the region tier.
+	Region string
+	// Healthy says the endpoint is ready (or serving and not terminating).
 	Healthy bool
+	// NodeUnreachable says liveness (gossip) found the backend's node
+	// dead. Such a backend is used only when no backend of its service is
+	// both Healthy and reachable.
+	NodeUnreachable bool
 }
+
+// usable says b may receive new connections: ready on a live node.
+func (b Backend) usable() bool { return b.Healthy && !b.NodeUnreachable }
 
 // Service is a set of frontends sharing one set of backends (one service
 // port, typically one per address family).
@@ -42,7 +54,9 @@ type Service struct {
 	Name      string
 	Frontends []Frontend
 	Affinity  clustermesh.Affinity
-	Backends  []Backend
+	// Topology is the service's preference for close backends.
+	Topology clustermesh.Topology
+	Backends []Backend
 }
 
 // PolicyRule allows or denies traffic from Src to Dst. Port 0 with Protocol

@@ -14,6 +14,7 @@ type metrics struct {
 	entries, capacity, pressure *prometheus.GaugeVec
 	writes                      *prometheus.CounterVec
 	errors                      *prometheus.CounterVec
+	fallback                    prometheus.Gauge
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
@@ -30,8 +31,13 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		errors: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "reconcile_errors_total",
 			Help: "Failed map operations during reconciles."}, []string{"map"}),
 	}
+	m.fallback = prometheus.NewGauge(prometheus.GaugeOpts{Namespace: ns, Subsystem: sub, Name: "services_fallback",
+		Help: "Service frontends (per address family) with no healthy backend, served from every ready one instead; each pick counts braid_datapath_packets_total{counter=\"fallback\"}."})
 	if reg == nil {
 		return m, nil
+	}
+	if err := reg.Register(m.fallback); err != nil {
+		return nil, fmt.Errorf("register datapath metrics: %w", err)
 	}
 	for _, c := range []prometheus.Collector{m.entries, m.capacity, m.pressure, m.writes, m.errors} {
 		if err := reg.Register(c); err != nil {
@@ -55,6 +61,9 @@ type Status struct {
 	Maps        []MapStatus `json:"maps"`
 	LastSuccess time.Time   `json:"lastSuccess"`
 	LastError   string      `json:"lastError,omitempty"`
+	// Fallback counts services none of whose ready backends is on a node
+	// known alive: they are served from every ready backend.
+	Fallback int `json:"fallback,omitempty"`
 }
 
 // Health is OK or Degraded with reasons.

@@ -544,19 +544,6 @@ func affinityNum(a clustermesh.Affinity) uint8 {
 	return bpf.AffinityNone
 }
 
-// tier places b relative to this node.
-func (t Topology) tier(b Backend) bpf.Tier {
-	switch {
-	case b.Cluster != t.Cluster:
-		return bpf.TierRemote
-	case t.Node != "" && b.Node == t.Node:
-		return bpf.TierNode
-	case t.Zone != "" && b.Zone == t.Zone:
-		return bpf.TierZone
-	}
-	return bpf.TierCluster
-}
-
 // beAddr is a backend's address as stored in a BackendValue.
 type beAddr struct {
 	addr [4]uint32
@@ -655,7 +642,7 @@ func (r *Reconciler) reconcileServices(want Desired) ([]MapStatus, error) {
 		}
 		v := bpf.BackendValue{Addr: a.addr, Port: a.port, Family: a.fam, Tier: uint8(tier),
 			ClusterId: uint16(want.ClusterIDs[b.Cluster]), NodeId: hash32(b.Node), ZoneId: hash32(b.Zone)}
-		if b.Healthy {
+		if b.usable() {
 			v.Flags = bpf.BackendHealthy
 		}
 		wantBe[id] = v
@@ -718,15 +705,19 @@ func (r *Reconciler) reconcileServices(want Desired) ([]MapStatus, error) {
 	slotV := make([]bpf.BackendID, 0, nBackends)
 	slotsOf := make(map[uint32]uint32, len(groups)) // SvcId -> number of slots
 	type ranked struct {
-		id   uint32
-		tier bpf.Tier
-		a    beAddr
+		id     uint32
+		band   int
+		a      beAddr
+		usable bool
 	}
+	fallback := 0     // services in fallback
 	var rs []ranked   // reused per group
 	var seen []beAddr // reused per group; small services scan it
 	var seenSet map[beAddr]bool
 	for gi, g := range groups {
 		rs, seen = rs[:0], seen[:0]
+		bands := tierBands(g.svc.Affinity, g.svc.Topology)
+		usable := 0
 		large := len(g.svc.Backends) > 32
 		if large {
 			seenSet = make(map[beAddr]bool, len(g.svc.Backends))
@@ -753,14 +744,25 @@ func (r *Reconciler) reconcileServices(want Desired) ([]MapStatus, error) {
 			if !b.Healthy {
 				continue // kept in backends, never in slots
 			}
-			rs = append(rs, ranked{id, tier, a})
+			if b.usable() {
+				usable++
+			}
+			rs = append(rs, ranked{id, bands[tier], a, b.usable()})
+		}
+		v := bpf.ServiceValue{SvcId: ids[gi], Affinity: affinityNum(g.svc.Affinity)}
+		if usable > 0 {
+			rs = slices.DeleteFunc(rs, func(x ranked) bool { return !x.usable })
+		} else if len(rs) > 0 {
+			// Every ready backend's node is unreachable: serve from all of
+			// them rather than blackhole the service.
+			v.Flags = bpf.ServiceFallback
+			fallback++
 		}
 		slices.SortFunc(rs, func(x, y ranked) int {
-			return cmp.Or(cmp.Compare(x.tier, y.tier), x.a.compare(y.a))
+			return cmp.Or(cmp.Compare(x.band, y.band), x.a.compare(y.a))
 		})
-		v := bpf.ServiceValue{SvcId: ids[gi], Affinity: affinityNum(g.svc.Affinity)}
 		for i, rb := range rs {
-			v.Count[rb.tier]++
+			v.Count[rb.band]++
 			slotK = append(slotK, bpf.SlotKey{SvcId: ids[gi], Slot: uint32(i)})
 			slotV = append(slotV, rb.id)
 		}
@@ -785,6 +787,10 @@ func (r *Reconciler) reconcileServices(want Desired) ([]MapStatus, error) {
 		slErr = sl.remove(r)
 		beErr = be.remove(r)
 	}
+	r.m.fallback.Set(float64(fallback))
+	r.statusMu.Lock()
+	r.status.Fallback = fallback
+	r.statusMu.Unlock()
 	stats := []MapStatus{sv.status(r, svErr), sl.status(r, slErr), be.status(r, beErr)}
 	return stats, errors.Join(beErr, slErr, svErr)
 }

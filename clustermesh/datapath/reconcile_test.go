@@ -69,14 +69,14 @@ func TestReconcileLayoutAndIdempotence(t *testing.T) {
 	}
 
 	v4 := f.services.m[bpf.ServiceKeyFor(ap("10.96.0.1:80"), 6)]
-	if v4.Count != [4]uint16{1, 1, 1, 1} || v4.Affinity != bpf.AffinityLocal {
-		t.Errorf("v4 service = %+v, want one healthy backend per tier, affinity local", v4)
+	if v4.Count != [bpf.NumBands]uint16{3, 1} || v4.Affinity != bpf.AffinityLocal {
+		t.Errorf("v4 service = %+v, want this cluster's three backends in band 0, the remote one in band 1, affinity local", v4)
 	}
 	v6 := f.services.m[bpf.ServiceKeyFor(ap("[fd00:96::1]:80"), 6)]
-	if v6.Count != [4]uint16{0, 0, 0, 1} || v6.SvcId == v4.SvcId {
-		t.Errorf("v6 service = %+v, want one remote backend and its own ID", v6)
+	if v6.Count != [bpf.NumBands]uint16{0, 1} || v6.SvcId == v4.SvcId {
+		t.Errorf("v6 service = %+v, want one remote backend in the fallback band and its own ID", v6)
 	}
-	// Slots are in tier order: node, zone, cluster, remote.
+	// Slots are in band order, by address within a band.
 	wantOrder := []string{"10.1.0.5:8080", "10.1.1.5:8080", "10.1.2.5:8080", "10.2.0.5:8080"}
 	for i, w := range wantOrder {
 		id := f.slots.m[bpf.SlotKey{SvcId: v4.SvcId, Slot: uint32(i)}]
@@ -134,10 +134,10 @@ func TestReconcilePrunesAndChanges(t *testing.T) {
 		t.Errorf("ipcache has %d entries, want only the local one", len(f.ipcache.m))
 	}
 	v4 := f.services.m[bpf.ServiceKeyFor(ap("10.96.0.1:80"), 6)]
-	if v4.Count != [4]uint16{0, 1, 1, 0} {
-		t.Errorf("counts = %v, want zone and cluster only", v4.Count)
+	if v4.Count != [bpf.NumBands]uint16{2} {
+		t.Errorf("counts = %v, want zone and cluster only, in band 0", v4.Count)
 	}
-	if v6, ok := f.services.m[bpf.ServiceKeyFor(ap("[fd00:96::1]:80"), 6)]; !ok || v6.Count != [4]uint16{} {
+	if v6, ok := f.services.m[bpf.ServiceKeyFor(ap("[fd00:96::1]:80"), 6)]; !ok || v6.Count != [bpf.NumBands]uint16{} {
 		t.Errorf("v6 frontend = %+v, %v; want it kept with no backends (connects refused)", v6, ok)
 	}
 	if len(f.slots.m) != 2 || len(f.backends.m) != 3 {

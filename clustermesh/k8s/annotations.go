@@ -13,6 +13,9 @@ const (
 	AnnotationGlobal   = "braid.dev/global"
 	AnnotationShared   = "braid.dev/shared"
 	AnnotationAffinity = "braid.dev/affinity"
+	// AnnotationTopology ("zone" or "region") asks for close backends; a
+	// Service's spec.trafficDistribution PreferClose means "zone".
+	AnnotationTopology = "braid.dev/topology"
 )
 
 var (
@@ -37,6 +40,7 @@ type globalSettings struct {
 	Global   bool
 	Shared   bool
 	Affinity clustermesh.Affinity
+	Topology clustermesh.Topology
 }
 
 // parseAnnotations reads the mesh annotations. Shared defaults to true,
@@ -88,6 +92,13 @@ func parseAnnotations(ann map[string]string) (globalSettings, error) {
 		if !set {
 			s.Affinity, set = a, true
 		}
+	}
+	if v, ok := ann[AnnotationTopology]; ok {
+		tp, err := clustermesh.ParseTopology(strings.ToLower(strings.TrimSpace(v)))
+		if err != nil {
+			fail(&annotationError{Key: AnnotationTopology, Value: v, Allowed: []string{"zone", "region", "none"}})
+		}
+		s.Topology = tp
 	}
 	if firstErr != nil {
 		return globalSettings{Shared: true, Affinity: clustermesh.AffinityNone}, firstErr

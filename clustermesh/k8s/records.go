@@ -279,8 +279,15 @@ func (s *Source) serviceRecord(key string) (*clustermesh.Service, error) {
 		Global:    true,
 		Shared:    settings.Shared,
 		Affinity:  settings.Affinity,
+		Topology:  settings.Topology,
 		Headless:  svc.Spec.ClusterIP == corev1.ClusterIPNone,
 		Ports:     []clustermesh.ServicePort{},
+	}
+	if rec.Topology == clustermesh.TopologyNone && svc.Spec.TrafficDistribution != nil {
+		switch *svc.Spec.TrafficDistribution {
+		case corev1.ServiceTrafficDistributionPreferClose, corev1.ServiceTrafficDistributionPreferSameZone, corev1.ServiceTrafficDistributionPreferSameNode:
+			rec.Topology = clustermesh.TopologyZone
+		}
 	}
 	if exp != nil {
 		rec.ExportedAt = exp.CreationTimestamp.UTC()

@@ -42,7 +42,7 @@ func run(pin, cgroup, vip, backends string) error {
 	if err != nil {
 		return err
 	}
-	var counts [bpf.NumTiers]uint16
+	var counts [bpf.NumBands]uint16
 	for i, s := range strings.Split(backends, ",") {
 		ap, err := netip.ParseAddrPort(s)
 		if err != nil {
@@ -56,7 +56,7 @@ func run(pin, cgroup, vip, backends string) error {
 		if err := objs.Slots.Update(bpf.SlotKey{SvcId: 1, Slot: uint32(i)}, id); err != nil {
 			return err
 		}
-		counts[bpf.TierCluster]++
+		counts[0]++
 	}
 	if err := objs.Services.Update(bpf.ServiceKeyFor(fe, 6), bpf.ServiceValue{SvcId: 1, Count: counts}); err != nil {
 		return err
