@@ -121,12 +121,64 @@ func AddCluster(ctx context.Context, admin *clientv3.Client, g clustermesh.Grant
 	if err := ensureUser(ctx, admin, user, pw, user); err != nil {
 		return join.Credentials{}, fmt.Errorf("add cluster %s: %w", name, err)
 	}
+	keys, err := ensureGossipKeys(ctx, admin)
+	if err != nil {
+		return join.Credentials{}, fmt.Errorf("add cluster %s: %w", name, err)
+	}
 	return join.Credentials{
-		Cluster:   name,
-		Endpoints: admin.Endpoints(),
-		Username:  user,
-		Password:  pw,
+		Cluster:    name,
+		Endpoints:  admin.Endpoints(),
+		Username:   user,
+		Password:   pw,
+		GossipKeys: keys,
 	}, nil
+}
+
+// GossipKeySize is the size of a mesh gossip key: AES-256.
+const GossipKeySize = 32
+
+// GossipKeysKey holds the mesh's gossip keys (JSON, base64), outside
+// clustermesh.Root so no cluster role can read it: clusters get the keys
+// in their credentials.
+const GossipKeysKey = "braid-broker/gossip-keys"
+
+// ensureGossipKeys returns the mesh's gossip keys, generating the first one
+// if there is none. Concurrent callers agree: the key is created in a
+// transaction that only succeeds if the key is still absent.
+func ensureGossipKeys(ctx context.Context, admin *clientv3.Client) ([][]byte, error) {
+	key := make([]byte, GossipKeySize)
+	if _, err := rand.Read(key); err != nil {
+		return nil, fmt.Errorf("generate gossip key: %w", err)
+	}
+	fresh, err := json.Marshal([][]byte{key})
+	if err != nil {
+		return nil, err
+	}
+	resp, err := admin.Txn(ctx).
+		If(clientv3.Compare(clientv3.CreateRevision(GossipKeysKey), "=", 0)).
+		Then(clientv3.OpPut(GossipKeysKey, string(fresh))).
+		Else(clientv3.OpGet(GossipKeysKey)).
+		Commit()
+	if err != nil {
+		return nil, fmt.Errorf("gossip keys: %w", err)
+	}
+	if resp.Succeeded {
+		return [][]byte{key}, nil
+	}
+	kvs := resp.Responses[0].GetResponseRange().Kvs
+	if len(kvs) != 1 {
+		return nil, fmt.Errorf("gossip keys: %s vanished; run add-cluster again", GossipKeysKey)
+	}
+	var keys [][]byte
+	if err := json.Unmarshal(kvs[0].Value, &keys); err != nil || len(keys) == 0 {
+		return nil, fmt.Errorf("gossip keys at %s are malformed (want a JSON list of base64 keys): %v", GossipKeysKey, err)
+	}
+	for i, k := range keys {
+		if len(k) != GossipKeySize {
+			return nil, fmt.Errorf("gossip key %d at %s is %d bytes, want %d", i, GossipKeysKey, len(k), GossipKeySize)
+		}
+	}
+	return keys, nil
 }
 
 // writeGrant checks g against every other grant and writes it, atomically:

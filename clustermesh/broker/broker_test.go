@@ -197,6 +197,21 @@ func TestClusterAuthorization(t *testing.T) {
 	}
 	cliA := clusterClient(t, a)
 
+	t.Run("one gossip key for the mesh", func(t *testing.T) {
+		k := a.GossipKeys
+		if len(k) != 1 || len(k[0]) != GossipKeySize {
+			t.Fatalf("gossip keys in a's bundle: %d keys, want one of %d bytes", len(k), GossipKeySize)
+		}
+		for name, c := range creds {
+			if len(c.GossipKeys) != 1 || !bytes.Equal(c.GossipKeys[0], k[0]) {
+				t.Errorf("cluster %s got another gossip key than a", name)
+			}
+		}
+		if resp, err := cliA.Get(ctx, GossipKeysKey); !errors.Is(err, rpctypes.ErrPermissionDenied) {
+			t.Errorf("get %s as a: %v %v, want permission denied", GossipKeysKey, resp, err)
+		}
+	})
+
 	t.Run("own keys writable", func(t *testing.T) {
 		keys := []string{clustermesh.ClusterKey("a")}
 		for _, p := range clustermesh.OwnedPrefixes("a") {

@@ -23,6 +23,10 @@ type Credentials struct {
 	CACertPEM []byte
 	Username  string
 	Password  string
+	// GossipKeys are the mesh's gossip keys (AES-256, 32 bytes each), the
+	// first one primary. Every cluster gets the same ones: the broker
+	// generates the first once (see AddCluster).
+	GossipKeys [][]byte
 }
 
 // bundle is the JSON form of Credentials; the CA stays readable PEM.
@@ -32,11 +36,13 @@ type bundle struct {
 	CACert    string                  `json:"caCert"`
 	Username  string                  `json:"username"`
 	Password  string                  `json:"password"`
+	// GossipKeys are base64 (std) encoded.
+	GossipKeys [][]byte `json:"gossipKeys,omitempty"`
 }
 
 // MarshalJSON encodes c as a join bundle.
 func (c Credentials) MarshalJSON() ([]byte, error) {
-	return json.Marshal(bundle{c.Cluster, c.Endpoints, string(c.CACertPEM), c.Username, c.Password})
+	return json.Marshal(bundle{c.Cluster, c.Endpoints, string(c.CACertPEM), c.Username, c.Password, c.GossipKeys})
 }
 
 // UnmarshalJSON decodes a join bundle; it does not validate it.
@@ -45,7 +51,7 @@ func (c *Credentials) UnmarshalJSON(b []byte) error {
 	if err := json.Unmarshal(b, &w); err != nil {
 		return err
 	}
-	*c = Credentials{w.Cluster, w.Endpoints, []byte(w.CACert), w.Username, w.Password}
+	*c = Credentials{w.Cluster, w.Endpoints, []byte(w.CACert), w.Username, w.Password, w.GossipKeys}
 	return nil
 }
 
@@ -77,6 +83,11 @@ func (c Credentials) Validate() error {
 	}
 	if _, err := ClientTLSConfig(c.CACertPEM); err != nil {
 		errs = append(errs, err)
+	}
+	for i, k := range c.GossipKeys {
+		if len(k) != GossipKeySize {
+			errs = append(errs, fmt.Errorf("gossip key %d is %d bytes, want %d (AES-256); re-issue the bundle with braid broker add-cluster", i, len(k), GossipKeySize))
+		}
 	}
 	return errors.Join(errs...)
 }

@@ -1,0 +1,104 @@
+package gossip
+
+import (
+	"fmt"
+	"os"
+	"slices"
+	"strconv"
+	"testing"
+	"time"
+)
+
+// BenchmarkBandwidth measures the gossip each node sends in a steady pool
+// of n in-process members on loopback addresses (encrypted, default
+// tuning), over a 10 s window once every member sees all others alive.
+// BRAID_GOSSIP_MEMBERS overrides n (default 1000).
+//
+//	go test -run '^$' -bench Bandwidth -benchtime 1x ./clustermesh/gossip/
+func BenchmarkBandwidth(b *testing.B) {
+	n := 1000
+	if s := os.Getenv("BRAID_GOSSIP_MEMBERS"); s != "" {
+		n, _ = strconv.Atoi(s)
+	}
+	l := newLab(b, n, [][]byte{newKey(b)})
+	start := time.Now()
+	l.allAlive()
+	b.ReportMetric(time.Since(start).Seconds(), "converge-s")
+	const window = 10 * time.Second
+	b.ResetTimer()
+	for range b.N {
+		sent := func() (p, s uint64) {
+			for _, m := range l.members {
+				a, c := m.pool.SentBytes()
+				p, s = p+a, s+c
+			}
+			return p, s
+		}
+		p0, s0 := sent()
+		t0 := time.Now()
+		time.Sleep(window)
+		p1, s1 := sent()
+		secs := time.Since(t0).Seconds()
+		b.ReportMetric(float64(p1-p0)/secs/float64(n), "udp-B/s/node")
+		b.ReportMetric(float64(s1-s0)/secs/float64(n), "tcp-B/s/node")
+		b.ReportMetric(float64(p1-p0+s1-s0)/secs/float64(n), "B/s/node")
+	}
+	b.StopTimer()
+	unhealthy := 0
+	for _, m := range l.members {
+		for _, h := range m.pool.Health() {
+			if h.State != Alive {
+				unhealthy++
+			}
+		}
+	}
+	b.ReportMetric(float64(unhealthy), "non-alive-views")
+}
+
+// BenchmarkDetection measures, in a pool of 6 members (the lab's three
+// clusters of two nodes), how long after a member stops every other member
+// finds it unreachable, over 20 stops; the member is restarted between
+// runs. It reports p50, p99 and max.
+//
+//	go test -run '^$' -bench Detection -benchtime 1x ./clustermesh/gossip/
+func BenchmarkDetection(b *testing.B) {
+	const runs = 20
+	l := newLab(b, 6, [][]byte{newKey(b)})
+	l.allAlive()
+	var took []time.Duration
+	b.ResetTimer()
+	for range b.N {
+		took = took[:0]
+		for r := range runs {
+			victim := r % len(l.members)
+			l.members[victim].stop()
+			l.members[victim] = nil
+			stopped := time.Now()
+			var worst time.Duration
+			for i, m := range l.members {
+				if m == nil {
+					continue
+				}
+				name := l.name(victim)
+				for !m.pool.Unreachable(name) {
+					select {
+					case <-m.pool.Changes():
+					case <-time.After(30 * time.Second):
+						b.Fatalf("member %d never found %s unreachable", i, name)
+					}
+				}
+				worst = max(worst, time.Since(stopped))
+			}
+			took = append(took, worst)
+			l.start(victim)
+			l.allAlive()
+		}
+	}
+	b.StopTimer()
+	slices.Sort(took)
+	q := func(p float64) time.Duration { return took[min(len(took)-1, int(p*float64(len(took))))] }
+	b.ReportMetric(q(0.5).Seconds(), "p50-s")
+	b.ReportMetric(q(0.99).Seconds(), "p99-s")
+	b.ReportMetric(took[len(took)-1].Seconds(), "max-s")
+	b.Log(fmt.Sprint("detection times: ", took))
+}

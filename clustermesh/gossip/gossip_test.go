@@ -1,0 +1,232 @@
+package gossip
+
+import (
+	"context"
+	cryptorand "crypto/rand"
+	"fmt"
+	mathrand "math/rand/v2"
+	"net/netip"
+	"sync"
+	"testing"
+	"time"
+)
+
+// loopback returns n addresses in a random 127.R.0.0/16 (loopback answers
+// for all of 127/8), so parallel tests do not collide.
+func loopback(n int) []netip.AddrPort {
+	r := byte(2 + mathrand.IntN(250))
+	out := make([]netip.AddrPort, n)
+	for i := range out {
+		out[i] = netip.AddrPortFrom(netip.AddrFrom4([4]byte{127, r, byte(i / 250), byte(1 + i%250)}), DefaultPort)
+	}
+	return out
+}
+
+func newKey(t testing.TB) []byte {
+	k := make([]byte, KeySize)
+	if _, err := cryptorand.Read(k); err != nil {
+		t.Fatal(err)
+	}
+	return k
+}
+
+// member is one running Pool.
+type member struct {
+	pool   *Pool
+	cancel context.CancelFunc
+	done   chan error
+}
+
+func (m *member) stop() {
+	m.cancel()
+	<-m.done
+}
+
+// lab runs Pools on loopback addresses; each knows all others as members.
+type lab struct {
+	t       testing.TB
+	addrs   []netip.AddrPort
+	keys    [][]byte
+	mu      sync.Mutex
+	members []*member
+}
+
+func newLab(t testing.TB, n int, keys [][]byte) *lab {
+	l := &lab{t: t, addrs: loopback(n), keys: keys, members: make([]*member, n)}
+	for i := range n {
+		l.start(i)
+	}
+	t.Cleanup(func() {
+		for _, m := range l.members {
+			if m != nil {
+				m.stop()
+			}
+		}
+	})
+	return l
+}
+
+func (l *lab) name(i int) string { return MemberName("c", fmt.Sprintf("n%d", i)) }
+
+func (l *lab) start(i int) {
+	l.t.Helper()
+	p, err := New(Config{Name: l.name(i), Addr: l.addrs[i], Keys: l.keys}, nil, nil)
+	if err != nil {
+		l.t.Fatal(err)
+	}
+	var ms []Member
+	for j, a := range l.addrs {
+		ms = append(ms, Member{Name: l.name(j), Addr: a})
+	}
+	p.SetMembers(ms)
+	ctx, cancel := context.WithCancel(context.Background())
+	m := &member{pool: p, cancel: cancel, done: make(chan error, 1)}
+	go func() { m.done <- p.Run(ctx) }()
+	l.members[i] = m
+}
+
+// waitFor waits until cond holds for pool i, re-checking on its Changes.
+func (l *lab) waitFor(i int, what string, cond func(h map[string]NodeHealth) bool) {
+	l.t.Helper()
+	p := l.members[i].pool
+	deadline := time.After(30 * time.Second)
+	for !cond(p.Health()) {
+		select {
+		case <-p.Changes():
+		case err := <-l.members[i].done:
+			l.t.Fatalf("member %d stopped: %v", i, err)
+		case <-deadline:
+			l.t.Fatalf("member %d: %s not reached in 30s: %v", i, what, p.Health())
+		}
+	}
+}
+
+func (l *lab) allAlive(except ...int) {
+	l.t.Helper()
+	for i, m := range l.members {
+		if m == nil {
+			continue
+		}
+		l.waitFor(i, "every other member alive", func(h map[string]NodeHealth) bool {
+			for j := range l.members {
+				if j != i && h[l.name(j)].State != Alive {
+					return false
+				}
+			}
+			return len(h) == len(l.members)-1
+		})
+	}
+}
+
+func TestDeadNodeUnreachableAndBack(t *testing.T) {
+	l := newLab(t, 3, [][]byte{newKey(t)})
+	l.allAlive()
+	if h := l.members[0].pool.Health()[l.name(2)]; h.LastSeen.IsZero() {
+		t.Errorf("alive member has no last-seen time: %+v", h)
+	}
+
+	l.members[2].stop()
+	l.members[2] = nil
+	for i := range 2 {
+		l.waitFor(i, "n2 unreachable", func(map[string]NodeHealth) bool { return l.members[i].pool.Unreachable(l.name(2)) })
+		if l.members[i].pool.Unreachable(l.name(1 - i)) {
+			t.Errorf("member %d finds live member %d unreachable", i, 1-i)
+		}
+	}
+	last := l.members[0].pool.Health()[l.name(2)].LastSeen
+	if last.IsZero() {
+		t.Error("dead member lost its last-seen time")
+	}
+
+	l.start(2)
+	l.allAlive()
+	for i := range 2 {
+		if l.members[i].pool.Unreachable(l.name(2)) {
+			t.Errorf("member %d still finds the returned n2 unreachable", i)
+		}
+	}
+}
+
+func TestKeyRotationNoPartition(t *testing.T) {
+	k1, k2 := newKey(t), newKey(t)
+	l := newLab(t, 3, [][]byte{k1})
+	l.allAlive()
+
+	// Watch for any member finding another not alive during the rotation.
+	var bad []string
+	var mu sync.Mutex
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	for i, m := range l.members {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			tick := time.NewTicker(10 * time.Millisecond)
+			defer tick.Stop()
+			for {
+				for name, h := range m.pool.Health() {
+					if h.State != Alive {
+						mu.Lock()
+						bad = append(bad, fmt.Sprintf("member %d saw %s %s", i, name, h.State))
+						mu.Unlock()
+					}
+				}
+				select {
+				case <-stop:
+					return
+				case <-tick.C:
+				}
+			}
+		}()
+	}
+	// settle waits until every member sent at least 600 more bytes of
+	// packets (about six probes), so each step is exercised by probes in
+	// both directions.
+	settle := func() {
+		t.Helper()
+		var before []uint64
+		for _, m := range l.members {
+			p, _ := m.pool.SentBytes()
+			before = append(before, p)
+		}
+		deadline := time.Now().Add(30 * time.Second)
+		for i, m := range l.members {
+			for {
+				p, _ := m.pool.SentBytes()
+				if p-before[i] > 600 {
+					break
+				}
+				if time.Now().After(deadline) {
+					t.Fatalf("member %d sent no gossip", i)
+				}
+				time.Sleep(20 * time.Millisecond)
+			}
+		}
+	}
+	steps := [][][]byte{{k1, k2}, {k2, k1}, {k2}}
+	for s, keys := range steps {
+		for i, m := range l.members { // one node after the other
+			if err := m.pool.SetKeys(keys); err != nil {
+				t.Fatalf("step %d member %d: %v", s, i, err)
+			}
+			settle()
+		}
+	}
+	close(stop)
+	wg.Wait()
+	if len(bad) > 0 {
+		t.Errorf("rotation partitioned the pool: %v", bad)
+	}
+	if err := l.members[0].pool.SetKeys([][]byte{{1, 2}}); err == nil {
+		t.Error("SetKeys accepted a 2-byte key")
+	}
+}
+
+func TestConfigErrors(t *testing.T) {
+	if _, err := New(Config{Name: "c/n", Addr: netip.MustParseAddrPort("127.0.0.1:0"), Keys: [][]byte{make([]byte, 16)}}, nil, nil); err == nil {
+		t.Error("accepted a 16-byte (AES-128) key")
+	}
+	if _, err := New(Config{Name: "c/n"}, nil, nil); err == nil {
+		t.Error("accepted a pool without address")
+	}
+}
