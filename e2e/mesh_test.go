@@ -136,7 +136,7 @@ func TestServiceAcrossClustersOverWireGuard(t *testing.T) {
 			"--state-file", n.state, "--status-addr", fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t)), "--log-level", "warn")
 		status := fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t))
 		agents = append(agents, start(t, "braid-agent", "--join", join, "--node", n.node, "--zone", "zone-a", "--node-ip", n.nodeIP.String(),
-			"--bpf-pin-dir", bpftest.PinDir(t), "--cgroup", n.cgroup,
+			"--bpf-pin-dir", bpftest.PinDir(t), "--cgroup", n.cgroup, "--socket-lb-host-only=false", "--pod-devices=off",
 			"--wireguard-device", "bw"+sfx+string(n.cluster.Name[0]), "--wireguard-netns", "/run/netns/"+n.ns,
 			"--state-dir", filepath.Join(n.dir, "agent"), "--status-addr", status, "--log-level", "warn"))
 	}

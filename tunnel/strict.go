@@ -1,6 +1,7 @@
 package tunnel
 
 import (
+	"errors"
 	"fmt"
 	"net/netip"
 	"slices"
@@ -238,4 +239,30 @@ func lastAddr(p netip.Prefix) netip.Addr {
 	}
 	a, _ := netip.AddrFromSlice(b)
 	return a
+}
+
+// EnableStrict turns strict mode on in an open device, as if Config.Strict
+// had been set: the rules are installed guarding StrictCIDRs at once, and
+// every remote pod CIDR from the next Configure on. It is a no-op when
+// strict mode is on. Strict mode stays on until Close.
+func (d *Device) EnableStrict() error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.strict != nil {
+		return nil
+	}
+	if !d.opened || d.nl == nil {
+		return fmt.Errorf("enable strict mode on %s: device not open", d.cfg.Name)
+	}
+	s, err := newStrictRules(d.ns, d.cfg.Name, d.cfg.LocalPodCIDRs)
+	if err != nil {
+		return err
+	}
+	if err := s.guard(d.cfg.StrictCIDRs); err != nil {
+		return errors.Join(err, s.remove())
+	}
+	d.strict = s
+	d.cfg.Strict = true
+	d.log.Info("strict mode enabled")
+	return nil
 }

@@ -641,3 +641,31 @@ func TestCloseLeavesNoGoroutines(t *testing.T) {
 	buf := make([]byte, 1<<20)
 	t.Errorf("goroutines: %d before, %d after Close\n%s", before, after, buf[:runtime.Stack(buf, true)])
 }
+
+// TestEnableStrictAtRuntime: a device opened without strict mode (as an
+// agent does before it has read its cluster's config) drops plaintext to
+// the mesh's pod space once EnableStrict is called.
+func TestEnableStrictAtRuntime(t *testing.T) {
+	a, b := newLab(t)
+	nftTables(t, a.ns) // skips without nftables
+	a.ns.Route(t, meshCIDR, b.nodeIP)
+	b.ns.Route(t, meshCIDR, a.nodeIP)
+	a.open(t, nil)
+	if d, err := a.dev.Dropped(); err != nil || d != 0 {
+		t.Fatalf("drops without strict mode: %d, %v", d, err)
+	}
+	if err := a.dev.EnableStrict(); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.dev.EnableStrict(); err != nil {
+		t.Fatalf("second EnableStrict: %v", err)
+	}
+	sendUDP(t, a.pod, netip.AddrPortFrom(b.podIP, 5004), marker, 5)
+	drops, err := a.dev.Dropped()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if drops < 5 {
+		t.Errorf("drops after EnableStrict: %d, want >= 5", drops)
+	}
+}

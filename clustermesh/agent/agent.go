@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -8,16 +9,20 @@ import (
 	"net"
 	"net/netip"
 	"path/filepath"
+	"slices"
+	"strings"
 	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
 	"github.com/braidmesh/braid/bpf"
 	"github.com/braidmesh/braid/clustermesh"
 	"github.com/braidmesh/braid/clustermesh/datapath"
+	"github.com/braidmesh/braid/clustermesh/gossip"
 	"github.com/braidmesh/braid/clustermesh/remote"
 	"github.com/braidmesh/braid/clustermesh/status"
 	"github.com/braidmesh/braid/internal/atomicfile"
@@ -41,7 +46,16 @@ type Config struct {
 	// them (same node, same zone, same cluster, remote).
 	Node    string
 	Zone    string
+	Region  string
 	NodeIPs []netip.Addr
+	// GossipKeys, if set, turn on liveness by gossip (clustermesh/gossip)
+	// with the mesh's keys, the first primary: nodes that stop answering
+	// lose their backends' share of new connections. Gossip binds to the
+	// first of NodeIPs.
+	GossipKeys [][]byte
+	// GossipPort is the gossip port, the same on every node; zero means
+	// gossip.DefaultPort.
+	GossipPort uint16
 	// BPF configures the maps and pins.
 	BPF bpf.Config
 	// CgroupPath is the cgroup v2 directory the socket-level load balancer
@@ -49,6 +63,17 @@ type Config struct {
 	CgroupPath string
 	// Interfaces are the pod-facing devices the tc programs attach to.
 	Interfaces []string
+	// PodDevices, when set, finds pod-facing devices by itself and
+	// attaches and detaches the tc programs as pods come and go:
+	// PodDevicesAuto (host sides of veths whose peer is in another
+	// netns) or comma-separated name globs. Empty or PodDevicesOff: only
+	// Interfaces.
+	PodDevices string
+	// SocketLBHostOnly makes the socket-level load balancer act only in
+	// the agent's own network namespace (the host's: the netns-cookie
+	// filter); pods' service traffic is then translated by the tc programs
+	// on their devices. False: every netns under CgroupPath.
+	SocketLBHostOnly bool
 	// Tunnel, if set, is this node's WireGuard device; peers are every
 	// other cluster's nodes.
 	Tunnel *tunnel.Config
@@ -78,6 +103,7 @@ type Agent struct {
 	interfaceByName func(name string) (*net.Interface, error)
 
 	mu       sync.Mutex
+	pool     *gossip.Pool
 	dp       *datapath.Reconciler
 	dev      *tunnel.Device
 	loops    *loops
@@ -142,7 +168,14 @@ func (a *Agent) Run(ctx context.Context) error {
 		}
 	}
 
-	topo := datapath.Topology{Node: a.cfg.Node, Zone: a.cfg.Zone, Cluster: a.cfg.Cluster, NodeIPs: a.cfg.NodeIPs}
+	var match func(netlink.Link) bool
+	if a.cfg.PodDevices != "" && a.cfg.PodDevices != PodDevicesOff {
+		if match, err = podDeviceMatcher(a.cfg.PodDevices); err != nil {
+			return err
+		}
+	}
+
+	topo := datapath.Topology{Node: a.cfg.Node, Zone: a.cfg.Zone, Region: a.cfg.Region, Cluster: a.cfg.Cluster, NodeIPs: a.cfg.NodeIPs}
 	var dev *tunnel.Device
 	if a.cfg.Tunnel != nil {
 		dev, err = tunnel.New(*a.cfg.Tunnel, a.log)
@@ -161,10 +194,23 @@ func (a *Agent) Run(ctx context.Context) error {
 			}
 		}
 	}
-	dp, err := datapath.New(datapath.Config{Topology: topo}, datapath.MapsOf(objs), a.log, a.reg)
+	cookie := uint64(0)
+	if a.cfg.SocketLBHostOnly {
+		if cookie, err = netnsCookie(); err != nil {
+			return fmt.Errorf("restrict socket load balancer to the host: %w", err)
+		}
+	}
+	dp, err := datapath.New(datapath.Config{Topology: topo, SocketLBNetnsCookie: cookie}, datapath.MapsOf(objs), a.log, a.reg)
 	if err != nil {
 		return err
 	}
+	pool, err := a.newPool()
+	if err != nil {
+		return err
+	}
+	a.mu.Lock()
+	a.pool = pool
+	a.mu.Unlock()
 	loops, err := a.newLoops(dp, dev)
 	if err != nil {
 		return err
@@ -188,6 +234,35 @@ func (a *Agent) Run(ctx context.Context) error {
 	run(a.watcher.Run)
 	run(dp.Run)
 	run(loops.mesh.Run)
+	if match != nil {
+		run(func(ctx context.Context) error {
+			direct := func(f func() error) error { return f() }
+			if err := watchPodDevices(ctx, objs, match, nil, direct, a.log, nil); err != nil {
+				cancel(err)
+			}
+			return nil
+		})
+	}
+	if pool != nil {
+		run(func(ctx context.Context) error {
+			// Without gossip every node counts reachable: report, go on.
+			if err := pool.Run(ctx); err != nil {
+				a.setProblem("gossip", err)
+				a.log.Warn("gossip liveness is off", "err", err)
+			}
+			return nil
+		})
+		run(func(ctx context.Context) error {
+			for {
+				select {
+				case <-ctx.Done():
+					return nil
+				case <-pool.Changes():
+					loops.mesh.Trigger() // a node's liveness changed: re-tier its backends
+				}
+			}
+		})
+	}
 	if dev != nil {
 		run(loops.peers.Run)
 		run(loops.key.Run)
@@ -221,7 +296,18 @@ func (a *Agent) newLoops(dp *datapath.Reconciler, dev *tunnel.Device) (*loops, e
 	// mesh: a lone change is applied at once, a burst costs one round per
 	// MinReconcileInterval.
 	l.mesh, err = reconcile.New(reconcile.Config{Name: "mesh", MinInterval: a.cfg.MinReconcileInterval}, func(context.Context, bool) error {
-		dp.Update(DesiredState(a.watcher.Snapshot(), a.cfg.Cluster))
+		snap := a.watcher.Snapshot()
+		a.mu.Lock()
+		pool := a.pool
+		a.mu.Unlock()
+		var unreachable func(clustermesh.ClusterName, string) bool
+		if pool != nil {
+			pool.SetMembers(gossipMembers(snap, a.cfg.NodeIPs[0]))
+			unreachable = func(c clustermesh.ClusterName, node string) bool {
+				return pool.Unreachable(gossip.MemberName(string(c), node))
+			}
+		}
+		dp.Update(DesiredState(snap, a.cfg.Cluster, unreachable))
 		if l.peers != nil {
 			l.peers.Trigger()
 		}
@@ -279,7 +365,15 @@ func (a *Agent) reconcileTunnel(dp *datapath.Reconciler, dev *tunnel.Device) err
 	if a.cfg.Tunnel.ListenPort != 0 {
 		port = uint16(a.cfg.Tunnel.ListenPort)
 	}
-	peers, invalid := DesiredPeers(a.watcher.Snapshot(), a.cfg.Cluster, port)
+	snap := a.watcher.Snapshot()
+	if own := snap.Clusters[a.cfg.Cluster]; own != nil && own.Config.Capabilities.StrictEncryption {
+		// The cluster asks for strict encryption: drop plaintext to
+		// remote pods before any peer or route changes.
+		if err := dev.EnableStrict(); err != nil {
+			errs = append(errs, fmt.Errorf("enforce strict encryption: %w", err))
+		}
+	}
+	peers, invalid := DesiredPeers(snap, a.cfg.Cluster, port)
 	a.setProblem("tunnel peers", errors.Join(invalid...))
 	configure := dev.Configure
 	if a.configurePeers != nil {
@@ -289,6 +383,53 @@ func (a *Agent) reconcileTunnel(dp *datapath.Reconciler, dev *tunnel.Device) err
 		errs = append(errs, fmt.Errorf("configure tunnel peers: %w", err))
 	}
 	return errors.Join(errs...)
+}
+
+// soNetnsCookie is SO_NETNS_COOKIE (Linux 5.14), missing from x/sys/unix.
+const soNetnsCookie = 71
+
+// netnsCookie returns the cookie of the agent's network namespace, as
+// bpf_get_netns_cookie reports it.
+func netnsCookie() (uint64, error) {
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return 0, fmt.Errorf("netns cookie: %w", err)
+	}
+	defer unix.Close(fd)
+	c, err := unix.GetsockoptUint64(fd, unix.SOL_SOCKET, soNetnsCookie)
+	if err != nil {
+		return 0, fmt.Errorf("netns cookie: %w", err)
+	}
+	return c, nil
+}
+
+// newPool returns the gossip pool, or nil when gossip is off.
+func (a *Agent) newPool() (*gossip.Pool, error) {
+	if len(a.cfg.GossipKeys) == 0 {
+		return nil, nil
+	}
+	if len(a.cfg.NodeIPs) == 0 {
+		return nil, fmt.Errorf("gossip: no node IP to bind to")
+	}
+	addr := netip.AddrPortFrom(a.cfg.NodeIPs[0], a.cfg.GossipPort)
+	return gossip.New(gossip.Config{Name: gossip.MemberName(string(a.cfg.Cluster), a.cfg.Node), Addr: addr, Keys: a.cfg.GossipKeys}, a.log, a.reg)
+}
+
+// gossipMembers lists every node the mesh publishes, at its first address
+// of self's family.
+func gossipMembers(snap *remote.Snapshot, self netip.Addr) []gossip.Member {
+	var out []gossip.Member
+	for cname, cs := range snap.Clusters {
+		for _, n := range cs.Nodes {
+			for _, ip := range n.IPs {
+				if ip.Unmap().Is4() == self.Unmap().Is4() {
+					out = append(out, gossip.Member{Name: gossip.MemberName(string(cname), n.Name), Addr: netip.AddrPortFrom(ip.Unmap(), 0)})
+					break
+				}
+			}
+		}
+	}
+	return out
 }
 
 // sameNetns reports whether the network namespace at path (empty: ours)
@@ -377,7 +518,7 @@ func (a *Agent) Snapshot() status.Snapshot {
 	}
 	s.InvalidClusterConfigs, _ = a.watcher.InvalidConfigs()
 	a.mu.Lock()
-	dp, loops := a.dp, a.loops
+	dp, loops, pool := a.dp, a.loops, a.pool
 	for part, p := range a.problems {
 		s.Problems = append(s.Problems, part+": "+p)
 	}
@@ -397,6 +538,22 @@ func (a *Agent) Snapshot() status.Snapshot {
 		for _, r := range dp.Health().Reasons {
 			s.Problems = append(s.Problems, "datapath: "+r)
 		}
+		s.FallbackServices = dp.Status().Fallback
+	}
+	if pool != nil {
+		now := time.Now()
+		for name, h := range pool.Health() {
+			cluster, node, _ := strings.Cut(name, "/")
+			nh := status.NodeHealth{Cluster: clustermesh.ClusterName(cluster), Node: node, State: string(h.State),
+				Unreachable: pool.Unreachable(name), LastSeenSeconds: -1}
+			if !h.LastSeen.IsZero() {
+				nh.LastSeenSeconds = now.Sub(h.LastSeen).Seconds()
+			}
+			s.Nodes = append(s.Nodes, nh)
+		}
+		slices.SortFunc(s.Nodes, func(x, y status.NodeHealth) int {
+			return cmp.Or(cmp.Compare(x.Cluster, y.Cluster), cmp.Compare(x.Node, y.Node))
+		})
 	}
 	s.SetHealth()
 	return s

@@ -16,8 +16,10 @@ import (
 // service the local cluster publishes with cluster IPs, one datapath
 // service per port whose backends are the local cluster's plus every remote
 // cluster's that shares the service. A backend is healthy when it is ready,
-// or serving and not terminating.
-func DesiredState(snap *remote.Snapshot, local clustermesh.ClusterName) datapath.Desired {
+// or serving and not terminating; it is marked NodeUnreachable when
+// unreachable (may be nil) says so of its node. Gossip affects nothing else:
+// an unreachable node keeps its ipcache entries and its cluster's services.
+func DesiredState(snap *remote.Snapshot, local clustermesh.ClusterName, unreachable func(clustermesh.ClusterName, string) bool) datapath.Desired {
 	var want datapath.Desired
 	want.ClusterIDs = make(map[clustermesh.ClusterName]clustermesh.ClusterID, len(snap.Clusters))
 	names := make([]clustermesh.ClusterName, 0, len(snap.Clusters))
@@ -57,6 +59,7 @@ func DesiredState(snap *remote.Snapshot, local clustermesh.ClusterName) datapath
 				ds := datapath.Service{
 					Name:     fmt.Sprintf("%s/%s:%s/%s", local, n, portName(port), family(v4)),
 					Affinity: svc.Affinity,
+					Topology: svc.Topology,
 				}
 				for _, ip := range svc.ClusterIPs {
 					if ip.Is4() == v4 {
@@ -77,11 +80,13 @@ func DesiredState(snap *remote.Snapshot, local clustermesh.ClusterName) datapath
 							continue
 						}
 						ds.Backends = append(ds.Backends, datapath.Backend{
-							Addr:    netip.AddrPortFrom(b.IP, target),
-							Cluster: cname,
-							Node:    b.Node,
-							Zone:    b.Zone,
-							Healthy: b.Ready || (b.Serving && !b.Terminating),
+							Addr:            netip.AddrPortFrom(b.IP, target),
+							Cluster:         cname,
+							Node:            b.Node,
+							Zone:            b.Zone,
+							Region:          snap.Clusters[cname].Nodes[b.Node].Region,
+							Healthy:         b.Ready || (b.Serving && !b.Terminating),
+							NodeUnreachable: unreachable != nil && b.Node != "" && unreachable(cname, b.Node),
 						})
 					}
 				}

@@ -36,7 +36,7 @@ func TestDesiredStateMergesSharedBackendsAcrossClusters(t *testing.T) {
 			"default/web": {Cluster: "north", Namespace: "default", Name: "web", Global: true, Shared: false, Affinity: clustermesh.AffinityNone, Ports: ports},
 		}},
 	}}
-	want := DesiredState(snap, "east")
+	want := DesiredState(snap, "east", nil)
 	if len(want.IPCache) != 2 || want.ClusterIDs["west"] != 2 {
 		t.Fatalf("ipcache %v cluster IDs %v", want.IPCache, want.ClusterIDs)
 	}

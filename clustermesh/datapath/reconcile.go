@@ -472,7 +472,9 @@ func ipcacheEntries(topo Topology, want Desired) ([]bpf.IPCacheKey, []bpf.IPCach
 		if e.HostIP.IsValid() {
 			if local[e.HostIP.Unmap()] {
 				v.Flags = bpf.IPCacheLocal
-			} else {
+			} else if e.Cluster != topo.Cluster || topo.Cluster == "" {
+				// Only other clusters' nodes are WireGuard peers; a
+				// node of this cluster is reached over the underlay.
 				v.Flags = bpf.IPCacheTunnel
 				v.TunnelFamily, v.TunnelEndpoint = bpf.AddrWords(e.HostIP)
 			}

@@ -9,10 +9,14 @@ import (
 	"time"
 )
 
-// BenchmarkBandwidth measures the gossip each node sends in a steady pool
-// of n in-process members on loopback addresses (encrypted, default
-// tuning), over a 10 s window once every member sees all others alive.
-// BRAID_GOSSIP_MEMBERS overrides n (default 1000).
+// BenchmarkBandwidth measures the gossip each node sends in a pool of n
+// in-process members on loopback addresses (encrypted, default probe and
+// gossip intervals), over a 10 s window once every member sees 99 % of the
+// others alive. All members share this machine's cores, so acks come late
+// under load: the benchmark raises ProbeTimeout and SuspicionMult (which
+// change no steady-state traffic) to keep false suspicions from dominating,
+// and reports the non-alive views it still saw. BRAID_GOSSIP_MEMBERS
+// overrides n (default 1000).
 //
 //	go test -run '^$' -bench Bandwidth -benchtime 1x ./clustermesh/gossip/
 func BenchmarkBandwidth(b *testing.B) {
@@ -20,9 +24,10 @@ func BenchmarkBandwidth(b *testing.B) {
 	if s := os.Getenv("BRAID_GOSSIP_MEMBERS"); s != "" {
 		n, _ = strconv.Atoi(s)
 	}
-	l := newLab(b, n, [][]byte{newKey(b)})
+	l := newLabWith(b, n, func(c *Config) { c.ProbeTimeout = 180 * time.Millisecond; c.SuspicionMult = 6 }, [][]byte{newKey(b)})
+	l.wait = 5 * time.Minute
 	start := time.Now()
-	l.allAlive()
+	l.mostAlive(0.99)
 	b.ReportMetric(time.Since(start).Seconds(), "converge-s")
 	const window = 10 * time.Second
 	b.ResetTimer()

@@ -45,14 +45,18 @@ func (m *member) stop() {
 // lab runs Pools on loopback addresses; each knows all others as members.
 type lab struct {
 	t       testing.TB
+	tune    func(*Config)
+	wait    time.Duration // waitFor's deadline
 	addrs   []netip.AddrPort
 	keys    [][]byte
 	mu      sync.Mutex
 	members []*member
 }
 
-func newLab(t testing.TB, n int, keys [][]byte) *lab {
-	l := &lab{t: t, addrs: loopback(n), keys: keys, members: make([]*member, n)}
+func newLab(t testing.TB, n int, keys [][]byte) *lab { return newLabWith(t, n, nil, keys) }
+
+func newLabWith(t testing.TB, n int, tune func(*Config), keys [][]byte) *lab {
+	l := &lab{t: t, tune: tune, wait: 30 * time.Second, addrs: loopback(n), keys: keys, members: make([]*member, n)}
 	for i := range n {
 		l.start(i)
 	}
@@ -70,7 +74,11 @@ func (l *lab) name(i int) string { return MemberName("c", fmt.Sprintf("n%d", i))
 
 func (l *lab) start(i int) {
 	l.t.Helper()
-	p, err := New(Config{Name: l.name(i), Addr: l.addrs[i], Keys: l.keys}, nil, nil)
+	cfg := Config{Name: l.name(i), Addr: l.addrs[i], Keys: l.keys}
+	if l.tune != nil {
+		l.tune(&cfg)
+	}
+	p, err := New(cfg, nil, nil)
 	if err != nil {
 		l.t.Fatal(err)
 	}
@@ -89,14 +97,14 @@ func (l *lab) start(i int) {
 func (l *lab) waitFor(i int, what string, cond func(h map[string]NodeHealth) bool) {
 	l.t.Helper()
 	p := l.members[i].pool
-	deadline := time.After(30 * time.Second)
+	deadline := time.After(l.wait)
 	for !cond(p.Health()) {
 		select {
 		case <-p.Changes():
 		case err := <-l.members[i].done:
 			l.t.Fatalf("member %d stopped: %v", i, err)
 		case <-deadline:
-			l.t.Fatalf("member %d: %s not reached in 30s: %v", i, what, p.Health())
+			l.t.Fatalf("member %d: %s not reached in %v: %v", i, what, l.wait, p.Health())
 		}
 	}
 }
@@ -114,6 +122,22 @@ func (l *lab) allAlive(except ...int) {
 				}
 			}
 			return len(h) == len(l.members)-1
+		})
+	}
+}
+
+// mostAlive waits until every member sees at least frac of the others alive.
+func (l *lab) mostAlive(frac float64) {
+	l.t.Helper()
+	for i := range l.members {
+		l.waitFor(i, fmt.Sprintf("%.0f%% of the others alive", 100*frac), func(h map[string]NodeHealth) bool {
+			alive := 0
+			for _, x := range h {
+				if x.State == Alive {
+					alive++
+				}
+			}
+			return float64(alive) >= frac*float64(len(l.members)-1)
 		})
 	}
 }

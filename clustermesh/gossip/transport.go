@@ -15,18 +15,20 @@ type countingTransport struct {
 	memberlist.Transport
 	packetBytes, streamBytes atomic.Uint64
 	streams                  chan net.Conn
-	done                     chan struct{}
+	done                     chan struct{} // Shutdown began: stop forwarding
+	innerDone                chan struct{} // the wrapped transport shut down
 	once                     sync.Once
 }
 
 func newCountingTransport(t memberlist.Transport) *countingTransport {
-	c := &countingTransport{Transport: t, streams: make(chan net.Conn), done: make(chan struct{})}
+	c := &countingTransport{Transport: t, streams: make(chan net.Conn), done: make(chan struct{}), innerDone: make(chan struct{})}
 	go c.forwardStreams()
 	return c
 }
 
-// forwardStreams wraps accepted streams so replies are counted too. It
-// ends when the transport shuts down.
+// forwardStreams wraps accepted streams so replies are counted too. After
+// Shutdown began it closes what still arrives: the wrapped transport's
+// listener blocks on handing over a stream, and its Shutdown waits for it.
 func (c *countingTransport) forwardStreams() {
 	in := c.Transport.StreamCh()
 	for {
@@ -36,9 +38,8 @@ func (c *countingTransport) forwardStreams() {
 			case c.streams <- &countingConn{Conn: conn, n: &c.streamBytes}:
 			case <-c.done:
 				conn.Close()
-				return
 			}
-		case <-c.done:
+		case <-c.innerDone:
 			return
 		}
 	}
@@ -64,6 +65,7 @@ func (c *countingTransport) Shutdown() error {
 	c.once.Do(func() {
 		close(c.done)
 		err = c.Transport.Shutdown()
+		close(c.innerDone)
 	})
 	return err
 }

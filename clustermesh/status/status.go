@@ -35,6 +35,13 @@ type Snapshot struct {
 	Maps []MapFill `json:"maps,omitempty"`
 	// Loops is how each reconcile loop's rounds went.
 	Loops []reconcile.Status `json:"loops,omitempty"`
+	// Nodes is every mesh node's liveness as this agent's gossip sees it
+	// (agents only). An unreachable node's backends are out of the
+	// healthy set; its mesh state stays.
+	Nodes []NodeHealth `json:"nodes,omitempty"`
+	// FallbackServices counts services with no healthy backend, served
+	// from every ready one (agents only).
+	FallbackServices int `json:"fallbackServices,omitempty"`
 }
 
 // AddLoops adds loops to Loops, and a problem for each whose last round
@@ -46,6 +53,18 @@ func (s *Snapshot) AddLoops(loops ...reconcile.Status) {
 			s.Problems = append(s.Problems, p)
 		}
 	}
+}
+
+// NodeHealth is one mesh node's gossip state.
+type NodeHealth struct {
+	Cluster clustermesh.ClusterName `json:"cluster"`
+	Node    string                  `json:"node"`
+	// State is alive, suspect, dead or unknown (never seen).
+	State       string `json:"state"`
+	Unreachable bool   `json:"unreachable"`
+	// LastSeenSeconds is how long ago the node was last known alive; -1
+	// when never.
+	LastSeenSeconds float64 `json:"lastSeenSeconds"`
 }
 
 // MapFill is how full one BPF map is.

@@ -19,6 +19,7 @@ import (
 	"github.com/braidmesh/braid/bpf"
 	"github.com/braidmesh/braid/clustermesh"
 	"github.com/braidmesh/braid/clustermesh/agent"
+	"github.com/braidmesh/braid/clustermesh/gossip"
 	"github.com/braidmesh/braid/clustermesh/join"
 	"github.com/braidmesh/braid/clustermesh/k8s"
 	"github.com/braidmesh/braid/internal/cgroupv2"
@@ -61,6 +62,7 @@ func command() *cobra.Command {
 		logLevel   string
 		kubeconfig string
 		inCluster  bool
+		gossipOn   bool
 	)
 	cmd := &cobra.Command{
 		Use:           "braid-agent",
@@ -102,6 +104,10 @@ func command() *cobra.Command {
 				return err
 			}
 			cfg.Cluster = creds.Cluster
+			cfg.GossipKeys = creds.GossipKeys
+			if !gossipOn {
+				cfg.GossipKeys = nil
+			}
 			for _, s := range nodeIPs {
 				ip, err := netip.ParseAddr(s)
 				if err != nil {
@@ -134,6 +140,23 @@ func command() *cobra.Command {
 				cfg.PublishKey = func(ctx context.Context, key string) error {
 					return k8s.AnnotateNodeKey(ctx, client, cfg.Node, key)
 				}
+				// What the node can find out for itself is not a flag.
+				if cfg.Zone == "" || cfg.Region == "" || len(cfg.NodeIPs) == 0 {
+					info, err := k8s.GetNodeInfo(cmd.Context(), client, cfg.Node)
+					if err != nil {
+						return err
+					}
+					if cfg.Zone == "" {
+						cfg.Zone = info.Zone
+					}
+					if cfg.Region == "" {
+						cfg.Region = info.Region
+					}
+					if len(cfg.NodeIPs) == 0 {
+						cfg.NodeIPs = info.IPs
+					}
+					log.Info("placed from the Node object", "zone", cfg.Zone, "region", cfg.Region, "ips", cfg.NodeIPs)
+				}
 			}
 			store, err := join.Connect(cmd.Context(), creds, log)
 			if err != nil {
@@ -150,11 +173,16 @@ func command() *cobra.Command {
 	f := cmd.Flags()
 	f.StringVar(&joinFile, "join", "", "the cluster's join bundle (JSON)")
 	f.StringVar(&cfg.Node, "node", "", "this node's name")
-	f.StringVar(&cfg.Zone, "zone", "", "this node's zone (topology.kubernetes.io/zone)")
-	f.StringSliceVar(&nodeIPs, "node-ip", nil, "this node's IPs (repeatable)")
+	f.StringVar(&cfg.Zone, "zone", "", "this node's zone (default: the Node's topology.kubernetes.io/zone label)")
+	f.StringVar(&cfg.Region, "region", "", "this node's region (default: the Node's topology.kubernetes.io/region label)")
+	f.StringSliceVar(&nodeIPs, "node-ip", nil, "this node's IPs (repeatable; default: the Node's InternalIP addresses)")
 	f.StringVar(&pinDir, "bpf-pin-dir", "/sys/fs/bpf/braid", "where BPF maps and links are pinned")
 	f.StringVar(&cfg.CgroupPath, "cgroup", autoCgroup, "cgroup v2 directory the socket load balancer attaches to (auto: where cgroup v2 is mounted, from /proc/self/mountinfo; empty: off)")
-	f.StringSliceVar(&cfg.Interfaces, "interface", nil, "pod-facing interfaces for the tc programs (repeatable)")
+	f.StringSliceVar(&cfg.Interfaces, "interface", nil, "pod-facing interfaces for the tc programs (repeatable), besides --pod-devices")
+	f.StringVar(&cfg.PodDevices, "pod-devices", agent.PodDevicesAuto, "find pod-facing devices and follow pods: auto (veths whose peer is in another netns), comma-separated name globs, or off")
+	f.BoolVar(&cfg.SocketLBHostOnly, "socket-lb-host-only", true, "the socket load balancer acts only in the agent's netns (pods are served by tc); false: every netns under --cgroup")
+	f.BoolVar(&gossipOn, "gossip", true, "find dead nodes by gossip (memberlist, keyed by the join bundle) and take their backends out of rotation")
+	f.Uint16Var(&cfg.GossipPort, "gossip-port", gossip.DefaultPort, "gossip port (TCP and UDP, the same on every node of the mesh)")
 	f.BoolVar(&wireguard, "wireguard", true, "encrypt cross-cluster traffic with WireGuard")
 	f.StringVar(&wgName, "wireguard-device", "braid-wg", "WireGuard interface name (unique on the machine)")
 	f.IntVar(&wgPort, "wireguard-port", tunnel.DefaultListenPort, "WireGuard UDP port (the same on every node of the mesh)")

@@ -175,3 +175,35 @@ func encodeAll(t *testing.T, objs []*unstructured.Unstructured) io.Reader {
 	}
 	return &buf
 }
+
+// TestAgentFindsItsOwnSettings: the rendered agent DaemonSet passes no
+// flag for what a node can find out itself (zone, region, node IPs,
+// pod-facing interfaces, the cgroup v2 mount).
+func TestAgentFindsItsOwnSettings(t *testing.T) {
+	bin := kubelab.Require(t)
+	rendered, err := exec.CommandContext(t.Context(), filepath.Join(bin, "kubectl"), "kustomize", deployDir).Output()
+	if err != nil {
+		t.Fatalf("kubectl kustomize %s: %v", deployDir, err)
+	}
+	found := false
+	for _, o := range decodeAll(t, rendered) {
+		if o.GetKind() != "DaemonSet" || o.GetName() != "braid-agent" {
+			continue
+		}
+		found = true
+		containers, _, _ := unstructured.NestedSlice(o.Object, "spec", "template", "spec", "containers")
+		for _, c := range containers {
+			args, _, _ := unstructured.NestedStringSlice(c.(map[string]any), "args")
+			for _, a := range args {
+				for _, flag := range []string{"--zone", "--region", "--node-ip", "--interface", "--pod-devices", "--cgroup"} {
+					if a == flag || strings.HasPrefix(a, flag+"=") {
+						t.Errorf("agent DaemonSet passes %s; the agent finds it itself", a)
+					}
+				}
+			}
+		}
+	}
+	if !found {
+		t.Fatal("no braid-agent DaemonSet rendered")
+	}
+}
