@@ -60,4 +60,26 @@ func TestDesiredStateMergesSharedBackendsAcrossClusters(t *testing.T) {
 			t.Errorf("backend %d = %+v, want %+v", i, svc.Backends[i], wantBackends[i])
 		}
 	}
+
+	// Gossip finds w1 unreachable, west's nodes are in east's region, and
+	// the service asks for close backends: the backend is marked, nothing
+	// is removed, the ipcache keeps w1's pod.
+	west := *snap.Clusters["west"]
+	west.Nodes = map[string]clustermesh.Node{"w1": {Name: "w1", Cluster: "west", Region: "eu"}}
+	snap.Clusters["west"] = &west
+	east := *snap.Clusters["east"]
+	east.Services = map[string]clustermesh.Service{"default/web": east.Services["default/web"]}
+	web := east.Services["default/web"]
+	web.Topology = clustermesh.TopologyZone
+	east.Services["default/web"] = web
+	snap.Clusters["east"] = &east
+	want = DesiredState(snap, "east", func(c clustermesh.ClusterName, node string) bool { return c == "west" && node == "w1" })
+	if len(want.IPCache) != 2 {
+		t.Errorf("gossip removed ipcache entries: %v", want.IPCache)
+	}
+	svc = want.Services[0]
+	w1 := svc.Backends[2]
+	if svc.Topology != clustermesh.TopologyZone || !w1.NodeUnreachable || w1.Region != "eu" || svc.Backends[0].NodeUnreachable {
+		t.Errorf("service %+v: want topology zone, only w1 unreachable, w1 in region eu", svc)
+	}
 }

@@ -63,12 +63,28 @@ func BenchmarkBandwidth(b *testing.B) {
 // BenchmarkDetection measures, in a pool of 6 members (the lab's three
 // clusters of two nodes), how long after a member stops every other member
 // finds it unreachable, over 20 stops; the member is restarted between
-// runs. It reports p50, p99 and max.
+// runs. It reports p50, p99 and max for Braid's tuning and, as the
+// baseline, for memberlist's LAN defaults (probe 1 s, timeout 500 ms,
+// suspicion multiplier 4, gossip 200 ms).
 //
 //	go test -run '^$' -bench Detection -benchtime 1x ./clustermesh/gossip/
 func BenchmarkDetection(b *testing.B) {
+	for _, c := range []struct {
+		name string
+		tune func(*Config)
+	}{
+		{"braid", nil},
+		{"memberlist-lan-defaults", func(c *Config) {
+			c.ProbeInterval, c.ProbeTimeout, c.SuspicionMult, c.GossipInterval = time.Second, 500*time.Millisecond, 4, 200*time.Millisecond
+		}},
+	} {
+		b.Run(c.name, func(b *testing.B) { benchDetection(b, c.tune) })
+	}
+}
+
+func benchDetection(b *testing.B, tune func(*Config)) {
 	const runs = 20
-	l := newLab(b, 6, [][]byte{newKey(b)})
+	l := newLabWith(b, 6, tune, [][]byte{newKey(b)})
 	l.allAlive()
 	var took []time.Duration
 	b.ResetTimer()

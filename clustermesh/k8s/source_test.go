@@ -297,6 +297,19 @@ func TestSourcePublishes(t *testing.T) {
 		}
 		return nil
 	})
+	// spec.trafficDistribution PreferClose asks for zone preference.
+	web, _ = h.kube.CoreV1().Services("default").Get(ctx, "web", metav1.GetOptions{})
+	preferClose := corev1.ServiceTrafficDistributionPreferClose
+	web.Spec.TrafficDistribution = &preferClose
+	if _, err := h.kube.CoreV1().Services("default").Update(ctx, web, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, func() error {
+		if r, _ := h.pub.get(svcKey("default", "web")).(*clustermesh.Service); r == nil || r.Topology != clustermesh.TopologyZone {
+			return fmt.Errorf("PreferClose not published as zone topology: %+v", r)
+		}
+		return nil
+	})
 	delete(web.Annotations, AnnotationGlobal)
 	if _, err := h.kube.CoreV1().Services("default").Update(ctx, web, metav1.UpdateOptions{}); err != nil {
 		t.Fatal(err)
