@@ -11,8 +11,17 @@
 // writes nothing (Writes counts every entry written).
 //
 // Backends are tiered against the node's Topology (same node, same zone,
-// same cluster, remote) and only healthy ones get slots; affinity follows
-// Cilium's semantics, evaluated in the datapath. Backend and service IDs are
+// same cluster, another cluster in the same region, any other cluster).
+// Only usable ones (ready, on a node not unreachable by gossip) get slots,
+// laid out in bands (see tierBands): the affinity splits the tiers into a
+// preferred and a fallback group with Cilium's semantics, the service's
+// topology preference (zone or region) splits each group further, and the
+// programs use the first band with a healthy backend, evenly within it.
+// When no backend is usable, every ready one gets a slot and the service is
+// flagged fallback (counted per pick, and in Status.Fallback) rather than
+// refusing connections. Tunnel steering in the ipcache is only for other
+// clusters' nodes: same-cluster nodes are reached over the underlay.
+// Backend and service IDs are
 // recovered from the maps themselves, so a restarted agent reuses them and
 // rewrites nothing.
 //
