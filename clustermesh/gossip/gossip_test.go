@@ -49,7 +49,6 @@ type lab struct {
 	wait    time.Duration // waitFor's deadline
 	addrs   []netip.AddrPort
 	keys    [][]byte
-	mu      sync.Mutex
 	members []*member
 }
 
