@@ -304,7 +304,7 @@ func TestSourcePublishes(t *testing.T) {
 	if _, err := h.kube.CoreV1().Services("default").Update(ctx, web, metav1.UpdateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, func() error {
+	testenv.Eventually(t, 10*time.Second, func() error {
 		if r, _ := h.pub.get(svcKey("default", "web")).(*clustermesh.Service); r == nil || r.Topology != clustermesh.TopologyZone {
 			return fmt.Errorf("PreferClose not published as zone topology: %+v", r)
 		}
