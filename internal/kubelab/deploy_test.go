@@ -178,8 +178,7 @@ func encodeAll(t *testing.T, objs []*unstructured.Unstructured) io.Reader {
 
 // TestAgentFindsItsOwnSettings: the rendered agent DaemonSet passes no
 // flag for what a node can find out itself (zone, region, node IPs,
-// pod-facing interfaces). The cgroup v2 mount joins the list when --cgroup
-// defaults to it (internal/cgroupv2).
+// pod-facing interfaces, the cgroup v2 mount).
 func TestAgentFindsItsOwnSettings(t *testing.T) {
 	bin := kubelab.Require(t)
 	rendered, err := exec.CommandContext(t.Context(), filepath.Join(bin, "kubectl"), "kustomize", deployDir).Output()
@@ -196,7 +195,7 @@ func TestAgentFindsItsOwnSettings(t *testing.T) {
 		for _, c := range containers {
 			args, _, _ := unstructured.NestedStringSlice(c.(map[string]any), "args")
 			for _, a := range args {
-				for _, flag := range []string{"--zone", "--region", "--node-ip", "--interface", "--pod-devices"} {
+				for _, flag := range []string{"--zone", "--region", "--node-ip", "--interface", "--pod-devices", "--cgroup"} {
 					if a == flag || strings.HasPrefix(a, flag+"=") {
 						t.Errorf("agent DaemonSet passes %s; the agent finds it itself", a)
 					}
