@@ -135,7 +135,7 @@ func AddCluster(ctx context.Context, admin *clientv3.Client, g clustermesh.Grant
 }
 
 // GossipKeySize is the size of a mesh gossip key: AES-256.
-const GossipKeySize = 32
+const GossipKeySize = join.GossipKeySize
 
 // GossipKeysKey holds the mesh's gossip keys (JSON, base64), outside
 // clustermesh.Root so no cluster role can read it: clusters get the keys

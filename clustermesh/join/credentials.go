@@ -17,6 +17,9 @@ import (
 // Credentials let one cluster use the broker: where it is, which CA signs its
 // certificate, and the cluster's etcd user. Saved to a file they are the
 // cluster's join bundle. String and LogValue leave out the password.
+// GossipKeySize is the size of a mesh gossip key: AES-256.
+const GossipKeySize = 32
+
 type Credentials struct {
 	Cluster   clustermesh.ClusterName
 	Endpoints []string // e.g. https://broker.example:2379
