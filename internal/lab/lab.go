@@ -380,6 +380,10 @@ func (n *Node) agentArgs() (string, []string) {
 		"--state-dir", filepath.Join(n.plan.Dir, "agent"),
 		"--status-addr", net.JoinHostPort(n.IP.String(), strconv.Itoa(AgentStatusPort)),
 		"--kubeconfig", n.files.Kubeconfig,
+		// Lab pods sit in their own netns under the node's cgroup: the
+		// socket load balancer serves them, as the lab's tests expect.
+		"--socket-lb-host-only=false",
+		"--pod-devices=off",
 	}
 }
 
