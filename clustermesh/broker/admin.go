@@ -107,11 +107,11 @@ func newClient(ctx context.Context, endpoints []string, tlsCfg *tls.Config, user
 		Context: context.WithoutCancel(ctx),
 	})
 	if err != nil {
-		return nil, err
+		return nil, etcd.ExplainDial(ctx, err, endpoints, tlsCfg)
 	}
 	if _, err := c.AuthStatus(ctx); err != nil {
 		c.Close()
-		return nil, err
+		return nil, etcd.ExplainDial(ctx, err, endpoints, tlsCfg)
 	}
 	return c, nil
 }

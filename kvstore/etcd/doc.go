@@ -2,7 +2,10 @@
 // (go.etcd.io/etcd/client/v3).
 //
 // New connects and checks, within Config.DialTimeout, that the cluster
-// answers; NewFromClient wraps a client the caller keeps owning. A Store
+// answers; when it does not, New probes each endpoint and says why
+// ("connection refused at ADDRESS", "x509: certificate signed by unknown
+// authority", each with a hint), which ExplainDial does for other clients of
+// etcd. NewFromClient wraps a client the caller keeps owning. A Store
 // holds one client, and so one gRPC connection, for all its calls and
 // watches: every Watch shares the client's single watch stream, so one
 // process can follow a thousand prefixes (250 clusters x 4 kinds) at the

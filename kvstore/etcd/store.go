@@ -103,7 +103,7 @@ func New(ctx context.Context, cfg Config) (*Store, error) {
 		},
 	})
 	if err != nil {
-		return nil, fmt.Errorf("connect to etcd %v: %w", cfg.Endpoints, translateErr("dial", err))
+		return nil, fmt.Errorf("connect to etcd %v: %w", cfg.Endpoints, ExplainDial(ctx, translateErr("dial", err), cfg.Endpoints, cfg.TLS))
 	}
 	cctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
@@ -112,7 +112,7 @@ func New(ctx context.Context, cfg Config) (*Store, error) {
 	_, err = client.AuthStatus(cctx)
 	if err != nil {
 		client.Close()
-		return nil, fmt.Errorf("connect to etcd %v: %w", cfg.Endpoints, translateErr("read", err))
+		return nil, fmt.Errorf("connect to etcd %v: %w", cfg.Endpoints, ExplainDial(ctx, translateErr("read", err), cfg.Endpoints, cfg.TLS))
 	}
 	s := NewFromClient(client)
 	s.ownsClient = true
