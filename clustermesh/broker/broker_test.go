@@ -191,7 +191,7 @@ func TestClusterAuthorization(t *testing.T) {
 		t.Fatal(err)
 	}
 	checkMode(t, path, 0o600)
-	a, err := join.LoadCredentials(path)
+	a, err := join.LoadCredentials(path, testLogger(t))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -431,5 +431,55 @@ func testGrant(name clustermesh.ClusterName) clustermesh.Grant {
 		ID:           clustermesh.ClusterID(id),
 		PodCIDRs:     []netip.Prefix{netip.PrefixFrom(netip.AddrFrom4([4]byte{10, byte(id), 0, 0}), 16)},
 		ServiceCIDRs: []netip.Prefix{netip.PrefixFrom(netip.AddrFrom4([4]byte{172, byte(16 + id), 0, 0}), 16)},
+	}
+}
+
+// TestJoinBundleMode checks that Save writes a join bundle 0600 even over a
+// file others could read, and that LoadCredentials warns, without refusing,
+// on a bundle readable by others (a Kubernetes Secret mount's default 0644).
+func TestJoinBundleMode(t *testing.T) {
+	p, err := EnsurePKI(t.TempDir(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := join.Credentials{Cluster: "a", Endpoints: []string{"https://127.0.0.1:2379"}, CACertPEM: p.CACertPEM, Username: "cluster-a", Password: "s3cr3t-bundle-pw"}
+	path := filepath.Join(t.TempDir(), "a.join.json")
+	if err := os.WriteFile(path, []byte("old"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(path, 0o666); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Save(path); err != nil {
+		t.Fatal(err)
+	}
+	checkMode(t, path, 0o600)
+
+	load := func() string {
+		t.Helper()
+		var buf bytes.Buffer
+		got, err := join.LoadCredentials(path, slog.New(slog.NewTextHandler(&buf, nil)))
+		if err != nil {
+			t.Fatalf("load bundle: %v", err)
+		}
+		if got.Password != c.Password || got.Cluster != c.Cluster {
+			t.Errorf("loaded %v, want %v", got, c)
+		}
+		return buf.String()
+	}
+	if out := load(); out != "" {
+		t.Errorf("0600 bundle: unexpected log %q", out)
+	}
+	if err := os.Chmod(path, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	out := load()
+	for _, want := range []string{"level=WARN", "readable by others", path, "0644", "hint="} {
+		if !strings.Contains(out, want) {
+			t.Errorf("0644 bundle: log %q does not contain %q", out, want)
+		}
+	}
+	if strings.Contains(out, c.Password) {
+		t.Errorf("warning leaks the password: %q", out)
 	}
 }

@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/braidmesh/braid/clustermesh/join"
 	"github.com/braidmesh/braid/internal/testenv"
 )
 
@@ -40,7 +41,7 @@ func TestConnectNamesTheCause(t *testing.T) {
 
 	for _, tc := range []struct {
 		name  string
-		creds Credentials
+		creds join.Credentials
 		want  []string
 	}{
 		{"wrong CA", wrongCA, []string{"x509: certificate signed by unknown authority", "hint:", "join bundle"}},
@@ -48,7 +49,7 @@ func TestConnectNamesTheCause(t *testing.T) {
 	} {
 		ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
 		defer cancel()
-		s, err := Connect(ctx, tc.creds, testLogger(t))
+		s, err := join.Connect(ctx, tc.creds, testLogger(t))
 		if err == nil {
 			s.Close()
 			t.Errorf("%s: Connect succeeded", tc.name)

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"os"
 	"strings"
@@ -104,8 +105,13 @@ func (c Credentials) TLSConfig() (*tls.Config, error) {
 	return cfg, nil
 }
 
-// Save writes c as a join bundle to path, readable only by its owner (0600),
-// replacing any file there atomically.
+// maxBundleSize bounds the join bundle LoadCredentials reads; real ones
+// are a few KiB (a CA certificate, endpoints, a user).
+const maxBundleSize = 1 << 20
+
+// Save writes c as a join bundle to path, readable only by its owner (0600)
+// whatever the umask or the mode of a file it replaces, replacing any file
+// there atomically.
 func (c Credentials) Save(path string) error {
 	b, err := json.MarshalIndent(c, "", "  ")
 	if err != nil {
@@ -117,11 +123,27 @@ func (c Credentials) Save(path string) error {
 	return nil
 }
 
-// LoadCredentials reads and validates the join bundle at path.
-func LoadCredentials(path string) (Credentials, error) {
-	b, err := os.ReadFile(path)
+// LoadCredentials reads and validates the join bundle at path. It warns on
+// log (nil discards) when the file is readable by its group or others: the
+// bundle holds the cluster's password. That is a warning, not a refusal,
+// because Kubernetes mounts Secrets with mode 0644 unless told otherwise.
+func LoadCredentials(path string, log *slog.Logger) (Credentials, error) {
+	f, err := os.Open(path)
 	if err != nil {
 		return Credentials{}, fmt.Errorf("load credentials: %w", err)
+	}
+	defer f.Close()
+	if fi, err := f.Stat(); err == nil && fi.Mode().Perm()&0o077 != 0 && log != nil {
+		log.Warn("join bundle is readable by others: it holds the cluster's password",
+			"path", path, "mode", fmt.Sprintf("%#o", fi.Mode().Perm()),
+			"hint", "chmod 600 it; for a Kubernetes Secret volume set defaultMode: 0400")
+	}
+	b, err := io.ReadAll(io.LimitReader(f, maxBundleSize+1))
+	if err != nil {
+		return Credentials{}, fmt.Errorf("load credentials %s: %w", path, err)
+	}
+	if len(b) > maxBundleSize {
+		return Credentials{}, fmt.Errorf("load credentials %s: larger than %d bytes: not a join bundle", path, maxBundleSize)
 	}
 	var c Credentials
 	if err := json.Unmarshal(b, &c); err != nil {

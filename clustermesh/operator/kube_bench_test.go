@@ -89,7 +89,7 @@ func TestBenchmarkGlobalServices(t *testing.T) {
 	}
 	t.Cleanup(func() { _ = opA.Process.Signal(os.Interrupt); _ = opA.Wait() })
 
-	credsB, err := join.LoadCredentials(filepath.Join(dir, "b.json"))
+	credsB, err := join.LoadCredentials(filepath.Join(dir, "b.json"), nil)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -99,7 +99,7 @@ func command() *cobra.Command {
 			if cfg.Node == "" {
 				return fmt.Errorf("--node is required: this node's name as the operator publishes it")
 			}
-			creds, err := join.LoadCredentials(joinFile)
+			creds, err := join.LoadCredentials(joinFile, log)
 			if err != nil {
 				return err
 			}

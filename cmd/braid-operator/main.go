@@ -82,7 +82,7 @@ func command() *cobra.Command {
 			if joinFile == "" {
 				return fmt.Errorf("--join is required: the join bundle `braid broker add-cluster` wrote for this cluster")
 			}
-			creds, err := join.LoadCredentials(joinFile)
+			creds, err := join.LoadCredentials(joinFile, log)
 			if err != nil {
 				return err
 			}

@@ -535,7 +535,7 @@ func benchConsumeCommand() *cobra.Command {
 				debug.SetGCPercent(50)
 			}
 			ctx := cmd.Context()
-			creds, err := join.LoadCredentials(joinFile)
+			creds, err := join.LoadCredentials(joinFile, slog.New(slog.NewTextHandler(cmd.ErrOrStderr(), nil)))
 			if err != nil {
 				return err
 			}
