@@ -16,7 +16,14 @@ type RemoteClusterStatus struct {
 	Entries     map[Kind]int  `json:"entries"`
 	// LastUpdate is when an entry last changed; its age is the sync age.
 	LastUpdate time.Time `json:"lastUpdate,omitzero"`
-	Failures   int       `json:"failures"`
+	// LastProgress is when the store last confirmed the cluster's watches
+	// are live (an etcd progress notification); zero if it never did.
+	LastProgress time.Time `json:"lastProgress,omitzero"`
+	// Stale says the watches confirmed progress before but neither did
+	// again nor delivered a change for longer than the consumer's bound,
+	// though no error was reported: what is shown may be out of date.
+	Stale    bool `json:"stale,omitempty"`
+	Failures int  `json:"failures"`
 	// Invalid counts entries rejected by validation.
 	Invalid   int    `json:"invalid"`
 	LastError string `json:"lastError,omitempty"`
@@ -31,6 +38,15 @@ type RemoteClusterStatus struct {
 	// it has been drained.
 	Gone   bool      `json:"gone,omitempty"`
 	GoneAt time.Time `json:"goneAt,omitzero"`
+}
+
+// LastHeard is the later of LastProgress and LastUpdate: when the cluster's
+// watches last showed they were live. A stale cluster's age counts from it.
+func (r *RemoteClusterStatus) LastHeard() time.Time {
+	if r.LastUpdate.After(r.LastProgress) {
+		return r.LastUpdate
+	}
+	return r.LastProgress
 }
 
 // PublishStatus is the progress of one cluster's publisher.

@@ -54,6 +54,12 @@ const (
 	// EventError reports a failure the watch is retrying after (connection
 	// lost, permission denied, ...). Err is set. The watch continues.
 	EventError
+	// EventProgress: the server confirmed the watch is live and nothing
+	// under the prefix changed up to Revision. Backends that can tell send
+	// it now and then (etcd: its progress notifications); a consumer that
+	// has seen one and then none for a while knows the watch is stale even
+	// though no error was reported. Consumers that do not care ignore it.
+	EventProgress
 )
 
 func (k EventKind) String() string {
@@ -68,6 +74,8 @@ func (k EventKind) String() string {
 		return "restart"
 	case EventError:
 		return "error"
+	case EventProgress:
+		return "progress"
 	}
 	return "unknown"
 }

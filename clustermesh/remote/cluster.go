@@ -60,6 +60,7 @@ type cluster struct {
 	nodesListed     chan struct{}
 	nodesListedOnce sync.Once
 	lastUpdate      time.Time
+	lastProgress    time.Time // last kvstore.EventProgress on any watch
 	version         uint64
 	snap            *ClusterState
 	snapVersion     uint64
@@ -192,8 +193,18 @@ func (c *cluster) run() {
 			}
 		case kvstore.EventError:
 			c.fail(ev.Err)
+		case kvstore.EventProgress:
+			c.progress()
 		}
 	}
+}
+
+// progress records that the store confirmed a watch of the cluster is live.
+func (c *cluster) progress() {
+	c.mu.Lock()
+	c.lastProgress = time.Now()
+	c.connected = true // the store heard from the server
+	c.mu.Unlock()
 }
 
 // listedCount is how many kinds completed a list; c.mu must be held.
@@ -293,6 +304,8 @@ func (c *cluster) watchKind(ctx context.Context, kind clustermesh.Kind) {
 			c.listDone(kind)
 		case kvstore.EventError:
 			c.fail(ev.Err)
+		case kvstore.EventProgress:
+			c.progress()
 		}
 	}
 }
@@ -436,6 +449,13 @@ func (c *cluster) status() clustermesh.RemoteClusterStatus {
 		Invalid:     c.invalid,
 		LastError:   c.lastErr,
 		Rejected:    slices.Clone(c.rejected),
+
+		LastProgress: c.lastProgress,
+	}
+	// Stale only where the store reports progress at all (the in-memory
+	// store does not), and not while failing: that shows as disconnected.
+	if !c.lastProgress.IsZero() && c.connected {
+		st.Stale = time.Since(st.LastHeard()) > c.w.cfg.StaleAfter
 	}
 	for _, k := range clustermesh.Kinds {
 		st.SyncedKinds[k] = c.markerSeen[k] && c.listed[k]

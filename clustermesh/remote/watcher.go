@@ -31,7 +31,16 @@ type Config struct {
 	// ConcurrentSyncs bounds how many clusters list their state at once
 	// during their initial sync; zero means DefaultConcurrentSyncs.
 	ConcurrentSyncs int
+	// StaleAfter is how long a cluster whose watches reported progress
+	// (kvstore.EventProgress) may go without progress or a change before
+	// it is shown stale; zero means DefaultStaleAfter. It must be several
+	// times the store's progress interval.
+	StaleAfter time.Duration
 }
+
+// DefaultStaleAfter is Config.StaleAfter's default: six of the broker
+// connection's progress intervals (broker.ProgressInterval, 5 s).
+const DefaultStaleAfter = 30 * time.Second
 
 // DefaultConcurrentSyncs is Config.ConcurrentSyncs' default: enough to keep
 // etcd and the decoders busy, few enough that a cold start against hundreds
@@ -67,6 +76,9 @@ type Watcher struct {
 func New(cfg Config, store kvstore.Store, log *slog.Logger, reg prometheus.Registerer) (*Watcher, error) {
 	if cfg.GoneRetention == 0 {
 		cfg.GoneRetention = DefaultGoneRetention
+	}
+	if cfg.StaleAfter <= 0 {
+		cfg.StaleAfter = DefaultStaleAfter
 	}
 	if cfg.ConcurrentSyncs <= 0 {
 		cfg.ConcurrentSyncs = DefaultConcurrentSyncs

@@ -9,8 +9,10 @@ import (
 
 type remoteView struct {
 	clustermesh.RemoteClusterStatus
-	State   string
-	SyncAge string
+	State string
+	// StaleFor is how long a stale cluster has not shown progress.
+	StaleFor string
+	SyncAge  string
 }
 
 type pageView struct {
@@ -29,6 +31,9 @@ func view(s Snapshot) pageView {
 			rv.State = "gone"
 		case !r.Connected:
 			rv.State = "disconnected"
+		case r.Stale:
+			rv.State = "stale"
+			rv.StaleFor = s.Time.Sub(r.LastHeard()).Round(time.Second).String()
 		case r.Synced:
 			rv.State = "synced"
 		default:
@@ -49,13 +54,13 @@ var page = template.Must(template.New("status").Funcs(template.FuncMap{"pct": fu
 <style>
 body{font:14px system-ui,sans-serif;margin:2em;color:#222}
 table{border-collapse:collapse}td,th{padding:.3em .8em;border-bottom:1px solid #ddd;text-align:left}
-.synced{color:#176f2c}.syncing{color:#a66a00}.disconnected,.gone{color:#b00020}
+.synced{color:#176f2c}.syncing,.stale{color:#a66a00}.disconnected,.gone{color:#b00020}
 </style></head><body>
 <h1>Braid mesh — cluster {{.Cluster}} <small>({{.Role}}{{if .Node}} on {{.Node}}{{end}})</small></h1>
 <p id="health">{{if .Healthy}}Healthy{{else}}Degraded: {{range .Problems}}{{.}}; {{end}}{{end}}</p>
 {{with .Publish}}<p id="publish">Publishing: {{if .Registered}}registered{{else}}not registered{{end}}{{range $k, $v := .Entries}}, {{$k}} {{$v}}{{end}}{{if .LastError}} — last error: {{.LastError}}{{end}}</p>{{end}}
 <table id="remotes"><thead><tr><th>Cluster</th><th>ID</th><th>State</th>{{range .Kinds}}<th>{{.}}</th>{{end}}<th>Sync age</th><th>Invalid</th><th>Failures</th><th>Last error</th></tr></thead><tbody>
-{{range .Rows}}{{$r := .}}<tr data-cluster="{{.Name}}"><td>{{.Name}}</td><td>{{.ID}}</td><td class="{{.State}}">{{.State}}</td>{{range $.Kinds}}<td>{{index $r.Entries .}}</td>{{end}}<td>{{.SyncAge}}</td><td>{{.Invalid}}</td><td>{{.Failures}}</td><td>{{.LastError}}</td></tr>
+{{range .Rows}}{{$r := .}}<tr data-cluster="{{.Name}}"><td>{{.Name}}</td><td>{{.ID}}</td><td class="{{.State}}">{{.State}}{{if .StaleFor}} {{.StaleFor}}{{end}}</td>{{range $.Kinds}}<td>{{index $r.Entries .}}</td>{{end}}<td>{{.SyncAge}}</td><td>{{.Invalid}}</td><td>{{.Failures}}</td><td>{{.LastError}}</td></tr>
 {{else}}<tr><td colspan="10">No remote clusters.</td></tr>{{end}}
 </tbody></table>
 {{if .Maps}}<h2>Datapath maps</h2><table id="maps"><thead><tr><th>Map</th><th>Entries</th><th>Capacity</th><th>Fill</th></tr></thead><tbody>

@@ -39,6 +39,12 @@ type Config struct {
 	// Logger receives the store's and the etcd client's logs; nil discards
 	// them.
 	Logger *slog.Logger
+	// ProgressInterval is how often the store asks etcd to confirm its
+	// watches are live, which each watch reports as kvstore.EventProgress;
+	// zero asks never (etcd then sends them only at its server-side
+	// interval, 10 minutes by default). With it, a watch that hears
+	// nothing for 12 intervals reports EventError and is watched again.
+	ProgressInterval time.Duration
 }
 
 // Store is a kvstore.Store over an etcd cluster. Create it with New or
@@ -46,7 +52,9 @@ type Config struct {
 type Store struct {
 	client     *clientv3.Client
 	ownsClient bool
-	log        *slog.Logger
+	// progressInterval is Config.ProgressInterval; zero for NewFromClient.
+	progressInterval time.Duration
+	log              *slog.Logger
 
 	ctx    context.Context // canceled by Close; parent of every watch
 	cancel context.CancelFunc
@@ -117,6 +125,11 @@ func New(ctx context.Context, cfg Config) (*Store, error) {
 	s := NewFromClient(client)
 	s.ownsClient = true
 	s.log = log
+	if cfg.ProgressInterval > 0 {
+		s.progressInterval = cfg.ProgressInterval
+		s.wg.Add(1)
+		go s.requestProgress(cfg.ProgressInterval)
+	}
 	return s, nil
 }
 

@@ -3,6 +3,8 @@ package etcd
 import (
 	"context"
 	"errors"
+	"fmt"
+	"sync/atomic"
 	"time"
 
 	"go.etcd.io/etcd/api/v3/mvccpb"
@@ -12,6 +14,10 @@ import (
 	"github.com/braidmesh/braid/kvstore"
 	"github.com/braidmesh/braid/reconcile"
 )
+
+// silenceFactor times Config.ProgressInterval is how long a watch may go
+// without any response before it is watched again.
+const silenceFactor = 12
 
 // Watch retry backoff bounds (reconcile.Backoff: doubling, with jitter).
 const (
@@ -146,15 +152,33 @@ func (w *watch) restartPartial(ctx context.Context) bool {
 	return w.send(ctx, kvstore.Event{Kind: kvstore.EventRestart, Revision: w.rev})
 }
 
-// follow watches from w.rev+1 until the watch ends, and returns why.
+// follow watches from after w.rev until the watch ends, and returns why.
 func (w *watch) follow(ctx context.Context, bo *reconcile.Backoff) error {
 	// WithRequireLeader: a member cut off from its cluster ends the watch
 	// (ErrNoLeader) instead of leaving it silently stale.
 	wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
 	defer cancel()
+	// With progress requested, a watch silent for many intervals is
+	// watched again: after a lost connection the client resumes beyond
+	// etcd's revision, and etcd confirms no progress on it until some
+	// write moves the revision.
+	var silent atomic.Bool
+	limit := silenceFactor * w.s.progressInterval
+	var watchdog *time.Timer
+	if limit > 0 {
+		watchdog = time.AfterFunc(limit, func() { silent.Store(true); cancel() })
+		defer watchdog.Stop()
+	}
+	// Start at w.rev, not w.rev+1: etcd answers progress requests only
+	// when no watch on the stream starts beyond its current revision, so a
+	// quiet prefix would never confirm progress. Events at w.rev are
+	// repeats, dropped below.
 	wch := w.s.client.Watch(wctx, w.prefix,
-		clientv3.WithPrefix(), clientv3.WithRev(w.rev+1), clientv3.WithProgressNotify())
+		clientv3.WithPrefix(), clientv3.WithRev(w.rev), clientv3.WithProgressNotify())
 	for resp := range wch {
+		if watchdog != nil {
+			watchdog.Reset(limit)
+		}
 		if resp.CompactRevision != 0 {
 			return rpctypes.ErrCompacted
 		}
@@ -165,6 +189,9 @@ func (w *watch) follow(ctx context.Context, bo *reconcile.Backoff) error {
 			// Nothing changed under the prefix up to this revision; resuming
 			// after it avoids a needless re-list after a compaction.
 			w.rev = max(w.rev, resp.Header.Revision)
+			if !w.send(ctx, kvstore.Event{Kind: kvstore.EventProgress, Revision: resp.Header.Revision}) {
+				return ctx.Err()
+			}
 			continue
 		}
 		// etcd never splits one revision's events across responses, so
@@ -190,7 +217,31 @@ func (w *watch) follow(ctx context.Context, bo *reconcile.Backoff) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
+	if silent.Load() {
+		return fmt.Errorf("no progress from etcd for %v: %w", limit, errWatchClosed)
+	}
 	return errWatchClosed
+}
+
+// requestProgress asks etcd every interval for a progress notification on
+// every watch of the store until Close. Watches share one gRPC stream, whose
+// key is the outgoing metadata WithRequireLeader sets; one request covers
+// them all, and etcd answers only once every watch on it is synced.
+func (s *Store) requestProgress(interval time.Duration) {
+	defer s.wg.Done()
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	ctx := clientv3.WithRequireLeader(s.ctx)
+	for {
+		select {
+		case <-t.C:
+			if err := s.client.RequestProgress(ctx); err != nil && s.ctx.Err() == nil {
+				s.log.Debug("request watch progress", "err", err)
+			}
+		case <-s.ctx.Done():
+			return
+		}
+	}
 }
 
 func (w *watch) send(ctx context.Context, ev kvstore.Event) bool {

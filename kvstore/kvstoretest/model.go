@@ -88,6 +88,10 @@ func (m *model) apply(ev kvstore.Event) error {
 			return fmt.Errorf("EventError without Err")
 		}
 		m.errors++
+	case kvstore.EventProgress:
+		if ev.Revision < m.rev && !m.listing {
+			return fmt.Errorf("EventProgress at revision %d goes back from %d", ev.Revision, m.rev)
+		}
 	default:
 		return fmt.Errorf("event of unknown kind %d", ev.Kind)
 	}
@@ -170,7 +174,7 @@ func sorted(m map[string]string) []string {
 }
 
 // next returns the next event of w, which must be of kind want; EventError
-// events are skipped.
+// and EventProgress events are skipped.
 func next(t *testing.T, w <-chan kvstore.Event, want kvstore.EventKind) kvstore.Event {
 	t.Helper()
 	timer := time.NewTimer(timeout)
@@ -183,6 +187,9 @@ func next(t *testing.T, w <-chan kvstore.Event, want kvstore.EventKind) kvstore.
 			}
 			if ev.Kind == kvstore.EventError && want != kvstore.EventError {
 				t.Logf("watch: %v", ev.Err)
+				continue
+			}
+			if ev.Kind == kvstore.EventProgress && want != kvstore.EventProgress {
 				continue
 			}
 			if ev.Kind != want {

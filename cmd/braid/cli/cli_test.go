@@ -22,6 +22,7 @@ func TestStatusCommandPrintsRemotesAndFailsWhenDegraded(t *testing.T) {
 		Remotes: []clustermesh.RemoteClusterStatus{
 			{Name: "west", ID: 2, Connected: true, Synced: true, Entries: map[clustermesh.Kind]int{clustermesh.KindServices: 7}, LastUpdate: now.Add(-time.Second)},
 			{Name: "north", ID: 3, Gone: true},
+			{Name: "south", ID: 4, Connected: true, Synced: true, Stale: true, LastProgress: now.Add(-42 * time.Second), LastUpdate: now.Add(-time.Hour)},
 		}}
 	srv := httptest.NewServer(status.Handler(fixed(snap)))
 	defer srv.Close()
@@ -30,7 +31,7 @@ func TestStatusCommandPrintsRemotesAndFailsWhenDegraded(t *testing.T) {
 	if code := Run(t.Context(), NewRoot(&out, &errOut), []string{"status", "--url", srv.URL}); code != 0 {
 		t.Fatalf("exit %d: %s", code, errOut.String())
 	}
-	for _, want := range []string{"cluster east (operator), publishing nodes 3", "west    2   synced", "north   3   gone", "1s"} {
+	for _, want := range []string{"cluster east (operator), publishing nodes 3", "west    2   synced", "north   3   gone", "south   4   stale 42s", "1s"} {
 		if !strings.Contains(out.String(), want) {
 			t.Errorf("output lacks %q:\n%s", want, out.String())
 		}

@@ -106,6 +106,8 @@ func PrintStatus(w io.Writer, s status.Snapshot) {
 			state = "gone"
 		case !r.Connected:
 			state = "disconnected"
+		case r.Stale:
+			state = "stale " + s.Time.Sub(r.LastHeard()).Round(time.Second).String()
 		case r.Synced:
 			state = "synced"
 		}
