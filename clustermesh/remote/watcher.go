@@ -39,7 +39,7 @@ type Config struct {
 }
 
 // DefaultStaleAfter is Config.StaleAfter's default: six of the broker
-// connection's progress intervals (broker.ProgressInterval, 5 s).
+// connection's progress intervals (join.ProgressInterval, 5 s).
 const DefaultStaleAfter = 30 * time.Second
 
 // DefaultConcurrentSyncs is Config.ConcurrentSyncs' default: enough to keep
