@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/braidmesh/braid/reconcile"
 	"io"
 	"log/slog"
 	"net"
@@ -300,6 +301,7 @@ func benchColdSync(ctx context.Context, out io.Writer, spec fillSpec) error {
 		_ = brokerProc.Wait()
 	}()
 	var admin *clientv3.Client
+	retry := reconcile.NewBackoff(50*time.Millisecond, time.Second)
 	for deadline := time.Now().Add(30 * time.Second); ; {
 		cfg, err := broker.LocalAdminConfig(filepath.Join(dir, "broker"), []string{endpoint})
 		if err == nil {
@@ -316,7 +318,9 @@ func benchColdSync(ctx context.Context, out io.Writer, spec fillSpec) error {
 		if time.Now().After(deadline) {
 			return fmt.Errorf("broker not ready: %w", err)
 		}
-		time.Sleep(100 * time.Millisecond)
+		if !reconcile.Wait(ctx, retry.Next()) {
+			return fmt.Errorf("broker not ready: %w", ctx.Err())
+		}
 	}
 	defer admin.Close()
 	creds, err := broker.AddCluster(ctx, admin, clustermesh.Grant{Name: "consumer", ID: clustermesh.MaxClusterID})
