@@ -7,6 +7,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"github.com/braidmesh/braid/clustermesh/gossip"
 	"github.com/braidmesh/braid/internal/testenv"
 	"io"
 	"net/http"
@@ -314,7 +315,10 @@ func (e *labEnv) startCapture(t *testing.T, a, b *lab.Cluster) *capture {
 	if err != nil || len(runs) != 1 {
 		t.Fatalf("lab runs: %v %v", runs, err)
 	}
-	cmd := exec.Command("tcpdump", "-i", runs[0].Bridge, "-nn", "-l", "-q", "ip and "+hosts(a)+" and "+hosts(b))
+	cmd := exec.Command("tcpdump", "-i", runs[0].Bridge, "-nn", "-l", "-q", "ip and "+hosts(a)+" and "+hosts(b)+
+		// Gossip (memberlist, AES-GCM with the mesh key) carries liveness
+		// only, never workload traffic: every other packet must be WireGuard.
+		fmt.Sprintf(" and not port %d", gossip.DefaultPort))
 	stdout, err := cmd.StdoutPipe()
 	if err != nil {
 		t.Fatal(err)
