@@ -1,18 +1,13 @@
 package kubelab
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
+	"github.com/braidmesh/braid/internal/lab/proc"
 	"net"
-	"os"
-	"os/exec"
-	"runtime"
 	"strconv"
 	"strings"
-	"sync"
-	"syscall"
 	"testing"
 	"time"
 
@@ -23,111 +18,26 @@ import (
 // to become ready. It is generous because the lab machines are shared.
 const StartTimeout = 90 * time.Second
 
-// stopGrace is how long a process has to exit after SIGTERM before SIGKILL.
-const stopGrace = 5 * time.Second
-
 // maxAttempts is how often a process is started again when the free port it
 // was given was taken before it could bind it.
 const maxAttempts = 3
 
-// process is a child process whose combined output goes to a log file.
-type process struct {
-	name string
-	log  string
-	cmd  *exec.Cmd
-	done chan struct{} // closed once cmd.Wait has returned
-	err  error         // cmd.Wait's result; read only after done is closed
-	once sync.Once
-}
+// process is a child process whose combined output goes to a log file,
+// killed by the kernel if the test binary dies (see internal/lab/proc).
+type process struct{ *proc.Process }
 
 // startProcess starts bin with args, its output appended to logPath.
 func startProcess(name, logPath, bin string, args ...string) (*process, error) {
-	f, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	p, err := proc.Start(name, logPath, nil, bin, args...)
 	if err != nil {
-		return nil, fmt.Errorf("start %s: %w", name, err)
+		return nil, err
 	}
-	defer f.Close() // the child has its own copy
-	cmd := exec.Command(bin, args...)
-	cmd.Stdout, cmd.Stderr = f, f
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	if err := forkFromStableThread(cmd); err != nil {
-		return nil, fmt.Errorf("start %s: %w", name, err)
-	}
-	p := &process{name: name, log: logPath, cmd: cmd, done: make(chan struct{})}
-	go func() {
-		p.err = cmd.Wait()
-		close(p.done)
-	}()
-	return p, nil
+	return &process{p}, nil
 }
 
-// Pdeathsig fires when the *thread* that forked the child exits, and Go ends
-// threads whose goroutine exits while locked to them (as netns helpers do).
-// Forking from one locked goroutine that never exits makes the signal mean
-// "the test binary died", which is what it is for: a test that times out
-// skips its cleanups, and its apiservers must not outlive it.
-var (
-	forkOnce sync.Once
-	forkReqs chan forkReq
-)
-
-type forkReq struct {
-	cmd *exec.Cmd
-	err chan<- error
-}
-
-func forkFromStableThread(cmd *exec.Cmd) error {
-	forkOnce.Do(func() {
-		forkReqs = make(chan forkReq)
-		go func() {
-			runtime.LockOSThread() // never unlocked: this thread lives as long as the process
-			for r := range forkReqs {
-				r.err <- r.cmd.Start()
-			}
-		}()
-	})
-	errc := make(chan error, 1)
-	forkReqs <- forkReq{cmd: cmd, err: errc}
-	return <-errc
-}
-
-func (p *process) exited() bool {
-	select {
-	case <-p.done:
-		return true
-	default:
-		return false
-	}
-}
-
-// stop ends the process and waits for it; calling it again is a no-op.
-func (p *process) stop() {
-	p.once.Do(func() {
-		if p.exited() {
-			return
-		}
-		_ = p.cmd.Process.Signal(syscall.SIGTERM)
-		select {
-		case <-p.done:
-		case <-time.After(stopGrace):
-			_ = p.cmd.Process.Kill()
-			<-p.done
-		}
-	})
-}
-
-// tail returns the last n lines of the process's log.
-func (p *process) tail(n int) string {
-	b, err := os.ReadFile(p.log)
-	if err != nil {
-		return fmt.Sprintf("(read %s: %v)", p.log, err)
-	}
-	lines := bytes.Split(bytes.TrimRight(b, "\n"), []byte("\n"))
-	if len(lines) > n {
-		lines = lines[len(lines)-n:]
-	}
-	return string(bytes.Join(lines, []byte("\n")))
-}
+func (p *process) exited() bool      { return p.Exited() }
+func (p *process) stop()             { p.Stop(proc.DefaultGrace) }
+func (p *process) tail(n int) string { return p.Tail(n) }
 
 // portClash reports whether the process died because its port was taken.
 func (p *process) portClash() bool {
@@ -139,7 +49,7 @@ func (p *process) cleanup(t testing.TB) {
 	t.Cleanup(func() {
 		p.stop()
 		if t.Failed() {
-			t.Logf("kubelab: last lines of %s (%s):\n%s", p.name, p.log, p.tail(40))
+			t.Logf("kubelab: last lines of %s (%s):\n%s", p.Name, p.Log, p.tail(40))
 		}
 	})
 }
@@ -151,7 +61,7 @@ func waitReady(p *process, ready func(context.Context) error) error {
 	var last error
 	for {
 		if p.exited() {
-			return fmt.Errorf("%s exited: %v", p.name, p.err)
+			return fmt.Errorf("%s exited: %v", p.Name, p.Err())
 		}
 		rctx, rcancel := context.WithTimeout(ctx, 5*time.Second)
 		last = ready(rctx)
@@ -161,8 +71,8 @@ func waitReady(p *process, ready func(context.Context) error) error {
 		}
 		select {
 		case <-ctx.Done():
-			return fmt.Errorf("%s not ready after %v: %w", p.name, StartTimeout, last)
-		case <-p.done:
+			return fmt.Errorf("%s not ready after %v: %w", p.Name, StartTimeout, last)
+		case <-p.Done():
 		case <-time.After(100 * time.Millisecond):
 		}
 	}
