@@ -186,14 +186,20 @@ func (e *labEnv) testKubectl(t *testing.T) {
 	if out := e.mustKubectl(t, c, strings.NewReader("piped\n"), "exec", "-i", "deploy/client", "--", "busybox", "cat"); out != "piped\n" {
 		t.Errorf("kubectl exec -i cat: %q", out)
 	}
-	// The stand-in logs each request it serves.
+	// The stand-in logs each request it serves. The service spreads
+	// requests over every web pod of the mesh, so send one and read the logs
+	// of all of this cluster's web pods (`kubectl logs deploy/web` reads one).
+	vip := e.vip(t, c, "web")
 	testenv.Eventually(t, 30*time.Second, func() error {
-		out, err := e.kubectl(t, c, nil, "logs", "deploy/web", "-c", "whoami")
+		if _, err := e.call(t, c, "http://"+vip+":8080/"); err != nil {
+			return err
+		}
+		out, err := e.kubectl(t, c, nil, "logs", "-l", "app=web", "-c", "whoami", "--prefix")
 		if err != nil {
 			return err
 		}
 		if !strings.Contains(out, "request") {
-			return fmt.Errorf("kubectl logs: no request logged yet: %q", out)
+			return fmt.Errorf("kubectl logs -l app=web: no request logged yet: %q", out)
 		}
 		return nil
 	})

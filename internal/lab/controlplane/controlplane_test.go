@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/json"
 	"net/netip"
 	"os"
 	"testing"
@@ -14,9 +15,9 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/clientcmd"
-	"k8s.io/client-go/util/retry"
 
 	"github.com/braidmesh/braid/internal/kubelab"
 	"github.com/braidmesh/braid/internal/lab/controlplane"
@@ -76,19 +77,19 @@ func TestClusterSchedulesOnANode(t *testing.T) {
 	if err != nil {
 		t.Fatalf("register node with its own credentials: %v", err)
 	}
-	// The controller manager writes the node too (pod CIDR, taints): retry
-	// on conflict, as a kubelet does.
-	if err := retry.RetryOnConflict(retry.DefaultRetry, func() error {
-		node, err := nodeClient.CoreV1().Nodes().Get(ctx, node.Name, metav1.GetOptions{})
-		if err != nil {
-			return err
-		}
-		node.Status.Allocatable = node.Status.Capacity
-		node.Status.Conditions = []corev1.NodeCondition{{Type: corev1.NodeReady, Status: corev1.ConditionTrue, Reason: "KubeletReady",
-			LastHeartbeatTime: metav1.Now(), LastTransitionTime: metav1.Now()}}
-		_, err = nodeClient.CoreV1().Nodes().UpdateStatus(ctx, node, metav1.UpdateOptions{})
-		return err
-	}); err != nil {
+	// The controller manager writes the node too (pod CIDR, taints): patch
+	// the status subresource, as a kubelet does, so a taint the controller
+	// manager just changed is not sent back as a stale spec (NodeRestriction
+	// forbids a node "modifying taints").
+	statusPatch, err := json.Marshal(map[string]corev1.NodeStatus{"status": {
+		Allocatable: node.Status.Capacity,
+		Conditions: []corev1.NodeCondition{{Type: corev1.NodeReady, Status: corev1.ConditionTrue, Reason: "KubeletReady",
+			LastHeartbeatTime: metav1.Now(), LastTransitionTime: metav1.Now()}},
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := nodeClient.CoreV1().Nodes().Patch(ctx, node.Name, types.StrategicMergePatchType, statusPatch, metav1.PatchOptions{}, "status"); err != nil {
 		t.Fatalf("report node status: %v", err)
 	}
 

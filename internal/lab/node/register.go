@@ -2,6 +2,8 @@ package node
 
 import (
 	"context"
+	"encoding/json"
+	"fmt"
 	"runtime"
 	"strings"
 	"time"
@@ -11,7 +13,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/client-go/util/retry"
+	"k8s.io/apimachinery/pkg/types"
 )
 
 const (
@@ -139,18 +141,23 @@ func (n *node) nodeStatus(old corev1.NodeStatus) corev1.NodeStatus {
 	return st
 }
 
-// postStatus writes the Node status.
+// postStatus writes the Node status as a strategic merge patch of the
+// status subresource, as the kubelet does. A full UpdateStatus would carry
+// the spec it read: if the controller manager changed the node's taints in
+// between, NodeRestriction rejects the write as the node "modifying taints"
+// (admission sees the stale spec before the conflict check does).
 func (n *node) postStatus(ctx context.Context) error {
 	nodes := n.client.CoreV1().Nodes()
-	return retry.RetryOnConflict(retry.DefaultRetry, func() error {
-		nd, err := nodes.Get(ctx, n.cfg.NodeName, metav1.GetOptions{})
-		if err != nil {
-			return err
-		}
-		nd.Status = n.nodeStatus(nd.Status)
-		_, err = nodes.UpdateStatus(ctx, nd, metav1.UpdateOptions{})
+	nd, err := nodes.Get(ctx, n.cfg.NodeName, metav1.GetOptions{})
+	if err != nil {
 		return err
-	})
+	}
+	patch, err := json.Marshal(map[string]corev1.NodeStatus{"status": n.nodeStatus(nd.Status)})
+	if err != nil {
+		return fmt.Errorf("encode node status: %w", err)
+	}
+	_, err = nodes.Patch(ctx, n.cfg.NodeName, types.StrategicMergePatchType, patch, metav1.PatchOptions{}, "status")
+	return err
 }
 
 // statusUpdates posts the Node status every nodeStatusInterval and when
