@@ -4,8 +4,11 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"os"
 	"path/filepath"
 	"slices"
+	"strings"
+	"sync"
 	"time"
 
 	"github.com/cilium/ebpf"
@@ -14,10 +17,13 @@ import (
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
+	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
+	discoveryclient "k8s.io/client-go/kubernetes/typed/discovery/v1"
 	"k8s.io/client-go/util/retry"
 
+	"github.com/braidmesh/braid/clustermesh"
 	"github.com/braidmesh/braid/clustermesh/broker"
 	"github.com/braidmesh/braid/internal/lab"
 )
@@ -64,6 +70,7 @@ func (l latencies) String() string {
 
 func benchPropagation(ctx context.Context, out io.Writer, dir string, scales, sliceChanges int) error {
 	say := progress(out)
+	startLoad := loadAverage()
 	l, err := lab.Up(ctx, lab.Config{Clusters: 2, Nodes: 2, Dir: dir, Progress: say})
 	if err != nil {
 		return err
@@ -103,7 +110,7 @@ func benchPropagation(ctx context.Context, out io.Writer, dir string, scales, sl
 				}
 				return time.Time{}, fmt.Errorf("west's backend maps hold %v entries after %v, want %d each", counts, timeout, want)
 			}
-			time.Sleep(200 * time.Microsecond)
+			time.Sleep(time.Millisecond)
 		}
 	}
 
@@ -152,7 +159,15 @@ func benchPropagation(ctx context.Context, out io.Writer, dir string, scales, sl
 	}
 
 	esClient := east.Client.DiscoveryV1().EndpointSlices("default")
-	var sliceLat latencies
+	tr, err := startTrace(ctx, l, east, esClient)
+	if err != nil {
+		return err
+	}
+	defer tr.close()
+	var (
+		sliceLat latencies
+		stages   = make([]latencies, len(stageNames))
+	)
 	for i := range sliceChanges {
 		es, err := esClient.Get(ctx, "bench-es-1", metav1.GetOptions{})
 		if err != nil {
@@ -168,14 +183,23 @@ func benchPropagation(ctx context.Context, out io.Writer, dir string, scales, sl
 			es.Endpoints = nil
 		}
 		start := time.Now()
-		if _, err := esClient.Update(ctx, es, metav1.UpdateOptions{}); err != nil {
+		updated, err := esClient.Update(ctx, es, metav1.UpdateOptions{})
+		if err != nil {
 			return fmt.Errorf("EndpointSlice change %d: %w", i, err)
 		}
+		written := time.Now()
 		done, err := waitCount(want, time.Minute)
 		if err != nil {
 			return fmt.Errorf("EndpointSlice change %d: %w", i, err)
 		}
 		sliceLat = append(sliceLat, done.Sub(start))
+		watched, published, err := tr.times(ctx, updated.ResourceVersion, start)
+		if err != nil {
+			return fmt.Errorf("EndpointSlice change %d: %w", i, err)
+		}
+		for s, t := range []time.Time{written, watched, published, done} {
+			stages[s] = append(stages[s], t.Sub(start))
+		}
 	}
 
 	raw, err := rawPutWatch(ctx, l, max(scales, sliceChanges))
@@ -185,7 +209,140 @@ func benchPropagation(ctx context.Context, out io.Writer, dir string, scales, sl
 	fmt.Fprintf(out, "\nscale (apiserver scale → every west agent's BPF map): %v\n", scaleLat)
 	fmt.Fprintf(out, "EndpointSlice update → every west agent's BPF map:   %v\n", sliceLat)
 	fmt.Fprintf(out, "raw etcd put → watch event on the broker:            %v\n", raw)
+	fmt.Fprintf(out, "\nEndpointSlice update, time from the update call until each stage:\n")
+	for s, name := range stageNames {
+		fmt.Fprintf(out, "  %-60s %v\n", name, stages[s])
+	}
+	fmt.Fprintf(out, "\nload average: %s at the start, %s at the end\n", startLoad, loadAverage())
 	return nil
+}
+
+// stageNames are the stages of an EndpointSlice change the bench traces.
+var stageNames = []string{
+	"apiserver: Update returned",
+	"apiserver watch: a watcher in the bench saw the new version",
+	"broker: east's service key changed (operator published)",
+	"every west agent's BPF map holds it",
+}
+
+// loadAverage returns the 1, 5 and 15 minute load averages.
+func loadAverage() string {
+	b, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return "unknown"
+	}
+	f := strings.Fields(string(b))
+	if len(f) < 3 {
+		return "unknown"
+	}
+	return strings.Join(f[:3], " ")
+}
+
+// trace follows an EndpointSlice change from outside the processes that
+// carry it: a Kubernetes watch of the EndpointSlice (what the operator's
+// informer sees) and an etcd watch of the published service key on the
+// broker (what the operator wrote), each event stamped on arrival.
+type trace struct {
+	cancel context.CancelFunc
+	done   chan struct{}
+
+	mu        sync.Mutex
+	watched   map[string]time.Time // EndpointSlice resourceVersion → seen
+	published []time.Time          // changes of the service key
+	err       error
+	wake      chan struct{}
+}
+
+func startTrace(ctx context.Context, l *lab.Lab, east *lab.Cluster, es discoveryclient.EndpointSliceInterface) (*trace, error) {
+	cfg, err := broker.LocalAdminConfig(filepath.Join(l.Dir, "broker"), []string{l.Broker})
+	if err != nil {
+		return nil, err
+	}
+	c, err := broker.AdminClient(ctx, cfg)
+	if err != nil {
+		return nil, err
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	w, err := es.Watch(ctx, metav1.ListOptions{FieldSelector: "metadata.name=bench-es-1"})
+	if err != nil {
+		cancel()
+		c.Close()
+		return nil, fmt.Errorf("watch EndpointSlice bench-es-1: %w", err)
+	}
+	svc := clustermesh.Service{Cluster: east.Name, Namespace: "default", Name: "bench-es"}
+	ew := c.Watch(ctx, svc.Key(), clientv3.WithPrefix())
+	t := &trace{cancel: cancel, done: make(chan struct{}), watched: map[string]time.Time{}, wake: make(chan struct{}, 1)}
+	var wg sync.WaitGroup
+	wg.Add(2)
+	go func() {
+		defer wg.Done()
+		defer w.Stop()
+		for ev := range w.ResultChan() {
+			now := time.Now()
+			if m, err := meta.Accessor(ev.Object); err == nil {
+				t.mu.Lock()
+				t.watched[m.GetResourceVersion()] = now
+				t.mu.Unlock()
+				t.signal()
+			}
+		}
+	}()
+	go func() {
+		defer wg.Done()
+		for resp := range ew {
+			now := time.Now()
+			t.mu.Lock()
+			if err := resp.Err(); err != nil && t.err == nil {
+				t.err = fmt.Errorf("watch east's service key on the broker: %w", err)
+			}
+			if len(resp.Events) > 0 {
+				t.published = append(t.published, now)
+			}
+			t.mu.Unlock()
+			t.signal()
+		}
+	}()
+	go func() { wg.Wait(); c.Close(); close(t.done) }()
+	return t, nil
+}
+
+func (t *trace) signal() {
+	select {
+	case t.wake <- struct{}{}:
+	default:
+	}
+}
+
+// times returns when the watch saw EndpointSlice version rv, and the first
+// change of the service key after start. It waits up to 10 s for both.
+func (t *trace) times(ctx context.Context, rv string, start time.Time) (watched, published time.Time, err error) {
+	deadline := time.NewTimer(10 * time.Second)
+	defer deadline.Stop()
+	for {
+		t.mu.Lock()
+		watched = t.watched[rv]
+		i, _ := slices.BinarySearchFunc(t.published, start, func(a, b time.Time) int { return a.Compare(b) })
+		if i < len(t.published) {
+			published = t.published[i]
+		}
+		err = t.err
+		t.mu.Unlock()
+		if err != nil || !watched.IsZero() && !published.IsZero() {
+			return watched, published, err
+		}
+		select {
+		case <-t.wake:
+		case <-deadline.C:
+			return watched, published, fmt.Errorf("trace: EndpointSlice version %s seen %v, service key published %v after 10s", rv, !watched.IsZero(), !published.IsZero())
+		case <-ctx.Done():
+			return watched, published, ctx.Err()
+		}
+	}
+}
+
+func (t *trace) close() {
+	t.cancel()
+	<-t.done
 }
 
 func countEntries(m *ebpf.Map) int {
