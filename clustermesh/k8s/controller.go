@@ -26,39 +26,75 @@ const (
 // records every sync in a reconcile.Tracker, so it reports on /metrics and
 // in Status like every other loop.
 type controller[K comparable] struct {
-	name    string
-	q       workqueue.TypedRateLimitingInterface[K]
-	tracker *reconcile.Tracker
-	delay   time.Duration // batching delay of add
-	sync    func(context.Context, K) error
-	log     *slog.Logger
+	name     string
+	q        workqueue.TypedRateLimitingInterface[K]
+	tracker  *reconcile.Tracker
+	interval time.Duration // least time between two syncs of a key that add queues
+	sync     func(context.Context, K) error
+	log      *slog.Logger
 
 	mu      sync.Mutex
 	failing map[K]string // keys whose last sync failed, with its error
 	lastErr string
+	// started is when each recently synced key's last sync started;
+	// entries older than interval are pruned as the map grows.
+	started   map[K]time.Time
+	pruneSize int // len(started) that triggers the next prune
 }
 
 // newController makes a controller and its queue; the queue's own
 // goroutines start here, so the Source makes controllers in Run.
-func newController[K comparable](name string, delay time.Duration, sync func(context.Context, K) error, log *slog.Logger, reg prometheus.Registerer) (*controller[K], error) {
+func newController[K comparable](name string, interval time.Duration, sync func(context.Context, K) error, log *slog.Logger, reg prometheus.Registerer) (*controller[K], error) {
 	t, err := reconcile.NewTracker(name, reg)
 	if err != nil {
 		return nil, fmt.Errorf("new %s controller: %w", name, err)
 	}
 	return &controller[K]{
-		name:    name,
-		q:       workqueue.NewTypedRateLimitingQueue[K](newBackoffLimiter[K]()),
-		tracker: t,
-		delay:   delay,
-		sync:    sync,
-		log:     log.With("controller", name),
-		failing: map[K]string{},
+		name:      name,
+		q:         workqueue.NewTypedRateLimitingQueue[K](newBackoffLimiter[K]()),
+		tracker:   t,
+		interval:  interval,
+		sync:      sync,
+		log:       log.With("controller", name),
+		failing:   map[K]string{},
+		started:   map[K]time.Time{},
+		pruneSize: minPruneSize,
 	}, nil
 }
 
-// add queues k after the batching delay, so a burst of events for it is
-// one sync. It never blocks.
-func (c *controller[K]) add(k K) { c.q.AddAfter(k, c.delay) }
+// minPruneSize is the smallest size of controller.started that is pruned.
+const minPruneSize = 256
+
+// add queues k for a sync that starts at least interval after k's last
+// one: a lone event after a quiet spell is synced at once, a burst of
+// events for k costs one sync per interval (the workqueue folds the
+// events that arrive meanwhile into one). It never blocks.
+func (c *controller[K]) add(k K) {
+	c.mu.Lock()
+	wait := c.interval - time.Since(c.started[k])
+	c.mu.Unlock()
+	if wait <= 0 {
+		c.q.Add(k)
+		return
+	}
+	c.q.AddAfter(k, wait)
+}
+
+// markStarted records that a sync of k starts now.
+func (c *controller[K]) markStarted(k K, now time.Time) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.started[k] = now
+	if len(c.started) < c.pruneSize {
+		return
+	}
+	for key, t := range c.started {
+		if now.Sub(t) >= c.interval {
+			delete(c.started, key)
+		}
+	}
+	c.pruneSize = max(minPruneSize, 2*len(c.started))
+}
 
 // addNow queues k at once.
 func (c *controller[K]) addNow(k K) { c.q.Add(k) }
@@ -82,6 +118,7 @@ func (c *controller[K]) next(ctx context.Context) bool {
 		return false
 	}
 	start := time.Now()
+	c.markStarted(k, start)
 	err := c.sync(ctx, k)
 	if ctx.Err() != nil {
 		return false

@@ -36,8 +36,10 @@
 // EndpointSlices, one key per "namespace/name"). Reconciliation is
 // level-triggered: informer handlers and MeshChanged only queue keys,
 // and a worker recomputes a key from the caches (Replace for the first
-// full set and for small kinds, Upsert/Delete per service afterwards). A
-// failed key is requeued with its own backoff (exponential with jitter,
+// full set and for small kinds, Upsert/Delete per service afterwards). An
+// event for a key synced less than BatchDelay ago waits until then, so a
+// burst of events costs one sync per BatchDelay while a lone event is
+// synced at once. A failed key is requeued with its own backoff (exponential with jitter,
 // package reconcile); every key is queued again every ResyncInterval.
 // Nothing is published until every informer has synced, and mesh_to_kube
 // starts once the first full service set was handed over. Both report

@@ -31,7 +31,10 @@ import (
 
 // Defaults for Config's zero values.
 const (
-	DefaultBatchDelay     = 50 * time.Millisecond
+	// DefaultBatchDelay matches the agents' reconcile rate
+	// (agent.DefaultMinReconcileInterval): publishing a key more often
+	// would not change what agents apply, only their number of rounds.
+	DefaultBatchDelay     = 10 * time.Millisecond
 	DefaultResyncInterval = 5 * time.Minute
 )
 
@@ -94,8 +97,9 @@ type Config struct {
 	// EnsureCRDs creates the ServiceExport and ServiceImport CRDs at start
 	// when they are absent (needs Clients.Dynamic).
 	EnsureCRDs bool
-	// BatchDelay is how long a controller waits after an event before it
-	// syncs the object, so a burst of events is one sync; zero means
+	// BatchDelay is the least time between two syncs of one object that
+	// events ask for: an event after a quiet spell is synced at once, a
+	// burst of events costs one sync per BatchDelay. Zero means
 	// DefaultBatchDelay.
 	BatchDelay time.Duration
 	// ResyncInterval is how often everything is recomputed even without
