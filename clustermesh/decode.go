@@ -185,8 +185,10 @@ func DecodeIPEntry(owner *ClusterConfig, key string, value []byte) (IPEntry, err
 		return IPEntry{}, err
 	}
 	var e IPEntry
-	if err := decodeStrict(value, &e); err != nil {
-		return IPEntry{}, invalid(key, KindIPs, "%v", err)
+	if !decodeIPEntryCanonical(value, &e) {
+		if err := decodeStrict(value, &e); err != nil {
+			return IPEntry{}, invalid(key, KindIPs, "%v", err)
+		}
 	}
 	if err := checkCluster(key, KindIPs, owner, e.Cluster); err != nil {
 		return IPEntry{}, err
