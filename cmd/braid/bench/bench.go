@@ -543,6 +543,17 @@ func benchConsumeCommand() *cobra.Command {
 			if err != nil {
 				return err
 			}
+			if f := os.Getenv("BRAID_CPUPROFILE"); f != "" {
+				pf, err := os.Create(f)
+				if err != nil {
+					return err
+				}
+				defer pf.Close()
+				if err := pprof.StartCPUProfile(pf); err != nil {
+					return err
+				}
+				defer pprof.StopCPUProfile()
+			}
 			start := time.Now()
 			store, err := join.Connect(ctx, creds, nil)
 			if err != nil {
