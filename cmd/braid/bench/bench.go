@@ -21,6 +21,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -379,7 +380,7 @@ func benchColdSync(ctx context.Context, out io.Writer, spec fillSpec) error {
 			if mode == "watcher" {
 				label = "braid remote.Watcher, all synced"
 			}
-			fmt.Fprintf(out, "  run %d %-38s %8v  peak RSS %5.0f MiB  (%d entries)\n", run+1, label+":", r.Elapsed.Round(time.Millisecond), float64(r.PeakRSS)/(1<<20), r.Entries)
+			fmt.Fprintf(out, "  run %d %-38s %8v  CPU %8v  peak RSS %5.0f MiB  (%d entries)\n", run+1, label+":", r.Elapsed.Round(time.Millisecond), r.CPU.Round(time.Millisecond), float64(r.PeakRSS)/(1<<20), r.Entries)
 		}
 	}
 	return nil
@@ -516,6 +517,10 @@ func fill(ctx context.Context, c *clientv3.Client, spec fillSpec) (int, int, err
 
 type consumeResult struct {
 	Elapsed time.Duration `json:"elapsed"`
+	// CPU is the process's user and system time: on a shared machine the
+	// wall time follows the share of the cores the process got, its CPU
+	// time much less so.
+	CPU     time.Duration `json:"cpu"`
 	PeakRSS int64         `json:"peakRSS"`
 	Entries int           `json:"entries"`
 }
@@ -601,6 +606,7 @@ func benchConsumeCommand() *cobra.Command {
 				r.Elapsed = time.Since(start)
 			}
 			r.PeakRSS = peakRSS()
+			r.CPU = cpuTime()
 			return json.NewEncoder(cmd.OutOrStdout()).Encode(r)
 		},
 	}
@@ -685,6 +691,15 @@ func waitAllSynced(changes <-chan remote.Change, n int, d time.Duration) error {
 		}
 	}
 	return nil
+}
+
+// cpuTime returns the user and system CPU time the process used so far.
+func cpuTime() time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
 // peakRSS reads VmHWM from /proc/self/status, in bytes.
