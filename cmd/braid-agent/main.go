@@ -142,7 +142,7 @@ func command() *cobra.Command {
 				}
 				// What the node can find out for itself is not a flag.
 				if cfg.Zone == "" || cfg.Region == "" || len(cfg.NodeIPs) == 0 {
-					info, err := k8s.GetNodeInfo(cmd.Context(), client, cfg.Node)
+					info, err := k8s.WaitNodeInfo(cmd.Context(), client, cfg.Node, log)
 					if err != nil {
 						return err
 					}
