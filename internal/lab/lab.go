@@ -79,6 +79,7 @@ type Lab struct {
 	broker     *broker.Broker // nil while stopped
 	brokerStop func()
 	closed     bool
+	exits      []string // unexpected exits of lab processes, oldest first
 }
 
 // Cluster is one lab cluster.

@@ -2,6 +2,7 @@ package lab
 
 import (
 	"fmt"
+	"slices"
 	"sync"
 	"syscall"
 	"time"
@@ -93,6 +94,9 @@ func (l *Lab) watch(p *proc.Process, m *managed) {
 			return
 		}
 		err := fmt.Errorf("%s exited: %v; last lines of %s:\n%s", p.Name, p.Err(), p.Log, p.Tail(20))
+		l.mu.Lock()
+		l.exits = append(l.exits, err.Error())
+		l.mu.Unlock()
 		if m != nil {
 			m.mu.Lock()
 			if time.Since(started) >= stableAfter {
@@ -120,6 +124,15 @@ func (l *Lab) watch(p *proc.Process, m *managed) {
 		default: // the first failure is reported
 		}
 	}()
+}
+
+// UnexpectedExits describes every exit of a lab process nobody asked for
+// (each restarted under the restart policy, or reported on Failed), oldest
+// first. A lab that started cleanly and was not disturbed has none.
+func (l *Lab) UnexpectedExits() []string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return slices.Clone(l.exits)
 }
 
 func (l *Lab) isClosed() bool {
