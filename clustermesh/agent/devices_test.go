@@ -3,6 +3,7 @@ package agent
 import (
 	"context"
 	"log/slog"
+	"net"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -21,15 +22,25 @@ func TestPodDeviceMatcher(t *testing.T) {
 		l := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: name, NetNsID: peerNS}}
 		return l
 	}
-	auto, _ := podDeviceMatcher(PodDevicesAuto)
+	nodeIP := netip.MustParseAddr("10.250.0.11")
+	addrs := func(l netlink.Link) ([]netlink.Addr, error) {
+		if l.Attrs().Name == "eth0" { // the node's uplink, itself a veth
+			return []netlink.Addr{{IPNet: &net.IPNet{IP: nodeIP.AsSlice(), Mask: net.CIDRMask(24, 32)}}}, nil
+		}
+		return []netlink.Addr{{IPNet: &net.IPNet{IP: net.IPv4(10, 100, 0, 1), Mask: net.CIDRMask(32, 32)}}}, nil
+	}
+	auto, _ := podDeviceMatcher(PodDevicesAuto, []netip.Addr{nodeIP}, addrs)
 	if !auto(veth("anything", 3)) || auto(veth("local", -1)) || auto(&netlink.Dummy{LinkAttrs: netlink.LinkAttrs{Name: "d", NetNsID: 2}}) {
 		t.Error("auto: want exactly veths whose peer is in another netns")
 	}
-	globs, err := podDeviceMatcher("lxc*,cali*")
+	if auto(veth("eth0", 0)) {
+		t.Error("auto: the veth holding the node's address is its uplink, not a pod's")
+	}
+	globs, err := podDeviceMatcher("lxc*,cali*", nil, nil)
 	if err != nil || !globs(veth("lxc123", -1)) || !globs(veth("cali9", -1)) || globs(veth("eth0", 2)) {
 		t.Errorf("globs: wrong matches (err %v)", err)
 	}
-	if _, err := podDeviceMatcher("[bad"); err == nil {
+	if _, err := podDeviceMatcher("[bad", nil, nil); err == nil {
 		t.Error("bad glob accepted")
 	}
 }
@@ -48,13 +59,14 @@ func TestWatchPodDevices(t *testing.T) {
 	events := make(chan string, 16)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	match, _ := podDeviceMatcher(PodDevicesAuto)
-	go func() {
-		done <- watchPodDevices(ctx, objs, match, &node, do, slog.New(slog.DiscardHandler), func(name string, idx int, up bool) {
-			events <- name + " " + strconv.FormatBool(up)
-		})
-	}()
-	t.Cleanup(func() { cancel(); <-done })
+	h := bpftest.Handle(t, node)
+	nodeIP := netip.MustParsePrefix("10.206.0.11/24")
+	// The watch asks on a handle of its own: a netlink.Handle is not safe
+	// for concurrent use, and the test changes links meanwhile.
+	wh := bpftest.Handle(t, node)
+	match, _ := podDeviceMatcher(PodDevicesAuto, []netip.Addr{nodeIP.Addr()}, func(l netlink.Link) ([]netlink.Addr, error) {
+		return wh.AddrList(l, netlink.FAMILY_ALL)
+	})
 	wait := func(want string) {
 		t.Helper()
 		select {
@@ -66,8 +78,17 @@ func TestWatchPodDevices(t *testing.T) {
 			t.Fatalf("no event %q", want)
 		}
 	}
+	// The node's uplink is a veth into another namespace too, but it holds
+	// the node's address: not a pod's. It is made before the watch starts,
+	// as a node's uplink is before its agent.
+	bpftest.Veth(t, node, "uplink0", []netip.Prefix{nodeIP}, bpftest.NetNS(t), "eth0", []netip.Prefix{netip.MustParsePrefix("10.206.0.1/24")})
+	go func() {
+		done <- watchPodDevices(ctx, objs, match, &node, do, slog.New(slog.DiscardHandler), func(name string, idx int, up bool) {
+			events <- name + " " + strconv.FormatBool(up)
+		})
+	}()
+	t.Cleanup(func() { cancel(); <-done })
 	// A device with its peer in the same namespace is not a pod's.
-	h := bpftest.Handle(t, node)
 	if err := h.LinkAdd(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "local0"}, PeerName: "local1"}); err != nil {
 		t.Fatal(err)
 	}
