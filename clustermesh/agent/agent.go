@@ -109,6 +109,8 @@ type Agent struct {
 	loops    *loops
 	problems map[string]string
 	listener net.Listener
+	objs     *bpf.Objects   // while Run holds them, for the counters
+	devices  map[int]string // pod devices with the tc programs, by ifindex
 }
 
 // New builds an Agent over store. It starts nothing and touches no kernel
@@ -170,7 +172,8 @@ func (a *Agent) Run(ctx context.Context) error {
 
 	var match func(netlink.Link) bool
 	if a.cfg.PodDevices != "" && a.cfg.PodDevices != PodDevicesOff {
-		if match, err = podDeviceMatcher(a.cfg.PodDevices); err != nil {
+		addrs := func(l netlink.Link) ([]netlink.Addr, error) { return netlink.AddrList(l, netlink.FAMILY_ALL) }
+		if match, err = podDeviceMatcher(a.cfg.PodDevices, a.cfg.NodeIPs, addrs); err != nil {
 			return err
 		}
 	}
@@ -216,8 +219,13 @@ func (a *Agent) Run(ctx context.Context) error {
 		return err
 	}
 	a.mu.Lock()
-	a.dp, a.dev, a.loops = dp, dev, loops
+	a.dp, a.dev, a.loops, a.objs = dp, dev, loops, objs
 	a.mu.Unlock()
+	defer func() {
+		a.mu.Lock()
+		a.objs = nil // closed on return
+		a.mu.Unlock()
+	}()
 
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
@@ -237,7 +245,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	if match != nil {
 		run(func(ctx context.Context) error {
 			direct := func(f func() error) error { return f() }
-			if err := watchPodDevices(ctx, objs, match, nil, direct, a.log, nil); err != nil {
+			if err := watchPodDevices(ctx, objs, match, nil, direct, a.log, a.podDeviceChanged); err != nil {
 				cancel(err)
 			}
 			return nil
@@ -466,6 +474,21 @@ func (a *Agent) writePublicKey(key string) error {
 	return nil
 }
 
+// podDeviceChanged records a pod device the tc programs were attached to
+// (up) or whose device went away.
+func (a *Agent) podDeviceChanged(name string, ifindex int, up bool) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if !up {
+		delete(a.devices, ifindex)
+		return
+	}
+	if a.devices == nil {
+		a.devices = map[int]string{}
+	}
+	a.devices[ifindex] = name
+}
+
 func (a *Agent) setProblem(part string, err error) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
@@ -522,7 +545,20 @@ func (a *Agent) Snapshot() status.Snapshot {
 	for part, p := range a.problems {
 		s.Problems = append(s.Problems, part+": "+p)
 	}
+	for _, name := range a.devices {
+		s.PodDevices = append(s.PodDevices, name)
+	}
+	if a.objs != nil {
+		// A lookup per counter and CPU: cheap, and never waits.
+		if cs, err := a.objs.Counters(); err == nil {
+			s.Counters = make(map[string]uint64, len(cs))
+			for i, v := range cs {
+				s.Counters[bpf.Counter(i).String()] = v
+			}
+		}
+	}
 	a.mu.Unlock()
+	slices.Sort(s.PodDevices)
 	if loops != nil {
 		s.AddLoops(loops.mesh.Status())
 		if loops.peers != nil {

@@ -42,6 +42,12 @@ type Snapshot struct {
 	// FallbackServices counts services with no healthy backend, served
 	// from every ready one (agents only).
 	FallbackServices int `json:"fallbackServices,omitempty"`
+	// PodDevices are the pod-facing devices the agent's tc programs are
+	// attached to, by name (agents following pods, --pod-devices).
+	PodDevices []string `json:"podDevices,omitempty"`
+	// Counters are the datapath's packet counters since its maps were
+	// created, by name (bpf.Counter), summed over CPUs (agents only).
+	Counters map[string]uint64 `json:"counters,omitempty"`
 }
 
 // AddLoops adds loops to Loops, and a problem for each whose last round
