@@ -24,6 +24,7 @@ import (
 	"github.com/braidmesh/braid/clustermesh/status"
 	"github.com/braidmesh/braid/internal/kubelab"
 	"github.com/braidmesh/braid/internal/lab"
+	"github.com/braidmesh/braid/internal/lab/node"
 )
 
 // requireLab skips (or, where CI sets BRAID_KUBE_REQUIRED, fails) unless
@@ -107,6 +108,89 @@ func (e *labEnv) failed(t *testing.T) {
 	}
 }
 
+// noExits fails t if any lab process exited without being asked to (and
+// was restarted under the lab's restart policy).
+func (e *labEnv) noExits(t *testing.T) {
+	t.Helper()
+	if exits := e.UnexpectedExits(); len(exits) > 0 {
+		t.Fatalf("%d unexpected exits of lab processes:\n%s", len(exits), strings.Join(exits, "\n---\n"))
+	}
+}
+
+// agentStatus reads n's agent's status document.
+func agentStatus(t *testing.T, n *lab.Node) (status.Snapshot, error) {
+	t.Helper()
+	client := &http.Client{Timeout: 2 * time.Second}
+	defer client.CloseIdleConnections()
+	return status.Fetch(context.Background(), client, n.StatusURL)
+}
+
+// clientNode is the node of cluster c's client pod.
+func (e *labEnv) clientNode(t *testing.T, c *lab.Cluster) *lab.Node {
+	t.Helper()
+	pods, err := c.Client.CoreV1().Pods("default").List(context.Background(), metav1.ListOptions{LabelSelector: "app=client"})
+	if err != nil || len(pods.Items) != 1 {
+		t.Fatalf("cluster %s: client pod: %v %v", c.Name, pods, err)
+	}
+	for _, n := range c.Nodes {
+		if n.Name == pods.Items[0].Spec.NodeName {
+			return n
+		}
+	}
+	t.Fatalf("cluster %s: client pod on unknown node %q", c.Name, pods.Items[0].Spec.NodeName)
+	return nil
+}
+
+// checkPodDevices: every agent has its tc programs on the host side of
+// each running pod's veth on its node, and on nothing else (the node's own
+// eth0 in particular).
+func (e *labEnv) checkPodDevices(t *testing.T) {
+	t.Helper()
+	checked := map[string]int{}
+	for _, c := range e.Clusters {
+		for _, n := range c.Nodes {
+			testenv.Eventually(t, 30*time.Second, func() error {
+				pods, err := c.Client.CoreV1().Pods("").List(context.Background(), metav1.ListOptions{FieldSelector: "spec.nodeName=" + n.Name})
+				if err != nil {
+					return err
+				}
+				want := map[string]string{}
+				for _, p := range pods.Items {
+					if p.Status.Phase == "Running" && !p.Spec.HostNetwork && p.DeletionTimestamp == nil {
+						want[node.VethName(string(p.UID))] = p.Name
+					}
+				}
+				snap, err := agentStatus(t, n)
+				if err != nil {
+					return err
+				}
+				have := map[string]bool{}
+				for _, d := range snap.PodDevices {
+					have[d] = true
+					if !strings.HasPrefix(d, "blp") {
+						return fmt.Errorf("node %s: tc programs on %s, which is no pod's veth (devices %v)", n.Name, d, snap.PodDevices)
+					}
+				}
+				for veth, pod := range want {
+					if !have[veth] {
+						return fmt.Errorf("node %s: no tc programs on %s, pod %s's veth (devices %v)", n.Name, veth, pod, snap.PodDevices)
+					}
+				}
+				checked[n.Name] = len(want)
+				return nil
+			})
+		}
+	}
+	total := 0
+	for _, k := range checked {
+		total += k
+	}
+	if total == 0 {
+		t.Fatalf("no pod veth checked on any node: %v", checked)
+	}
+	t.Logf("tc programs on every pod veth: %v pods per node", checked)
+}
+
 // TestLab builds one lab of two clusters × two nodes and runs the
 // end-to-end checks of issue 11 on it, in an order where the destructive
 // ones (broker outage, a cluster leaving) come last.
@@ -134,11 +218,17 @@ func TestLab(t *testing.T) {
 		}
 	}
 
+	// A clean start restarts nothing: every process came up in order.
+	e.noExits(t)
+
 	t.Run("ManifestsAnsweredByBothClusters", e.testManifests)
 	t.Run("Kubectl", e.testKubectl)
 	t.Run("OneSidedServiceOverWireGuard", e.testOneSided)
 	t.Run("Affinity", e.testAffinity)
 	t.Run("RestartsUnderTraffic", e.testRestarts)
+	// Up to here nothing was broken on purpose (the restarts above were
+	// asked for): no process may have exited by itself.
+	e.noExits(t)
 	t.Run("BrokerOutage", e.testBrokerOutage)
 	t.Run("ClusterLeaves", e.testClusterLeaves)
 }
@@ -266,6 +356,7 @@ spec:
 // balancer), and between the clusters' nodes the underlay carries only
 // WireGuard; both directions.
 func (e *labEnv) testOneSided(t *testing.T) {
+	e.checkPodDevices(t)
 	for _, dir := range []struct{ from, to *lab.Cluster }{{e.west, e.east}, {e.east, e.west}} {
 		name := "solo-" + string(dir.to.Name)
 		e.mustKubectl(t, dir.to, strings.NewReader(soloManifest(name, true)), "apply", "-f", "-")
@@ -277,6 +368,13 @@ func (e *labEnv) testOneSided(t *testing.T) {
 			return err
 		})
 
+		// The client's calls leave its pod through the tc program on the
+		// pod's veth, which steers them into WireGuard.
+		from := e.clientNode(t, dir.from)
+		before, err := agentStatus(t, from)
+		if err != nil {
+			t.Fatal(err)
+		}
 		capture := e.startCapture(t, dir.from, dir.to)
 		for i := range 5 {
 			id, err := e.call(t, dir.from, url)
@@ -288,6 +386,13 @@ func (e *labEnv) testOneSided(t *testing.T) {
 			}
 		}
 		lines := capture.stop(t)
+		after, err := agentStatus(t, from)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if moved := after.Counters["tunnel_redirect"] - before.Counters["tunnel_redirect"]; moved < 5 {
+			t.Errorf("%s → %s: node %s's tc program steered %d packets into WireGuard during 5 calls, want at least 5 (counters %v)", dir.from.Name, dir.to.Name, from.Name, moved, after.Counters)
+		}
 		if len(lines) == 0 {
 			t.Fatalf("%s → %s: no packet between the clusters' nodes captured", dir.from.Name, dir.to.Name)
 		}

@@ -382,9 +382,12 @@ func (n *Node) agentArgs() (string, []string) {
 		"--status-addr", net.JoinHostPort(n.IP.String(), strconv.Itoa(AgentStatusPort)),
 		"--kubeconfig", n.files.Kubeconfig,
 		// Lab pods sit in their own netns under the node's cgroup: the
-		// socket load balancer serves them, as the lab's tests expect.
+		// socket load balancer serves them, and the tc programs follow
+		// their veths (--pod-devices auto: the host sides in the node's
+		// netns; the node's own eth0 holds its address and is left alone),
+		// so a pod's cross-cluster traffic takes both, as the lab's tests
+		// check.
 		"--socket-lb-host-only=false",
-		"--pod-devices=off",
 	}
 }
 

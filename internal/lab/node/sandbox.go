@@ -22,6 +22,10 @@ import (
 // podIfName is the pod side of the veth pair.
 const podIfName = "eth0"
 
+// VethName is the host side of a pod's veth, in the node's network
+// namespace, derived from the pod's UID.
+func VethName(uid string) string { return vethName(uid) }
+
 // vethName derives the host-side interface name from the pod UID (15 bytes
 // at most, unique per node).
 func vethName(uid string) string {
