@@ -114,6 +114,11 @@ type Store interface {
 	// KeepAlive renews the lease once, for its full TTL. ErrLeaseNotFound if
 	// it already expired.
 	KeepAlive(ctx context.Context, id LeaseID) error
+	// LeaseTTL returns how long the lease has left unless it is renewed;
+	// ErrLeaseNotFound if it expired or was revoked. Consumers read it for
+	// another cluster's lease to show how long its entries stay. etcd
+	// counts in whole seconds.
+	LeaseTTL(ctx context.Context, id LeaseID) (time.Duration, error)
 	// RevokeLease ends the lease now, deleting every key bound to it.
 	// Revoking an unknown lease returns ErrLeaseNotFound.
 	RevokeLease(ctx context.Context, id LeaseID) error

@@ -49,3 +49,20 @@ func (s *Store) RevokeLease(ctx context.Context, id kvstore.LeaseID) error {
 	_, err := s.client.Revoke(ctx, clientv3.LeaseID(id))
 	return s.translate(op, err)
 }
+
+// LeaseTTL implements kvstore.Store. It does not ask for the lease's keys:
+// the broker lets only root list those.
+func (s *Store) LeaseTTL(ctx context.Context, id kvstore.LeaseID) (time.Duration, error) {
+	op := fmt.Sprintf("read TTL of lease %x", int64(id))
+	if err := s.check(ctx); err != nil {
+		return 0, fmt.Errorf("%s: %w", op, err)
+	}
+	resp, err := s.client.TimeToLive(ctx, clientv3.LeaseID(id))
+	if err != nil {
+		return 0, s.translate(op, err)
+	}
+	if resp.TTL < 0 { // etcd's answer for a lease it does not know
+		return 0, fmt.Errorf("%s: %w", op, kvstore.ErrLeaseNotFound)
+	}
+	return time.Duration(resp.TTL) * time.Second, nil
+}

@@ -142,3 +142,40 @@ func testLeaseUnknown(t *testing.T, h *harness) {
 		t.Errorf("failed lease-bound writes left a key behind: %v", err)
 	}
 }
+
+// testLeaseTTL: the time left counts down from the TTL, a keep-alive
+// restores it, and an ended lease has none.
+func testLeaseTTL(t *testing.T, h *harness) {
+	ctx := testCtx(t)
+	ttl := max(h.LeaseTTL, 3*time.Second) // etcd counts whole seconds
+	id, err := h.Store.GrantLease(ctx, ttl)
+	if err != nil {
+		t.Fatalf("GrantLease: %v", err)
+	}
+	first, err := h.Store.LeaseTTL(ctx, id)
+	if err != nil || first <= 0 || first > ttl {
+		t.Fatalf("LeaseTTL = %v, %v; want in (0, %v]", first, err, ttl)
+	}
+	testenv.Eventually(t, timeout, func() error {
+		left, err := h.Store.LeaseTTL(ctx, id)
+		if err != nil {
+			return err
+		}
+		if left >= first {
+			return fmt.Errorf("LeaseTTL = %v, not below %v yet", left, first)
+		}
+		return nil
+	})
+	if err := h.Store.KeepAlive(ctx, id); err != nil {
+		t.Fatalf("KeepAlive: %v", err)
+	}
+	if left, err := h.Store.LeaseTTL(ctx, id); err != nil || left < first {
+		t.Errorf("LeaseTTL after KeepAlive = %v, %v; want at least %v", left, err, first)
+	}
+	if err := h.Store.RevokeLease(ctx, id); err != nil {
+		t.Fatalf("RevokeLease: %v", err)
+	}
+	if _, err := h.Store.LeaseTTL(ctx, id); !errors.Is(err, kvstore.ErrLeaseNotFound) {
+		t.Errorf("LeaseTTL of a revoked lease: error = %v, want ErrLeaseNotFound", err)
+	}
+}

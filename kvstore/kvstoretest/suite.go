@@ -84,6 +84,7 @@ func Run(t *testing.T, newHarness func(t *testing.T) Harness) {
 		{"LeaseKeepAlive", testLeaseKeepAlive},
 		{"LeaseRevoke", testLeaseRevoke},
 		{"LeaseUnknown", testLeaseUnknown},
+		{"LeaseTTL", testLeaseTTL},
 		{"WatchListThenChanges", testWatchListThenChanges},
 		{"WatchPrefixIsolation", testWatchPrefixIsolation},
 		{"WatchLeaseExpiry", testWatchLeaseExpiry},

@@ -55,6 +55,19 @@ func (s *Store) KeepAlive(ctx context.Context, id kvstore.LeaseID) error {
 	return nil
 }
 
+// LeaseTTL implements kvstore.Store.
+func (s *Store) LeaseTTL(ctx context.Context, id kvstore.LeaseID) (time.Duration, error) {
+	if err := s.begin(ctx); err != nil {
+		return 0, fmt.Errorf("read TTL of lease %x: %w", id, err)
+	}
+	defer s.mu.Unlock()
+	l := s.leases[id]
+	if l == nil {
+		return 0, fmt.Errorf("read TTL of lease %x: %w", id, kvstore.ErrLeaseNotFound)
+	}
+	return max(time.Until(l.expires), 0), nil
+}
+
 // RevokeLease implements kvstore.Store.
 func (s *Store) RevokeLease(ctx context.Context, id kvstore.LeaseID) error {
 	if err := s.begin(ctx); err != nil {
