@@ -105,6 +105,11 @@ func TestBrokerGuard(t *testing.T) {
 		if err != nil || ttl.TTL <= 0 {
 			t.Errorf("TTL of own lease without keys: %+v, %v", ttl, err)
 		}
+		// A consumer shows how long another cluster has left: it may read
+		// the TTL of the lease that cluster's keys hang on, not its keys.
+		if ttl, err := cli.TimeToLive(ctx, wl.ID); err != nil || ttl.TTL <= 0 {
+			t.Errorf("TTL of west's lease as east: %+v, %v", ttl, err)
+		}
 		// Root still sees everything.
 		ls, err := admin.Leases(ctx)
 		if err != nil || len(ls.Leases) < 2 {

@@ -79,7 +79,7 @@ func New(cfg Config, store kvstore.Store, log *slog.Logger) (*Operator, error) {
 	if err != nil {
 		return nil, fmt.Errorf("new operator: %w", err)
 	}
-	w, err := remote.New(remote.Config{Self: cfg.Cluster.Name}, store, log, reg)
+	w, err := remote.New(remote.Config{Self: cfg.Cluster.Name, LeaseCheckInterval: remote.DefaultLeaseCheckInterval}, store, log, reg)
 	if err != nil {
 		return nil, fmt.Errorf("new operator: %w", err)
 	}

@@ -2,6 +2,7 @@ package remote
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"hash/maphash"
 	"net/netip"
@@ -62,8 +63,14 @@ type cluster struct {
 	lastUpdate      time.Time
 	lastProgress    time.Time // last kvstore.EventProgress on any watch
 	version         uint64
-	snap            *ClusterState
-	snapVersion     uint64
+	// lease is the lease the cluster's config key is bound to (zero: not
+	// read yet, or to be read again); leaseLeft is how long it had left
+	// when read at leaseRead.
+	lease       kvstore.LeaseID
+	leaseLeft   time.Duration
+	leaseRead   time.Time
+	snap        *ClusterState
+	snapVersion uint64
 }
 
 func newCluster(ctx context.Context, w *Watcher, cfg clustermesh.ClusterConfig) *cluster {
@@ -124,6 +131,35 @@ func (c *cluster) setConfig(cfg clustermesh.ClusterConfig) {
 	defer c.mu.Unlock()
 	c.cfg = cfg
 	c.version++
+	c.lease = 0 // a new config may hang on a new lease (a restarted operator)
+}
+
+// checkLease reads how long the cluster's lease has left. Failures keep
+// what was read last: the time left keeps counting down from it.
+func (c *cluster) checkLease(ctx context.Context) {
+	c.mu.Lock()
+	id := c.lease
+	c.mu.Unlock()
+	store := c.w.store
+	if id == 0 {
+		kv, err := store.Get(ctx, clustermesh.ClusterKey(c.name))
+		if err != nil {
+			return
+		}
+		if id = kv.Lease; id == 0 {
+			return // not bound to a lease: it stays until deleted
+		}
+	}
+	left, err := store.LeaseTTL(ctx, id)
+	switch {
+	case errors.Is(err, kvstore.ErrLeaseNotFound):
+		left, id = 0, 0 // ended; its keys are going, or a new lease holds them
+	case err != nil:
+		return
+	}
+	c.mu.Lock()
+	c.lease, c.leaseLeft, c.leaseRead = id, left, time.Now()
+	c.mu.Unlock()
 }
 
 // run watches the cluster's sync markers and starts a kind's watch once its
@@ -460,6 +496,10 @@ func (c *cluster) status() clustermesh.RemoteClusterStatus {
 	for _, k := range clustermesh.Kinds {
 		st.SyncedKinds[k] = c.markerSeen[k] && c.listed[k]
 		st.Entries[k] = c.tables[k].len()
+	}
+	if !c.leaseRead.IsZero() {
+		left := max(c.leaseLeft-time.Since(c.leaseRead), 0).Seconds()
+		st.LeaseRemaining = &left
 	}
 	return st
 }

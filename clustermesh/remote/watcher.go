@@ -36,7 +36,17 @@ type Config struct {
 	// it is shown stale; zero means DefaultStaleAfter. It must be several
 	// times the store's progress interval.
 	StaleAfter time.Duration
+	// LeaseCheckInterval is how often the Watcher reads how long each
+	// cluster's lease (the one its config key is bound to) has left, shown
+	// as RemoteClusterStatus.LeaseRemaining: a cluster whose operator
+	// stopped leaves when it runs out. Zero: not read (each read is a
+	// request to the broker per cluster; operators read, agents need not).
+	LeaseCheckInterval time.Duration
 }
+
+// DefaultLeaseCheckInterval is the LeaseCheckInterval operators use: the
+// lease TTLs are tens of seconds, and etcd counts them in whole seconds.
+const DefaultLeaseCheckInterval = 2 * time.Second
 
 // DefaultStaleAfter is Config.StaleAfter's default: six of the broker
 // connection's progress intervals (join.ProgressInterval, 5 s).
@@ -124,6 +134,13 @@ func (w *Watcher) Run(ctx context.Context) error {
 		wg.Wait()
 	}()
 
+	if w.cfg.LeaseCheckInterval > 0 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			w.checkLeases(ctx)
+		}()
+	}
 	m := &meshState{
 		claimed: map[clustermesh.ClusterName]clustermesh.ClusterConfig{},
 		stale:   map[clustermesh.ClusterName]bool{},
@@ -412,6 +429,26 @@ func (w *Watcher) Status() []clustermesh.RemoteClusterStatus {
 	}
 	slices.SortFunc(out, func(a, b clustermesh.RemoteClusterStatus) int { return cmp.Compare(a.Name, b.Name) })
 	return out
+}
+
+// checkLeases reads every LeaseCheckInterval how long each watched
+// cluster's lease has left, until ctx is done.
+func (w *Watcher) checkLeases(ctx context.Context) {
+	t := time.NewTicker(w.cfg.LeaseCheckInterval)
+	defer t.Stop()
+	for {
+		w.mu.Lock()
+		cs := slices.Collect(maps.Values(w.clusters))
+		w.mu.Unlock()
+		for _, c := range cs {
+			c.checkLease(ctx)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
 }
 
 // InvalidConfigs returns how many cluster configs were rejected and the

@@ -17,10 +17,11 @@ func (f fixed) Snapshot() status.Snapshot { return status.Snapshot(f) }
 
 func TestStatusCommandPrintsRemotesAndFailsWhenDegraded(t *testing.T) {
 	now := time.Now()
+	westLease := 8.4
 	snap := status.Snapshot{Cluster: "east", Role: "operator", Time: now, Healthy: true,
 		Publish: &clustermesh.PublishStatus{Registered: true, Entries: map[clustermesh.Kind]int{clustermesh.KindNodes: 3}},
 		Remotes: []clustermesh.RemoteClusterStatus{
-			{Name: "west", ID: 2, Connected: true, Synced: true, Entries: map[clustermesh.Kind]int{clustermesh.KindServices: 7}, LastUpdate: now.Add(-time.Second)},
+			{Name: "west", ID: 2, Connected: true, Synced: true, Entries: map[clustermesh.Kind]int{clustermesh.KindServices: 7}, LastUpdate: now.Add(-time.Second), LeaseRemaining: &westLease},
 			{Name: "north", ID: 3, Gone: true},
 			{Name: "south", ID: 4, Connected: true, Synced: true, Stale: true, LastProgress: now.Add(-42 * time.Second), LastUpdate: now.Add(-time.Hour)},
 		}}
@@ -31,7 +32,7 @@ func TestStatusCommandPrintsRemotesAndFailsWhenDegraded(t *testing.T) {
 	if code := Run(t.Context(), NewRoot(&out, &errOut), []string{"status", "--url", srv.URL}); code != 0 {
 		t.Fatalf("exit %d: %s", code, errOut.String())
 	}
-	for _, want := range []string{"cluster east (operator), publishing nodes 3", "west    2   synced", "north   3   gone", "south   4   stale 42s", "1s"} {
+	for _, want := range []string{"cluster east (operator), publishing nodes 3", "west    2   synced", "synced     8s ", "north   3   gone", "south   4   stale 42s", "1s"} {
 		if !strings.Contains(out.String(), want) {
 			t.Errorf("output lacks %q:\n%s", want, out.String())
 		}

@@ -90,7 +90,7 @@ func PrintStatus(w io.Writer, s status.Snapshot) {
 	}
 	fmt.Fprintln(w)
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	fmt.Fprint(tw, "REMOTE\tID\tSTATE")
+	fmt.Fprint(tw, "REMOTE\tID\tSTATE\tLEASE LEFT")
 	for _, k := range clustermesh.Kinds {
 		fmt.Fprintf(tw, "\t%s", strings.ToUpper(string(k)))
 	}
@@ -111,7 +111,13 @@ func PrintStatus(w io.Writer, s status.Snapshot) {
 		case r.Synced:
 			state = "synced"
 		}
-		fmt.Fprintf(tw, "%s\t%d\t%s", r.Name, r.ID, state)
+		// The time the cluster's entries stay unless its operator renews
+		// its lease: a cluster that stopped leaves when it runs out.
+		lease := "-"
+		if r.LeaseRemaining != nil && !r.Gone {
+			lease = (time.Duration(*r.LeaseRemaining * float64(time.Second))).Round(time.Second).String()
+		}
+		fmt.Fprintf(tw, "%s\t%d\t%s\t%s", r.Name, r.ID, state, lease)
 		for _, k := range clustermesh.Kinds {
 			fmt.Fprintf(tw, "\t%d", r.Entries[k])
 		}
