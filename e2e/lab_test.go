@@ -751,6 +751,39 @@ func (e *labEnv) testClusterLeaves(t *testing.T) {
 		t.Fatal(err)
 	}
 	e.west.StopOperator(syscall.SIGKILL) // no goodbye: only the lease tells
+	// Until the lease runs out, east's status shows the time west has
+	// left, falling: nothing renews it any more.
+	client := &http.Client{Timeout: 2 * time.Second}
+	westLease := func() (float64, error) {
+		snap, err := status.Fetch(context.Background(), client, e.east.StatusURL)
+		if err != nil {
+			return 0, err
+		}
+		for _, r := range snap.Remotes {
+			if r.Name == "west" && !r.Gone {
+				if r.LeaseRemaining == nil {
+					return 0, fmt.Errorf("east's status shows no lease time for west: %+v", r)
+				}
+				return *r.LeaseRemaining, nil
+			}
+		}
+		return 0, fmt.Errorf("west already gone from east's status: %+v", snap.Remotes)
+	}
+	first, err := westLease()
+	if err != nil {
+		t.Fatal(err)
+	}
+	testenv.Eventually(t, 30*time.Second, func() error {
+		left, err := westLease()
+		if err != nil {
+			return err
+		}
+		if left >= first {
+			return fmt.Errorf("west's lease shows %.1fs left, not below the first read's %.1fs yet", left, first)
+		}
+		t.Logf("east's status: west's lease has %.1fs left, then %.1fs", first, left)
+		return nil
+	})
 	testenv.Eventually(t, 60*time.Second, func() error {
 		_, err := e.call(t, e.east, url)
 		if err == nil {
@@ -758,7 +791,6 @@ func (e *labEnv) testClusterLeaves(t *testing.T) {
 		}
 		return nil
 	})
-	client := &http.Client{Timeout: 2 * time.Second}
 	snap, err := status.Fetch(context.Background(), client, e.east.StatusURL)
 	if err != nil {
 		t.Fatal(err)
