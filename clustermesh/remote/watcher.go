@@ -3,6 +3,7 @@ package remote
 import (
 	"cmp"
 	"context"
+	"errors"
 	"fmt"
 	"hash/maphash"
 	"log/slog"
@@ -74,6 +75,7 @@ type Watcher struct {
 	lastErr  string
 	// ungranted holds, by name, why a cluster with a config is ignored.
 	ungranted    map[clustermesh.ClusterName]string
+	broker       BrokerStatus
 	selfGranted  bool
 	grantsListed bool
 
@@ -178,6 +180,7 @@ type meshState struct {
 }
 
 func (w *Watcher) configEvent(ctx context.Context, wg *sync.WaitGroup, m *meshState, ev kvstore.Event) {
+	w.heard(ev)
 	switch ev.Kind {
 	case kvstore.EventUpsert:
 		cfg, err := clustermesh.DecodeClusterConfig(ev.Key, ev.Value)
@@ -210,6 +213,9 @@ func (w *Watcher) configEvent(ctx context.Context, wg *sync.WaitGroup, m *meshSt
 		}
 		clear(m.stale)
 		w.clearError()
+		w.mu.Lock()
+		w.broker.ConfigsListed = true
+		w.mu.Unlock()
 	case kvstore.EventError:
 		w.setError(ev.Err)
 		w.log.Warn("cluster config watch failing", "err", ev.Err)
@@ -220,6 +226,7 @@ func (w *Watcher) configEvent(ctx context.Context, wg *sync.WaitGroup, m *meshSt
 // change: resolving conflicts needs their create revisions, and grants are
 // few and rarely change.
 func (w *Watcher) grantEvent(ctx context.Context, wg *sync.WaitGroup, m *meshState, ev kvstore.Event) {
+	w.heard(ev)
 	switch ev.Kind {
 	case kvstore.EventError:
 		w.setError(ev.Err)
@@ -302,6 +309,56 @@ func (w *Watcher) reconcile(ctx context.Context, wg *sync.WaitGroup, m *meshStat
 	owner, claims := g.Owner(cfg)
 	c := w.upsertCluster(ctx, wg, owner)
 	c.setClaims(claims)
+}
+
+// BrokerStatus is how the Watcher's own watches of the mesh (cluster
+// configs and grants) fare: whether the broker answers.
+type BrokerStatus struct {
+	// LastHeard is when either watch last delivered anything but an error
+	// (an entry, a list, a progress notification).
+	LastHeard time.Time
+	// ProgressSeen says the store confirmed progress at least once: a
+	// store that does (etcd with a progress interval) is expected to keep
+	// doing so, and silence past a bound means the broker is unreachable.
+	ProgressSeen bool
+	// FailingSince is when the watches began failing (zero while they
+	// work); LastError is the latest failure.
+	FailingSince time.Time
+	LastError    string
+	// Refused says the latest failure was the broker refusing this
+	// cluster's credentials (kvstore.ErrPermissionDenied): it was removed.
+	Refused bool
+	// ConfigsListed and GrantsListed say both watches completed a list:
+	// only then does a cluster missing from the mesh mean it is not
+	// registered.
+	ConfigsListed, GrantsListed bool
+}
+
+// Broker returns how the Watcher's watches of the mesh fare.
+func (w *Watcher) Broker() BrokerStatus {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	b := w.broker
+	b.GrantsListed = w.grantsListed
+	return b
+}
+
+// heard records what a mesh watch's event says about the broker.
+func (w *Watcher) heard(ev kvstore.Event) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	b := &w.broker
+	if ev.Kind == kvstore.EventError {
+		if b.FailingSince.IsZero() {
+			b.FailingSince = time.Now()
+		}
+		b.LastError = ev.Err.Error()
+		b.Refused = errors.Is(ev.Err, kvstore.ErrPermissionDenied)
+		return
+	}
+	b.LastHeard = time.Now()
+	b.ProgressSeen = b.ProgressSeen || ev.Kind == kvstore.EventProgress
+	b.FailingSince, b.LastError, b.Refused = time.Time{}, "", false
 }
 
 // setUngranted records (reason not empty) or forgets why a cluster with a
