@@ -86,7 +86,16 @@ type Config struct {
 	StatusAddr string
 	// MinReconcileInterval: zero means DefaultMinReconcileInterval.
 	MinReconcileInterval time.Duration
+	// BrokerTimeout bounds how long the broker may stay silent or failing
+	// before the agent reports itself unhealthy, and how long a remote
+	// cluster's watches may before it is shown stale; zero means
+	// DefaultBrokerTimeout. It must be several times the broker
+	// connection's progress interval (join.ProgressInterval).
+	BrokerTimeout time.Duration
 }
+
+// DefaultBrokerTimeout is Config.BrokerTimeout's default.
+const DefaultBrokerTimeout = remote.DefaultStaleAfter
 
 // Agent is one node's agent. See the package doc.
 type Agent struct {
@@ -122,6 +131,9 @@ func New(cfg Config, store kvstore.Store, log *slog.Logger) (*Agent, error) {
 	if cfg.MinReconcileInterval == 0 {
 		cfg.MinReconcileInterval = DefaultMinReconcileInterval
 	}
+	if cfg.BrokerTimeout <= 0 {
+		cfg.BrokerTimeout = DefaultBrokerTimeout
+	}
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
@@ -129,7 +141,7 @@ func New(cfg Config, store kvstore.Store, log *slog.Logger) (*Agent, error) {
 	reg := prometheus.NewRegistry()
 	// The agent mirrors every cluster, its own included: local services'
 	// virtual IPs and backends come from what the operator published.
-	w, err := remote.New(remote.Config{}, store, log, reg)
+	w, err := remote.New(remote.Config{StaleAfter: cfg.BrokerTimeout}, store, log, reg)
 	if err != nil {
 		return nil, fmt.Errorf("new agent: %w", err)
 	}
@@ -474,6 +486,32 @@ func (a *Agent) writePublicKey(key string) error {
 	return nil
 }
 
+// meshProblems says what is wrong with the agent's link to the broker and
+// its own cluster's place in the mesh (own: its status in the watcher, nil
+// if absent), each with a hint.
+func (a *Agent) meshProblems(own *clustermesh.RemoteClusterStatus, now time.Time) []string {
+	b := a.watcher.Broker()
+	name, bound := a.cfg.Cluster, a.cfg.BrokerTimeout
+	switch {
+	case b.Refused:
+		return []string{fmt.Sprintf("cluster %s was removed from the mesh: the broker refuses its credentials (%s); hint: run `braid broker add-cluster %s`, then restart its operator and agents with the new join bundle", name, b.LastError, name)}
+	case !b.FailingSince.IsZero() && now.Sub(b.FailingSince) > bound:
+		return []string{fmt.Sprintf("broker unreachable for %v (more than %v): %s; hint: check the broker is running and reachable from node %s", now.Sub(b.FailingSince).Round(time.Second), bound, b.LastError, a.cfg.Node)}
+	case b.ProgressSeen && now.Sub(b.LastHeard) > bound:
+		return []string{fmt.Sprintf("broker unreachable: nothing heard from it for %v (more than %v); hint: check the broker is running and reachable from node %s", now.Sub(b.LastHeard).Round(time.Second), bound, a.cfg.Node)}
+	}
+	if !b.ConfigsListed || !b.GrantsListed {
+		return nil // not known yet
+	}
+	switch {
+	case own != nil && own.Ungranted != "":
+		return []string{fmt.Sprintf("cluster %s is not granted a place in the mesh: %s; hint: run `braid broker add-cluster %s`", name, own.Ungranted, name)}
+	case own == nil || own.Gone:
+		return []string{fmt.Sprintf("cluster %s is not registered in the mesh: the broker holds no config of it (its operator has not registered it, or stopped and its lease ran out); hint: check cluster %s's braid-operator runs (`braid status --url` on it)", name, name)}
+	}
+	return nil
+}
+
 // podDeviceChanged records a pod device the tc programs were attached to
 // (up) or whose device went away.
 func (a *Agent) podDeviceChanged(name string, ifindex int, up bool) {
@@ -533,12 +571,15 @@ func (a *Agent) StatusURL() string {
 // Snapshot implements status.Source.
 func (a *Agent) Snapshot() status.Snapshot {
 	s := status.Snapshot{Cluster: a.cfg.Cluster, Role: "agent", Node: a.cfg.Node, Time: time.Now()}
+	var own *clustermesh.RemoteClusterStatus
 	for _, r := range a.watcher.Status() {
 		if r.Name == a.cfg.Cluster {
-			continue // the agent's own cluster is mirrored, not remote
+			own = &r // the agent's own cluster is mirrored, not remote
+			continue
 		}
 		s.Remotes = append(s.Remotes, r)
 	}
+	s.Problems = append(s.Problems, a.meshProblems(own, s.Time)...)
 	s.InvalidClusterConfigs, _ = a.watcher.InvalidConfigs()
 	a.mu.Lock()
 	dp, loops, pool := a.dp, a.loops, a.pool

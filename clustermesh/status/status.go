@@ -82,12 +82,17 @@ type MapFill struct {
 }
 
 // SetHealth adds a problem for every remote cluster that is disconnected
-// (departed ones are not problems) and sets Healthy: true when Problems is
-// then empty. Sources call it last, after adding their own problems.
+// or stale (departed ones are not problems) and sets Healthy: true when
+// Problems is then empty. Sources call it last, after adding their own
+// problems.
 func (s *Snapshot) SetHealth() {
 	for _, r := range s.Remotes {
-		if !r.Gone && !r.Connected {
+		switch {
+		case r.Gone:
+		case !r.Connected:
 			s.Problems = append(s.Problems, fmt.Sprintf("cluster %s: disconnected: %s", r.Name, r.LastError))
+		case r.Stale:
+			s.Problems = append(s.Problems, fmt.Sprintf("cluster %s: stale: its watches have shown no progress for %v, what is shown of it may be out of date; hint: check the broker is reachable from here, and `braid status` on cluster %s's operator", r.Name, s.Time.Sub(r.LastHeard()).Round(time.Second), r.Name))
 		}
 	}
 	s.Healthy = len(s.Problems) == 0
@@ -103,7 +108,7 @@ type Source interface {
 const APIPath = "/api/status"
 
 // Handler serves the status page at /, the JSON document at APIPath and
-// health at /healthz.
+// health at /healthz and /readyz.
 func Handler(src Source) http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET "+APIPath, func(w http.ResponseWriter, r *http.Request) {
@@ -112,7 +117,23 @@ func Handler(src Source) http.Handler {
 		enc.SetIndent("", "  ")
 		_ = enc.Encode(src.Snapshot())
 	})
-	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
+	mux.HandleFunc("GET /healthz", health(src))
+	// Ready means healthy: a source that is not has nothing right to
+	// serve.
+	mux.HandleFunc("GET /readyz", health(src))
+	mux.HandleFunc("GET /{$}", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/html; charset=utf-8")
+		if err := page.Execute(w, view(src.Snapshot())); err != nil {
+			http.Error(w, err.Error(), http.StatusInternalServerError)
+		}
+	})
+	return mux
+}
+
+// health answers 200 "ok" when src is healthy, else 503 with its problems,
+// one a line.
+func health(src Source) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
 		s := src.Snapshot()
 		if !s.Healthy {
 			w.WriteHeader(http.StatusServiceUnavailable)
@@ -122,14 +143,7 @@ func Handler(src Source) http.Handler {
 			return
 		}
 		fmt.Fprintln(w, "ok")
-	})
-	mux.HandleFunc("GET /{$}", func(w http.ResponseWriter, r *http.Request) {
-		w.Header().Set("Content-Type", "text/html; charset=utf-8")
-		if err := page.Execute(w, view(src.Snapshot())); err != nil {
-			http.Error(w, err.Error(), http.StatusInternalServerError)
-		}
-	})
-	return mux
+	}
 }
 
 // Fetch reads the JSON document from a status server at baseURL (for
