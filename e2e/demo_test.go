@@ -23,7 +23,9 @@ import (
 // TestDemo runs `braid-lab demo` as a user does, follows the instructions
 // it prints (the kubectl exec commands must show answers from both
 // clusters, the status pages both clusters synced), then presses Ctrl-C:
-// the demo must exit cleanly and leave nothing behind.
+// the demo must exit cleanly and leave nothing behind (checkNoLeftovers:
+// namespaces, interfaces, pinned maps, WireGuard sockets, cgroups,
+// processes, mounts, run records).
 func TestDemo(t *testing.T) {
 	kubeBin := requireLab(t)
 	dir := t.TempDir()
@@ -34,6 +36,9 @@ func TestDemo(t *testing.T) {
 		t.Fatal(err)
 	}
 	cmd.Stderr = cmd.Stdout
+	// Its own process group, as a shell gives a foreground job: Ctrl-C
+	// goes to the whole group.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
@@ -129,7 +134,8 @@ wait:
 		}
 	}
 
-	if err := cmd.Process.Signal(syscall.SIGINT); err != nil {
+	// Ctrl-C: the terminal signals the foreground process group.
+	if err := syscall.Kill(-cmd.Process.Pid, syscall.SIGINT); err != nil {
 		t.Fatal(err)
 	}
 	select {

@@ -22,6 +22,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/braidmesh/braid/clustermesh/status"
+	"github.com/braidmesh/braid/internal/cgroupv2"
 	"github.com/braidmesh/braid/internal/kubelab"
 	"github.com/braidmesh/braid/internal/lab"
 	"github.com/braidmesh/braid/internal/lab/node"
@@ -206,7 +207,7 @@ func TestLab(t *testing.T) {
 		if err := l.Close(); err != nil {
 			t.Errorf("tear down the lab: %v", err)
 		}
-		checkNoLeftovers(t, l.Run, l.Dir)
+		checkNoLeftovers(t, l.Run, filepath.Dir(l.Dir))
 	})
 	e := &labEnv{Lab: l, east: l.Cluster("east"), west: l.Cluster("west")}
 	for _, c := range l.Clusters {
@@ -806,8 +807,10 @@ func (e *labEnv) testClusterLeaves(t *testing.T) {
 	e.failed(t)
 }
 
-// checkNoLeftovers fails t if anything named for run, or any process whose
-// command line names dir, is left on the machine.
+// checkNoLeftovers fails t if run left anything on the machine: a
+// network namespace, a host interface, pinned BPF objects, a WireGuard
+// socket, a cgroup, a process (named by its command line, or still in one
+// of the run's cgroups), a mount, or a run record in dir's parent.
 func checkNoLeftovers(t *testing.T, run, dir string) {
 	t.Helper()
 	var left []string
@@ -815,9 +818,16 @@ func checkNoLeftovers(t *testing.T, run, dir string) {
 		left = append(left, "netns: "+string(out))
 	}
 	if out, _ := exec.Command("ip", "-o", "link").Output(); strings.Contains(string(out), run) {
-		left = append(left, "interfaces")
+		left = append(left, "interfaces: "+string(out))
 	}
-	for _, glob := range []string{"/sys/fs/bpf/braid-lab-" + run, "/var/run/wireguard/bw" + run + "*", "/sys/fs/cgroup/*/braid-lab-" + run, "/sys/fs/cgroup/braid-lab-" + run} {
+	globs := []string{"/sys/fs/bpf/braid-lab-" + run, "/var/run/wireguard/bw" + run + "*", "/run/netns/bl" + run + "*"}
+	cgRoot := "braid-lab-" + run
+	if m, err := cgroupv2.Find(); err == nil {
+		globs = append(globs, filepath.Join(m.Point, cgRoot))
+	} else {
+		t.Errorf("find the cgroup v2 mount: %v", err)
+	}
+	for _, glob := range globs {
 		if m, _ := filepath.Glob(glob); len(m) > 0 {
 			left = append(left, fmt.Sprint(m))
 		}
@@ -825,8 +835,19 @@ func checkNoLeftovers(t *testing.T, run, dir string) {
 	if out, _ := exec.Command("pgrep", "-af", dir).Output(); len(strings.TrimSpace(string(out))) > 0 {
 		left = append(left, "processes: "+string(out))
 	}
-	if b, _ := os.ReadFile("/proc/self/mountinfo"); strings.Contains(string(b), "bl"+run) {
+	// Pod processes need not name dir; every one ran in a cgroup of the run.
+	procs, _ := filepath.Glob("/proc/[0-9]*/cgroup")
+	for _, f := range procs {
+		if b, err := os.ReadFile(f); err == nil && strings.Contains(string(b), "/"+cgRoot+"/") {
+			cmdline, _ := os.ReadFile(filepath.Join(filepath.Dir(f), "cmdline"))
+			left = append(left, fmt.Sprintf("process %s in the run's cgroups: %s", filepath.Base(filepath.Dir(f)), strings.ReplaceAll(string(cmdline), "\x00", " ")))
+		}
+	}
+	if b, _ := os.ReadFile("/proc/self/mountinfo"); strings.Contains(string(b), "bl"+run) || strings.Contains(string(b), dir) {
 		left = append(left, "mounts")
+	}
+	if runs, err := lab.Runs(dir); err != nil || len(runs) > 0 {
+		left = append(left, fmt.Sprintf("run records in %s: %v %v", dir, runs, err))
 	}
 	if len(left) > 0 {
 		t.Errorf("lab run %s left behind: %v", run, left)
