@@ -53,21 +53,26 @@ func TestHandlerServesJSONPageAndHealth(t *testing.T) {
 		}
 	}
 
-	resp, _ = srv.Client().Get(srv.URL + "/healthz")
-	resp.Body.Close()
-	if resp.StatusCode != http.StatusServiceUnavailable {
-		t.Errorf("/healthz = %d for an unhealthy snapshot, want 503", resp.StatusCode)
+	for _, path := range []string{"/healthz", "/readyz"} {
+		resp, _ = srv.Client().Get(srv.URL + path)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusServiceUnavailable {
+			t.Errorf("%s = %d for an unhealthy snapshot, want 503", path, resp.StatusCode)
+		}
 	}
 }
 
-func TestSetHealthFlagsDisconnectedRemotesOnly(t *testing.T) {
-	s := status.Snapshot{Remotes: []clustermesh.RemoteClusterStatus{
+func TestSetHealthFlagsDisconnectedAndStaleRemotesOnly(t *testing.T) {
+	now := time.Now()
+	s := status.Snapshot{Time: now, Remotes: []clustermesh.RemoteClusterStatus{
 		{Name: "up", Connected: true},
 		{Name: "down", LastError: "connection refused"},
 		{Name: "left", Gone: true},
+		{Name: "quiet", Connected: true, Stale: true, LastProgress: now.Add(-42 * time.Second)},
 	}}
 	s.SetHealth()
-	if s.Healthy || len(s.Problems) != 1 || s.Problems[0] != "cluster down: disconnected: connection refused" {
+	if s.Healthy || len(s.Problems) != 2 || s.Problems[0] != "cluster down: disconnected: connection refused" ||
+		!strings.HasPrefix(s.Problems[1], "cluster quiet: stale: its watches have shown no progress for 42s") || !strings.Contains(s.Problems[1], "hint: ") {
 		t.Fatalf("healthy %v problems %q", s.Healthy, s.Problems)
 	}
 	ok := status.Snapshot{Remotes: []clustermesh.RemoteClusterStatus{{Name: "up", Connected: true}}}
