@@ -58,6 +58,11 @@ type Config struct {
 	RejoinInterval time.Duration
 	JoinFanout     int
 	StartupGrace   time.Duration
+	// RefreshInterval is how often Health is recomputed from memberlist's
+	// view, and the least time between two recomputations that membership
+	// events ask for; zero means GossipInterval. Each recomputation walks
+	// every member, so a process hosting many Pools (a benchmark) raises it.
+	RefreshInterval time.Duration
 }
 
 // MemberName is the gossip name of node in cluster.
@@ -137,6 +142,7 @@ func New(cfg Config, log *slog.Logger, reg prometheus.Registerer) (*Pool, error)
 	def(&cfg.GossipInterval, DefaultGossipInterval)
 	def(&cfg.RejoinInterval, DefaultRejoinInterval)
 	def(&cfg.StartupGrace, DefaultStartupGrace)
+	def(&cfg.RefreshInterval, cfg.GossipInterval)
 	if cfg.SuspicionMult == 0 {
 		cfg.SuspicionMult = DefaultSuspicionMult
 	}
@@ -317,8 +323,13 @@ func (p *Pool) Run(ctx context.Context) error {
 		p.mu.Unlock()
 	}()
 
-	poll := time.NewTicker(p.cfg.GossipInterval)
+	poll := time.NewTicker(p.cfg.RefreshInterval)
 	defer poll.Stop()
+	var lastRefresh time.Time
+	refresh := func() {
+		p.refresh(ml)
+		lastRefresh = time.Now()
+	}
 	rejoin := time.NewTicker(p.cfg.RejoinInterval)
 	defer rejoin.Stop()
 	joining := make(chan struct{}, 1) // held while a Join runs
@@ -348,12 +359,14 @@ func (p *Pool) Run(ctx context.Context) error {
 		case <-ctx.Done():
 			return nil
 		case <-p.wake:
-			p.refresh(ml)
+			if time.Since(lastRefresh) >= p.cfg.RefreshInterval {
+				refresh() // else the next tick does
+			}
 			join()
 		case <-rejoin.C:
 			join()
 		case <-poll.C:
-			p.refresh(ml)
+			refresh()
 		}
 	}
 }

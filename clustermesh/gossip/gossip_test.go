@@ -125,18 +125,19 @@ func (l *lab) allAlive(except ...int) {
 	}
 }
 
-// mostAlive waits until every member sees at least frac of the others alive.
-func (l *lab) mostAlive(frac float64) {
+// aliveAmong waits until each of the first k members sees at least frac of
+// the other first k alive.
+func (l *lab) aliveAmong(k int, frac float64) {
 	l.t.Helper()
-	for i := range l.members {
-		l.waitFor(i, fmt.Sprintf("%.0f%% of the others alive", 100*frac), func(h map[string]NodeHealth) bool {
+	for i := range k {
+		l.waitFor(i, fmt.Sprintf("%.0f%% of the first %d alive", 100*frac, k), func(h map[string]NodeHealth) bool {
 			alive := 0
-			for _, x := range h {
-				if x.State == Alive {
+			for j := range k {
+				if j != i && h[l.name(j)].State == Alive {
 					alive++
 				}
 			}
-			return float64(alive) >= frac*float64(len(l.members)-1)
+			return float64(alive) >= frac*float64(k-1)
 		})
 	}
 }
