@@ -201,6 +201,22 @@ func (a *Agent) Run(ctx context.Context) error {
 			return fmt.Errorf("open tunnel: %w", err)
 		}
 		defer dev.Close()
+		// Read on scrape, like the device's other counters: what strict
+		// mode dropped shows that plaintext to remote pods was refused.
+		dropped := prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Name: "braid_tunnel_strict_dropped_packets_total",
+			Help: "Packets to remote pods dropped by strict encryption because they would have left the node outside the tunnel.",
+		}, func() float64 {
+			n, err := dev.Dropped()
+			if err != nil {
+				return 0
+			}
+			return float64(n)
+		})
+		if err := a.reg.Register(dropped); err != nil {
+			return fmt.Errorf("register strict drop counter: %w", err)
+		}
+		defer a.reg.Unregister(dropped)
 		if sameNetns(a.cfg.Tunnel.Netns) {
 			// Steer from the first reconcile if we can; the tunnel_peers
 			// loop retries (and reports) a failed lookup.
@@ -570,7 +586,7 @@ func (a *Agent) StatusURL() string {
 
 // Snapshot implements status.Source.
 func (a *Agent) Snapshot() status.Snapshot {
-	s := status.Snapshot{Cluster: a.cfg.Cluster, Role: "agent", Node: a.cfg.Node, Time: time.Now()}
+	s := status.Snapshot{Cluster: a.cfg.Cluster, Role: "agent", Node: a.cfg.Node, Zone: a.cfg.Zone, Region: a.cfg.Region, Time: time.Now()}
 	var own *clustermesh.RemoteClusterStatus
 	for _, r := range a.watcher.Status() {
 		if r.Name == a.cfg.Cluster {

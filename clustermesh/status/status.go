@@ -20,7 +20,11 @@ type Snapshot struct {
 	Cluster clustermesh.ClusterName `json:"cluster"`
 	Role    string                  `json:"role"`
 	Node    string                  `json:"node,omitempty"`
-	Time    time.Time               `json:"time"`
+	// Zone and Region place an agent's node, as its flags or its Node
+	// object said.
+	Zone   string    `json:"zone,omitempty"`
+	Region string    `json:"region,omitempty"`
+	Time   time.Time `json:"time"`
 	// Healthy is false when any part reports a problem; Problems says
 	// which.
 	Healthy  bool     `json:"healthy"`
