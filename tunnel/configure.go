@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"time"
 
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 )
@@ -60,6 +61,9 @@ func (d *Device) Configure(want []Peer) error {
 	}
 	routes = normPrefixes(routes)
 	d.namesMu.Lock()
+	if keyChanged(d.names, names) {
+		d.peerKeyChanged = time.Now()
+	}
 	d.names = names
 	d.namesMu.Unlock()
 
@@ -74,6 +78,23 @@ func (d *Device) Configure(want []Peer) error {
 		errs = append(errs, err)
 	}
 	return errors.Join(errs...)
+}
+
+// keyChanged reports whether a named peer in next has a key it did not
+// have in prev: that peer rotated its key.
+func keyChanged(prev, next map[wgtypes.Key]string) bool {
+	had := make(map[string]bool, len(prev))
+	for _, name := range prev {
+		if name != "" {
+			had[name] = true
+		}
+	}
+	for k, name := range next {
+		if _, same := prev[k]; !same && had[name] {
+			return true
+		}
+	}
+	return false
 }
 
 // applyPeers sends changes in one request; if the device rejects it, each

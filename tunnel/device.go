@@ -146,6 +146,10 @@ type Device struct {
 	kernel  bool
 	ifindex int
 	strict  *strictRules
+	// peerKeyChanged is when Configure last replaced a peer's key (a peer
+	// of the same name with a new key); scheduled rotations wait for it to
+	// settle.
+	peerKeyChanged time.Time
 
 	// userspace (wireguard-go) parts; nil for a kernel device
 	wgdev *wgdevice.Device

@@ -36,7 +36,7 @@ var meshCIDR = netip.MustParsePrefix("10.244.0.0/16")
 
 // newLab builds two nodes joined by a veth underlay (ul0 on each side).
 // It opens no devices.
-func newLab(t *testing.T, tools ...string) (a, b *labNode) {
+func newLab(t testing.TB, tools ...string) (a, b *labNode) {
 	t.Helper()
 	netnstest.Require(t, tools...)
 	nodes := make([]*labNode, 2)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"time"
 
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
@@ -50,21 +51,64 @@ func (d *Device) RotateKey() (wgtypes.Key, error) {
 	return d.pub, nil
 }
 
-// rotateLoop rotates the key every RotationInterval until ctx ends.
+// RotationSettle is how long after learning a peer's new key a scheduled
+// rotation waits: the peer's key is still reaching the rest of the mesh,
+// and a rotation of our own now would cross it, so that each side's
+// handshake reaches a node that does not yet know the other's key.
+const RotationSettle = 2 * time.Second
+
+// rotationJitter spreads scheduled rotations over ±10 % of the interval,
+// so nodes started together do not rotate in lockstep (crossing changes).
+const rotationJitter = 0.1
+
+// jittered returns interval scaled by a factor in [1-rotationJitter,
+// 1+rotationJitter], r in [0, 1) choosing where.
+func jittered(interval time.Duration, r float64) time.Duration {
+	return time.Duration(float64(interval) * (1 - rotationJitter + 2*rotationJitter*r))
+}
+
+// settleWait returns how much longer a scheduled rotation must wait when
+// a peer's key last changed at changed (zero: never).
+func settleWait(now, changed time.Time) time.Duration {
+	if changed.IsZero() {
+		return 0
+	}
+	return max(0, RotationSettle-now.Sub(changed))
+}
+
+// rotateLoop rotates the key about every RotationInterval (jittered) until
+// ctx ends, deferring a rotation while a peer's key change settles.
 func (d *Device) rotateLoop(ctx context.Context) {
-	t := time.NewTicker(d.cfg.RotationInterval)
-	defer t.Stop()
-	for {
+	sleep := func(dur time.Duration) bool {
+		t := time.NewTimer(dur)
+		defer t.Stop()
 		select {
 		case <-ctx.Done():
-			return
+			return false
 		case <-t.C:
-			if _, err := d.RotateKey(); err != nil {
-				if errors.Is(err, ErrClosed) {
-					return
-				}
-				d.log.Error("scheduled key rotation", "err", err)
+			return true
+		}
+	}
+	for {
+		if !sleep(jittered(d.cfg.RotationInterval, rand.Float64())) {
+			return
+		}
+		for {
+			d.mu.Lock()
+			wait := settleWait(time.Now(), d.peerKeyChanged)
+			d.mu.Unlock()
+			if wait == 0 {
+				break
 			}
+			if !sleep(wait) {
+				return
+			}
+		}
+		if _, err := d.RotateKey(); err != nil {
+			if errors.Is(err, ErrClosed) {
+				return
+			}
+			d.log.Error("scheduled key rotation", "err", err)
 		}
 	}
 }

@@ -176,3 +176,39 @@ func TestShortKey(t *testing.T) {
 		t.Errorf("ShortKey = %q", s)
 	}
 }
+
+func TestRotationSchedule(t *testing.T) {
+	const interval = time.Hour
+	if lo, hi := jittered(interval, 0), jittered(interval, 0.999999); lo != 54*time.Minute || hi <= 65*time.Minute || hi > 66*time.Minute {
+		t.Errorf("jittered(1h) spans [%v, %v], want [54m, 66m)", lo, hi)
+	}
+	now := time.Now()
+	for _, tc := range []struct {
+		changed time.Time
+		want    time.Duration
+	}{
+		{time.Time{}, 0},
+		{now.Add(-RotationSettle - time.Second), 0},
+		{now.Add(-RotationSettle / 4), RotationSettle * 3 / 4},
+		{now, RotationSettle},
+	} {
+		if got := settleWait(now, tc.changed); got != tc.want {
+			t.Errorf("settleWait(now, now%+v) = %v, want %v", tc.changed.Sub(now), got, tc.want)
+		}
+	}
+	k1, k2, k3 := mustKey(t), mustKey(t), mustKey(t)
+	prev := map[wgtypes.Key]string{k1: "east/n1", k2: "west/n1"}
+	for _, tc := range []struct {
+		next map[wgtypes.Key]string
+		want bool
+	}{
+		{map[wgtypes.Key]string{k1: "east/n1", k2: "west/n1"}, false},
+		{map[wgtypes.Key]string{k1: "east/n1"}, false},                           // a peer left
+		{map[wgtypes.Key]string{k1: "east/n1", k2: "west/n1", k3: "n/x"}, false}, // a peer joined
+		{map[wgtypes.Key]string{k1: "east/n1", k3: "west/n1"}, true},             // west/n1 rotated
+	} {
+		if got := keyChanged(prev, tc.next); got != tc.want {
+			t.Errorf("keyChanged(%v) = %v, want %v", tc.next, got, tc.want)
+		}
+	}
+}
