@@ -30,7 +30,7 @@ import (
 
 // requireLab skips (or, where CI sets BRAID_KUBE_REQUIRED, fails) unless
 // this machine can run the lab, and returns the Kubernetes binaries.
-func requireLab(t *testing.T) string {
+func requireLab(t testing.TB) string {
 	t.Helper()
 	kubeBin := kubelab.Require(t)
 	testenv.Root(t, "the lab: network namespaces, cgroups, BPF")
@@ -48,7 +48,7 @@ type labEnv struct {
 	east, west *lab.Cluster
 }
 
-func (e *labEnv) kubectl(t *testing.T, c *lab.Cluster, stdin io.Reader, args ...string) (string, error) {
+func (e *labEnv) kubectl(t testing.TB, c *lab.Cluster, stdin io.Reader, args ...string) (string, error) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
@@ -61,7 +61,7 @@ func (e *labEnv) kubectl(t *testing.T, c *lab.Cluster, stdin io.Reader, args ...
 	return string(out), nil
 }
 
-func (e *labEnv) mustKubectl(t *testing.T, c *lab.Cluster, stdin io.Reader, args ...string) string {
+func (e *labEnv) mustKubectl(t testing.TB, c *lab.Cluster, stdin io.Reader, args ...string) string {
 	t.Helper()
 	out, err := e.kubectl(t, c, stdin, args...)
 	if err != nil {
@@ -100,7 +100,7 @@ func (e *labEnv) call(t *testing.T, c *lab.Cluster, url string) (identity, error
 }
 
 // failed fails t if a lab process exited unexpectedly.
-func (e *labEnv) failed(t *testing.T) {
+func (e *labEnv) failed(t testing.TB) {
 	t.Helper()
 	select {
 	case err := <-e.Failed():
@@ -119,8 +119,7 @@ func (e *labEnv) noExits(t *testing.T) {
 }
 
 // agentStatus reads n's agent's status document.
-func agentStatus(t *testing.T, n *lab.Node) (status.Snapshot, error) {
-	t.Helper()
+func agentStatus(n *lab.Node) (status.Snapshot, error) {
 	client := &http.Client{Timeout: 2 * time.Second}
 	defer client.CloseIdleConnections()
 	return status.Fetch(context.Background(), client, n.StatusURL)
@@ -161,7 +160,7 @@ func (e *labEnv) checkPodDevices(t *testing.T) {
 						want[node.VethName(string(p.UID))] = p.Name
 					}
 				}
-				snap, err := agentStatus(t, n)
+				snap, err := agentStatus(n)
 				if err != nil {
 					return err
 				}
@@ -372,7 +371,7 @@ func (e *labEnv) testOneSided(t *testing.T) {
 		// The client's calls leave its pod through the tc program on the
 		// pod's veth, which steers them into WireGuard.
 		from := e.clientNode(t, dir.from)
-		before, err := agentStatus(t, from)
+		before, err := agentStatus(from)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -387,7 +386,7 @@ func (e *labEnv) testOneSided(t *testing.T) {
 			}
 		}
 		lines := capture.stop(t)
-		after, err := agentStatus(t, from)
+		after, err := agentStatus(from)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -431,6 +430,13 @@ func (e *labEnv) startCapture(t *testing.T, a, b *lab.Cluster) *capture {
 		// Gossip (memberlist, AES-GCM with the mesh key) carries liveness
 		// only, never workload traffic: every other packet must be WireGuard.
 		fmt.Sprintf(" and not port %d", gossip.DefaultPort))
+	return startTcpdump(t, cmd)
+}
+
+// startTcpdump starts cmd, a `tcpdump -l` command, and returns once it
+// captures.
+func startTcpdump(t testing.TB, cmd *exec.Cmd) *capture {
+	t.Helper()
 	stdout, err := cmd.StdoutPipe()
 	if err != nil {
 		t.Fatal(err)
@@ -472,7 +478,7 @@ func (e *labEnv) startCapture(t *testing.T, a, b *lab.Cluster) *capture {
 }
 
 // stop ends the capture and returns its lines.
-func (c *capture) stop(t *testing.T) []string {
+func (c *capture) stop(t testing.TB) []string {
 	t.Helper()
 	_ = c.cmd.Process.Signal(syscall.SIGINT)
 	var out []string
@@ -811,7 +817,7 @@ func (e *labEnv) testClusterLeaves(t *testing.T) {
 // network namespace, a host interface, pinned BPF objects, a WireGuard
 // socket, a cgroup, a process (named by its command line, or still in one
 // of the run's cgroups), a mount, or a run record in dir's parent.
-func checkNoLeftovers(t *testing.T, run, dir string) {
+func checkNoLeftovers(t testing.TB, run, dir string) {
 	t.Helper()
 	var left []string
 	if out, _ := exec.Command("ip", "netns", "list").Output(); strings.Contains(string(out), "bl"+run) {

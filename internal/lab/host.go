@@ -137,3 +137,17 @@ func exists(path string) bool {
 // linkExists reports whether a network interface named name exists in the
 // host namespace.
 func linkExists(name string) bool { return exists("/sys/class/net/" + name) }
+
+// SetUnderlay takes n's link into the underlay down or brings it back up
+// (the host side of its veth: both ends lose carrier), so a test can cut a
+// node off the mesh and return it. n keeps its addresses and routes.
+func (n *Node) SetUnderlay(up bool) error {
+	state := "down"
+	if up {
+		state = "up"
+	}
+	if err := ip("link", "set", n.plan.HostVeth, state); err != nil {
+		return fmt.Errorf("node %s: set underlay %s: %w", n.Name, state, err)
+	}
+	return nil
+}

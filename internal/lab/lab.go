@@ -10,6 +10,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"sync"
 	"time"
@@ -48,6 +49,10 @@ type Config struct {
 	Bin string
 	// LeaseTTL is the operators' --lease-ttl; zero keeps their default.
 	LeaseTTL time.Duration
+	// StrictEncryption names the clusters whose operators run with
+	// --strict-encryption: their cluster config asks every agent to drop
+	// plaintext to remote pods.
+	StrictEncryption []clustermesh.ClusterName
 	// Progress, if set, receives one line per step.
 	Progress func(format string, args ...any)
 	// Log receives the embedded broker's logs; nil discards them.
@@ -331,6 +336,9 @@ func (c *Cluster) operatorArgs() (string, []string) {
 	if c.lab.cfg.LeaseTTL > 0 {
 		args = append(args, "--lease-ttl", c.lab.cfg.LeaseTTL.String())
 	}
+	if slices.Contains(c.lab.cfg.StrictEncryption, c.Name) {
+		args = append(args, "--strict-encryption")
+	}
 	return filepath.Join(c.lab.cfg.Bin, "braid-operator"), args
 }
 
@@ -373,7 +381,8 @@ func (n *Node) agentArgs() (string, []string) {
 	return filepath.Join(n.Cluster.lab.cfg.Bin, "braid-agent"), []string{
 		"--join", n.Cluster.Join,
 		"--node", n.Name,
-		"--zone", n.Zone,
+		// No --zone or --region: the agent reads them from its Node, which
+		// the lab node registers with both labels.
 		"--node-ip", n.IP.String(),
 		"--bpf-pin-dir", n.PinDir,
 		"--cgroup", n.Cgroup,
