@@ -54,6 +54,9 @@ lint:
 bench: build
 	$(BIN)/braid bench propagation
 	$(BIN)/braid bench cold-sync
+	$(GO) test -tags e2e -run '^$$' -bench Failover -benchtime 1x -timeout 60m ./e2e/
+	$(GO) test -run '^$$' -bench 'Detection|Bandwidth' -benchtime 1x -timeout 30m ./clustermesh/gossip/
+	$(GO) test -run '^$$' -bench RotationStall -benchtime 1x ./tunnel/
 
 clean:
 	rm -rf $(BIN)
