@@ -99,9 +99,10 @@ func Start(ctx context.Context, cfg Config) (c *Cluster, err error) {
 		return nil, fmt.Errorf("start control plane %s: %w", cfg.Name, err)
 	}
 	c = &Cluster{Name: cfg.Name, cfg: cfg}
+	started := c // the returns below set c to nil before this runs
 	defer func() {
 		if err != nil {
-			c.Stop()
+			started.Stop()
 			err = fmt.Errorf("start control plane %s: %w", cfg.Name, err)
 		}
 	}()
