@@ -62,14 +62,41 @@ enum braid_ipcache_flags {
 
 enum braid_policy_action {
 	POLICY_ALLOW = 1,
+	/* The local identity is isolated in this direction: traffic no
+	 * longer (more specific) entry allows is dropped. */
 	POLICY_DENY = 2,
 };
+
+/* Direction of a policy entry, seen from the local pod. */
+enum braid_policy_dir {
+	POLICY_INGRESS = 0, /* into the local pod (tc_to_pod) */
+	POLICY_EGRESS = 1,  /* from the local pod (tc_from_pod) */
+};
+
+/* Why a packet was dropped by policy (policy_drops, drop_ring). */
+enum braid_drop_reason {
+	DROP_REASON_POLICY = 1,       /* isolated by a policy, no rule allows */
+	DROP_REASON_DEFAULT_DENY = 2, /* cluster default deny, no rule */
+};
+
+/* Bits of a policy_key after prefixlen, in order: local identity (32),
+ * direction and pad (32), peer identity (32), protocol (8), pad (8), port
+ * (16, network order). An isolation entry matches the first 64; a peer
+ * with every protocol the first 96; a protocol with every port 104; a
+ * port range 112 plus the bits of its aligned block; one port all 128. */
+#define POLICY_PREFIX_FULL 128
+
+/* Peer identity 0 in a policy key: any peer. */
+#define ANY_IDENTITY 0
+
+/* Recent policy drops are kept in a ring of this many entries. */
+#define DROP_RING_SIZE 64
 
 /* Indices of the counters map. */
 enum braid_counter {
 	COUNTER_FORWARD = 0,          /* packet passed policy to a local pod */
 	COUNTER_REPLY = 1,            /* reply of a tracked flow to a local pod */
-	COUNTER_DROP_POLICY = 2,      /* dropped by a deny rule */
+	COUNTER_DROP_POLICY = 2,      /* dropped by policy, either direction */
 	COUNTER_DROP_DEFAULT_DENY = 3,/* dropped: no rule, default deny */
 	COUNTER_DROP_NO_BACKEND = 4,  /* service has no healthy backend */
 	COUNTER_SVC_DNAT = 5,         /* tc translated a service packet */
@@ -83,6 +110,8 @@ enum braid_ct_flags {
 	CT_F_FORWARD = 1, /* key is client->VIP, value holds the backend */
 	CT_F_REVNAT = 2,  /* key is backend->client, value holds the VIP */
 	CT_F_REPLY = 4,   /* key is a reply tuple of a pod-initiated flow */
+	CT_F_REPLY_OUT = 8, /* key is the reply tuple of a flow a local pod
+			     * accepted: its replies bypass egress policy */
 };
 
 /* ipcache: one LPM trie for both families. prefixlen counts the 32 bits of
@@ -147,17 +176,44 @@ struct sock_revnat_value {
 	__u8 pad;
 };
 
+/* policy_v2 is an LPM trie: see POLICY_PREFIX_FULL for the bit layout. */
 struct policy_key {
-	__u32 src_identity;
-	__u32 dst_identity;
-	__u16 port; /* 0: any port */
-	__u8 proto; /* 0: any protocol */
-	__u8 pad;
+	__u32 prefixlen;
+	__u32 local_identity;
+	__u8 dir;
+	__u8 pad[3];
+	__u32 peer_identity; /* ANY_IDENTITY: every peer */
+	__u8 proto;
+	__u8 pad2;
+	__u16 port;
 };
 
 struct policy_value {
 	__u8 action;
 	__u8 pad[3];
+};
+
+/* policy_drops counts drops per local identity, direction and reason. */
+struct drop_key {
+	__u32 identity;
+	__u8 dir;
+	__u8 reason;
+	__u16 pad;
+};
+
+/* drop_event is one recent drop in drop_ring. */
+struct drop_event {
+	__u64 time_ns; /* bpf_ktime_get_ns; 0: slot unused */
+	__u32 src_identity;
+	__u32 dst_identity;
+	__u32 saddr[4];
+	__u32 daddr[4];
+	__u16 dport;
+	__u8 proto;
+	__u8 family;
+	__u8 dir;
+	__u8 reason;
+	__u16 pad;
 };
 
 struct ct_key {
@@ -227,11 +283,35 @@ struct {
 } sock_revnat SEC(".maps");
 
 struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
 	__type(key, struct policy_key);
 	__type(value, struct policy_value);
 	__uint(max_entries, 1);
-} policy SEC(".maps");
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+} policy_v2 SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__type(key, struct drop_key);
+	__type(value, __u64);
+	__uint(max_entries, 1);
+} policy_drops SEC(".maps");
+
+/* drop_ring[drop_head % DROP_RING_SIZE] is the next slot written. Writers
+ * on two CPUs may race for a slot: it is a diagnostic, not an audit log. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__type(key, __u32);
+	__type(value, struct drop_event);
+	__uint(max_entries, DROP_RING_SIZE);
+} drop_ring SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__type(key, __u32);
+	__type(value, __u64);
+	__uint(max_entries, 1);
+} drop_head SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
@@ -262,6 +342,8 @@ const enum braid_service_flags *unused_sflags __attribute__((unused));
 const enum braid_ipcache_flags *unused_iflags __attribute__((unused));
 const enum braid_policy_action *unused_action __attribute__((unused));
 const enum braid_counter *unused_counter __attribute__((unused));
+const enum braid_policy_dir *unused_dir __attribute__((unused));
+const enum braid_drop_reason *unused_reason __attribute__((unused));
 
 static __always_inline void count(__u32 idx)
 {
@@ -547,7 +629,8 @@ static __always_inline int parse(struct __sk_buff *skb, struct pkt *p)
 	} else {
 		return -1;
 	}
-	if (p->proto == IPPROTO_TCP || p->proto == IPPROTO_UDP) {
+	if (p->proto == IPPROTO_TCP || p->proto == IPPROTO_UDP || p->proto == IPPROTO_SCTP) {
+		/* SCTP's ports sit where TCP's and UDP's do. */
 		__u16 ports[2];
 		if (bpf_skb_load_bytes(skb, p->l4_off, ports, 4) < 0)
 			return -1;
@@ -644,14 +727,15 @@ static __always_inline void touch(struct ct_value *v, __u64 now)
 }
 
 /* revnat restores the VIP as the source of a reply from a backend. Returns
- * 1 if the packet belongs to a tracked flow. A reply keeps the flow's
- * forward entry alive too. */
-static __always_inline int revnat(struct __sk_buff *skb, struct pkt *p, __u64 now, int *err)
+ * 1 if the packet belongs to a tracked flow: its tuple has an entry with
+ * one of the flags in mask. A reply keeps the flow's forward entry alive
+ * too. */
+static __always_inline int revnat(struct __sk_buff *skb, struct pkt *p, __u64 now, int *err, __u8 mask)
 {
 	struct ct_key k = {};
 	tuple(p, &k);
 	struct ct_value *v = bpf_map_lookup_elem(&ct_v2, &k);
-	if (!v || !(v->flags & (CT_F_REVNAT | CT_F_REPLY)))
+	if (!v || !(v->flags & mask))
 		return 0;
 	touch(v, now);
 	if (v->flags & CT_F_REVNAT) {
@@ -683,31 +767,134 @@ static __always_inline struct ipcache_value *ipcache_lookup(__u8 family, const _
 	return bpf_map_lookup_elem(&ipcache, &k);
 }
 
+#define WORLD_IDENTITY 2
+
+static __always_inline __u32 identity_of(__u8 family, const __u32 *addr)
+{
+	struct ipcache_value *iv = ipcache_lookup(family, addr);
+	return iv ? iv->identity : WORLD_IDENTITY;
+}
+
+/* policy_lookup returns 1 when an entry allows the packet, -1 when the
+ * local identity is isolated in dir and no entry allows it, 0 when the
+ * local identity is not isolated in dir. Entries for the peer itself and
+ * for any peer (ANY_IDENTITY) are tried; the trie returns the most
+ * specific match of each, and every entry more specific than an
+ * isolation entry allows. */
+static __always_inline int policy_lookup(__u8 dir, __u32 local, __u32 peer, __u8 proto, __u16 port)
+{
+	struct policy_key k = {};
+	k.prefixlen = POLICY_PREFIX_FULL;
+	k.local_identity = local;
+	k.dir = dir;
+	k.peer_identity = peer;
+	k.proto = proto;
+	k.port = port;
+	int isolated = 0;
+	struct policy_value *v = bpf_map_lookup_elem(&policy_v2, &k);
+	if (v) {
+		if (v->action == POLICY_ALLOW)
+			return 1;
+		isolated = 1;
+	}
+	k.peer_identity = ANY_IDENTITY;
+	v = bpf_map_lookup_elem(&policy_v2, &k);
+	if (v) {
+		if (v->action == POLICY_ALLOW)
+			return 1;
+		isolated = 1;
+	}
+	return isolated ? -1 : 0;
+}
+
+/* record_drop counts a policy drop against the local identity and keeps
+ * it in the ring of recent drops. */
+static __always_inline void record_drop(const struct pkt *p, __u8 dir, __u8 reason, __u32 src_id, __u32 dst_id)
+{
+	struct drop_key dk = {};
+	dk.identity = dir == POLICY_INGRESS ? dst_id : src_id;
+	dk.dir = dir;
+	dk.reason = reason;
+	__u64 *n = bpf_map_lookup_elem(&policy_drops, &dk);
+	if (n) {
+		__sync_fetch_and_add(n, 1);
+	} else {
+		__u64 one = 1;
+		bpf_map_update_elem(&policy_drops, &dk, &one, BPF_NOEXIST);
+	}
+	__u32 zero = 0;
+	__u64 *head = bpf_map_lookup_elem(&drop_head, &zero);
+	if (!head)
+		return;
+	__u32 slot = (__u32)(*head % DROP_RING_SIZE);
+	__sync_fetch_and_add(head, 1);
+	struct drop_event *e = bpf_map_lookup_elem(&drop_ring, &slot);
+	if (!e)
+		return;
+	e->time_ns = bpf_ktime_get_ns();
+	e->src_identity = src_id;
+	e->dst_identity = dst_id;
+#pragma unroll
+	for (int i = 0; i < 4; i++) {
+		e->saddr[i] = p->saddr[i];
+		e->daddr[i] = p->daddr[i];
+	}
+	e->dport = p->dport;
+	e->proto = p->proto;
+	e->family = p->family;
+	e->dir = dir;
+	e->reason = reason;
+}
+
+/* track_accepted marks the reply tuple of a flow a local pod accepted, so
+ * the pod's replies pass its egress policy (and are not taken for flows
+ * the pod initiates, whose replies would bypass ingress policy). */
+static __always_inline void track_accepted(const struct pkt *p, __u64 now)
+{
+	struct ct_key k = {}, r = {};
+	tuple(p, &k);
+	reverse(&k, &r);
+	struct ct_value *v = bpf_map_lookup_elem(&ct_v2, &r);
+	if (v) {
+		if (!(v->flags & CT_F_REPLY_OUT))
+			v->flags |= CT_F_REPLY_OUT;
+		touch(v, now);
+		return;
+	}
+	struct ct_value nv = { .flags = CT_F_REPLY_OUT, .last_seen = now };
+	bpf_map_update_elem(&ct_v2, &r, &nv, BPF_NOEXIST);
+}
+
 /* from_pod runs at ingress of a pod-facing interface: traffic a pod sends. */
 SEC("tc")
 int tc_from_pod(struct __sk_buff *skb)
 {
 	struct pkt p = {};
 	int err = 0;
-	if (parse(skb, &p) < 0 || p.proto == 0)
+	if (parse(skb, &p) < 0)
 		goto steer;
 	__u64 now = bpf_ktime_get_ns();
 
-	/* A reply from a local backend: make the VIP its source again. */
-	if (revnat(skb, &p, now, &err)) {
+	/* A reply: of a flow a local pod initiated or accepted, or from a
+	 * local backend (make the VIP its source again). Replies bypass
+	 * egress policy. */
+	if (p.proto != 0 && revnat(skb, &p, now, &err, CT_F_REVNAT | CT_F_REPLY | CT_F_REPLY_OUT)) {
 		if (err)
 			return TC_ACT_SHOT;
 		goto steer;
 	}
 
-	struct svc_key sk = {};
-	sk.family = p.family;
-	sk.proto = p.proto;
-	sk.port = p.dport;
+	struct svc_value *svc = NULL;
+	if (p.proto == IPPROTO_TCP || p.proto == IPPROTO_UDP) {
+		struct svc_key sk = {};
+		sk.family = p.family;
+		sk.proto = p.proto;
+		sk.port = p.dport;
 #pragma unroll
-	for (int i = 0; i < 4; i++)
-		sk.addr[i] = p.daddr[i];
-	struct svc_value *svc = bpf_map_lookup_elem(&services_v2, &sk);
+		for (int i = 0; i < 4; i++)
+			sk.addr[i] = p.daddr[i];
+		svc = bpf_map_lookup_elem(&services_v2, &sk);
+	}
 
 	struct ct_key fk = {};
 	tuple(&p, &fk);
@@ -757,11 +944,35 @@ int tc_from_pod(struct __sk_buff *skb)
 			bpf_map_update_elem(&ct_v2, &rk, &rv, BPF_NOEXIST);
 		}
 
+		/* The reply as the client sees it (from the VIP, once a local
+		 * backend's reply was translated back): it bypasses ingress
+		 * policy, and is not taken for a new flow into the client. */
+		struct ct_key ck = {};
+		reverse(&fk, &ck);
+		struct ct_value *cv = fv ? bpf_map_lookup_elem(&ct_v2, &ck) : NULL;
+		if (cv) {
+			touch(cv, now);
+		} else {
+			struct ct_value crv = { .flags = CT_F_REPLY, .last_seen = now };
+			bpf_map_update_elem(&ct_v2, &ck, &crv, BPF_NOEXIST);
+		}
+
 		if (rewrite(skb, &p, 1, baddr, be->port) < 0)
 			return TC_ACT_SHOT;
 		count(COUNTER_SVC_DNAT);
-	} else {
-		/* Track pod-initiated flows so replies pass default-deny. */
+	}
+
+	/* Egress policy, on the translated destination. */
+	__u32 src_id = identity_of(p.family, p.saddr);
+	__u32 dst_id = identity_of(p.family, p.daddr);
+	if (policy_lookup(POLICY_EGRESS, src_id, dst_id, p.proto, p.dport) < 0) {
+		count(COUNTER_DROP_POLICY);
+		record_drop(&p, POLICY_EGRESS, DROP_REASON_POLICY, src_id, dst_id);
+		return TC_ACT_SHOT;
+	}
+
+	if (!svc && p.proto != 0) {
+		/* Track pod-initiated flows so replies pass ingress policy. */
 		struct ct_key rk = {};
 		reverse(&fk, &rk);
 		struct ct_value *ev = bpf_map_lookup_elem(&ct_v2, &rk);
@@ -788,10 +999,10 @@ steer:
 	return TC_ACT_OK;
 }
 
-#define WORLD_IDENTITY 2
-
 /* to_pod runs at egress of a pod-facing interface: traffic into a local pod.
- * It restores VIPs of replies from remote backends and enforces policy. */
+ * It restores VIPs of replies from remote backends and enforces ingress
+ * policy on everything else, on every packet: a flow that becomes denied
+ * is dropped on its next packet. */
 SEC("tc")
 int tc_to_pod(struct __sk_buff *skb)
 {
@@ -799,43 +1010,33 @@ int tc_to_pod(struct __sk_buff *skb)
 	int err = 0;
 	if (parse(skb, &p) < 0)
 		return TC_ACT_OK;
-	if (p.proto != 0 && revnat(skb, &p, bpf_ktime_get_ns(), &err)) {
+	__u64 now = bpf_ktime_get_ns();
+	if (p.proto != 0 && revnat(skb, &p, now, &err, CT_F_REVNAT | CT_F_REPLY)) {
 		if (err)
 			return TC_ACT_SHOT;
 		count(COUNTER_REPLY);
 		return TC_ACT_OK;
 	}
 
-	__u32 src_id = WORLD_IDENTITY, dst_id = WORLD_IDENTITY;
-	struct ipcache_value *iv = ipcache_lookup(p.family, p.saddr);
-	if (iv)
-		src_id = iv->identity;
-	iv = ipcache_lookup(p.family, p.daddr);
-	if (iv)
-		dst_id = iv->identity;
-
-	struct policy_key pk = { .src_identity = src_id, .dst_identity = dst_id,
-				 .port = p.dport, .proto = p.proto };
-	struct policy_value *pv = bpf_map_lookup_elem(&policy, &pk);
-	if (!pv) {
-		pk.port = 0;
-		pk.proto = 0;
-		pv = bpf_map_lookup_elem(&policy, &pk);
-	}
-	if (pv) {
-		if (pv->action == POLICY_DENY) {
-			count(COUNTER_DROP_POLICY);
-			return TC_ACT_SHOT;
-		}
-		count(COUNTER_FORWARD);
-		return TC_ACT_OK;
-	}
-	__u32 zero = 0;
-	struct datapath_config *cfg = bpf_map_lookup_elem(&config_v2, &zero);
-	if (cfg && cfg->default_deny) {
-		count(COUNTER_DROP_DEFAULT_DENY);
+	__u32 src_id = identity_of(p.family, p.saddr);
+	__u32 dst_id = identity_of(p.family, p.daddr);
+	int verdict = policy_lookup(POLICY_INGRESS, dst_id, src_id, p.proto, p.dport);
+	if (verdict < 0) {
+		count(COUNTER_DROP_POLICY);
+		record_drop(&p, POLICY_INGRESS, DROP_REASON_POLICY, src_id, dst_id);
 		return TC_ACT_SHOT;
 	}
+	if (verdict == 0) {
+		__u32 zero = 0;
+		struct datapath_config *cfg = bpf_map_lookup_elem(&config_v2, &zero);
+		if (cfg && cfg->default_deny) {
+			count(COUNTER_DROP_DEFAULT_DENY);
+			record_drop(&p, POLICY_INGRESS, DROP_REASON_DEFAULT_DENY, src_id, dst_id);
+			return TC_ACT_SHOT;
+		}
+	}
+	if (p.proto != 0)
+		track_accepted(&p, now);
 	count(COUNTER_FORWARD);
 	return TC_ACT_OK;
 }

@@ -54,6 +54,13 @@ const (
 	braidBraidCounterCOUNTER_MAX               braidBraidCounter = 9
 )
 
+type braidBraidDropReason uint32
+
+const (
+	braidBraidDropReasonDROP_REASON_POLICY       braidBraidDropReason = 1
+	braidBraidDropReasonDROP_REASON_DEFAULT_DENY braidBraidDropReason = 2
+)
+
 type braidBraidIpcacheFlags uint32
 
 const (
@@ -66,6 +73,13 @@ type braidBraidPolicyAction uint32
 const (
 	braidBraidPolicyActionPOLICY_ALLOW braidBraidPolicyAction = 1
 	braidBraidPolicyActionPOLICY_DENY  braidBraidPolicyAction = 2
+)
+
+type braidBraidPolicyDir uint32
+
+const (
+	braidBraidPolicyDirPOLICY_INGRESS braidBraidPolicyDir = 0
+	braidBraidPolicyDirPOLICY_EGRESS  braidBraidPolicyDir = 1
 )
 
 type braidBraidServiceFlags uint32
@@ -114,6 +128,29 @@ type braidDatapathConfig struct {
 	NetnsCookie   uint64
 }
 
+type braidDropEvent struct {
+	_           structs.HostLayout
+	TimeNs      uint64
+	SrcIdentity uint32
+	DstIdentity uint32
+	Saddr       [4]uint32
+	Daddr       [4]uint32
+	Dport       uint16
+	Proto       uint8
+	Family      uint8
+	Dir         uint8
+	Reason      uint8
+	Pad         uint16
+}
+
+type braidDropKey struct {
+	_        structs.HostLayout
+	Identity uint32
+	Dir      uint8
+	Reason   uint8
+	Pad      uint16
+}
+
 type braidIpcacheKey struct {
 	_         structs.HostLayout
 	Prefixlen uint32
@@ -132,12 +169,15 @@ type braidIpcacheValue struct {
 }
 
 type braidPolicyKey struct {
-	_           structs.HostLayout
-	SrcIdentity uint32
-	DstIdentity uint32
-	Port        uint16
-	Proto       uint8
-	Pad         uint8
+	_             structs.HostLayout
+	Prefixlen     uint32
+	LocalIdentity uint32
+	Dir           uint8
+	Pad           [3]uint8
+	PeerIdentity  uint32
+	Proto         uint8
+	Pad2          uint8
+	Port          uint16
 }
 
 type braidPolicyValue struct {
@@ -194,8 +234,11 @@ const (
 	braidMapConfigV2          = "config_v2"
 	braidMapCounters          = "counters"
 	braidMapCtV2              = "ct_v2"
+	braidMapDropHead          = "drop_head"
+	braidMapDropRing          = "drop_ring"
 	braidMapIpcache           = "ipcache"
-	braidMapPolicy            = "policy"
+	braidMapPolicyDrops       = "policy_drops"
+	braidMapPolicyV2          = "policy_v2"
 	braidMapServicesV2        = "services_v2"
 	braidMapSockRevnat        = "sock_revnat"
 	braidProgSockConnect4     = "sock_connect4"
@@ -212,7 +255,9 @@ const (
 	braidVarUnusedAffinity    = "unused_affinity"
 	braidVarUnusedBflags      = "unused_bflags"
 	braidVarUnusedCounter     = "unused_counter"
+	braidVarUnusedDir         = "unused_dir"
 	braidVarUnusedIflags      = "unused_iflags"
+	braidVarUnusedReason      = "unused_reason"
 	braidVarUnusedSflags      = "unused_sflags"
 	braidVarUnusedTier        = "unused_tier"
 )
@@ -280,8 +325,11 @@ type braidMapSpecs struct {
 	ConfigV2     *ebpf.MapSpec `ebpf:"config_v2"`
 	Counters     *ebpf.MapSpec `ebpf:"counters"`
 	CtV2         *ebpf.MapSpec `ebpf:"ct_v2"`
+	DropHead     *ebpf.MapSpec `ebpf:"drop_head"`
+	DropRing     *ebpf.MapSpec `ebpf:"drop_ring"`
 	Ipcache      *ebpf.MapSpec `ebpf:"ipcache"`
-	Policy       *ebpf.MapSpec `ebpf:"policy"`
+	PolicyDrops  *ebpf.MapSpec `ebpf:"policy_drops"`
+	PolicyV2     *ebpf.MapSpec `ebpf:"policy_v2"`
 	ServicesV2   *ebpf.MapSpec `ebpf:"services_v2"`
 	SockRevnat   *ebpf.MapSpec `ebpf:"sock_revnat"`
 }
@@ -294,7 +342,9 @@ type braidVariableSpecs struct {
 	UnusedAffinity *ebpf.VariableSpec `ebpf:"unused_affinity"`
 	UnusedBflags   *ebpf.VariableSpec `ebpf:"unused_bflags"`
 	UnusedCounter  *ebpf.VariableSpec `ebpf:"unused_counter"`
+	UnusedDir      *ebpf.VariableSpec `ebpf:"unused_dir"`
 	UnusedIflags   *ebpf.VariableSpec `ebpf:"unused_iflags"`
+	UnusedReason   *ebpf.VariableSpec `ebpf:"unused_reason"`
 	UnusedSflags   *ebpf.VariableSpec `ebpf:"unused_sflags"`
 	UnusedTier     *ebpf.VariableSpec `ebpf:"unused_tier"`
 }
@@ -324,8 +374,11 @@ type braidMaps struct {
 	ConfigV2     *ebpf.Map `ebpf:"config_v2"`
 	Counters     *ebpf.Map `ebpf:"counters"`
 	CtV2         *ebpf.Map `ebpf:"ct_v2"`
+	DropHead     *ebpf.Map `ebpf:"drop_head"`
+	DropRing     *ebpf.Map `ebpf:"drop_ring"`
 	Ipcache      *ebpf.Map `ebpf:"ipcache"`
-	Policy       *ebpf.Map `ebpf:"policy"`
+	PolicyDrops  *ebpf.Map `ebpf:"policy_drops"`
+	PolicyV2     *ebpf.Map `ebpf:"policy_v2"`
 	ServicesV2   *ebpf.Map `ebpf:"services_v2"`
 	SockRevnat   *ebpf.Map `ebpf:"sock_revnat"`
 }
@@ -337,8 +390,11 @@ func (m *braidMaps) Close() error {
 		m.ConfigV2,
 		m.Counters,
 		m.CtV2,
+		m.DropHead,
+		m.DropRing,
 		m.Ipcache,
-		m.Policy,
+		m.PolicyDrops,
+		m.PolicyV2,
 		m.ServicesV2,
 		m.SockRevnat,
 	)
@@ -352,7 +408,9 @@ type braidVariables struct {
 	UnusedAffinity *ebpf.Variable `ebpf:"unused_affinity"`
 	UnusedBflags   *ebpf.Variable `ebpf:"unused_bflags"`
 	UnusedCounter  *ebpf.Variable `ebpf:"unused_counter"`
+	UnusedDir      *ebpf.Variable `ebpf:"unused_dir"`
 	UnusedIflags   *ebpf.Variable `ebpf:"unused_iflags"`
+	UnusedReason   *ebpf.Variable `ebpf:"unused_reason"`
 	UnusedSflags   *ebpf.Variable `ebpf:"unused_sflags"`
 	UnusedTier     *ebpf.Variable `ebpf:"unused_tier"`
 }

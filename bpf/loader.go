@@ -1,10 +1,12 @@
 package bpf
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"syscall"
 
@@ -20,7 +22,7 @@ const (
 	DefaultIPCacheEntries = 512 << 10
 	DefaultServiceEntries = 16 << 10
 	DefaultBackendEntries = 64 << 10
-	DefaultPolicyEntries  = 16 << 10
+	DefaultPolicyEntries  = 64 << 10
 	DefaultCTEntries      = 256 << 10
 	DefaultSockRevEntries = 256 << 10
 )
@@ -36,7 +38,9 @@ type Config struct {
 	BackendEntries uint32
 	// SlotEntries bounds service-to-backend references; zero means twice
 	// BackendEntries.
-	SlotEntries    uint32
+	SlotEntries uint32
+	// PolicyEntries sizes the policy trie and the per-identity drop
+	// counters.
 	PolicyEntries  uint32
 	CTEntries      uint32
 	SockRevEntries uint32
@@ -67,7 +71,7 @@ func (c Config) withDefaults() Config {
 var ErrIncompatible = errors.New("pinned map incompatible")
 
 // obsoleteMaps are pinned map names of earlier builds, removed by Load.
-var obsoleteMaps = []string{"ct", "config", "services"}
+var obsoleteMaps = []string{"ct", "config", "services", "policy"}
 
 // Objects are the loaded programs and the pinned maps. The caller owns them
 // and must Close them; closing does not detach pinned links or remove pinned
@@ -81,7 +85,10 @@ type Objects struct {
 	Slots    *SlotMap
 	Backends *BackendMap
 	Policy   *PolicyMap
-	CT       *CTMap
+	// PolicyDrops counts policy drops per local identity, direction and
+	// reason; the programs fill it.
+	PolicyDrops *DropMap
+	CT          *CTMap
 }
 
 // Load mounts bpffs if needed, opens the pinned maps under cfg.PinDir
@@ -104,7 +111,8 @@ func Load(cfg Config) (*Objects, error) {
 		braidMapServicesV2:   cfg.ServiceEntries,
 		braidMapBackends:     cfg.BackendEntries,
 		braidMapBackendSlots: cfg.SlotEntries,
-		braidMapPolicy:       cfg.PolicyEntries,
+		braidMapPolicyV2:     cfg.PolicyEntries,
+		braidMapPolicyDrops:  cfg.PolicyEntries,
 		braidMapCtV2:         cfg.CTEntries,
 		braidMapSockRevnat:   cfg.SockRevEntries,
 	}
@@ -116,7 +124,9 @@ func Load(cfg Config) (*Objects, error) {
 			ms.Pinning = ebpf.PinByName
 		}
 	}
-	spec.Maps[braidMapCounters].Pinning = ebpf.PinByName
+	for _, name := range []string{braidMapCounters, braidMapDropRing, braidMapDropHead} {
+		spec.Maps[name].Pinning = ebpf.PinByName
+	}
 	o := &Objects{cfg: cfg}
 	err = spec.LoadAndAssign(&o.objs, &ebpf.CollectionOptions{Maps: ebpf.MapOptions{PinPath: cfg.PinDir}})
 	if errors.Is(err, ebpf.ErrMapIncompatible) {
@@ -135,7 +145,8 @@ func Load(cfg Config) (*Objects, error) {
 	o.Services = newMap[ServiceKey, ServiceValue](m.ServicesV2, braidMapServicesV2)
 	o.Slots = newMap[SlotKey, BackendID](m.BackendSlots, braidMapBackendSlots)
 	o.Backends = newMap[BackendID, BackendValue](m.Backends, braidMapBackends)
-	o.Policy = newMap[PolicyKey, PolicyValue](m.Policy, braidMapPolicy)
+	o.Policy = newMap[PolicyKey, PolicyValue](m.PolicyV2, braidMapPolicyV2)
+	o.PolicyDrops = newMap[DropKey, uint64](m.PolicyDrops, braidMapPolicyDrops)
 	o.CT = newMap[CTKey, CTValue](m.CtV2, braidMapCtV2)
 	return o, nil
 }
@@ -153,6 +164,23 @@ func (o *Objects) SetDatapathConfig(c DatapathConfig) error {
 		return fmt.Errorf("update config: %w", err)
 	}
 	return nil
+}
+
+// RecentDrops returns the last policy drops the programs recorded (at most
+// DropRingSize), oldest first.
+func (o *Objects) RecentDrops() ([]DropEvent, error) {
+	out := make([]DropEvent, 0, DropRingSize)
+	for i := uint32(0); i < DropRingSize; i++ {
+		var e DropEvent
+		if err := o.objs.DropRing.Lookup(i, &e); err != nil {
+			return nil, fmt.Errorf("read drop ring slot %d: %w", i, err)
+		}
+		if e.TimeNs != 0 {
+			out = append(out, e)
+		}
+	}
+	slices.SortFunc(out, func(a, b DropEvent) int { return cmp.Compare(a.TimeNs, b.TimeNs) })
+	return out, nil
 }
 
 // Counters returns the packet counters summed over CPUs.

@@ -22,6 +22,8 @@ type (
 	BackendValue     = braidBackendValue
 	PolicyKey        = braidPolicyKey
 	PolicyValue      = braidPolicyValue
+	DropKey          = braidDropKey
+	DropEvent        = braidDropEvent
 	CTKey            = braidCtKey
 	CTValue          = braidCtValue
 	DatapathConfig   = braidDatapathConfig
@@ -73,6 +75,80 @@ const (
 	PolicyAllow     = uint8(braidBraidPolicyActionPOLICY_ALLOW)
 	PolicyDeny      = uint8(braidBraidPolicyActionPOLICY_DENY)
 )
+
+// Directions of policy entries and drops, seen from the local pod.
+const (
+	PolicyIngress = uint8(braidBraidPolicyDirPOLICY_INGRESS)
+	PolicyEgress  = uint8(braidBraidPolicyDirPOLICY_EGRESS)
+)
+
+// Reasons of policy drops (DropKey.Reason, DropEvent.Reason).
+const (
+	// DropReasonPolicy: the local identity is isolated by a policy in
+	// that direction and no entry allows the packet.
+	DropReasonPolicy = uint8(braidBraidDropReasonDROP_REASON_POLICY)
+	// DropReasonDefaultDeny: the cluster's default deny, no entry.
+	DropReasonDefaultDeny = uint8(braidBraidDropReasonDROP_REASON_DEFAULT_DENY)
+)
+
+// DropRingSize is how many recent drops the programs keep
+// (DROP_RING_SIZE in braid.c).
+const DropRingSize = 64
+
+// AnyIdentity as a policy key's peer matches every peer.
+const AnyIdentity = 0
+
+// Prefix lengths of policy keys (see POLICY_PREFIX_FULL in braid.c).
+const (
+	policyPrefixIsolation = 64
+	policyPrefixPeer      = 96
+	policyPrefixProto     = 104
+	policyPrefixPortBase  = 112
+)
+
+// PolicyIsolationKey is the entry that isolates local in dir: traffic no
+// more specific entry allows is dropped. Its value's Action is PolicyDeny.
+func PolicyIsolationKey(dir uint8, local uint32) PolicyKey {
+	return PolicyKey{Prefixlen: policyPrefixIsolation, LocalIdentity: local, Dir: dir}
+}
+
+// PolicyAllowKeys returns the entries that allow traffic between local and
+// peer (AnyIdentity: every peer) in dir: every protocol when proto is 0,
+// else protocol proto on ports lo..hi (host order; 0..0 means every port).
+// A range becomes the fewest aligned blocks that cover it exactly.
+func PolicyAllowKeys(dir uint8, local, peer uint32, proto uint8, lo, hi uint16) []PolicyKey {
+	base := PolicyKey{LocalIdentity: local, Dir: dir, PeerIdentity: peer}
+	if proto == 0 {
+		base.Prefixlen = policyPrefixPeer
+		return []PolicyKey{base}
+	}
+	base.Proto = proto
+	if lo == 0 && hi == 0 || lo == 0 && hi == 0xffff {
+		base.Prefixlen = policyPrefixProto
+		return []PolicyKey{base}
+	}
+	if hi < lo {
+		hi = lo
+	}
+	var out []PolicyKey
+	for cur := uint32(lo); cur <= uint32(hi); {
+		// The largest aligned block starting at cur that stays within hi.
+		size := uint32(1)
+		for cur%(size*2) == 0 && cur+size*2-1 <= uint32(hi) && size < 1<<16 {
+			size *= 2
+		}
+		bits := 16
+		for s := size; s > 1; s /= 2 {
+			bits--
+		}
+		k := base
+		k.Prefixlen = uint32(policyPrefixPortBase + bits)
+		k.Port = Port(uint16(cur))
+		out = append(out, k)
+		cur += size
+	}
+	return out
+}
 
 // Counter indexes the datapath's packet counters.
 type Counter uint32
@@ -191,6 +267,7 @@ type (
 	SlotMap    = Map[SlotKey, BackendID]
 	BackendMap = Map[BackendID, BackendValue]
 	PolicyMap  = Map[PolicyKey, PolicyValue]
+	DropMap    = Map[DropKey, uint64]
 	CTMap      = Map[CTKey, CTValue]
 )
 

@@ -155,19 +155,33 @@ func TestTCServiceAndPolicy(t *testing.T) {
 	}
 
 	t.Run("policy", func(t *testing.T) {
-		deny := bpf.PolicyKey{SrcIdentity: 100, DstIdentity: 200, Port: bpf.Port(bpftest.BackendPort), Proto: protoTCP}
-		allow := bpf.PolicyKey{SrcIdentity: 300, DstIdentity: 200}
-		if _, err := objs.Policy.BatchUpdate([]bpf.PolicyKey{deny, allow}, []bpf.PolicyValue{{Action: bpf.PolicyDeny}, {Action: bpf.PolicyAllow}}); err != nil {
+		// Identity 200 is isolated for ingress; 300 may reach it on
+		// the backend port, 100 may not.
+		keys := append([]bpf.PolicyKey{bpf.PolicyIsolationKey(bpf.PolicyIngress, 200)},
+			bpf.PolicyAllowKeys(bpf.PolicyIngress, 200, 300, protoTCP, bpftest.BackendPort, bpftest.BackendPort)...)
+		vals := []bpf.PolicyValue{{Action: bpf.PolicyDeny}, {Action: bpf.PolicyAllow}}
+		if _, err := objs.Policy.BatchUpdate(keys, vals); err != nil {
 			t.Fatal(err)
 		}
 		before := counters(t, objs)
 		if c, err := dial(n.pods[0], backend); err == nil {
 			c.Close()
-			t.Errorf("identity 100 -> 200 connected despite a deny rule")
+			t.Errorf("identity 100 -> 200 connected, but 200 is isolated and only 300 is allowed")
 		}
 		mid := counters(t, objs)
 		if mid[bpf.CounterDropPolicy] == before[bpf.CounterDropPolicy] {
 			t.Errorf("drop_policy counter did not move")
+		}
+		drops, err := objs.PolicyDrops.Lookup(bpf.DropKey{Identity: 200, Dir: bpf.PolicyIngress, Reason: bpf.DropReasonPolicy})
+		if err != nil || drops == 0 {
+			t.Errorf("policy drops of identity 200: %d, %v; want > 0", drops, err)
+		}
+		recent, err := objs.RecentDrops()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(recent) == 0 || recent[len(recent)-1].SrcIdentity != 100 || recent[len(recent)-1].DstIdentity != 200 {
+			t.Errorf("recent drops %+v: want the last from identity 100 to 200", recent)
 		}
 		c, err := dial(n.pods[2], backend)
 		if err != nil {
@@ -183,7 +197,7 @@ func TestTCServiceAndPolicy(t *testing.T) {
 		}
 
 		// Default deny: a pair without a rule is dropped, counted apart.
-		objs.Policy.BatchDelete([]bpf.PolicyKey{allow})
+		objs.Policy.BatchDelete(keys)
 		if err := objs.SetDatapathConfig(bpf.DatapathConfig{DefaultDeny: 1}); err != nil {
 			t.Fatal(err)
 		}

@@ -59,13 +59,40 @@ type Service struct {
 	Backends []Backend
 }
 
-// PolicyRule allows or denies traffic from Src to Dst. Port 0 with Protocol
-// "" matches every port.
+// Direction is a policy direction, seen from the local pod.
+type Direction uint8
+
+// Directions.
+const (
+	Ingress Direction = iota // into the local pod
+	Egress                   // from the local pod
+)
+
+func (d Direction) String() string {
+	if d == Egress {
+		return "egress"
+	}
+	return "ingress"
+}
+
+// PolicyRule allows traffic between a local identity and a peer in one
+// direction. Peer 0 is every peer. Protocol "" is every protocol (and
+// every port); Port 0 is every port of Protocol; EndPort, when set, makes
+// Port..EndPort a range.
 type PolicyRule struct {
-	Src, Dst clustermesh.NumericIdentity
-	Port     uint16
-	Protocol clustermesh.Protocol
-	Deny     bool
+	Direction Direction
+	Local     clustermesh.NumericIdentity
+	Peer      clustermesh.NumericIdentity
+	Protocol  clustermesh.Protocol
+	Port      uint16
+	EndPort   uint16
+}
+
+// Isolation makes Identity deny, in Direction, what no PolicyRule allows
+// (a pod selected by a NetworkPolicy of that direction).
+type Isolation struct {
+	Direction Direction
+	Identity  clustermesh.NumericIdentity
 }
 
 // LocalEntry is an address hosted on this node (a local pod).
@@ -83,8 +110,13 @@ type Desired struct {
 	Local []LocalEntry
 	// ClusterIDs gives the numeric ID of each cluster named in IPCache and
 	// backends; unknown clusters get ID 0.
-	ClusterIDs  map[clustermesh.ClusterName]clustermesh.ClusterID
-	Services    []Service
-	Policy      []PolicyRule
+	ClusterIDs map[clustermesh.ClusterName]clustermesh.ClusterID
+	// Prefixes are identities of address blocks (policy ipBlocks); the
+	// longest prefix wins, and pods' own entries win over them.
+	Prefixes []LocalEntry
+	Services []Service
+	Policy   []PolicyRule
+	Isolated []Isolation
+	// DefaultDeny isolates every local pod for ingress.
 	DefaultDeny bool
 }

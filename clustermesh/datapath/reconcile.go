@@ -209,25 +209,28 @@ func (r *Reconciler) reconcile(ctx context.Context, want Desired) error {
 	var errs []error
 	var stats []MapStatus
 
-	// ipcache
+	// policy and ipcache, make before break: entries for identities an
+	// address is about to take are in place before the ipcache points the
+	// address at them, and the old ones go once it no longer does (a
+	// relabelled pod keeps its established flows).
+	pol, err := r.diffPolicy(policyEntries(want))
+	if err != nil {
+		errs, stats = append(errs, err), append(stats, MapStatus{Name: "policy", Desired: len(want.Policy)})
+	}
+	var polUpErr error
+	if pol != nil {
+		polUpErr = pol.upsert(r)
+	}
 	st, err := r.syncIPCache(ipcacheEntries(topo, want))
 	errs, stats = append(errs, err), append(stats, st)
-
-	// policy
-	wantPol := make(map[bpf.PolicyKey]bpf.PolicyValue, len(want.Policy))
-	for _, p := range want.Policy {
-		k := bpf.PolicyKey{SrcIdentity: uint32(p.Src), DstIdentity: uint32(p.Dst), Port: bpf.Port(p.Port), Proto: protoNum(p.Protocol)}
-		v := bpf.PolicyValue{Action: bpf.PolicyAllow}
-		if p.Deny {
-			v.Action = bpf.PolicyDeny
+	if pol != nil {
+		var polDelErr error
+		if polUpErr == nil && err == nil {
+			polDelErr = pol.remove(r)
 		}
-		if old, ok := wantPol[k]; ok && old.Action == bpf.PolicyDeny {
-			continue // deny wins over allow for the same key
-		}
-		wantPol[k] = v
+		perr := errors.Join(polUpErr, polDelErr)
+		errs, stats = append(errs, perr), append(stats, pol.status(r, perr))
 	}
-	st, err = sync1(r, "policy", r.maps.Policy, wantPol)
-	errs, stats = append(errs, err), append(stats, st)
 
 	if err := ctx.Err(); err != nil {
 		return err
@@ -257,6 +260,39 @@ func (r *Reconciler) reconcile(ctx context.Context, want Desired) error {
 	r.status.Maps = stats
 	r.statusMu.Unlock()
 	return errors.Join(errs...)
+}
+
+// policyEntries returns the policy trie's desired content.
+func policyEntries(want Desired) map[bpf.PolicyKey]bpf.PolicyValue {
+	out := make(map[bpf.PolicyKey]bpf.PolicyValue, len(want.Isolated)+len(want.Policy))
+	for _, iso := range want.Isolated {
+		out[bpf.PolicyIsolationKey(uint8(iso.Direction), uint32(iso.Identity))] = bpf.PolicyValue{Action: bpf.PolicyDeny}
+	}
+	for _, p := range want.Policy {
+		hi := p.EndPort
+		if hi < p.Port {
+			hi = p.Port
+		}
+		for _, k := range bpf.PolicyAllowKeys(uint8(p.Direction), uint32(p.Local), uint32(p.Peer), protoNum(p.Protocol), p.Port, hi) {
+			out[k] = bpf.PolicyValue{Action: bpf.PolicyAllow}
+		}
+	}
+	return out
+}
+
+// diffPolicy dumps the policy trie and computes what makes it equal to
+// want; nil without a policy map.
+func (r *Reconciler) diffPolicy(want map[bpf.PolicyKey]bpf.PolicyValue) (*change[bpf.PolicyKey, bpf.PolicyValue], error) {
+	t := r.maps.Policy
+	if t == nil {
+		return nil, nil
+	}
+	have, err := t.Dump()
+	if err != nil {
+		r.m.errors.WithLabelValues("policy").Inc()
+		return nil, err
+	}
+	return diff("policy", t, want, have), nil
 }
 
 // PruneConntrack deletes connection-tracking entries idle for longer than
@@ -459,10 +495,17 @@ type ipEntry struct {
 // and unique, and their values. The agent passes IPCache sorted by prefix,
 // so the sort is mostly a linear check.
 func ipcacheEntries(topo Topology, want Desired) ([]bpf.IPCacheKey, []bpf.IPCacheValue) {
-	es := make([]ipEntry, 0, len(want.IPCache)+len(want.Local))
+	es := make([]ipEntry, 0, len(want.Prefixes)+len(want.IPCache)+len(want.Local))
 	local := make(map[netip.Addr]bool, len(topo.NodeIPs))
 	for _, a := range topo.NodeIPs {
 		local[a.Unmap()] = true
+	}
+	// Address blocks first: a pod's entry for the same prefix wins.
+	for _, e := range want.Prefixes {
+		if !e.Prefix.IsValid() {
+			continue
+		}
+		es = append(es, ipEntry{bpf.IPCacheKeyFor(e.Prefix.Masked()), bpf.IPCacheValue{Identity: uint32(e.Identity)}, len(es)})
 	}
 	for _, e := range want.IPCache {
 		if !e.Prefix.IsValid() {

@@ -42,7 +42,9 @@ func sampleDesired() Desired {
 				{Addr: ap("[fd00:2::5]:8080"), Cluster: "west", Healthy: true},
 			},
 		}},
-		Policy: []PolicyRule{{Src: 2<<16 | 7, Dst: 1<<16 | 3, Port: 8080, Protocol: clustermesh.TCP, Deny: true}},
+		Policy:   []PolicyRule{{Direction: Ingress, Local: 1<<16 | 3, Peer: 2<<16 | 7, Port: 8080, EndPort: 8081, Protocol: clustermesh.TCP}},
+		Isolated: []Isolation{{Direction: Ingress, Identity: 1<<16 | 3}},
+		Prefixes: []LocalEntry{{Prefix: netip.MustParsePrefix("192.0.2.0/24"), Identity: 0x100}},
 	}
 }
 
@@ -96,8 +98,18 @@ func TestReconcileLayoutAndIdempotence(t *testing.T) {
 	}
 	var d dto.Metric
 	r.m.entries.WithLabelValues("ipcache").Write(&d)
-	if n := d.GetGauge().GetValue(); n != 3 {
-		t.Errorf("ipcache entries metric = %v, want 3", n)
+	if n := d.GetGauge().GetValue(); n != 4 {
+		t.Errorf("ipcache entries metric = %v, want 4 (two remote, one local, one address block)", n)
+	}
+	if blk := f.ipcache.m[bpf.IPCacheKeyFor(netip.MustParsePrefix("192.0.2.0/24"))]; blk.Identity != 0x100 || blk.Flags != 0 {
+		t.Errorf("address block entry = %+v, want identity 0x100 without flags", blk)
+	}
+	// The isolation entry and the range 8080-8081 as one aligned block.
+	if len(f.policy.m) != 2 {
+		t.Errorf("policy holds %d entries, want 2: %+v", len(f.policy.m), f.policy.m)
+	}
+	if v := f.policy.m[bpf.PolicyIsolationKey(bpf.PolicyIngress, 1<<16|3)]; v.Action != bpf.PolicyDeny {
+		t.Errorf("isolation entry = %+v, want deny", v)
 	}
 	if h := r.Health(); !h.OK {
 		t.Errorf("health = %+v", h)
@@ -127,6 +139,7 @@ func TestReconcilePrunesAndChanges(t *testing.T) {
 	want.Services[0].Backends[0].Healthy = false
 	want.Services[0].Backends = want.Services[0].Backends[:3]
 	want.IPCache = nil
+	want.Prefixes = nil
 	if err := r.Reconcile(ctx, want); err != nil {
 		t.Fatal(err)
 	}
