@@ -209,6 +209,19 @@ func DecodeIPEntry(owner *ClusterConfig, key string, value []byte) (IPEntry, err
 	if !e.HostIP.IsValid() {
 		return IPEntry{}, invalid(key, KindIPs, "hostIP missing")
 	}
+	if len(e.NamedPorts) > MaxNamedPorts {
+		return IPEntry{}, invalid(key, KindIPs, "%d named ports, at most %d allowed", len(e.NamedPorts), MaxNamedPorts)
+	}
+	for _, np := range e.NamedPorts {
+		if np.Name == "" || len(np.Name) > 15 || np.Port == 0 {
+			return IPEntry{}, invalid(key, KindIPs, "named port %q/%d: needs a name of 1 to 15 characters and a port in 1..65535", np.Name, np.Port)
+		}
+		switch np.Protocol {
+		case TCP, UDP, SCTP:
+		default:
+			return IPEntry{}, invalid(key, KindIPs, "named port %q: protocol %q must be TCP, UDP or SCTP", np.Name, np.Protocol)
+		}
+	}
 	return e, nil
 }
 

@@ -311,6 +311,12 @@ func TestDecodeIPEntry(t *testing.T) {
 			`identity 196613 is outside cluster "east"'s range (it belongs to cluster ID 3)`},
 		{"identity zero", key, mut(func(e *clustermesh.IPEntry) { e.Identity = 0 }), "identity 0 is outside"},
 		{"missing hostIP", key, mut(func(e *clustermesh.IPEntry) { e.HostIP = netip.Addr{} }), "hostIP missing"},
+		{"unnamed port", key, mut(func(e *clustermesh.IPEntry) {
+			e.NamedPorts = []clustermesh.NamedPort{{Port: 80, Protocol: clustermesh.TCP}}
+		}), "needs a name"},
+		{"named port protocol", key, mut(func(e *clustermesh.IPEntry) {
+			e.NamedPorts = []clustermesh.NamedPort{{Name: "http", Port: 80, Protocol: "ICMP"}}
+		}), "must be TCP, UDP or SCTP"},
 		{"value claims another cluster", key, mut(func(e *clustermesh.IPEntry) { e.Cluster = "west" }),
 			`entry claims cluster "west" but is under "east"'s prefix`},
 		{"written under another cluster's prefix", "braid/v1/ips/west/10.2.1.7/32",

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net/netip"
 	"regexp"
+	"strings"
 	"time"
 	"unicode"
 )
@@ -146,6 +147,30 @@ const IdentityClusterShift = 16
 // Cluster returns the cluster ID encoded in id.
 func (id NumericIdentity) Cluster() ClusterID { return ClusterID(id >> IdentityClusterShift) }
 
+// Labels of an identity that the operator derives rather than copies from
+// the pod. A pod's own labels with these keys (or the namespace-label
+// prefix) are dropped, so a pod cannot claim another namespace or cluster.
+const (
+	// LabelNamespace names the pod's namespace.
+	LabelNamespace = "io.kubernetes.pod.namespace"
+	// NamespaceLabelPrefix prefixes each label of the pod's namespace, as
+	// Cilium spells it: namespace label team=a is identity label
+	// io.cilium.k8s.namespace.labels.team=a.
+	NamespaceLabelPrefix = "io.cilium.k8s.namespace.labels."
+	// LabelCluster is the cluster a peer selector may name. It is never
+	// stored: policy evaluates it against Identity.Cluster.
+	LabelCluster = "braid.dev/cluster"
+	// LabelCiliumCluster is Cilium's spelling of LabelCluster, accepted
+	// in selectors with the same meaning.
+	LabelCiliumCluster = "io.cilium.k8s.policy.cluster"
+)
+
+// ReservedLabel reports whether k is a label key the operator derives; pod
+// labels with such keys are not part of an identity.
+func ReservedLabel(k string) bool {
+	return k == LabelNamespace || k == LabelCluster || k == LabelCiliumCluster || strings.HasPrefix(k, NamespaceLabelPrefix)
+}
+
 // Identity is a label set with its numeric ID. It is stored at IdentityKey.
 type Identity struct {
 	ID      NumericIdentity   `json:"id"`
@@ -161,7 +186,20 @@ type IPEntry struct {
 	Identity NumericIdentity `json:"identity"`
 	// HostIP is the node IP traffic for Prefix is tunnelled to.
 	HostIP netip.Addr `json:"hostIP"`
+	// NamedPorts are the pod's named container ports, which policies may
+	// name instead of numbers.
+	NamedPorts []NamedPort `json:"namedPorts,omitempty"`
 }
+
+// NamedPort is a named container port of a pod.
+type NamedPort struct {
+	Name     string   `json:"name"`
+	Port     uint16   `json:"port"`
+	Protocol Protocol `json:"protocol"`
+}
+
+// MaxNamedPorts bounds IPEntry.NamedPorts.
+const MaxNamedPorts = 64
 
 // Affinity selects which backends a global service prefers.
 type Affinity string

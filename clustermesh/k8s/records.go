@@ -28,8 +28,6 @@ const (
 	// AnnotationWireGuardKey, on a Node, is the node's WireGuard public key
 	// as set by its agent.
 	AnnotationWireGuardKey = "braid.dev/wireguard-public-key"
-	// labelNamespace is the identity label naming the pod's namespace.
-	labelNamespace = "io.kubernetes.pod.namespace"
 )
 
 // noIdentityLabels carry no identity: they differ between pods of one
@@ -120,16 +118,52 @@ func (s *Source) publishNodes() error {
 	return nil
 }
 
-// identityLabels is the label set that gives pod its identity.
-func identityLabels(pod *corev1.Pod) map[string]string {
-	out := make(map[string]string, len(pod.Labels)+1)
+// identityLabels is the label set that gives pod its identity: its own
+// labels (minus those that carry no identity and those the operator
+// derives), its namespace's name and its namespace's labels nsLabels.
+func identityLabels(pod *corev1.Pod, nsLabels map[string]string) map[string]string {
+	out := make(map[string]string, len(pod.Labels)+len(nsLabels)+1)
 	for k, v := range pod.Labels {
-		if !noIdentityLabels[k] {
+		if !noIdentityLabels[k] && !clustermesh.ReservedLabel(k) {
 			out[k] = v
 		}
 	}
-	out[labelNamespace] = pod.Namespace
+	for k, v := range nsLabels {
+		out[clustermesh.NamespaceLabelPrefix+k] = v
+	}
+	out[clustermesh.LabelNamespace] = pod.Namespace
 	return out
+}
+
+// namedPorts returns the pod's named container ports, sorted.
+func namedPorts(pod *corev1.Pod) []clustermesh.NamedPort {
+	var out []clustermesh.NamedPort
+	for _, c := range pod.Spec.Containers {
+		for _, p := range c.Ports {
+			if p.Name == "" || p.ContainerPort < 1 || p.ContainerPort > 65535 || len(out) == clustermesh.MaxNamedPorts {
+				continue
+			}
+			proto := clustermesh.Protocol(p.Protocol)
+			if proto == "" {
+				proto = clustermesh.TCP
+			}
+			out = append(out, clustermesh.NamedPort{Name: p.Name, Port: uint16(p.ContainerPort), Protocol: proto})
+		}
+	}
+	slices.SortFunc(out, func(a, b clustermesh.NamedPort) int {
+		return cmp.Or(cmp.Compare(a.Name, b.Name), cmp.Compare(a.Protocol, b.Protocol), cmp.Compare(a.Port, b.Port))
+	})
+	return out
+}
+
+// namespaceLabels returns the labels of namespace ns, nil when it is not
+// in the cache.
+func (s *Source) namespaceLabels(ns string) map[string]string {
+	n, err := s.namespaces.Get(ns)
+	if err != nil {
+		return nil
+	}
+	return n.Labels
 }
 
 // podIPs returns the pod's IPs worth publishing: none for host-network or
@@ -204,7 +238,7 @@ func (s *Source) publishPods(ctx context.Context) error {
 		if !ok {
 			continue
 		}
-		lbls := identityLabels(pod)
+		lbls := identityLabels(pod, s.namespaceLabels(pod.Namespace))
 		id, err := s.alloc.allocate(ctx, lbls)
 		if err != nil {
 			return fmt.Errorf("identity for pod %s/%s: %w", pod.Namespace, pod.Name, err)
@@ -216,7 +250,7 @@ func (s *Source) publishPods(ctx context.Context) error {
 				continue
 			}
 			if _, taken := ips[p]; !taken {
-				ips[p] = &clustermesh.IPEntry{Prefix: p, Cluster: s.cfg.Cluster.Name, Identity: id, HostIP: host}
+				ips[p] = &clustermesh.IPEntry{Prefix: p, Cluster: s.cfg.Cluster.Name, Identity: id, HostIP: host, NamedPorts: namedPorts(pod)}
 			}
 		}
 	}

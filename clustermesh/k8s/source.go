@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"sync"
 	"time"
 
@@ -322,7 +323,20 @@ func trim(obj any) (any, error) {
 	}
 	switch o := obj.(type) {
 	case *corev1.Pod:
-		o.Spec = corev1.PodSpec{NodeName: o.Spec.NodeName, HostNetwork: o.Spec.HostNetwork, ServiceAccountName: o.Spec.ServiceAccountName}
+		// Containers keep only their named ports (policies name them).
+		var containers []corev1.Container
+		for _, c := range o.Spec.Containers {
+			var ports []corev1.ContainerPort
+			for _, p := range c.Ports {
+				if p.Name != "" {
+					ports = append(ports, corev1.ContainerPort{Name: p.Name, ContainerPort: p.ContainerPort, Protocol: p.Protocol})
+				}
+			}
+			if len(ports) > 0 {
+				containers = append(containers, corev1.Container{Name: c.Name, Ports: ports})
+			}
+		}
+		o.Spec = corev1.PodSpec{NodeName: o.Spec.NodeName, HostNetwork: o.Spec.HostNetwork, ServiceAccountName: o.Spec.ServiceAccountName, Containers: containers}
 		o.Status = corev1.PodStatus{Phase: o.Status.Phase, HostIP: o.Status.HostIP, PodIP: o.Status.PodIP, PodIPs: o.Status.PodIPs}
 		o.Annotations = nil
 	case *corev1.Node:
@@ -437,7 +451,20 @@ func (s *Source) Run(ctx context.Context) error {
 			},
 		}),
 		add(nodeInf.Informer(), handler(func(any) { s.markMesh(itemNodes, itemPods) })),
-		add(nsInf.Informer(), handler(func(any) { s.markMCS(allKeys) })),
+		// A namespace's labels are part of its pods' identities: a relabel
+		// re-derives them (and their IP entries) in one round.
+		add(nsInf.Informer(), cache.ResourceEventHandlerFuncs{
+			AddFunc:    func(any) { s.markMCS(allKeys); s.markMesh(itemPods) },
+			DeleteFunc: func(any) { s.markMCS(allKeys) },
+			UpdateFunc: func(o, n any) {
+				s.markMCS(allKeys)
+				on, ok1 := o.(*corev1.Namespace)
+				nn, ok2 := n.(*corev1.Namespace)
+				if !ok1 || !ok2 || !maps.Equal(on.Labels, nn.Labels) {
+					s.markMesh(itemPods)
+				}
+			},
+		}),
 	}
 	synced := []cache.InformerSynced{svcInf.Informer().HasSynced, sliceInf.Informer().HasSynced,
 		podInf.Informer().HasSynced, nodeInf.Informer().HasSynced, nsInf.Informer().HasSynced}
