@@ -336,22 +336,6 @@ func (r *Reconciler) PruneConntrack() (int, error) {
 	return n, err
 }
 
-// sync1 diffs one map against want and applies the difference, updates
-// before deletes.
-func sync1[K comparable, V comparable](r *Reconciler, name string, t table[K, V], want map[K]V) (MapStatus, error) {
-	if t == nil {
-		return MapStatus{Name: name, Desired: len(want)}, nil
-	}
-	have, err := t.Dump()
-	if err != nil {
-		r.m.errors.WithLabelValues(name).Inc()
-		return MapStatus{Name: name, Desired: len(want), Capacity: int(t.MaxEntries())}, err
-	}
-	c := diff(name, t, want, have)
-	err = errors.Join(c.upsert(r), c.remove(r))
-	return c.status(r, err), err
-}
-
 // change is the difference between one map and its desired content.
 type change[K comparable, V comparable] struct {
 	name       string
