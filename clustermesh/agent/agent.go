@@ -92,6 +92,10 @@ type Config struct {
 	// DefaultBrokerTimeout. It must be several times the broker
 	// connection's progress interval (join.ProgressInterval).
 	BrokerTimeout time.Duration
+	// Policies, if set, supplies the cluster's NetworkPolicies, which the
+	// agent enforces for its node's pods (ingress and egress). Unset: no
+	// NetworkPolicy is enforced.
+	Policies PolicySource
 }
 
 // DefaultBrokerTimeout is Config.BrokerTimeout's default.
@@ -120,6 +124,8 @@ type Agent struct {
 	listener net.Listener
 	objs     *bpf.Objects   // while Run holds them, for the counters
 	devices  map[int]string // pod devices with the tc programs, by ifindex
+	policy   *policyState   // last compiled policy; nil without Config.Policies
+	drops    drops          // last read drop counters
 }
 
 // New builds an Agent over store. It starts nothing and touches no kernel
@@ -145,7 +151,14 @@ func New(cfg Config, store kvstore.Store, log *slog.Logger) (*Agent, error) {
 	if err != nil {
 		return nil, fmt.Errorf("new agent: %w", err)
 	}
-	return &Agent{cfg: cfg, log: log, reg: reg, watcher: w, problems: map[string]string{}}, nil
+	a := &Agent{cfg: cfg, log: log, reg: reg, watcher: w, problems: map[string]string{}}
+	if cfg.Policies != nil {
+		a.policy = &policyState{}
+		if err := reg.Register(newDropCollector(a)); err != nil {
+			return nil, fmt.Errorf("new agent: %w", err)
+		}
+	}
+	return a, nil
 }
 
 // Watcher returns the agent's view of the mesh.
@@ -242,7 +255,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	a.mu.Lock()
 	a.pool = pool
 	a.mu.Unlock()
-	loops, err := a.newLoops(dp, dev)
+	loops, err := a.newLoops(dp, dev, objs)
 	if err != nil {
 		return err
 	}
@@ -270,6 +283,15 @@ func (a *Agent) Run(ctx context.Context) error {
 	run(a.watcher.Run)
 	run(dp.Run)
 	run(loops.mesh.Run)
+	if a.cfg.Policies != nil {
+		run(func(ctx context.Context) error {
+			if err := a.cfg.Policies.Run(ctx, loops.mesh.Trigger); err != nil {
+				a.setProblem("network policies", err)
+			}
+			return nil
+		})
+		run(loops.drops.Run)
+	}
 	if match != nil {
 		run(func(ctx context.Context) error {
 			direct := func(f func() error) error { return f() }
@@ -323,10 +345,10 @@ func (a *Agent) Run(ctx context.Context) error {
 // loops are the agent's reconcile loops; peers and key are nil without a
 // tunnel.
 type loops struct {
-	mesh, peers, key *reconcile.Loop
+	mesh, peers, key, drops *reconcile.Loop
 }
 
-func (a *Agent) newLoops(dp *datapath.Reconciler, dev *tunnel.Device) (*loops, error) {
+func (a *Agent) newLoops(dp *datapath.Reconciler, dev *tunnel.Device, objs *bpf.Objects) (*loops, error) {
 	var l loops
 	var err error
 	// mesh: a lone change is applied at once, a burst costs one round per
@@ -343,7 +365,9 @@ func (a *Agent) newLoops(dp *datapath.Reconciler, dev *tunnel.Device) (*loops, e
 				return pool.Unreachable(gossip.MemberName(string(c), node))
 			}
 		}
-		dp.Update(DesiredState(snap, a.cfg.Cluster, unreachable))
+		want := DesiredState(snap, a.cfg.Cluster, unreachable)
+		a.desirePolicy(&want, snap)
+		dp.Update(want)
 		if l.peers != nil {
 			l.peers.Trigger()
 		}
@@ -351,6 +375,21 @@ func (a *Agent) newLoops(dp *datapath.Reconciler, dev *tunnel.Device) (*loops, e
 	}, a.log, a.reg)
 	if err != nil {
 		return nil, fmt.Errorf("new agent loops: %w", err)
+	}
+	if a.cfg.Policies != nil {
+		l.drops, err = reconcile.New(reconcile.Config{Name: "policy_drops", Resync: DropsInterval}, func(context.Context, bool) error {
+			d, err := readDrops(objs.PolicyDrops, objs)
+			if err != nil {
+				return err
+			}
+			a.mu.Lock()
+			a.drops = d
+			a.mu.Unlock()
+			return nil
+		}, a.log, a.reg)
+		if err != nil {
+			return nil, fmt.Errorf("new agent loops: %w", err)
+		}
 	}
 	if dev == nil {
 		return &l, nil
@@ -368,6 +407,40 @@ func (a *Agent) newLoops(dp *datapath.Reconciler, dev *tunnel.Device) (*loops, e
 		return nil, fmt.Errorf("new agent loops: %w", err)
 	}
 	return &l, nil
+}
+
+// desirePolicy fills want's policy part from the cluster's NetworkPolicies,
+// or, until they and the cluster's own identities are known, asks the
+// datapath to keep what it enforces.
+func (a *Agent) desirePolicy(want *datapath.Desired, snap *remote.Snapshot) {
+	if a.cfg.Policies == nil {
+		return
+	}
+	pols, ok := a.cfg.Policies.NetworkPolicies()
+	own := snap.Clusters[a.cfg.Cluster]
+	if !ok || own == nil || !own.Synced {
+		want.KeepPolicy = true
+		return
+	}
+	a.mu.Lock()
+	prev := a.policy.result.Blocks
+	a.mu.Unlock()
+	res := ApplyPolicy(want, snap, a.cfg.Cluster, pols, prev)
+	ps := &policyState{synced: true, policies: len(pols), result: res,
+		labels: map[clustermesh.NumericIdentity]map[string]string{}, clusters: map[clustermesh.ClusterID]clustermesh.ClusterName{}}
+	for id := range res.Selected {
+		ps.labels[id] = own.Identities[id].Labels
+	}
+	for name, cs := range snap.Clusters {
+		ps.clusters[cs.Config.ID] = name
+	}
+	a.setProblem("network policies", errors.New(strings.Join(res.Problems, "; ")))
+	if len(res.Problems) == 0 {
+		a.setProblem("network policies", nil)
+	}
+	a.mu.Lock()
+	a.policy = ps
+	a.mu.Unlock()
 }
 
 // peersResyncInterval is how often the tunnel's peers and the device's
@@ -599,6 +672,9 @@ func (a *Agent) Snapshot() status.Snapshot {
 	s.InvalidClusterConfigs, _ = a.watcher.InvalidConfigs()
 	a.mu.Lock()
 	dp, loops, pool := a.dp, a.loops, a.pool
+	if a.policy != nil {
+		s.Policy = policyStatus(a.policy, a.drops)
+	}
 	for part, p := range a.problems {
 		s.Problems = append(s.Problems, part+": "+p)
 	}
@@ -618,6 +694,9 @@ func (a *Agent) Snapshot() status.Snapshot {
 	slices.Sort(s.PodDevices)
 	if loops != nil {
 		s.AddLoops(loops.mesh.Status())
+		if loops.drops != nil {
+			s.AddLoops(loops.drops.Status())
+		}
 		if loops.peers != nil {
 			s.AddLoops(loops.peers.Status(), loops.key.Status())
 		}

@@ -119,4 +119,9 @@ type Desired struct {
 	Isolated []Isolation
 	// DefaultDeny isolates every local pod for ingress.
 	DefaultDeny bool
+	// KeepPolicy leaves the policy map and the address-block entries of
+	// the ipcache as they are (Policy, Isolated and Prefixes are
+	// ignored): the policies are not known yet, and a restarted agent
+	// keeps enforcing what it enforced.
+	KeepPolicy bool
 }

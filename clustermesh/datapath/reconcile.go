@@ -213,15 +213,19 @@ func (r *Reconciler) reconcile(ctx context.Context, want Desired) error {
 	// address is about to take are in place before the ipcache points the
 	// address at them, and the old ones go once it no longer does (a
 	// relabelled pod keeps its established flows).
-	pol, err := r.diffPolicy(policyEntries(want))
-	if err != nil {
-		errs, stats = append(errs, err), append(stats, MapStatus{Name: "policy", Desired: len(want.Policy)})
+	var pol *change[bpf.PolicyKey, bpf.PolicyValue]
+	if !want.KeepPolicy {
+		var err error
+		if pol, err = r.diffPolicy(policyEntries(want)); err != nil {
+			errs, stats = append(errs, err), append(stats, MapStatus{Name: "policy", Desired: len(want.Policy)})
+		}
 	}
 	var polUpErr error
 	if pol != nil {
 		polUpErr = pol.upsert(r)
 	}
-	st, err := r.syncIPCache(ipcacheEntries(topo, want))
+	ipKeys, ipVals := ipcacheEntries(topo, want)
+	st, err := r.syncIPCache(ipKeys, ipVals, want.KeepPolicy)
 	errs, stats = append(errs, err), append(stats, st)
 	if pol != nil {
 		var polDelErr error
@@ -261,6 +265,10 @@ func (r *Reconciler) reconcile(ctx context.Context, want Desired) error {
 	r.statusMu.Unlock()
 	return errors.Join(errs...)
 }
+
+// FirstBlockIdentity is where address-block identities (Desired.Prefixes)
+// start; they lie in cluster ID 0's range, which no cluster allocates.
+const FirstBlockIdentity = 0x100
 
 // policyEntries returns the policy trie's desired content.
 func policyEntries(want Desired) map[bpf.PolicyKey]bpf.PolicyValue {
@@ -532,7 +540,10 @@ func ipcacheEntries(topo Topology, want Desired) ([]bpf.IPCacheKey, []bpf.IPCach
 
 // syncIPCache is sync1 for the ipcache, whose desired state is a sorted
 // list: no map of 100k entries is built, and upserts come out sorted.
-func (r *Reconciler) syncIPCache(keys []bpf.IPCacheKey, vals []bpf.IPCacheValue) (MapStatus, error) {
+//
+// keepBlocks keeps the address-block entries the maps hold (identities
+// of cluster ID 0 from FirstBlockIdentity up, without flags).
+func (r *Reconciler) syncIPCache(keys []bpf.IPCacheKey, vals []bpf.IPCacheValue, keepBlocks bool) (MapStatus, error) {
 	const name = "ipcache"
 	t := r.maps.IPCache
 	if t == nil {
@@ -544,6 +555,9 @@ func (r *Reconciler) syncIPCache(keys []bpf.IPCacheKey, vals []bpf.IPCacheValue)
 		return MapStatus{Name: name, Desired: len(keys), Capacity: int(t.MaxEntries())}, err
 	}
 	c := diffList(name, t, keys, vals, have, func(k bpf.IPCacheKey) bool {
+		if v := have[k]; keepBlocks && v.Flags == 0 && v.Identity >= FirstBlockIdentity && v.Identity < 1<<clustermesh.IdentityClusterShift {
+			return true
+		}
 		_, found := slices.BinarySearchFunc(keys, k, ipcacheOrder)
 		return found
 	})

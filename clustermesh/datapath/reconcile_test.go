@@ -269,3 +269,30 @@ func TestReconcileWritesConfig(t *testing.T) {
 		t.Errorf("config = %+v, want %+v", f.config.c, want)
 	}
 }
+
+// TestKeepPolicyLeavesPolicyAlone: until the policies are known (a
+// restarted agent), the policy trie and the address blocks stay.
+func TestKeepPolicyLeavesPolicyAlone(t *testing.T) {
+	f := newFakeMaps(1024)
+	r, _ := New(Config{Topology: topo}, f.Maps(), nil, nil)
+	ctx := context.Background()
+	if err := r.Reconcile(ctx, sampleDesired()); err != nil {
+		t.Fatal(err)
+	}
+	pol, blk := len(f.policy.m), bpf.IPCacheKeyFor(netip.MustParsePrefix("192.0.2.0/24"))
+	want := sampleDesired()
+	want.Policy, want.Isolated, want.Prefixes, want.KeepPolicy = nil, nil, nil, true
+	if err := r.Reconcile(ctx, want); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := f.ipcache.m[blk]; !ok || len(f.policy.m) != pol {
+		t.Errorf("kept policy: %d entries (want %d), block entry kept: %v", len(f.policy.m), pol, ok)
+	}
+	want.KeepPolicy = false
+	if err := r.Reconcile(ctx, want); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := f.ipcache.m[blk]; ok || len(f.policy.m) != 0 {
+		t.Errorf("known empty policy: %d entries, block entry kept: %v; want both gone", len(f.policy.m), ok)
+	}
+}

@@ -52,6 +52,63 @@ type Snapshot struct {
 	// Counters are the datapath's packet counters since its maps were
 	// created, by name (bpf.Counter), summed over CPUs (agents only).
 	Counters map[string]uint64 `json:"counters,omitempty"`
+	// Policy is the NetworkPolicy enforcement of the node (agents only).
+	Policy *PolicyStatus `json:"policy,omitempty"`
+}
+
+// PolicyStatus is what the agent enforces from its cluster's
+// NetworkPolicies and what they dropped.
+type PolicyStatus struct {
+	// Synced is false until the policies and the cluster's identities
+	// were read: until then the maps keep what they held.
+	Synced   bool `json:"synced"`
+	Policies int  `json:"policies"`
+	Rules    int  `json:"rules"`
+	// Identities lists every local identity a policy selects.
+	Identities []PolicyIdentity `json:"identities,omitempty"`
+	// Drops counts drops per policy, direction and reason since the
+	// datapath was loaded; a drop counts against every policy isolating
+	// the pod in that direction (none of them allowed the packet).
+	Drops []PolicyDrops `json:"drops,omitempty"`
+	// RecentDrops are the last drops on this node, newest last.
+	RecentDrops []PolicyDrop `json:"recentDrops,omitempty"`
+}
+
+// PolicyIdentity is a local identity and the policies selecting it.
+type PolicyIdentity struct {
+	Identity  clustermesh.NumericIdentity `json:"identity"`
+	Namespace string                      `json:"namespace"`
+	Labels    map[string]string           `json:"labels,omitempty"`
+	Ingress   []string                    `json:"ingress,omitempty"`
+	Egress    []string                    `json:"egress,omitempty"`
+	// Dropped counts the identity's drops on this node, both directions.
+	Dropped uint64 `json:"dropped"`
+}
+
+// PolicyDrops is a drop counter. Policy is "namespace/name", or empty for
+// the cluster's default deny.
+type PolicyDrops struct {
+	Policy    string `json:"policy"`
+	Direction string `json:"direction"`
+	Reason    string `json:"reason"`
+	Packets   uint64 `json:"packets"`
+}
+
+// PolicyDrop is one dropped packet.
+type PolicyDrop struct {
+	// AgeSeconds is how long ago it was dropped.
+	AgeSeconds float64                     `json:"ageSeconds"`
+	Direction  string                      `json:"direction"`
+	Reason     string                      `json:"reason"`
+	Source     clustermesh.NumericIdentity `json:"source"`
+	// SourceCluster is the cluster owning the source identity; empty for
+	// addresses outside the mesh.
+	SourceCluster      clustermesh.ClusterName     `json:"sourceCluster,omitempty"`
+	Destination        clustermesh.NumericIdentity `json:"destination"`
+	DestinationCluster clustermesh.ClusterName     `json:"destinationCluster,omitempty"`
+	From               string                      `json:"from"`
+	To                 string                      `json:"to"`
+	Protocol           string                      `json:"protocol"`
 }
 
 // AddLoops adds loops to Loops, and a problem for each whose last round

@@ -136,6 +136,8 @@ func command() *cobra.Command {
 				if err != nil {
 					return fmt.Errorf("kubernetes client: %w", err)
 				}
+				// The cluster's NetworkPolicies, enforced for this node's pods.
+				cfg.Policies = k8s.NewPolicyWatcher(client, log)
 				// The operator publishes the node; it reads the key from here.
 				cfg.PublishKey = func(ctx context.Context, key string) error {
 					return k8s.AnnotateNodeKey(ctx, client, cfg.Node, key)

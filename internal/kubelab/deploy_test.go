@@ -118,6 +118,8 @@ func TestDeployManifests(t *testing.T) {
 		{agent, "list", "", "pods", "", true},
 		{agent, "watch", "", "services", "", true},
 		{agent, "list", "discovery.k8s.io", "endpointslices", "", true},
+		{agent, "watch", "networking.k8s.io", "networkpolicies", "", true},
+		{agent, "update", "networking.k8s.io", "networkpolicies", "", false},
 		{agent, "create", "discovery.k8s.io", "endpointslices", "", false},
 		{agent, "patch", "", "nodes", "", true},
 		{agent, "delete", "", "nodes", "", false},
