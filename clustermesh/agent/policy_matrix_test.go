@@ -42,7 +42,7 @@ var (
 	westNode = netip.MustParseAddr("192.168.78.1")
 )
 
-func newPolicyWorld(t *testing.T) *policyWorld {
+func newPolicyWorld(t testing.TB) *policyWorld {
 	bpftest.RequireRoot(t)
 	objs, err := bpf.Load(bpf.Config{PinDir: bpftest.PinDir(t), IPCacheEntries: 1024, ServiceEntries: 64, BackendEntries: 64, PolicyEntries: 4096, CTEntries: 8192, SockRevEntries: 64})
 	if err != nil {
@@ -106,7 +106,7 @@ func worldSnapshot(eps []policytest.Endpoint) *remote.Snapshot {
 
 // apply compiles pols as east's agent does and reconciles the maps, then
 // forgets every tracked flow so each scenario starts clean.
-func (w *policyWorld) apply(t *testing.T, pols []*networkingv1.NetworkPolicy) {
+func (w *policyWorld) apply(t testing.TB, pols []*networkingv1.NetworkPolicy) {
 	t.Helper()
 	want := agent.DesiredState(w.snap, policytest.Local, nil)
 	res := agent.ApplyPolicy(&want, w.snap, policytest.Local, pols, w.prev)
