@@ -13,6 +13,15 @@
 // for the next change, and reports in Snapshot's Loops and on /metrics
 // (braid_reconcile_*{loop=...}).
 //
+// With Config.Policies, the agent enforces its cluster's NetworkPolicies
+// for its node's pods: the mesh loop compiles them (clustermesh/policy,
+// ApplyPolicy) against every cluster's identities into the datapath's
+// policy trie and address-block ipcache entries, so a policy edit, a new
+// identity or another cluster's change takes the same path. Until the
+// policies and the cluster's own identities are known, the maps keep what
+// they enforce. A "policy_drops" loop reads the drop counters every
+// DropsInterval for Snapshot's Policy section and braid_policy_drops_total.
+//
 // Run blocks until its context is done and waits for everything it
 // started. BPF objects are pinned: stopping the agent leaves the datapath
 // serving, and the next start takes the maps over without flushing them.

@@ -10,6 +10,14 @@
 // disappear on the next reconcile. A second Reconcile with the same input
 // writes nothing (Writes counts every entry written).
 //
+// Policy (Desired.Policy, Isolated, Prefixes) becomes the policy trie:
+// an isolation entry per isolated identity and direction, allow entries
+// whose port ranges are split into aligned blocks, and address-block
+// identities in the ipcache below pods' entries. New policy entries are
+// written before the ipcache moves an address to a new identity and stale
+// ones removed after, so a relabelled pod keeps its flows;
+// Desired.KeepPolicy leaves the policy part alone until it is known.
+//
 // Backends are tiered against the node's Topology (same node, same zone,
 // same cluster, another cluster in the same region, any other cluster).
 // Only usable ones (ready, on a node not unreachable by gossip) get slots,
