@@ -3,6 +3,7 @@ package clustermesh
 import (
 	"encoding/json"
 	"net/netip"
+	"reflect"
 	"testing"
 )
 
@@ -33,7 +34,7 @@ func FuzzIPEntryCanonical(f *testing.F) {
 		if err := decodeStrict(value, &strict); err != nil {
 			t.Fatalf("fast path accepted %q, the strict decoder rejects it: %v", value, err)
 		}
-		if fast != strict {
+		if !reflect.DeepEqual(fast, strict) {
 			t.Fatalf("fast path decoded %q as %+v, the strict decoder as %+v", value, fast, strict)
 		}
 	})
@@ -55,7 +56,7 @@ func TestIPEntryCanonicalTakesPublishedValues(t *testing.T) {
 		if !decodeIPEntryCanonical(b, &got) {
 			t.Fatalf("published value %s does not take the fast path", b)
 		}
-		if got != e {
+		if !reflect.DeepEqual(got, e) {
 			t.Fatalf("fast path decoded %s as %+v, want %+v", b, got, e)
 		}
 	}
