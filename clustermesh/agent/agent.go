@@ -122,10 +122,11 @@ type Agent struct {
 	loops    *loops
 	problems map[string]string
 	listener net.Listener
-	objs     *bpf.Objects   // while Run holds them, for the counters
-	devices  map[int]string // pod devices with the tc programs, by ifindex
-	policy   *policyState   // last compiled policy; nil without Config.Policies
-	drops    drops          // last read drop counters
+	objs     *bpf.Objects         // while Run holds them, for the counters
+	devices  map[int]string       // pod devices with the tc programs, by ifindex
+	policy   *policyState         // last compiled policy; nil without Config.Policies
+	drops    drops                // last read drop counters
+	tunnel   *status.TunnelStatus // last sample of the tunnel device
 }
 
 // New builds an Agent over store. It starts nothing and touches no kernel
@@ -324,6 +325,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	if dev != nil {
 		run(loops.peers.Run)
 		run(loops.key.Run)
+		run(func(ctx context.Context) error { a.sampleTunnel(ctx, dev); return nil })
 		run(func(ctx context.Context) error {
 			for {
 				select {
@@ -674,6 +676,11 @@ func (a *Agent) Snapshot() status.Snapshot {
 	dp, loops, pool := a.dp, a.loops, a.pool
 	if a.policy != nil {
 		s.Policy = policyStatus(a.policy, a.drops)
+	}
+	if a.tunnel != nil {
+		ts := *a.tunnel
+		ts.Peers = slices.Clone(ts.Peers)
+		s.Tunnel = &ts
 	}
 	for part, p := range a.problems {
 		s.Problems = append(s.Problems, part+": "+p)

@@ -54,6 +54,8 @@ type Snapshot struct {
 	Counters map[string]uint64 `json:"counters,omitempty"`
 	// Policy is the NetworkPolicy enforcement of the node (agents only).
 	Policy *PolicyStatus `json:"policy,omitempty"`
+	// Tunnel is the node's WireGuard device (agents with a tunnel only).
+	Tunnel *TunnelStatus `json:"tunnel,omitempty"`
 }
 
 // PolicyStatus is what the agent enforces from its cluster's
