@@ -54,6 +54,7 @@ func command() *cobra.Command {
 		wireguard  bool
 		wgName     string
 		wgPort     int
+		wgMTU      int
 		wgNetns    string
 		stateDir   string
 		strict     bool
@@ -78,6 +79,9 @@ func command() *cobra.Command {
 			log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
 			if wgPort < 1 || wgPort > 65535 {
 				return fmt.Errorf("--wireguard-port %d: must be in 1..65535", wgPort)
+			}
+			if wgMTU < 1280 || wgMTU > 65535 {
+				return fmt.Errorf("--underlay-mtu %d: must be in 1280..65535", wgMTU)
 			}
 			if rotate < 0 {
 				return fmt.Errorf("--key-rotation %v: must be 0 (off) or positive", rotate)
@@ -121,7 +125,7 @@ func command() *cobra.Command {
 			}
 			if wireguard {
 				tc := &tunnel.Config{Name: wgName, StateDir: stateDir, ListenPort: wgPort, Netns: wgNetns, Strict: strict,
-					RotationInterval: rotate, PersistentKeepalive: 25 * time.Second}
+					RotationInterval: rotate, PersistentKeepalive: 25 * time.Second, UnderlayMTU: wgMTU}
 				if tc.StrictCIDRs, err = clustermesh.ParsePrefixes("--strict-cidr", strictCIDR); err != nil {
 					return err
 				}
@@ -188,6 +192,7 @@ func command() *cobra.Command {
 	f.BoolVar(&wireguard, "wireguard", true, "encrypt cross-cluster traffic with WireGuard")
 	f.StringVar(&wgName, "wireguard-device", "braid-wg", "WireGuard interface name (unique on the machine)")
 	f.IntVar(&wgPort, "wireguard-port", tunnel.DefaultListenPort, "WireGuard UDP port (the same on every node of the mesh)")
+	f.IntVar(&wgMTU, "underlay-mtu", tunnel.DefaultUnderlayMTU, "MTU of the path between nodes; the WireGuard device gets it minus WireGuard's overhead (60 bytes over IPv4)")
 	f.StringVar(&wgNetns, "wireguard-netns", "", "network namespace (path) the WireGuard device lives in (default: the agent's)")
 	f.StringVar(&stateDir, "state-dir", "/var/lib/braid", "where the node's WireGuard key is kept (mode 0600)")
 	f.BoolVar(&strict, "strict", false, "drop traffic to remote pods that would leave the node unencrypted")
