@@ -12,13 +12,15 @@ import (
 	"github.com/braidmesh/braid/cmd/braid/cli"
 	"github.com/braidmesh/braid/cmd/braid/demo"
 	"github.com/braidmesh/braid/cmd/braid/diagnose"
+	"github.com/braidmesh/braid/cmd/braid/podbench"
 )
 
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	root := cli.NewRoot(os.Stdout, os.Stderr)
-	root.AddCommand(brokerCommand(), demo.Command(), bench.Command())
-	root.AddCommand(diagnose.Command())
+	benchCmd := bench.Command()
+	benchCmd.AddCommand(podbench.Commands()...) // bench pods: the data path between clusters
+	root.AddCommand(brokerCommand(), demo.Command(), benchCmd, diagnose.Command())
 	code := cli.Run(ctx, root, os.Args[1:])
 	stop()
 	os.Exit(code)
