@@ -13,6 +13,7 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
+	"text/tabwriter"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -384,10 +385,13 @@ func parseIperf(out []byte) (float64, error) {
 // Print writes res as a table.
 func Print(w io.Writer, res Result) {
 	fmt.Fprintf(w, "from %s node %s (%s) to %s node %s (%s)\n\n", res.From.Cluster, res.From.Node, res.From.NodeIP, res.To.Cluster, res.To.Node, res.To.NodeIP)
-	fmt.Fprintf(w, "%-62s %14s %10s %10s %10s\n", "PATH", "THROUGHPUT", "RR P50", "RR P90", "RR P99")
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "PATH\tTHROUGHPUT\tRR P50\tRR P90\tRR P99")
 	for _, p := range []Path{res.Tunnel, res.Underlay} {
-		fmt.Fprintf(w, "%-62s %14s %10v %10v %10v\n", p.What, bits(p.ThroughputBitsPerSec), p.Latency.P50, p.Latency.P90, p.Latency.P99)
+		l := p.Latency
+		fmt.Fprintf(tw, "%s\t%s\t%v\t%v\t%v\n", p.What, bits(p.ThroughputBitsPerSec), l.P50.Round(time.Microsecond), l.P90.Round(time.Microsecond), l.P99.Round(time.Microsecond))
 	}
+	tw.Flush()
 	fmt.Fprintf(w, "\ntunnel / underlay: throughput %.2f, request/response p50 %.2f\n", res.ThroughputRatio, res.LatencyP50Ratio)
 }
 
