@@ -7,6 +7,8 @@ import (
 	"slices"
 	"time"
 
+	"github.com/vishvananda/netlink"
+
 	"github.com/braidmesh/braid/clustermesh/status"
 	"github.com/braidmesh/braid/tunnel"
 )
@@ -32,6 +34,9 @@ type tunnelSampler struct {
 	// underlay returns the name and MTU of the link holding an address;
 	// nil means the agent's network namespace's (underlayLink).
 	underlay func(netip.Addr) (string, int)
+	// pathMTU returns the path MTU the kernel learned towards an address
+	// (0: none); nil skips it (the device is in another namespace).
+	pathMTU func(netip.Addr) int
 
 	heard map[string]heardFrom // by peer name and key
 	last  status.TunnelStatus
@@ -48,7 +53,7 @@ func newTunnelSampler(dev tunnelStatsReader, cfg *tunnel.Config, nodeIP netip.Ad
 		overhead = tunnel.Overhead6
 	}
 	return &tunnelSampler{dev: dev, keepalive: cfg.PersistentKeepalive, overhead: overhead, nodeIP: nodeIP,
-		underlay: underlayLink, heard: map[string]heardFrom{}}
+		underlay: underlayLink, pathMTU: learnedPathMTU, heard: map[string]heardFrom{}}
 }
 
 // sample reads the device once at now and returns the status.
@@ -82,6 +87,9 @@ func (s *tunnelSampler) sample(now time.Time) status.TunnelStatus {
 			RxBytes: p.RxBytes, TxBytes: p.TxBytes}
 		if p.Endpoint.IsValid() {
 			tp.Endpoint = p.Endpoint.String()
+			if s.pathMTU != nil {
+				tp.PathMTU = s.pathMTU(p.Endpoint.Addr())
+			}
 		}
 		if !p.LastHandshake.IsZero() {
 			tp.HandshakeAgeSeconds = now.Sub(p.LastHandshake).Seconds()
@@ -120,6 +128,17 @@ func underlayLink(ip netip.Addr) (string, int) {
 	return "", 0
 }
 
+// learnedPathMTU returns the MTU of the route the kernel uses towards ip
+// when it carries one: a path MTU learned from ICMP, or one configured on
+// the route. Zero otherwise.
+func learnedPathMTU(ip netip.Addr) int {
+	routes, err := netlink.RouteGet(ip.AsSlice())
+	if err != nil || len(routes) == 0 {
+		return 0
+	}
+	return routes[0].MTU
+}
+
 // sampleTunnel samples dev every TunnelSampleInterval into the agent's
 // snapshot until ctx is done.
 func (a *Agent) sampleTunnel(ctx context.Context, dev tunnelStatsReader) {
@@ -128,6 +147,9 @@ func (a *Agent) sampleTunnel(ctx context.Context, dev tunnelStatsReader) {
 		nodeIP = a.cfg.NodeIPs[0]
 	}
 	s := newTunnelSampler(dev, a.cfg.Tunnel, nodeIP)
+	if !sameNetns(a.cfg.Tunnel.Netns) {
+		s.pathMTU = nil // the device's routes are not ours to read
+	}
 	t := time.NewTicker(TunnelSampleInterval)
 	defer t.Stop()
 	for {

@@ -20,6 +20,12 @@ func TestTunnelSamplerMeasuresSilenceFromTheLastReceivedByte(t *testing.T) {
 	dev := &statsSeq{}
 	s := newTunnelSampler(dev, &tunnel.Config{PersistentKeepalive: 25 * time.Second}, netip.MustParseAddr("10.0.0.1"))
 	s.underlay = func(netip.Addr) (string, int) { return "eth0", 1500 }
+	s.pathMTU = func(a netip.Addr) int {
+		if a == netip.MustParseAddr("10.0.0.2") {
+			return 1400
+		}
+		return 0
+	}
 	t0 := time.Unix(1000, 0)
 	peer := func(rx int64, hs time.Time) tunnel.PeerStats {
 		return tunnel.PeerStats{Name: "west/w0", PublicKey: "abc", Endpoint: netip.MustParseAddrPort("10.0.0.2:51820"), RxBytes: rx, LastHandshake: hs}
@@ -30,7 +36,7 @@ func TestTunnelSamplerMeasuresSilenceFromTheLastReceivedByte(t *testing.T) {
 	if got.UnderlayDevice != "eth0" || got.UnderlayMTU != 1500 || got.Overhead != tunnel.Overhead4 || got.KeepaliveSeconds != 25 || got.StrictDrops != 3 {
 		t.Fatalf("device fields: %+v", got)
 	}
-	if p := got.Peers[0]; p.SilentSeconds != 0 || p.HandshakeAgeSeconds != 0 || p.Endpoint != "10.0.0.2:51820" {
+	if p := got.Peers[0]; p.SilentSeconds != 0 || p.HandshakeAgeSeconds != 0 || p.Endpoint != "10.0.0.2:51820" || p.PathMTU != 1400 {
 		t.Fatalf("first sample: %+v", p)
 	}
 	// Nothing received for 40 s: silent 40 s.

@@ -44,4 +44,8 @@ type TunnelPeer struct {
 	SilentSeconds float64 `json:"silentSeconds"`
 	RxBytes       int64   `json:"rxBytes"`
 	TxBytes       int64   `json:"txBytes"`
+	// PathMTU is the MTU the kernel learned for the path to the peer's
+	// endpoint (from ICMP "fragmentation needed"); zero when it learned
+	// none, i.e. the underlay's MTU applies.
+	PathMTU int `json:"pathMTU,omitempty"`
 }
