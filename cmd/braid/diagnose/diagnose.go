@@ -268,12 +268,12 @@ func brokerFinding(c join.Credentials, err error) Finding {
 	msg := err.Error()
 	fix := "check the broker runs and answers at " + strings.Join(c.Endpoints, ", ")
 	if strings.Contains(msg, "authentication failed") || strings.Contains(msg, "invalid auth token") || strings.Contains(msg, "user name not found") {
-		fix = fmt.Sprintf("etcd refused user %s: the cluster was removed from the mesh or its credentials replaced; re-issue its bundle with braid broker add-cluster %s", c.Username, c.Cluster)
+		fix = fmt.Sprintf("etcd refused the credentials of cluster %s: it was removed from the mesh or its credentials replaced; re-issue its bundle with braid broker add-cluster %s", c.Cluster, c.Cluster)
 	} else if strings.Contains(msg, "permission denied") {
-		fix = fmt.Sprintf("user %s may not read the mesh: its role was changed by hand; re-issue its bundle with braid broker add-cluster %s", c.Username, c.Cluster)
+		fix = fmt.Sprintf("cluster %s's user may not read the mesh: its role was changed by hand; re-issue its bundle with braid broker add-cluster %s", c.Cluster, c.Cluster)
 	}
 	return Finding{Check: CheckBroker, Severity: SeverityError,
-		What:  fmt.Sprintf("read the mesh from the broker as %s: %v", c.Username, err),
+		What:  fmt.Sprintf("read the mesh from the broker (%s): %v", c, err),
 		Where: []string{"broker " + strings.Join(c.Endpoints, ",")}, Fix: fix}
 }
 

@@ -387,7 +387,8 @@ func withAddr(name string, addrs map[string]netip.Addr) string {
 }
 
 // CheckMTUOf checks each node's tunnel MTU plus WireGuard's overhead
-// against its own underlay MTU and against each peer's.
+// against its own underlay MTU, the path MTU its kernel learned towards
+// each peer, and each peer's underlay MTU.
 func CheckMTUOf(views []AgentView) []Finding {
 	var out []Finding
 	idx := byName(views)
@@ -405,6 +406,13 @@ func CheckMTUOf(views []AgentView) []Finding {
 				Fix:   fmt.Sprintf("start braid-agent with --underlay-mtu %d on every node (the smallest underlay MTU of the mesh)", t.UnderlayMTU)})
 		}
 		for _, p := range t.Peers {
+			if p.PathMTU > 0 && outer > p.PathMTU {
+				out = append(out, Finding{Check: CheckMTU, Severity: SeverityError,
+					What: fmt.Sprintf("the path from %s to node %s (%s) carries at most %d bytes (the kernel learned it from ICMP), less than the %d bytes of WireGuard packets (device MTU %d + %d overhead)",
+						v.name(), p.Name, p.Endpoint, p.PathMTU, outer, t.MTU, t.Overhead),
+					Where: []string{v.name(), "node " + p.Name},
+					Fix:   fmt.Sprintf("start braid-agent with --underlay-mtu %d on every node (the smallest MTU along the tunnel)", p.PathMTU)})
+			}
 			pv := idx[p.Name]
 			if pv == nil || pv.Status.Tunnel == nil {
 				continue

@@ -157,6 +157,12 @@ func TestMTUAgainstBothEnds(t *testing.T) {
 	// west's own device does not fit its underlay...
 	names(t, fs[0], "node east/east-0", "node west/west-0", "1500 bytes", "MTU 1450", "--underlay-mtu 1450")
 	names(t, fs[1], "node west/west-0", "exceed the MTU 1450 of its underlay eth0", "--underlay-mtu 1450")
+
+	// A router between them is smaller still; east's kernel learned it.
+	west.UnderlayMTU = 1500
+	east.Peers[0].PathMTU, east.Peers[0].Endpoint = 1400, "10.250.0.12:51820"
+	f := only(t, CheckMTUOf(views), CheckMTU, 1)[0]
+	names(t, f, "node east/east-0", "node west/west-0", "10.250.0.12:51820", "at most 1400 bytes", "--underlay-mtu 1400")
 }
 
 func TestGossipClockMapsStrictAgents(t *testing.T) {

@@ -103,7 +103,8 @@ func TestRunAgainstABroker(t *testing.T) {
 		t.Fatal(err)
 	}
 	bf := rep.Findings[0]
-	if bf.Check != CheckBroker || !strings.Contains(bf.Fix, "add-cluster west") {
+	t.Logf("removed cluster: %s\n  fix: %s", bf.What, bf.Fix)
+	if bf.Check != CheckBroker || !strings.Contains(bf.Fix, "refused the credentials") || !strings.Contains(bf.Fix, "add-cluster west") {
 		t.Fatalf("removed cluster: %+v", rep.Findings)
 	}
 	for _, c := range rep.Checks {
