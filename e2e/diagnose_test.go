@@ -48,7 +48,7 @@ func TestDiagnoseAndBench(t *testing.T) {
 	east, west := l.Cluster("east"), l.Cluster("west")
 	run := func() (diagnose.Report, error) {
 		var out, errOut bytes.Buffer
-		cmd := exec.Command(filepath.Join(bin, "braid"), "diagnose", "--join", east.Join, "-o", "json")
+		cmd := exec.Command(filepath.Join(bin, "braid"), "diagnose", "--join", east.Join, "-o", "json", "--timeout", "2m")
 		cmd.Stdout, cmd.Stderr = &out, &errOut
 		err := cmd.Run()
 		var rep diagnose.Report

@@ -24,6 +24,8 @@ import (
 	"github.com/braidmesh/braid/clustermesh/join"
 	"github.com/braidmesh/braid/clustermesh/status"
 	"github.com/braidmesh/braid/kvstore"
+	"github.com/braidmesh/braid/kvstore/etcd"
+	"github.com/braidmesh/braid/reconcile"
 )
 
 // Defaults of the command's flags.
@@ -239,7 +241,7 @@ func brokerCerts(ctx context.Context, c join.Credentials) ([]Cert, []Finding) {
 			return nil, findings
 		}
 		tlsCfg.ServerName = u.Hostname()
-		d := tls.Dialer{NetDialer: &net.Dialer{Timeout: 5 * time.Second}, Config: tlsCfg}
+		d := tls.Dialer{Config: tlsCfg} // bounded by ctx (--timeout)
 		conn, err := d.DialContext(ctx, "tcp", u.Host)
 		if err != nil {
 			fix := "check the broker runs and the network path to " + u.Host + " is open (TCP)"
@@ -277,13 +279,35 @@ func brokerFinding(c join.Credentials, err error) Finding {
 		Where: []string{"broker " + strings.Join(c.Endpoints, ",")}, Fix: fix}
 }
 
+// connect opens the store, retrying with backoff while the broker does not
+// answer in time (a loaded broker may take longer than one dial allows)
+// until ctx is done; a refusal of the credentials is returned at once.
+func connect(ctx context.Context, creds join.Credentials) (*etcd.Store, error) {
+	retry := reconcile.NewBackoff(100*time.Millisecond, 2*time.Second)
+	for {
+		store, err := join.Connect(ctx, creds, nil)
+		if err == nil || refused(err) {
+			return store, err
+		}
+		if !reconcile.Wait(ctx, retry.Next()) {
+			return nil, err
+		}
+	}
+}
+
+// refused reports whether err says the broker refused the credentials.
+func refused(err error) bool {
+	msg := err.Error()
+	return strings.Contains(msg, "authentication failed") || strings.Contains(msg, "invalid auth token") ||
+		strings.Contains(msg, "user name not found") || strings.Contains(msg, "permission denied") ||
+		strings.Contains(msg, "certificate")
+}
+
 // readMesh reads grants, cluster configs and nodes. Entries that fail
 // validation are findings.
 func readMesh(ctx context.Context, creds join.Credentials) (Mesh, []Finding, error) {
 	var m Mesh
-	ctx, cancel := context.WithTimeout(ctx, 15*time.Second)
-	defer cancel()
-	store, err := join.Connect(ctx, creds, nil)
+	store, err := connect(ctx, creds)
 	if err != nil {
 		return m, nil, err
 	}
@@ -378,14 +402,18 @@ func agentTargets(cfg Config, nodes []clustermesh.Node) []target {
 	return out
 }
 
-// readAgents fetches every agent's status in parallel.
+// maxParallelReads bounds the agents read at once.
+const maxParallelReads = 32
+
+// readAgents fetches every agent's status, maxParallelReads at a time.
 func readAgents(ctx context.Context, client *http.Client, targets []target) []AgentView {
 	views := make([]AgentView, len(targets))
 	var wg sync.WaitGroup
+	sem := make(chan struct{}, maxParallelReads)
 	for i, t := range targets {
 		wg.Go(func() {
-			ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-			defer cancel()
+			sem <- struct{}{}
+			defer func() { <-sem }()
 			v := AgentView{Cluster: t.cluster, Node: t.node, URL: t.url, Sent: time.Now()}
 			v.Status, v.Err = status.Fetch(ctx, client, t.url)
 			v.Received = time.Now()
