@@ -23,18 +23,9 @@ import (
 //	go test -run XXX -bench ChangeToBPFMap -benchtime 500x ./clustermesh/agent/
 func BenchmarkChangeToBPFMap(b *testing.B) {
 	bpftest.RequireRoot(b)
-	srv := etcdtest.Start(b)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	connect := func() *etcd.Store {
-		s, err := etcd.New(ctx, etcd.Config{Endpoints: srv.Endpoints()})
-		if err != nil {
-			b.Fatal(err)
-		}
-		b.Cleanup(func() { s.Close() })
-		return s
-	}
-	westStore, eastStore := connect(), connect()
+	westStore, eastStore := twoClusterStores(b, ctx)
 	east := cluster("east", 1, "10.201.1.0/24", "172.21.0.0/16")
 	west := cluster("west", 2, "10.201.2.0/24", "172.22.0.0/16")
 	pubEast := runPublisher(b, ctx, east, eastStore)
@@ -128,4 +119,19 @@ func BenchmarkChangeToBPFMap(b *testing.B) {
 	b.ReportMetric(pct(braid, 99), "bpf-p99-ms")
 	b.ReportMetric(pct(base, 50), "raw-p50-ms")
 	b.ReportMetric(pct(base, 99), "raw-p99-ms")
+}
+
+// twoClusterStores starts a real etcd for b and connects west's and east's
+// stores to it until ctx is done.
+func twoClusterStores(b *testing.B, ctx context.Context) (west, east *etcd.Store) {
+	srv := etcdtest.Start(b)
+	connect := func() *etcd.Store {
+		s, err := etcd.New(ctx, etcd.Config{Endpoints: srv.Endpoints()})
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.Cleanup(func() { s.Close() })
+		return s
+	}
+	return connect(), connect()
 }

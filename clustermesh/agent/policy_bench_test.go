@@ -20,8 +20,6 @@ import (
 	"github.com/braidmesh/braid/bpf/bpftest"
 	"github.com/braidmesh/braid/clustermesh"
 	"github.com/braidmesh/braid/clustermesh/agent"
-	"github.com/braidmesh/braid/kvstore/etcd"
-	"github.com/braidmesh/braid/kvstore/etcd/etcdtest"
 )
 
 func pct(d []time.Duration, p int) float64 {
@@ -152,18 +150,9 @@ func (f *fakePolicies) set(p []*networkingv1.NetworkPolicy) {
 //	go test -run XXX -bench PolicyChangeToBPFMap -benchtime 300x ./clustermesh/agent/
 func BenchmarkPolicyChangeToBPFMap(b *testing.B) {
 	bpftest.RequireRoot(b)
-	srv := etcdtest.Start(b)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	connect := func() *etcd.Store {
-		s, err := etcd.New(ctx, etcd.Config{Endpoints: srv.Endpoints()})
-		if err != nil {
-			b.Fatal(err)
-		}
-		b.Cleanup(func() { s.Close() })
-		return s
-	}
-	westStore, eastStore := connect(), connect()
+	westStore, eastStore := twoClusterStores(b, ctx)
 	east := cluster("east", 1, "10.201.1.0/24", "172.21.0.0/16")
 	west := cluster("west", 2, "10.201.2.0/24", "172.22.0.0/16")
 	pubEast := runPublisher(b, ctx, east, eastStore)
