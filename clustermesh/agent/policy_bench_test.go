@@ -182,6 +182,7 @@ func BenchmarkPolicyChangeToBPFMap(b *testing.B) {
 	for deadline := time.Now().Add(10 * time.Second); len(a.Snapshot().Maps) == 0; {
 		select {
 		case err := <-done:
+			done <- err // for the deferred wait
 			b.Fatalf("agent: %v", err)
 		case <-time.After(10 * time.Millisecond):
 		}

@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"log/slog"
-	"net"
 	"net/http"
 	"net/netip"
 	"os"
@@ -25,57 +24,80 @@ import (
 	"github.com/braidmesh/braid/clustermesh/remote"
 	"github.com/braidmesh/braid/clustermesh/sim"
 	"github.com/braidmesh/braid/cmd/braid/cli"
+	"github.com/braidmesh/braid/internal/testenv"
 	"github.com/braidmesh/braid/kvstore"
 )
 
 // These tests run a real broker (embedded etcd with TLS, authentication and
 // the broker's guard) and real consumers with their own credentials.
 
-func freeLoopbackPort(t *testing.T) int {
+// startLabBroker runs a broker on dir until stop. With ports zero it picks
+// two distinct free loopback ports, and picks again if another process
+// bound one of them first; it returns the ports it used, so a test can
+// restart the broker on them.
+func startLabBroker(t *testing.T, dir string, ports [2]int, log *slog.Logger) (*broker.Broker, func(), [2]int) {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
+	pick := ports == [2]int{}
+	for attempt := 1; ; attempt++ {
+		if pick {
+			free := testenv.FreePorts(t, 2)
+			ports = [2]int{free[0], free[1]}
+		}
+		b, stop, err := runLabBroker(t, dir, ports, log)
+		if err == nil {
+			return b, stop, ports
+		}
+		if !pick || attempt == 3 || !strings.Contains(err.Error(), "address already in use") {
+			t.Fatalf("broker on ports %v: %v", ports, err)
+		}
+		t.Logf("broker on ports %v: %v; picking other ports", ports, err)
 	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port
 }
 
-// startLabBroker runs a broker on dir and the given ports until stop.
-func startLabBroker(t *testing.T, dir string, clientPort, peerPort int, log *slog.Logger) (*broker.Broker, func()) {
+// runLabBroker starts one broker and waits until it is ready. On success
+// the broker runs until the returned stop (also a cleanup of t).
+func runLabBroker(t *testing.T, dir string, ports [2]int, log *slog.Logger) (*broker.Broker, func(), error) {
 	t.Helper()
 	b, err := broker.New(broker.Config{
 		DataDir:           dir,
-		ClientURLs:        []string{fmt.Sprintf("https://127.0.0.1:%d", clientPort)},
-		PeerURL:           fmt.Sprintf("https://127.0.0.1:%d", peerPort),
+		ClientURLs:        []string{fmt.Sprintf("https://127.0.0.1:%d", ports[0])},
+		PeerURL:           fmt.Sprintf("https://127.0.0.1:%d", ports[1]),
 		HeartbeatInterval: 10 * time.Millisecond,
 		ElectionTimeout:   100 * time.Millisecond,
 		Logger:            log,
 	})
 	if err != nil {
-		t.Fatal(err)
+		return nil, nil, err
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- b.Run(ctx) }()
+	exited := make(chan struct{})
+	var runErr error
+	go func() {
+		runErr = b.Run(ctx)
+		close(exited)
+	}()
+	select {
+	case <-b.Ready():
+	case <-exited:
+		cancel()
+		return nil, nil, fmt.Errorf("broker exited before ready: %w", runErr)
+	case <-time.After(time.Minute):
+		cancel()
+		<-exited
+		return nil, nil, fmt.Errorf("broker not ready after a minute")
+	}
 	var once sync.Once
 	stop := func() {
 		once.Do(func() {
 			cancel()
-			if err := <-done; err != nil {
-				t.Errorf("broker: %v", err)
+			<-exited
+			if runErr != nil {
+				t.Errorf("broker: %v", runErr)
 			}
 		})
 	}
 	t.Cleanup(stop)
-	select {
-	case <-b.Ready():
-	case err := <-done:
-		t.Fatalf("broker exited before ready: %v", err)
-	case <-time.After(time.Minute):
-		t.Fatal("broker not ready after a minute")
-	}
-	return b, stop
+	return b, stop, nil
 }
 
 func grantFor(name clustermesh.ClusterName, id int) clustermesh.Grant {
@@ -158,7 +180,7 @@ func put(t *testing.T, s kvstore.Store, key string, v any) {
 // reach a consumer's snapshot; each is counted and shown under b with its
 // reason, and a's service keeps its backends throughout.
 func TestForgedClaimsNeverReachConsumers(t *testing.T) {
-	b, _ := startLabBroker(t, t.TempDir(), freeLoopbackPort(t), freeLoopbackPort(t), nil)
+	b, _, _ := startLabBroker(t, t.TempDir(), [2]int{}, nil)
 	ga, gb, gc := grantFor("a", 1), grantFor("b", 2), grantFor("c", 3)
 	_, storeA := connect(t, b, ga)
 	_, storeB := connect(t, b, gb)
@@ -282,8 +304,7 @@ func TestForgedClaimsNeverReachConsumers(t *testing.T) {
 // reports itself removed.
 func TestRemovedClusterIsCutOff(t *testing.T) {
 	dir := t.TempDir()
-	clientPort := freeLoopbackPort(t)
-	b, _ := startLabBroker(t, dir, clientPort, freeLoopbackPort(t), nil)
+	b, _, _ := startLabBroker(t, dir, [2]int{}, nil)
 	ga, gb := grantFor("a", 1), grantFor("ab", 2)
 	connect(t, b, ga)
 	credsB, storeB := connect(t, b, gb)
@@ -356,8 +377,7 @@ func TestRemovedClusterIsCutOff(t *testing.T) {
 // renewal); once the broker is back both recover and the error clears.
 func TestBrokerOutageIsReportedAndClears(t *testing.T) {
 	dir := t.TempDir()
-	clientPort, peerPort := freeLoopbackPort(t), freeLoopbackPort(t)
-	b, stop := startLabBroker(t, dir, clientPort, peerPort, nil)
+	b, stop, ports := startLabBroker(t, dir, [2]int{}, nil)
 	ga := grantFor("a", 1)
 	_, storeA := connect(t, b, ga)
 	const ttl = 2 * time.Second
@@ -401,7 +421,7 @@ func TestBrokerOutageIsReportedAndClears(t *testing.T) {
 		t.Fatalf("braid status with the broker down: exit %d, %q", code, msg)
 	}
 
-	startLabBroker(t, dir, clientPort, peerPort, nil)
+	startLabBroker(t, dir, ports, nil)
 	within(t, 60*time.Second, "operator recovers", func() error {
 		if code, body, err := healthz(); err != nil || code != http.StatusOK {
 			return fmt.Errorf("/healthz %d %q %v", code, body, err)
@@ -424,7 +444,7 @@ func TestBrokerDebugLogHoldsNoSecrets(t *testing.T) {
 	var logs bytes.Buffer
 	log := slog.New(slog.NewTextHandler(&lockedWriter{mu: &mu, w: &logs}, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	dir := t.TempDir()
-	b, stop := startLabBroker(t, dir, freeLoopbackPort(t), freeLoopbackPort(t), log)
+	b, stop, _ := startLabBroker(t, dir, [2]int{}, log)
 	ga, gb := grantFor("a", 1), grantFor("b", 2)
 	credsA, storeA := connect(t, b, ga)
 	credsB, storeB := connect(t, b, gb)
