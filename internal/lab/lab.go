@@ -79,6 +79,9 @@ type Lab struct {
 	plan     *Plan
 	etcd     *controlplane.Etcd
 	failures chan error
+	// closing ends when Close starts: restarts waiting on it give up.
+	closing     context.Context
+	stopClosing context.CancelFunc
 
 	mu         sync.Mutex
 	broker     *broker.Broker // nil while stopped
@@ -179,6 +182,7 @@ func Up(ctx context.Context, cfg Config) (_ *Lab, err error) {
 	}
 	l := &Lab{Run: p.Run, Dir: p.Dir, HostIP: p.HostIP, KubeBin: cfg.KubeBin, cfg: cfg, plan: p, failures: make(chan error, 1),
 		Broker: "https://" + net.JoinHostPort(p.HostIP.String(), strconv.Itoa(BrokerPort))}
+	l.closing, l.stopClosing = context.WithCancel(context.Background())
 	defer func() {
 		if err != nil {
 			l.Close()
@@ -510,6 +514,7 @@ func (l *Lab) Close() error {
 	}
 	l.closed = true
 	l.mu.Unlock()
+	l.stopClosing()
 	var wg sync.WaitGroup
 	for _, c := range l.Clusters {
 		for _, n := range c.Nodes {

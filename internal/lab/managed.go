@@ -9,6 +9,7 @@ import (
 
 	"github.com/braidmesh/braid/clustermesh/k8s"
 	"github.com/braidmesh/braid/internal/lab/proc"
+	"github.com/braidmesh/braid/reconcile"
 )
 
 const wireGuardKeyAnnotation = k8s.AnnotationWireGuardKey
@@ -23,11 +24,13 @@ type managed struct {
 
 	mu       sync.Mutex
 	p        *proc.Process
-	restarts int // exits in a row, for the restart policy
+	restarts int                // exits in a row, for the restart policy
+	backoff  *reconcile.Backoff // delay before the next restart
 }
 
 func (l *Lab) newManaged(name, log string, cmd func() (string, []string)) *managed {
-	return &managed{lab: l, name: name, log: log, cmd: cmd}
+	return &managed{lab: l, name: name, log: log, cmd: cmd,
+		backoff: reconcile.NewBackoff(restartBackoff, maxRestartBackoff)}
 }
 
 // expected marks processes whose exit was asked for.
@@ -69,8 +72,8 @@ func (m *managed) stopWith(sig syscall.Signal, grace time.Duration) {
 
 // Restart policy of managed processes, as a DaemonSet's or Deployment's
 // pod has (restartPolicy: Always, with back-off): a process that exits
-// unasked is started again after restartBackoff, doubled per exit up to
-// maxRestartBackoff; one that stays up for stableAfter starts over. Past
+// unasked is started again after about restartBackoff, doubled per exit up
+// to maxRestartBackoff (with jitter); one that stays up for stableAfter starts over. Past
 // maxRestarts exits in a row the lab reports it on Failed.
 const (
 	restartBackoff    = time.Second
@@ -101,15 +104,15 @@ func (l *Lab) watch(p *proc.Process, m *managed) {
 			m.mu.Lock()
 			if time.Since(started) >= stableAfter {
 				m.restarts = 0
+				m.backoff.Reset()
 			}
 			m.restarts++
 			n := m.restarts
+			backoff := m.backoff.Next()
 			m.mu.Unlock()
 			if n <= maxRestarts {
-				backoff := min(restartBackoff<<(n-1), maxRestartBackoff)
-				l.cfg.Progress("%s exited (%v); restart %d in %v", p.Name, p.Err(), n, backoff)
-				time.Sleep(backoff)
-				if l.isClosed() {
+				l.cfg.Progress("%s exited (%v); restart %d in %v", p.Name, p.Err(), n, backoff.Round(time.Millisecond))
+				if !reconcile.Wait(l.closing, backoff) || l.isClosed() {
 					return
 				}
 				serr := m.start()

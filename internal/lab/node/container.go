@@ -18,10 +18,12 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/braidmesh/braid/reconcile"
 )
 
-// Restart back-off as in the kubelet: 10 s doubling up to 5 min, reset after
-// a container ran for backoffReset.
+// Restart back-off as in the kubelet: about 10 s doubling up to 5 min (with
+// jitter), reset after a container ran for backoffReset.
 const (
 	backoffInitial = 10 * time.Second
 	backoffMax     = 5 * time.Minute
@@ -93,15 +95,14 @@ func (c *container) restartPolicy() corev1.RestartPolicy {
 // restarting it per its restart policy. It returns when the container's last
 // process has exited.
 func (c *container) supervise(ctx context.Context) {
-	backoff := backoffInitial
+	backoff := reconcile.NewBackoff(backoffInitial, backoffMax)
 	for attempt := 0; ; attempt++ {
 		if attempt > 0 {
-			c.setWaiting("CrashLoopBackOff", fmt.Sprintf("back-off %v restarting failed container=%s pod=%s", backoff, c.spec.Name, c.w.podName()))
-			select {
-			case <-ctx.Done():
+			wait := backoff.Next()
+			c.setWaiting("CrashLoopBackOff", fmt.Sprintf("back-off %v restarting failed container=%s pod=%s", wait.Round(time.Second), c.spec.Name, c.w.podName()))
+			if !reconcile.Wait(ctx, wait) {
 				c.setTerminatedFinal()
 				return
-			case <-time.After(backoff):
 			}
 		}
 		startedAt := time.Now()
@@ -141,9 +142,7 @@ func (c *container) supervise(ctx context.Context) {
 			return
 		}
 		if time.Since(startedAt) > backoffReset {
-			backoff = backoffInitial
-		} else if attempt > 0 {
-			backoff = min(2*backoff, backoffMax)
+			backoff.Reset()
 		}
 		c.mu.Lock()
 		c.restarts++

@@ -15,6 +15,8 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
+
+	"github.com/braidmesh/braid/reconcile"
 )
 
 const (
@@ -131,7 +133,7 @@ func (w *podWorker) run(ctx context.Context) {
 	defer func() { stopStatus(); <-statusDone }()
 
 	// Sandbox and volumes, retried until they work or the pod goes.
-	retry := setupRetry
+	retry := reconcile.NewBackoff(setupRetry, 30*time.Second)
 	for {
 		pod := w.refresh()
 		if pod == nil || pod.DeletionTimestamp != nil {
@@ -152,8 +154,7 @@ func (w *podWorker) run(ctx context.Context) {
 			w.cleanup()
 			return
 		case <-w.wake:
-		case <-time.After(retry):
-			retry = min(2*retry, 30*time.Second)
+		case <-time.After(retry.Next()):
 		}
 	}
 
