@@ -20,7 +20,7 @@ const RootUser = "root"
 const rootRole = "root"
 
 // ClusterUser is the etcd user and role name of cluster name.
-func ClusterUser(name clustermesh.ClusterName) string { return "cluster-" + string(name) }
+func ClusterUser(name clustermesh.ClusterName) string { return join.User(name) }
 
 // newPassword returns a random password with 128 bits of entropy.
 func newPassword() string { return rand.Text() }

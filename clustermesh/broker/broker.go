@@ -2,6 +2,7 @@ package broker
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -20,7 +21,10 @@ import (
 	"go.etcd.io/etcd/client/pkg/v3/transport"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.etcd.io/etcd/server/v3/embed"
+	"go.uber.org/zap"
 	"golang.org/x/crypto/bcrypt"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
 )
 
 // Defaults for zero Config fields.
@@ -63,6 +67,14 @@ type Config struct {
 	// (http, loopback by default); the client URLs serve only gRPC. Zero
 	// means http://127.0.0.1 on a free port.
 	MetricsURL string
+	// JoinURL, if set, is where the join endpoint listens (https://host:port,
+	// port 0 picks one): `braid join` redeems tokens there, operators renew
+	// certificates and `braid leave` leaves. Its host must be in the server
+	// certificate (a listen host or ExtraSANs).
+	JoinURL string
+	// ClientCertValidity is how long certificates issued to clusters are
+	// valid; zero means DefaultClientCertValidity.
+	ClientCertValidity time.Duration
 	// Logger receives the broker's and etcd's logs; nil discards them.
 	// Authentication requests, tokens and password hashes are never
 	// logged, at any level.
@@ -83,10 +95,15 @@ type Broker struct {
 
 	guard *guard
 
+	// joinMu serializes joins: the clash checks and the reservation of a
+	// name and ID must not interleave.
+	joinMu sync.Mutex
+
 	mu         sync.Mutex
 	admin      *clientv3.Client // root client while ready; nil otherwise
 	pki        *PKI
 	metricsURL url.URL
+	joinAddr   string
 }
 
 // New checks cfg and returns a broker that has not started.
@@ -214,11 +231,17 @@ func (b *Broker) Run(ctx context.Context) error {
 	}
 	metricsURL := b.metricsURL
 	b.mu.Unlock()
-	e, err := embed.StartEtcd(b.etcdConfig(pki, metricsURL))
+	clientTLS, err := clientServerTLS(pki)
+	if err != nil {
+		return fmt.Errorf("run broker: %w", err)
+	}
+	e, err := embed.StartEtcd(b.etcdConfig(pki, clientTLS, metricsURL))
 	if err != nil {
 		return fmt.Errorf("run broker: start etcd: %w", err)
 	}
-	var users authInfoer = e.Server.AuthStore()
+	// The server, not its auth store: it also resolves users who
+	// authenticate with a client certificate.
+	var users authInfoer = e.Server
 	b.guard.users.Store(&users)
 	var closeOnce sync.Once
 	closeEtcd := func() {
@@ -276,8 +299,32 @@ func (b *Broker) Run(ctx context.Context) error {
 		b.admin = nil
 		b.mu.Unlock()
 	}()
+	joinErr := make(chan error, 1)
+	joinBound := make(chan struct{})
+	jctx, stopJoin := context.WithCancel(ctx)
+	joinDone := make(chan struct{})
+	go func() {
+		defer close(joinDone)
+		if b.cfg.JoinURL == "" {
+			close(joinBound)
+			return
+		}
+		if err := b.serveJoin(jctx, admin, pki, joinBound); err != nil {
+			joinErr <- err
+		}
+	}()
+	defer func() { stopJoin(); <-joinDone }()
+	// Ready once the join endpoint is bound and published, so that JoinURL
+	// and tokens work as soon as Ready is closed.
+	select {
+	case <-joinBound:
+	case err := <-joinErr:
+		return fmt.Errorf("run broker: %w", err)
+	case <-ctx.Done():
+		return nil
+	}
 	close(b.ready)
-	b.log.Info("broker ready", "endpoints", b.cfg.ClientURLs, "metrics", metricsURL.String(), "dataDir", b.cfg.DataDir)
+	b.log.Info("broker ready", "endpoints", b.cfg.ClientURLs, "metrics", metricsURL.String(), "join", b.JoinURL(), "dataDir", b.cfg.DataDir)
 	go b.kickRemoved(ctx, admin)
 
 	select {
@@ -286,10 +333,12 @@ func (b *Broker) Run(ctx context.Context) error {
 		return nil
 	case err := <-e.Err():
 		return fmt.Errorf("run broker: etcd: %w", err)
+	case err := <-joinErr:
+		return fmt.Errorf("run broker: %w", err)
 	}
 }
 
-func (b *Broker) etcdConfig(pki *PKI, metricsURL url.URL) *embed.Config {
+func (b *Broker) etcdConfig(pki *PKI, clientTLS *tls.Config, metricsURL url.URL) *embed.Config {
 	ec := embed.NewConfig()
 	ec.Name = b.cfg.Name
 	ec.Dir = filepath.Join(b.cfg.DataDir, etcdDir)
@@ -302,9 +351,21 @@ func (b *Broker) etcdConfig(pki *PKI, metricsURL url.URL) *embed.Config {
 	// /metrics, /health, /version and the JSON gateway answer without
 	// credentials: serve them apart, on loopback unless configured.
 	ec.ListenClientHttpUrls = []url.URL{metricsURL}
-	ec.GRPCAdditionalServerOptions = b.guard.serverOptions()
-	// Clients authenticate with passwords over TLS; peers with certificates.
-	ec.ClientTLSInfo = transport.TLSInfo{CertFile: pki.CertFile, KeyFile: pki.KeyFile}
+	ec.GRPCAdditionalServerOptions = append(b.guard.serverOptions(), grpc.Creds(credentials.NewTLS(clientTLS)))
+	// Clients authenticate in one of two ways over TLS: with a password (the
+	// root client, bundles from `braid broker add-cluster`) or with a client
+	// certificate signed by the CA and not revoked in the CRL (clusters that
+	// joined with a token), whose common name etcd takes as the user.
+	// ClientCertAuth turns on that common-name authentication; the
+	// handshake itself is clientTLS's (see clientServerTLS), which lets a
+	// client present no certificate. Peers use certificates.
+	ec.ClientTLSInfo = transport.TLSInfo{
+		CertFile:       pki.CertFile,
+		KeyFile:        pki.KeyFile,
+		TrustedCAFile:  pki.CAFile,
+		ClientCertAuth: true,
+		CRLFile:        pki.CRLFile,
+	}
 	// Passwords are random (rand.Text: 130 bits), so a slow hash adds no
 	// strength; at etcd's default cost every Authenticate burns ~70 ms of
 	// CPU, and on a loaded host clients whose short renewal deadlines
@@ -381,4 +442,28 @@ func (b *Broker) kickRemoved(ctx context.Context, admin *clientv3.Client) {
 			}
 		}
 	}
+}
+
+// clientServerTLS is the TLS configuration of the broker's client URLs. A
+// client may present a certificate or not: one that does must present a
+// certificate the CA signed and the CRL does not list (etcd then takes the
+// user from its common name); one that does not authenticates with a
+// password. etcd's own configuration would require a certificate from
+// every client once ClientCertAuth is on, which would lock out every
+// password bundle.
+func clientServerTLS(pki *PKI) (*tls.Config, error) {
+	info := transport.TLSInfo{
+		CertFile:      pki.CertFile,
+		KeyFile:       pki.KeyFile,
+		TrustedCAFile: pki.CAFile,
+		CRLFile:       pki.CRLFile,
+		Logger:        zap.NewNop(),
+	}
+	cfg, err := info.ServerConfig()
+	if err != nil {
+		return nil, fmt.Errorf("client TLS: %w", err)
+	}
+	cfg.ClientAuth = tls.VerifyClientCertIfGiven
+	info.ConfigureCRLVerification(cfg)
+	return cfg, nil
 }

@@ -37,14 +37,19 @@ type testBroker struct {
 // waits until it is ready.
 func startBroker(t *testing.T, dir string, clientPort, peerPort int) *testBroker {
 	t.Helper()
-	b, err := New(Config{
-		DataDir:           dir,
-		ClientURLs:        []string{fmt.Sprintf("https://127.0.0.1:%d", clientPort)},
-		PeerURL:           fmt.Sprintf("https://127.0.0.1:%d", peerPort),
-		HeartbeatInterval: 10 * time.Millisecond,
-		ElectionTimeout:   100 * time.Millisecond,
-		Logger:            testLogger(t),
+	return startBrokerConfig(t, Config{
+		DataDir:    dir,
+		ClientURLs: []string{fmt.Sprintf("https://127.0.0.1:%d", clientPort)},
+		PeerURL:    fmt.Sprintf("https://127.0.0.1:%d", peerPort),
 	})
+}
+
+// startBrokerConfig runs a broker with cfg plus fast raft timings and the
+// test's logger.
+func startBrokerConfig(t *testing.T, cfg Config) *testBroker {
+	t.Helper()
+	cfg.HeartbeatInterval, cfg.ElectionTimeout, cfg.Logger = 10*time.Millisecond, 100*time.Millisecond, testLogger(t)
+	b, err := New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -37,6 +37,7 @@ const (
 	caKeyFile      = "ca.key"
 	serverCertFile = "server.crt"
 	serverKeyFile  = "server.key"
+	crlFile        = "crl.pem"
 )
 
 // defaultSANs are always in the server certificate, so that clients on the
@@ -53,6 +54,12 @@ type PKI struct {
 	// certificate is valid for both server and client authentication, so
 	// etcd members may also use it for peer TLS.
 	CAFile, CertFile, KeyFile string
+	// CRLFile lists revoked client certificates; etcd reads it on every
+	// connection that presents one.
+	CRLFile string
+
+	caCert *x509.Certificate
+	caKey  crypto.Signer
 }
 
 // EnsurePKI loads the CA in dir, creating it on first use, and makes sure the
@@ -71,12 +78,17 @@ func EnsurePKI(dir string, sans []string) (*PKI, error) {
 		CAFile:   filepath.Join(dir, caCertFile),
 		CertFile: filepath.Join(dir, serverCertFile),
 		KeyFile:  filepath.Join(dir, serverKeyFile),
+		CRLFile:  filepath.Join(dir, crlFile),
 	}
 	caCert, caKey, err := loadOrCreateCA(dir)
 	if err != nil {
 		return nil, err
 	}
 	p.CACertPEM = pemBlock("CERTIFICATE", caCert.Raw)
+	p.caCert, p.caKey = caCert, caKey
+	if err := p.ensureCRL(); err != nil {
+		return nil, err
+	}
 
 	ips, names, err := splitSANs(append(slices.Clone(defaultSANs), sans...))
 	if err != nil {
@@ -303,4 +315,12 @@ func newSerial() *big.Int {
 		panic(err) // crypto/rand does not fail on supported platforms
 	}
 	return n
+}
+
+func pemDecode(b []byte) ([]byte, []byte) {
+	blk, rest := pem.Decode(b)
+	if blk == nil {
+		return nil, rest
+	}
+	return blk.Bytes, rest
 }
