@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"math/big"
 	"net"
 	"net/http"
@@ -476,6 +477,8 @@ func (b *Broker) serveJoin(ctx context.Context, admin *clientv3.Client, pki *PKI
 	srv := &http.Server{
 		Handler:           s.handler(),
 		ReadHeaderTimeout: 5 * time.Second,
+		// Refused handshakes (a wrong pin) are the client's business.
+		ErrorLog: slog.NewLogLogger(b.log.With("component", "join").Handler(), slog.LevelDebug),
 		TLSConfig: &tls.Config{
 			MinVersion:   tls.VersionTLS12,
 			Certificates: []tls.Certificate{leaf},

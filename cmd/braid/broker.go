@@ -26,8 +26,10 @@ func brokerCommand() *cobra.Command {
 		Use:   "broker",
 		Short: "Run the mesh broker: an embedded etcd with TLS and per-cluster users",
 		Long: `Run the mesh broker: an embedded etcd serving TLS with a CA it creates on
-first start (in --data-dir), with authentication on. Add clusters with
-'braid broker add-cluster NAME'; each gets a join bundle for braid-operator.`,
+first start (in --data-dir), with authentication on. Clusters join with a
+token ('braid token create', then 'braid join' in the cluster), or with a
+join bundle from 'braid broker add-cluster NAME' for braid-operator --join.
+Every client presents a certificate signed by the broker's CA.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			var l slog.Level
@@ -47,6 +49,8 @@ first start (in --data-dir), with authentication on. Add clusters with
 	f.StringSliceVar(&cfg.ClientURLs, "listen", []string{defaultBrokerURL}, "client URLs to serve (https)")
 	f.StringVar(&cfg.PeerURL, "listen-peer", "", "peer URL (default: client host, port 2380)")
 	f.StringSliceVar(&cfg.ExtraSANs, "san", nil, "extra names or IPs for the server certificate")
+	f.StringVar(&cfg.JoinURL, "join-listen", "https://127.0.0.1:2390", "join endpoint for `braid join` tokens, certificate renewal and `braid leave` (empty: off)")
+	f.DurationVar(&cfg.ClientCertValidity, "client-cert-validity", broker.DefaultClientCertValidity, "validity of certificates issued to clusters (operators renew them at two thirds)")
 	f.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
 	cmd.AddCommand(addClusterCommand(), removeClusterCommand(), enableAuthCommand())
 	return cmd

@@ -18,6 +18,7 @@ import (
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	root := cli.NewRoot(os.Stdout, os.Stderr)
+	root.AddCommand(tokenCommand())
 	benchCmd := bench.Command()
 	benchCmd.AddCommand(podbench.Commands()...) // bench pods: the data path between clusters
 	root.AddCommand(brokerCommand(), demo.Command(), benchCmd, diagnose.Command())

@@ -165,10 +165,11 @@ func forbiddenViolations(pkgs []pkg) []string {
 // packages under it).
 var allowedImports = map[string][]string{
 	// The user commands: the status API, the kvstore, the join bundle and
-	// client-go (with the API types it speaks).
+	// client-go (with the API types it speaks and the YAML library
+	// apimachinery itself uses, for deploy/'s manifests and -o yaml).
 	mod + "cmd/braid/cli": {
 		mod + "clustermesh", mod + "clustermesh/status", mod + "kvstore", mod + "clustermesh/join",
-		"k8s.io/client-go", "k8s.io/api", "k8s.io/apimachinery",
+		"k8s.io/client-go", "k8s.io/api", "k8s.io/apimachinery", "sigs.k8s.io/yaml",
 		"github.com/spf13/cobra", "github.com/spf13/pflag",
 	},
 }

@@ -27,7 +27,7 @@ func NewRoot(stdout, stderr io.Writer) *cobra.Command {
 	}
 	root.SetOut(stdout)
 	root.SetErr(stderr)
-	root.AddCommand(statusCommand())
+	root.AddCommand(statusCommand(), joinCommand(), leaveCommand())
 	return root
 }
 
