@@ -68,11 +68,12 @@ type permission struct {
 }
 
 // clusterPermissions is what cluster name's role grants: read and write on
-// its ClusterKey and OwnedPrefixes, read on everything under Root.
+// its ClusterKey, OwnedPrefixes and AgentPrefixes, read on everything under
+// Root.
 func clusterPermissions(name clustermesh.ClusterName) []permission {
 	rw := clientv3.PermissionType(clientv3.PermReadWrite)
 	perms := []permission{{key: clustermesh.ClusterKey(name), typ: rw}}
-	for _, p := range clustermesh.OwnedPrefixes(name) {
+	for _, p := range append(clustermesh.OwnedPrefixes(name), clustermesh.AgentPrefixes(name)...) {
 		perms = append(perms, permission{key: p, rangeEnd: clientv3.GetPrefixRangeEnd(p), typ: rw})
 	}
 	return append(perms, permission{

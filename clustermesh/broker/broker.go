@@ -75,6 +75,16 @@ type Config struct {
 	// ClientCertValidity is how long certificates issued to clusters are
 	// valid; zero means DefaultClientCertValidity.
 	ClientCertValidity time.Duration
+	// StatusAddr, if set, is where the whole mesh's live status page,
+	// its JSON API, /metrics, /healthz and /readyz are served (host:port,
+	// port 0 picks one). A non-loopback address needs StatusClientCerts
+	// or StatusToken.
+	StatusAddr string
+	// StatusClientCerts serves the page over TLS (the broker's server
+	// certificate) and requires client certificates signed by its CA.
+	StatusClientCerts bool
+	// StatusToken, if set, is a read-only bearer token every request needs.
+	StatusToken string
 	// Logger receives the broker's and etcd's logs; nil discards them.
 	// Authentication requests, tokens and password hashes are never
 	// logged, at any level.
@@ -104,6 +114,7 @@ type Broker struct {
 	pki        *PKI
 	metricsURL url.URL
 	joinAddr   string
+	statusAddr string
 }
 
 // New checks cfg and returns a broker that has not started.
@@ -299,7 +310,7 @@ func (b *Broker) Run(ctx context.Context) error {
 		b.admin = nil
 		b.mu.Unlock()
 	}()
-	joinErr := make(chan error, 1)
+	joinErr := make(chan error, 2)
 	joinBound := make(chan struct{})
 	jctx, stopJoin := context.WithCancel(ctx)
 	joinDone := make(chan struct{})
@@ -314,6 +325,23 @@ func (b *Broker) Run(ctx context.Context) error {
 		}
 	}()
 	defer func() { stopJoin(); <-joinDone }()
+	if b.cfg.StatusAddr != "" {
+		ln, ps, err := b.listenStatus(pki)
+		if err != nil {
+			return fmt.Errorf("run broker: %w", err)
+		}
+		b.mu.Lock()
+		b.statusAddr = ln.Addr().String()
+		b.mu.Unlock()
+		statusDone := make(chan struct{})
+		go func() {
+			defer close(statusDone)
+			if err := b.serveStatus(jctx, ln, ps, admin); err != nil {
+				joinErr <- err
+			}
+		}()
+		defer func() { stopJoin(); <-statusDone }()
+	}
 	// Ready once the join endpoint is bound and published, so that JoinURL
 	// and tokens work as soon as Ready is closed.
 	select {

@@ -427,10 +427,10 @@ func (s *joinServer) leave(ctx context.Context, name clustermesh.ClusterName) er
 }
 
 // Withdraw deletes every key cluster name owns: its config and everything
-// under its OwnedPrefixes. Other clusters see its entries vanish.
+// under its OwnedPrefixes and AgentPrefixes. Other clusters see its entries vanish.
 func Withdraw(ctx context.Context, admin *clientv3.Client, name clustermesh.ClusterName) error {
 	ops := []clientv3.Op{clientv3.OpDelete(clustermesh.ClusterKey(name))}
-	for _, p := range clustermesh.OwnedPrefixes(name) {
+	for _, p := range append(clustermesh.OwnedPrefixes(name), clustermesh.AgentPrefixes(name)...) {
 		ops = append(ops, clientv3.OpDelete(p, clientv3.WithPrefix()))
 	}
 	if _, err := admin.Txn(ctx).Then(ops...).Commit(); err != nil {
