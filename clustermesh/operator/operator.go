@@ -10,7 +10,6 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"k8s.io/client-go/rest"
 
@@ -108,7 +107,7 @@ func (o *Operator) Run(ctx context.Context) error {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			if err := status.Serve(ctx, ln, o, promhttp.HandlerFor(o.reg, promhttp.HandlerOpts{})); err != nil {
+			if err := o.serveStatus(ctx, ln); err != nil {
 				cancel(err)
 			}
 		}()

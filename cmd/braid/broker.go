@@ -19,8 +19,9 @@ const defaultBrokerURL = "https://127.0.0.1:2379"
 
 func brokerCommand() *cobra.Command {
 	var (
-		cfg      broker.Config
-		logLevel string
+		cfg             broker.Config
+		logLevel        string
+		statusTokenFile string
 	)
 	cmd := &cobra.Command{
 		Use:   "broker",
@@ -37,6 +38,15 @@ Every client presents a certificate signed by the broker's CA.`,
 				return fmt.Errorf("--log-level %q: %w", logLevel, err)
 			}
 			cfg.Logger = slog.New(slog.NewTextHandler(cmd.ErrOrStderr(), &slog.HandlerOptions{Level: l}))
+			if statusTokenFile != "" {
+				b, err := os.ReadFile(statusTokenFile)
+				if err != nil {
+					return fmt.Errorf("--status-token-file: %w", err)
+				}
+				if cfg.StatusToken = strings.TrimSpace(string(b)); cfg.StatusToken == "" {
+					return fmt.Errorf("--status-token-file %s is empty", statusTokenFile)
+				}
+			}
 			b, err := broker.New(cfg)
 			if err != nil {
 				return err
@@ -51,6 +61,9 @@ Every client presents a certificate signed by the broker's CA.`,
 	f.StringSliceVar(&cfg.ExtraSANs, "san", nil, "extra names or IPs for the server certificate")
 	f.StringVar(&cfg.JoinURL, "join-listen", "https://127.0.0.1:2390", "join endpoint for `braid join` tokens, certificate renewal and `braid leave` (empty: off)")
 	f.DurationVar(&cfg.ClientCertValidity, "client-cert-validity", broker.DefaultClientCertValidity, "validity of certificates issued to clusters (operators renew them at two thirds)")
+	f.StringVar(&cfg.StatusAddr, "status-addr", "127.0.0.1:9878", "where to serve the mesh's live status page, /api/mesh and /metrics (empty: off)")
+	f.BoolVar(&cfg.StatusClientCerts, "status-tls", false, "serve the status page over TLS and require client certificates from the broker's CA")
+	f.StringVar(&statusTokenFile, "status-token-file", "", "file holding a read-only bearer token the status page requires")
 	f.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
 	cmd.AddCommand(addClusterCommand(), removeClusterCommand(), enableAuthCommand())
 	return cmd

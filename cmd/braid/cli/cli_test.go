@@ -46,7 +46,7 @@ func TestStatusCommandPrintsRemotesAndFailsWhenDegraded(t *testing.T) {
 	if code := Run(t.Context(), NewRoot(&out, &errOut), []string{"status", "--url", srv2.URL}); code != 1 {
 		t.Fatalf("degraded mesh: exit %d, want 1", code)
 	}
-	if !strings.Contains(errOut.String(), "mesh degraded: cluster west: disconnected") {
+	if !strings.Contains(errOut.String(), "mesh degraded: operator east: cluster west: disconnected") {
 		t.Errorf("stderr %q does not say why", errOut.String())
 	}
 }
@@ -54,7 +54,7 @@ func TestStatusCommandPrintsRemotesAndFailsWhenDegraded(t *testing.T) {
 func TestStatusCommandNamesTheFixWhenNothingListens(t *testing.T) {
 	var out, errOut bytes.Buffer
 	code := Run(t.Context(), NewRoot(&out, &errOut), []string{"status", "--url", "http://127.0.0.1:1", "--timeout", "2s"})
-	if code != 1 || !strings.Contains(errOut.String(), "is braid-operator or braid-agent running with --status-addr?") {
+	if code != 1 || !strings.Contains(errOut.String(), "braid-agent running with --status-addr there?") {
 		t.Fatalf("exit %d, stderr %q", code, errOut.String())
 	}
 }

@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"net/http"
 	"sort"
 	"strings"
 	"text/tabwriter"
@@ -39,43 +38,6 @@ func Run(ctx context.Context, root *cobra.Command, args []string) int {
 		return 1
 	}
 	return 0
-}
-
-func statusCommand() *cobra.Command {
-	var (
-		url     string
-		timeout time.Duration
-	)
-	cmd := &cobra.Command{
-		Use:   "status",
-		Short: "Show how a running operator or agent sees the mesh",
-		Args:  cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			ctx, cancel := context.WithTimeout(cmd.Context(), timeout)
-			defer cancel()
-			s, err := status.Fetch(ctx, http.DefaultClient, strings.TrimSuffix(url, "/"))
-			if err != nil {
-				return fmt.Errorf("%w (is braid-operator or braid-agent running with --status-addr?)", err)
-			}
-			PrintStatus(cmd.OutOrStdout(), s)
-			if !s.Healthy {
-				return fmt.Errorf("mesh degraded: %s", strings.Join(s.Problems, "; "))
-			}
-			return nil
-		},
-	}
-	cmd.Flags().StringVar(&url, "url", "http://127.0.0.1:9876", "status address of an operator or agent")
-	cmd.Flags().DurationVar(&timeout, "timeout", 5*time.Second, "give up after this long")
-	cmd.PreRunE = func(*cobra.Command, []string) error {
-		if timeout <= 0 {
-			return fmt.Errorf("--timeout %v: must be positive", timeout)
-		}
-		if !strings.HasPrefix(url, "http://") && !strings.HasPrefix(url, "https://") {
-			return fmt.Errorf("--url %q: want http://host:port", url)
-		}
-		return nil
-	}
-	return cmd
 }
 
 // PrintStatus writes s as a table.
