@@ -96,6 +96,9 @@ type Config struct {
 	// agent enforces for its node's pods (ingress and egress). Unset: no
 	// NetworkPolicy is enforced.
 	Policies PolicySource
+	// NodeStatusInterval is how often the node's status is published
+	// (see DefaultNodeStatusInterval); zero means the default.
+	NodeStatusInterval time.Duration
 }
 
 // DefaultBrokerTimeout is Config.BrokerTimeout's default.
@@ -107,6 +110,7 @@ type Agent struct {
 	log     *slog.Logger
 	reg     *prometheus.Registry
 	watcher *remote.Watcher
+	store   kvstore.Store
 
 	// configurePeers, if set, replaces dev.Configure (tests inject
 	// faults through it).
@@ -141,6 +145,9 @@ func New(cfg Config, store kvstore.Store, log *slog.Logger) (*Agent, error) {
 	if cfg.BrokerTimeout <= 0 {
 		cfg.BrokerTimeout = DefaultBrokerTimeout
 	}
+	if cfg.NodeStatusInterval == 0 {
+		cfg.NodeStatusInterval = DefaultNodeStatusInterval
+	}
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
@@ -152,7 +159,7 @@ func New(cfg Config, store kvstore.Store, log *slog.Logger) (*Agent, error) {
 	if err != nil {
 		return nil, fmt.Errorf("new agent: %w", err)
 	}
-	a := &Agent{cfg: cfg, log: log, reg: reg, watcher: w, problems: map[string]string{}}
+	a := &Agent{cfg: cfg, log: log, reg: reg, watcher: w, store: store, problems: map[string]string{}}
 	if cfg.Policies != nil {
 		a.policy = &policyState{}
 		if err := reg.Register(newDropCollector(a)); err != nil {
@@ -283,6 +290,10 @@ func (a *Agent) Run(ctx context.Context) error {
 	}
 	run(a.watcher.Run)
 	run(dp.Run)
+	run(func(ctx context.Context) error {
+		a.publishNodeStatus(ctx, a.store, a.cfg.NodeStatusInterval)
+		return nil
+	})
 	run(loops.mesh.Run)
 	if a.cfg.Policies != nil {
 		run(func(ctx context.Context) error {
