@@ -29,12 +29,6 @@ const (
 // crlMu serializes CRL rewrites within the process.
 var crlMu sync.Mutex
 
-// RenewDue reports whether a certificate valid from notBefore to notAfter
-// should be renewed at now: when less than a third of its life remains.
-func RenewDue(notBefore, notAfter, now time.Time) bool {
-	return notAfter.Sub(now) < notAfter.Sub(notBefore)/3
-}
-
 // SignClient issues a client certificate for user (its common name, which
 // etcd takes as the user name) over pub, valid for validity (zero means
 // DefaultClientCertValidity) and never beyond the CA. It carries no SANs:

@@ -296,3 +296,76 @@ func TestJoinWithToken(t *testing.T) {
 		}
 	})
 }
+
+// An operator's renewer replaces a certificate nearing expiry with a new
+// one from the broker, saves it, and presents it on new connections.
+func TestRenewerRenewsBeforeExpiry(t *testing.T) {
+	ports := etcdlab.FreePorts(t, 2)
+	b := startBrokerConfig(t, Config{
+		DataDir:            t.TempDir(),
+		ClientURLs:         []string{fmt.Sprintf("https://127.0.0.1:%d", ports[0])},
+		PeerURL:            fmt.Sprintf("https://127.0.0.1:%d", ports[1]),
+		JoinURL:            "https://127.0.0.1:0",
+		ClientCertValidity: time.Minute, // due at once: backdated 5 minutes
+	})
+	ctx := t.Context()
+	admin, err := AdminClient(ctx, mustLocalAdmin(t, b))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer admin.Close()
+	tok, err := CreateToken(ctx, admin, "north", time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	creds, err := joinWith(ctx, tok, clustermesh.ClusterConfig{Name: "north", ID: 3})
+	if err != nil {
+		t.Fatal(err)
+	}
+	saved := make(chan join.Credentials, 1)
+	r, err := join.NewRenewer(creds, func(_ context.Context, c join.Credentials) error {
+		select {
+		case saved <- c:
+		default:
+		}
+		return nil
+	}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rctx, stop := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- r.Run(rctx) }()
+	var next join.Credentials
+	select {
+	case next = <-saved:
+	case <-time.After(30 * time.Second):
+		t.Fatal("certificate not renewed")
+	}
+	stop()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if string(next.CertPEM) == string(creds.CertPEM) || string(next.KeyPEM) == string(creds.KeyPEM) {
+		t.Fatal("renewal kept the old certificate or key")
+	}
+	if !next.NotAfter().After(creds.NotAfter()) && !next.NotAfter().Equal(creds.NotAfter()) {
+		t.Errorf("renewed certificate expires %v, before the old one's %v", next.NotAfter(), creds.NotAfter())
+	}
+	s, err := join.ConnectRenewing(ctx, r, nil)
+	if err != nil {
+		t.Fatalf("connect with the renewed certificate: %v", err)
+	}
+	defer s.Close()
+	if err := s.Put(ctx, clustermesh.ClusterKey("north"), []byte(`{}`), 0); err != nil {
+		t.Fatalf("write as north with the renewed certificate: %v", err)
+	}
+	resp, err := admin.Get(ctx, join.MemberKey("north"))
+	if err != nil || len(resp.Kvs) != 1 {
+		t.Fatal(err)
+	}
+	var m join.Member
+	if err := json.Unmarshal(resp.Kvs[0].Value, &m); err != nil || len(m.Serials) < 2 {
+		t.Errorf("member record %s lists serials %v; leave must revoke both", resp.Kvs[0].Value, m.Serials)
+	}
+}

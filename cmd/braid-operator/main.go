@@ -4,22 +4,28 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
 	"os"
 	"os/signal"
 	"slices"
+	"strings"
 	"syscall"
 	"time"
 
 	"github.com/spf13/cobra"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
 
 	"github.com/braidmesh/braid/clustermesh"
 	"github.com/braidmesh/braid/clustermesh/join"
 	"github.com/braidmesh/braid/clustermesh/k8s"
 	"github.com/braidmesh/braid/clustermesh/operator"
 	"github.com/braidmesh/braid/kvstore"
+	"github.com/braidmesh/braid/kvstore/etcd"
 )
 
 func main() {
@@ -43,6 +49,7 @@ func command() *cobra.Command {
 		logLevel     string
 		kubeconfig   string
 		inCluster    bool
+		joinSecret   string
 	)
 	cmd := &cobra.Command{
 		Use:           "braid-operator",
@@ -94,13 +101,41 @@ func command() *cobra.Command {
 				return fmt.Errorf("--state-file and --kubeconfig/--in-cluster are exclusive: choose a simulated or a real cluster")
 			}
 			ctx := cmd.Context()
-			store, err := join.Connect(ctx, creds, log)
+			var renewer *join.Renewer
+			if len(creds.CertPEM) > 0 && creds.JoinURL != "" {
+				// Joined with a token: keep the certificate fresh and
+				// store each new one in the join Secret.
+				save, err := secretSaver(cfg.Kubernetes, joinSecret)
+				if err != nil {
+					return err
+				}
+				if renewer, err = join.NewRenewer(creds, save, log); err != nil {
+					return err
+				}
+			}
+			var store *etcd.Store
+			if renewer != nil {
+				store, err = join.ConnectRenewing(ctx, renewer, log)
+			} else {
+				store, err = join.Connect(ctx, creds, log)
+			}
 			if err != nil {
 				return err
 			}
 			defer store.Close()
 			if cfg.Cluster, err = grantedConfig(ctx, store, cfg.Cluster, cmd.Flags().Changed("cluster-id")); err != nil {
 				return err
+			}
+			if renewer != nil {
+				rctx, stopRenew := context.WithCancel(ctx)
+				renewDone := make(chan struct{})
+				go func() {
+					defer close(renewDone)
+					if err := renewer.Run(rctx); err != nil {
+						log.Error("certificate renewal stopped", "err", err)
+					}
+				}()
+				defer func() { stopRenew(); <-renewDone }()
 			}
 			op, err := operator.New(cfg, store, log)
 			if err != nil {
@@ -111,10 +146,11 @@ func command() *cobra.Command {
 		},
 	}
 	f := cmd.Flags()
-	f.StringVar(&joinFile, "join", "", "join bundle (JSON) written by `braid broker add-cluster`")
+	f.StringVar(&joinFile, "join", "", "join bundle (JSON) from the Secret `braid join` wrote, or written by `braid broker add-cluster`")
 	f.Uint16Var(&clusterID, "cluster-id", 0, "this cluster's ID in the mesh, 1..511 (default: the broker's grant; must equal it)")
 	f.StringSliceVar(&podCIDRs, "pod-cidr", nil, "this cluster's pod CIDRs (default: the broker's grant; must equal it)")
 	f.StringSliceVar(&serviceCIDRs, "service-cidr", nil, "this cluster's service CIDRs (default: the broker's grant; must equal it)")
+	f.StringVar(&joinSecret, "join-secret", "", "NAMESPACE/NAME of the Secret holding the join bundle: renewed certificates are stored there")
 	f.BoolVar(&defaultDeny, "default-deny", false, "identity policy denies what no rule allows")
 	f.BoolVar(&strict, "strict-encryption", false, "drop traffic to remote pods that would bypass the tunnel")
 	f.DurationVar(&cfg.LeaseTTL, "lease-ttl", 15*time.Second, "how long published entries outlive this process")
@@ -160,4 +196,40 @@ func newLogger(level string) (*slog.Logger, error) {
 		return nil, fmt.Errorf("--log-level %q: %w", level, err)
 	}
 	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: l})), nil
+}
+
+// secretSaver returns a function storing renewed credentials in the
+// Secret ref ("namespace/name", key join.json) of the cluster kube points
+// at. Without ref or kube it returns nil: renewed certificates then live
+// only in memory until the operator restarts, which the operator logs.
+func secretSaver(kube *rest.Config, ref string) (func(context.Context, join.Credentials) error, error) {
+	if ref == "" || kube == nil {
+		return nil, nil
+	}
+	ns, name, ok := strings.Cut(ref, "/")
+	if !ok || ns == "" || name == "" {
+		return nil, fmt.Errorf("--join-secret %q: want NAMESPACE/NAME", ref)
+	}
+	client, err := kubernetes.NewForConfig(kube)
+	if err != nil {
+		return nil, fmt.Errorf("--join-secret: %w", err)
+	}
+	return func(ctx context.Context, c join.Credentials) error {
+		b, err := json.MarshalIndent(c, "", "  ")
+		if err != nil {
+			return err
+		}
+		s, err := client.CoreV1().Secrets(ns).Get(ctx, name, metav1.GetOptions{})
+		if err != nil {
+			return fmt.Errorf("read Secret %s: %w", ref, err)
+		}
+		if s.Data == nil {
+			s.Data = map[string][]byte{}
+		}
+		s.Data["join.json"] = b
+		if _, err := client.CoreV1().Secrets(ns).Update(ctx, s, metav1.UpdateOptions{}); err != nil {
+			return fmt.Errorf("update Secret %s: %w", ref, err)
+		}
+		return nil
+	}, nil
 }
