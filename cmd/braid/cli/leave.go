@@ -56,12 +56,12 @@ func runLeave(ctx context.Context, out io.Writer, kf kubeFlags) error {
 	}
 	var creds join.Credentials
 	if err := json.Unmarshal(s.Data[joinSecretKey], &creds); err != nil {
-		return fmt.Errorf("Secret %s/%s: %s: %w", braidNamespace, joinSecret, joinSecretKey, err)
+		return fmt.Errorf("decode join Secret %s/%s key %s: %w", braidNamespace, joinSecret, joinSecretKey, err)
 	}
 	var created []objectRef
 	if a := s.Annotations[createdAnnotation]; a != "" {
 		if err := json.Unmarshal([]byte(a), &created); err != nil {
-			return fmt.Errorf("Secret %s/%s: annotation %s: %w", braidNamespace, joinSecret, createdAnnotation, err)
+			return fmt.Errorf("decode join Secret %s/%s annotation %s: %w", braidNamespace, joinSecret, createdAnnotation, err)
 		}
 	}
 	if err := leaveMesh(ctx, creds); err != nil {
