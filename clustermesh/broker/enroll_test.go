@@ -300,7 +300,7 @@ func TestJoinWithToken(t *testing.T) {
 // An operator's renewer replaces a certificate nearing expiry with a new
 // one from the broker, saves it, and presents it on new connections.
 func TestRenewerRenewsBeforeExpiry(t *testing.T) {
-	ports := etcdlab.FreePorts(t, 2)
+	ports := testenv.FreePorts(t, 2)
 	b := startBrokerConfig(t, Config{
 		DataDir:            t.TempDir(),
 		ClientURLs:         []string{fmt.Sprintf("https://127.0.0.1:%d", ports[0])},
