@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"github.com/braidmesh/braid/internal/cgroupv2"
 	"io/fs"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -150,4 +151,14 @@ func (n *Node) SetUnderlay(up bool) error {
 		return fmt.Errorf("node %s: set underlay %s: %w", n.Name, state, err)
 	}
 	return nil
+}
+
+// freeLoopbackPort returns a TCP port free on 127.0.0.1 now.
+func freeLoopbackPort() (int, error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return 0, err
+	}
+	defer ln.Close()
+	return ln.Addr().(*net.TCPAddr).Port, nil
 }

@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -53,6 +54,11 @@ type Config struct {
 	// --strict-encryption: their cluster config asks every agent to drop
 	// plaintext to remote pods.
 	StrictEncryption []clustermesh.ClusterName
+	// Spare clusters are planned beside Clusters (names, IDs, ranges, node
+	// namespaces, all in the run's record) but not started: AddCluster
+	// starts one without Braid, for a test that joins it to the running
+	// mesh as a user would.
+	Spare int
 	// Progress, if set, receives one line per step.
 	Progress func(format string, args ...any)
 	// Log receives the embedded broker's logs; nil discards them.
@@ -69,8 +75,10 @@ type Lab struct {
 	// HostIP is the host's address on the underlay, where the apiservers,
 	// the broker and the operators' status pages listen.
 	HostIP netip.Addr
-	// Broker is the broker's client URL.
-	Broker string
+	// Broker is the broker's client URL; BrokerJoin its join endpoint
+	// (`braid token create`, `braid join`); BrokerStatus its status page
+	// and JSON API, on loopback.
+	Broker, BrokerJoin, BrokerStatus string
 	// KubeBin holds kubectl and the other Kubernetes binaries.
 	KubeBin  string
 	Clusters []*Cluster
@@ -173,15 +181,24 @@ func Up(ctx context.Context, cfg Config) (_ *Lab, err error) {
 	if err != nil {
 		return nil, fmt.Errorf("lab up: %w", err)
 	}
-	p, err := newPlan(newRunID(), cfg.Dir, cg, cfg.Clusters, cfg.Nodes)
+	if cfg.Spare < 0 || cfg.Clusters < 1 {
+		return nil, fmt.Errorf("lab up: %d clusters and %d spare: want at least one cluster and no negative spare", cfg.Clusters, cfg.Spare)
+	}
+	p, err := newPlan(newRunID(), cfg.Dir, cg, cfg.Clusters+cfg.Spare, cfg.Nodes)
 	if err != nil {
 		return nil, fmt.Errorf("lab up: %w", err)
+	}
+	statusPort, err := freeLoopbackPort()
+	if err != nil {
+		return nil, fmt.Errorf("lab up: broker status port: %w", err)
 	}
 	if err := writeRecord(p); err != nil {
 		return nil, err
 	}
 	l := &Lab{Run: p.Run, Dir: p.Dir, HostIP: p.HostIP, KubeBin: cfg.KubeBin, cfg: cfg, plan: p, failures: make(chan error, 1),
-		Broker: "https://" + net.JoinHostPort(p.HostIP.String(), strconv.Itoa(BrokerPort))}
+		Broker:       "https://" + net.JoinHostPort(p.HostIP.String(), strconv.Itoa(BrokerPort)),
+		BrokerJoin:   "https://" + net.JoinHostPort(p.HostIP.String(), strconv.Itoa(BrokerJoinPort)),
+		BrokerStatus: "http://" + net.JoinHostPort("127.0.0.1", strconv.Itoa(statusPort))}
 	l.closing, l.stopClosing = context.WithCancel(context.Background())
 	defer func() {
 		if err != nil {
@@ -197,7 +214,7 @@ func Up(ctx context.Context, cfg Config) (_ *Lab, err error) {
 
 func (l *Lab) build(ctx context.Context) error {
 	p, say := l.plan, l.cfg.Progress
-	say("run %s in %s: %d clusters × %d nodes", p.Run, p.Dir, len(p.Clusters), len(p.Clusters[0].Nodes))
+	say("run %s in %s: %d clusters × %d nodes, %d spare", p.Run, p.Dir, l.cfg.Clusters, len(p.Clusters[0].Nodes), l.cfg.Spare)
 	if err := createBridge(p); err != nil {
 		return err
 	}
@@ -215,35 +232,19 @@ func (l *Lab) build(ctx context.Context) error {
 	say("broker: embedded etcd with TLS and authentication at %s", l.Broker)
 
 	// Control planes start in parallel: each is mostly waiting.
-	for i := range p.Clusters {
-		cp := &p.Clusters[i]
-		c := &Cluster{Name: cp.Name, ID: cp.ID, PodCIDR: cp.PodCIDR, ServiceCIDR: cp.ServiceCIDR, StatusURL: cp.Status,
-			Join: filepath.Join(cp.Dir, "join.json"), lab: l, plan: cp}
-		l.Clusters = append(l.Clusters, c)
+	for i := range l.cfg.Clusters {
+		l.Clusters = append(l.Clusters, l.newCluster(i))
 	}
 	errs := make([]error, len(l.Clusters))
 	var wg sync.WaitGroup
 	for i, c := range l.Clusters {
-		wg.Go(func() {
-			start := time.Now()
-			c.cp, errs[i] = controlplane.Start(ctx, controlplane.Config{
-				Name: string(c.Name), Dir: c.plan.Dir, BinDir: l.cfg.KubeBin, EtcdServers: l.etcd.Endpoint,
-				Address: p.HostIP, Port: APIServerPort + i, ServiceCIDR: c.ServiceCIDR, ClusterCIDR: c.PodCIDR,
-			})
-			if errs[i] == nil {
-				say("cluster %s: kube-apiserver %s, kube-controller-manager, kube-scheduler ready in %v", c.Name, c.plan.APIServer, time.Since(start).Round(100*time.Millisecond))
-			}
-		})
+		wg.Go(func() { errs[i] = l.startControlPlane(ctx, c, i) })
 	}
 	wg.Wait()
 	if err := errors.Join(errs...); err != nil {
 		return err
 	}
 	for _, c := range l.Clusters {
-		for _, pr := range c.cp.Processes() {
-			l.watch(pr, nil)
-		}
-		c.Kubeconfig, c.RESTConfig, c.Client = c.cp.Kubeconfig, c.cp.RESTConfig, c.cp.Client
 		creds, err := l.addCluster(ctx, clustermesh.Grant{Name: c.Name, ID: c.ID,
 			PodCIDRs: []netip.Prefix{c.PodCIDR}, ServiceCIDRs: []netip.Prefix{c.ServiceCIDR}})
 		if err != nil {
@@ -257,17 +258,116 @@ func (l *Lab) build(ctx context.Context) error {
 			return err
 		}
 		for j := range c.plan.Nodes {
-			np := &c.plan.Nodes[j]
-			n := &Node{Name: np.Name, Zone: np.Zone, IP: np.IP, Netns: np.Netns, Cgroup: np.Cgroup, PinDir: np.PinDir,
-				WireGuard: np.WireGuard, StatusURL: np.Status, Cluster: c, plan: np}
-			c.Nodes = append(c.Nodes, n)
+			n := c.newNode(j)
 			if err := l.startNode(n); err != nil {
+				return err
+			}
+			if err := n.startAgent(); err != nil {
 				return err
 			}
 		}
 		say("cluster %s: braid-operator (status %s), %d nodes with a lab node and a braid-agent each", c.Name, c.StatusURL, len(c.Nodes))
 	}
-	return l.waitReady(ctx)
+	return l.WaitReady(ctx)
+}
+
+func (l *Lab) newCluster(i int) *Cluster {
+	cp := &l.plan.Clusters[i]
+	return &Cluster{Name: cp.Name, ID: cp.ID, PodCIDR: cp.PodCIDR, ServiceCIDR: cp.ServiceCIDR, StatusURL: cp.Status,
+		Join: filepath.Join(cp.Dir, "join.json"), lab: l, plan: cp}
+}
+
+func (c *Cluster) newNode(j int) *Node {
+	np := &c.plan.Nodes[j]
+	n := &Node{Name: np.Name, Zone: np.Zone, IP: np.IP, Netns: np.Netns, Cgroup: np.Cgroup, PinDir: np.PinDir,
+		WireGuard: np.WireGuard, StatusURL: np.Status, Cluster: c, plan: np}
+	c.Nodes = append(c.Nodes, n)
+	return n
+}
+
+// startControlPlane starts the control plane of c, the lab's cluster i.
+func (l *Lab) startControlPlane(ctx context.Context, c *Cluster, i int) error {
+	start := time.Now()
+	cp, err := controlplane.Start(ctx, controlplane.Config{
+		Name: string(c.Name), Dir: c.plan.Dir, BinDir: l.cfg.KubeBin, EtcdServers: l.etcd.Endpoint,
+		Address: l.plan.HostIP, Port: APIServerPort + i, ServiceCIDR: c.ServiceCIDR, ClusterCIDR: c.PodCIDR,
+	})
+	if err != nil {
+		return err
+	}
+	c.cp = cp
+	for _, pr := range cp.Processes() {
+		l.watch(pr, nil)
+	}
+	c.Kubeconfig, c.RESTConfig, c.Client = cp.Kubeconfig, cp.RESTConfig, cp.Client
+	l.cfg.Progress("cluster %s: kube-apiserver %s, kube-controller-manager, kube-scheduler ready in %v", c.Name, c.plan.APIServer, time.Since(start).Round(100*time.Millisecond))
+	return nil
+}
+
+// AddCluster starts the next spare cluster (Config.Spare): its control
+// plane and its nodes' lab nodes, but no operator, no agents and no join
+// bundle, and no grant on the broker: that is for `braid join`. It returns
+// once every node is Ready with a pod CIDR. StartBraid then runs Braid's
+// processes with the bundle join stored. AddCluster must not run
+// concurrently with other calls that read Clusters.
+func (l *Lab) AddCluster(ctx context.Context) (*Cluster, error) {
+	i := len(l.Clusters)
+	if i >= len(l.plan.Clusters) {
+		return nil, fmt.Errorf("add cluster: no spare cluster left (Config.Spare is %d)", l.cfg.Spare)
+	}
+	c := l.newCluster(i)
+	if err := l.startControlPlane(ctx, c, i); err != nil {
+		return nil, fmt.Errorf("add cluster %s: %w", c.Name, err)
+	}
+	l.mu.Lock()
+	l.Clusters = append(l.Clusters, c)
+	l.mu.Unlock()
+	for j := range c.plan.Nodes {
+		if err := l.startNode(c.newNode(j)); err != nil {
+			return nil, fmt.Errorf("add cluster %s: %w", c.Name, err)
+		}
+	}
+	rctx, cancel := context.WithTimeout(ctx, ReadyTimeout)
+	defer cancel()
+	if err := l.poll(rctx, func() error { return c.nodesReady(rctx, false) }); err != nil {
+		return nil, fmt.Errorf("add cluster %s: nodes not ready: %w", c.Name, err)
+	}
+	l.cfg.Progress("cluster %s: %d nodes with a lab node each, no Braid yet", c.Name, len(c.Nodes))
+	return c, nil
+}
+
+// StartBraid starts c's braid-operator and an agent on each node with the
+// join bundle at joinFile, as the pods `braid join` applies would (the lab
+// cannot run Braid's images). For a cluster from AddCluster.
+func (c *Cluster) StartBraid(joinFile string) error {
+	if c.operator != nil {
+		return fmt.Errorf("cluster %s: Braid already runs", c.Name)
+	}
+	c.Join = joinFile
+	c.operator = c.lab.newManaged(string(c.Name)+"/braid-operator", filepath.Join(c.plan.Dir, "operator.log"), c.operatorArgs)
+	if err := c.operator.start(); err != nil {
+		return err
+	}
+	for _, n := range c.Nodes {
+		if err := n.startAgent(); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// StopBraid stops what StartBraid started, as deleting the pods would
+// (after `braid leave`, say). Only the broker's view changes: the
+// cluster's control plane and nodes keep running.
+func (c *Cluster) StopBraid() {
+	for _, n := range c.Nodes {
+		if n.agent != nil {
+			n.agent.stop(10 * time.Second)
+		}
+	}
+	if c.operator != nil {
+		c.operator.stop(10 * time.Second)
+	}
 }
 
 // addCluster grants a cluster its name, ID and ranges on the broker and
@@ -294,6 +394,8 @@ func (l *Lab) StartBroker(ctx context.Context) error {
 		DataDir:    filepath.Join(l.Dir, "broker"),
 		ClientURLs: []string{l.Broker},
 		PeerURL:    "https://" + net.JoinHostPort(l.HostIP.String(), strconv.Itoa(BrokerPeerPort)),
+		JoinURL:    l.BrokerJoin,
+		StatusAddr: strings.TrimPrefix(l.BrokerStatus, "http://"),
 		Logger:     l.cfg.Log,
 	})
 	if err != nil {
@@ -346,8 +448,8 @@ func (c *Cluster) operatorArgs() (string, []string) {
 	return filepath.Join(c.lab.cfg.Bin, "braid-operator"), args
 }
 
-// startNode creates n's namespace and cgroup, and starts its lab node and
-// agent in the namespace.
+// startNode creates n's namespace and cgroup, and starts its lab node in
+// the namespace.
 func (l *Lab) startNode(n *Node) error {
 	if err := createNodeNetns(l.plan, n.plan); err != nil {
 		return err
@@ -363,10 +465,12 @@ func (l *Lab) startNode(n *Node) error {
 		return err
 	}
 	n.kubelt = l.newManaged(n.Name+"/node", filepath.Join(n.plan.Dir, "node.log"), n.inNetns(n.nodeArgs))
-	if err := n.kubelt.start(); err != nil {
-		return err
-	}
-	n.agent = l.newManaged(n.Name+"/braid-agent", filepath.Join(n.plan.Dir, "agent.log"), n.inNetns(n.agentArgs))
+	return n.kubelt.start()
+}
+
+// startAgent starts n's braid-agent in its namespace.
+func (n *Node) startAgent() error {
+	n.agent = n.Cluster.lab.newManaged(n.Name+"/braid-agent", filepath.Join(n.plan.Dir, "agent.log"), n.inNetns(n.agentArgs))
 	return n.agent.start()
 }
 
@@ -404,15 +508,15 @@ func (n *Node) agentArgs() (string, []string) {
 	}
 }
 
-// waitReady waits until every node is Ready with a pod CIDR and has
+// WaitReady waits until every node is Ready with a pod CIDR and has
 // published its WireGuard key, and every operator and agent has synced every
-// other cluster.
-func (l *Lab) waitReady(ctx context.Context) error {
+// other cluster (ReadyTimeout at most).
+func (l *Lab) WaitReady(ctx context.Context) error {
 	ctx, cancel := context.WithTimeout(ctx, ReadyTimeout)
 	defer cancel()
 	start := time.Now()
 	for _, c := range l.Clusters {
-		if err := l.poll(ctx, func() error { return c.nodesReady(ctx) }); err != nil {
+		if err := l.poll(ctx, func() error { return c.nodesReady(ctx, true) }); err != nil {
 			return fmt.Errorf("cluster %s: nodes not ready: %w", c.Name, err)
 		}
 	}
@@ -452,7 +556,9 @@ func (l *Lab) poll(ctx context.Context, check func() error) error {
 	}
 }
 
-func (c *Cluster) nodesReady(ctx context.Context) error {
+// nodesReady checks every node is Ready with a pod CIDR and, if withKey,
+// has its WireGuard key published (by its agent).
+func (c *Cluster) nodesReady(ctx context.Context, withKey bool) error {
 	for _, n := range c.Nodes {
 		node, err := c.Client.CoreV1().Nodes().Get(ctx, n.Name, metav1.GetOptions{})
 		if err != nil {
@@ -467,7 +573,7 @@ func (c *Cluster) nodesReady(ctx context.Context) error {
 			return fmt.Errorf("node %s not Ready", n.Name)
 		case node.Spec.PodCIDR == "":
 			return fmt.Errorf("node %s has no pod CIDR yet", n.Name)
-		case node.Annotations[wireGuardKeyAnnotation] == "":
+		case withKey && node.Annotations[wireGuardKeyAnnotation] == "":
 			return fmt.Errorf("node %s has no WireGuard key yet", n.Name)
 		}
 	}

@@ -23,6 +23,7 @@ const (
 	APIServerPort      = 6443
 	BrokerPort         = 2379
 	BrokerPeerPort     = 2380
+	BrokerJoinPort     = 2381
 	OperatorStatusPort = 9876
 	AgentStatusPort    = 9877
 )
