@@ -231,7 +231,7 @@ func writeGrant(ctx context.Context, admin *clientv3.Client, g clustermesh.Grant
 }
 
 // RemoveCluster takes cluster name out of the mesh at once: it revokes the
-// leases its keys are bound to (consumers drop its entries), deletes its
+// leases its keys (its operator's and its agents' node status) are bound to (consumers drop its entries), deletes its
 // etcd user and role (its tokens stop working; etcd bumps its auth
 // revision) and finally its grant, which makes a Broker end the cluster's
 // open watches. Missing pieces are not an error; keys not bound to a lease
@@ -241,7 +241,7 @@ func RemoveCluster(ctx context.Context, admin *clientv3.Client, name clustermesh
 		return fmt.Errorf("remove cluster: %w", err)
 	}
 	leases := map[clientv3.LeaseID]bool{}
-	for _, p := range append(clustermesh.OwnedPrefixes(name), clustermesh.ClusterKey(name)) {
+	for _, p := range append(append(clustermesh.OwnedPrefixes(name), clustermesh.AgentPrefixes(name)...), clustermesh.ClusterKey(name)) {
 		resp, err := admin.Get(ctx, p, clientv3.WithPrefix(), clientv3.WithKeysOnly())
 		if err != nil {
 			return fmt.Errorf("remove cluster %s: list its keys: %w", name, err)
