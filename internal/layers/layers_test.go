@@ -47,9 +47,11 @@ func listPackages(t *testing.T) []pkg {
 	return pkgs
 }
 
-// Layers, lowest first. The join bundle sits between the leaves and the
-// loops: it needs clustermesh and the etcd backend, and the broker (a
-// layer-1 package of STYLE.md) issues it.
+// Layers, lowest first. The join bundle and the status document sit
+// between the leaves and the loops: the join bundle needs clustermesh and
+// the etcd backend, and the broker (a layer-1 package of STYLE.md) issues
+// it; the status document needs only leaves, and the broker, operator and
+// agent all serve it.
 const (
 	layerLeaf = iota
 	layerJoin
@@ -67,7 +69,7 @@ func layer(path string) int {
 		return layerCmd
 	case rel == "clustermesh/operator", rel == "clustermesh/agent":
 		return layerRoot
-	case rel == "clustermesh/join":
+	case rel == "clustermesh/join", rel == "clustermesh/status":
 		return layerJoin
 	case rel == "clustermesh", rel == "bpf", rel == "tunnel", rel == "kvstore",
 		rel == "kvstore/etcd", rel == "kvstore/memory":
