@@ -432,3 +432,78 @@ func counterOf(t *testing.T, reg *prometheus.Registry, name, loop string) float6
 	t.Fatalf("no %s{loop=%q}", name, loop)
 	return 0
 }
+
+// slowBroker answers every lease renewal only after delay, as a broker
+// does while it re-authenticates every password client after its users
+// changed; a renewal whose context ends first fails with the context's
+// error and renews nothing.
+type slowBroker struct {
+	kvstore.Store
+	delay   time.Duration
+	renewed chan struct{} // one value per renewal that succeeded
+}
+
+func (s *slowBroker) KeepAlive(ctx context.Context, id kvstore.LeaseID) error {
+	t := time.NewTimer(s.delay)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return fmt.Errorf("keep lease %x alive: %w", id, ctx.Err())
+	case <-t.C:
+	}
+	if err := s.Store.KeepAlive(ctx, id); err != nil {
+		return err
+	}
+	select {
+	case s.renewed <- struct{}{}:
+	default:
+	}
+	return nil
+}
+
+// TestSlowRenewalKeepsTheLease checks that renewals slower than a third
+// of the TTL (the renewal interval) but well within it keep the lease: the
+// publisher waits for them instead of giving up and starting over until
+// the lease expires.
+func TestSlowRenewalKeepsTheLease(t *testing.T) {
+	ctx, cancel := context.WithCancel(t.Context())
+	defer cancel()
+	mem := memory.New()
+	defer mem.Close()
+	const ttl = 4 * time.Second
+	store := &slowBroker{Store: mem, delay: ttl * 35 / 100, renewed: make(chan struct{}, 1)}
+	east := cluster("east", 1, "10.1.0.0/16")
+	p, err := publish.New(publish.Config{Cluster: east, LeaseTTL: ttl}, store, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = p.Replace(clustermesh.KindNodes, nodes(east, 1, "z1"))
+	stop := start(t, ctx, p)
+	defer stop()
+	testenv.Eventually(t, 10*time.Second, synced(p, clustermesh.KindNodes))
+	first, err := mem.Get(ctx, clustermesh.ClusterKey("east"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Three slow renewals in a row outlast the first lease's TTL.
+	for i := range 3 {
+		select {
+		case <-store.renewed:
+		case <-time.After(30 * time.Second):
+			t.Fatalf("renewal %d never succeeded; publish status %+v", i+1, p.Status())
+		}
+	}
+	kv, err := mem.Get(ctx, clustermesh.ClusterKey("east"))
+	if err != nil {
+		t.Fatalf("cluster config gone after slow renewals: %v", err)
+	}
+	if kv.Lease != first.Lease {
+		t.Errorf("lease replaced (%x, was %x): slow renewals lost it", kv.Lease, first.Lease)
+	}
+	if st := p.Status(); st.Failures != 0 {
+		t.Errorf("publish status %+v: want no failure", st)
+	}
+	if st := p.LoopStatus(); st.ConsecutiveFailures != 0 || !st.LastFailure.IsZero() {
+		t.Errorf("publish loop status %+v: want no failed round", st)
+	}
+}

@@ -210,20 +210,33 @@ func (p *Publisher) registerIfChanged(ctx context.Context, owned []kvstore.KeyVa
 
 // keepAlive renews lease every third of its TTL and cancels the session
 // with errLeaseLost if the lease is gone.
+//
+// A renewal may take until the lease would expire (counted from the start
+// of the last renewal that succeeded, or from now for a lease just
+// granted), not just a third of the TTL: when the broker's users or roles
+// change, etcd makes every password client authenticate again, and a
+// broker busy hashing those passwords can take longer than a third of a
+// short TTL to answer. Abandoning such a renewal only starts the
+// authentication over, and the lease expires although the broker was
+// reachable all along.
 func (p *Publisher) keepAlive(ctx context.Context, cancel context.CancelCauseFunc, lease kvstore.LeaseID) {
-	t := time.NewTicker(p.cfg.LeaseTTL / 3)
+	ttl := p.cfg.LeaseTTL
+	t := time.NewTicker(ttl / 3)
 	defer t.Stop()
+	renewed := time.Now()
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
 		}
-		rctx, rcancel := context.WithTimeout(ctx, p.cfg.LeaseTTL/3)
+		start := time.Now()
+		rctx, rcancel := context.WithDeadline(ctx, renewalDeadline(renewed, start, ttl))
 		err := p.store.KeepAlive(rctx, lease)
 		rcancel()
 		switch {
 		case err == nil:
+			renewed = start
 			p.setOK()
 		case errors.Is(err, kvstore.ErrLeaseNotFound):
 			p.log.Warn("lease expired; re-publishing under a new lease", "lease", fmt.Sprintf("%x", lease))
@@ -242,6 +255,21 @@ func (p *Publisher) keepAlive(ctx context.Context, cancel context.CancelCauseFun
 			p.log.Warn("lease renewal failed, retrying", "err", err)
 		}
 	}
+}
+
+// renewalDeadline is how long a renewal started at now may take: until the
+// lease renewed at renewed expires, and at least a third of the TTL (the
+// lease may still be alive: the server counts from when it got the last
+// renewal, after we sent it).
+func renewalDeadline(renewed, now time.Time, ttl time.Duration) time.Time {
+	return later(renewed.Add(ttl), now.Add(ttl/3))
+}
+
+func later(a, b time.Time) time.Time {
+	if a.After(b) {
+		return a
+	}
+	return b
 }
 
 // Withdraw revokes the cluster's lease, deleting every key it published.
