@@ -20,7 +20,10 @@ const DefaultNodeStatusInterval = 10 * time.Second
 // nodeStatus is what the agent publishes about its node now.
 func (a *Agent) nodeStatus() clustermesh.NodeStatus {
 	snap := a.Snapshot()
-	s := clustermesh.NodeStatus{Cluster: a.cfg.Cluster, Node: a.cfg.Node, Time: snap.Time, Synced: true}
+	// Synced only once the mesh's clusters were listed: before that no
+	// remote is known, which is not "every remote synced".
+	b := a.watcher.Broker()
+	s := clustermesh.NodeStatus{Cluster: a.cfg.Cluster, Node: a.cfg.Node, Time: snap.Time, Synced: b.ConfigsListed && b.GrantsListed}
 	for _, r := range snap.Remotes {
 		if !r.Gone && !r.Synced {
 			s.Synced = false

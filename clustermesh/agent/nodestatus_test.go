@@ -40,6 +40,11 @@ func TestNodeStatusIsPublishedLeaseBound(t *testing.T) {
 	if s.Node != "n1" || len(s.Problems) != 1 || s.Problems[0] != "tunnel: handshake with west/n1 failing" {
 		t.Errorf("status %+v", s)
 	}
+	// Its watcher never ran: it knows no cluster yet, which is not
+	// "every remote synced".
+	if s.Synced {
+		t.Errorf("status %+v: synced before the mesh was listed", s)
+	}
 	if err := store.RevokeLease(ctx, lease); err != nil {
 		t.Fatal(err)
 	}
