@@ -53,12 +53,11 @@ func braid(t *testing.T, args ...string) (string, error) {
 //
 // The lab cannot run Braid's images: when join has stored the cluster's
 // Secret, the test starts braid-operator and the agents with the bundle
-// from it, as the pods join applied would. Their containers run as the
-// lab node's stand-ins, with which the operator Deployment did not become
-// available within join's timeout, so join runs with --wait=false here
-// and the test waits for what join's wait stands for: every operator and
-// agent synced with north.
-// (cmd/braid's TestJoinAndLeaveWithToken covers join's own wait.)
+// from it, as the pods join applied would (their containers run as the lab
+// node's stand-ins). join waits, as it does by default, until north's
+// operator has published everything and the agent of each of north's
+// nodes reports synced in the status it publishes to the broker; the test
+// checks that this holds on the broker when join returns.
 func TestJoinWithToken(t *testing.T) {
 	kubeBin := requireLab(t)
 	ctx := context.Background()
@@ -182,7 +181,7 @@ func TestJoinWithToken(t *testing.T) {
 	// in it; join itself waits for the operator and agents.
 	start := time.Now()
 	var joinOut bytes.Buffer
-	cmd := exec.Command(filepath.Join(bin, "braid"), append(joinArgs(token, north, int(north.ID)), "--wait=false")...)
+	cmd := exec.Command(filepath.Join(bin, "braid"), joinArgs(token, north, int(north.ID))...)
 	cmd.Stdout, cmd.Stderr = &joinOut, &joinOut
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -220,6 +219,17 @@ func TestJoinWithToken(t *testing.T) {
 		t.Fatalf("braid join still runs after 4 minutes (its --timeout is 3m):\n%s", joinOut.String())
 	}
 	t.Logf("braid join output:\n%s", joinOut.String())
+	// join said so, and the broker agrees: north's operator published every
+	// kind and each node's agent reports synced.
+	for _, n := range north.Nodes {
+		if want := fmt.Sprintf("node %s: synced", n.Name); !strings.Contains(joinOut.String(), want) {
+			t.Errorf("braid join output lacks %q", want)
+		}
+	}
+	if want := fmt.Sprintf("every agent synced (%d nodes)", len(north.Nodes)); !strings.Contains(joinOut.String(), want) {
+		t.Errorf("braid join output lacks %q", want)
+	}
+	checkJoinedOnBroker(t, ctx, admin, north)
 	if pods, err := e.kubectl(t, north, nil, "-n", "braid-system", "get", "pods", "-o", "wide"); err == nil {
 		t.Logf("north's braid-system pods (stand-ins):\n%s", pods)
 	}
@@ -348,6 +358,52 @@ func TestJoinWithToken(t *testing.T) {
 		}
 	})
 	e.failed(t)
+}
+
+// checkJoinedOnBroker checks, once `braid join` has returned, that the
+// broker's etcd holds what join waited for: a sync marker of north's for
+// every kind, and a status from the agent of each of north's nodes that
+// says synced. (The page shows the same a moment later: checkStatusJSON.)
+func checkJoinedOnBroker(t *testing.T, ctx context.Context, admin *clientv3.Client, north *lab.Cluster) {
+	t.Helper()
+	owner := &clustermesh.ClusterConfig{Name: north.Name, ID: north.ID}
+	resp, err := admin.Get(ctx, clustermesh.SyncedPrefix(north.Name), clientv3.WithPrefix())
+	if err != nil {
+		t.Fatal(err)
+	}
+	synced := map[clustermesh.Kind]bool{}
+	for _, kv := range resp.Kvs {
+		kind, _, err := clustermesh.DecodeSyncMarker(owner, string(kv.Key), kv.Value)
+		if err != nil {
+			t.Errorf("sync marker %s: %v", kv.Key, err)
+			continue
+		}
+		synced[kind] = true
+	}
+	for _, k := range clustermesh.Kinds {
+		if !synced[k] {
+			t.Errorf("join returned before %s's operator synced %s", north.Name, k)
+		}
+	}
+	for _, n := range north.Nodes {
+		key := clustermesh.NodeStatusKey(north.Name, n.Name)
+		resp, err := admin.Get(ctx, key)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(resp.Kvs) != 1 {
+			t.Errorf("join returned before node %s/%s's agent published its status", north.Name, n.Name)
+			continue
+		}
+		s, err := clustermesh.DecodeNodeStatus(owner, key, resp.Kvs[0].Value)
+		if err != nil {
+			t.Errorf("node %s/%s's status: %v", north.Name, n.Name, err)
+			continue
+		}
+		if !s.Synced {
+			t.Errorf("join returned before node %s/%s's agent reported synced: %+v", north.Name, n.Name, s)
+		}
+	}
 }
 
 // checkStatusJSON runs `braid status -o json` against the broker and checks

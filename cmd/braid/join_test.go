@@ -17,6 +17,7 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
@@ -27,6 +28,7 @@ import (
 	"github.com/braidmesh/braid/cmd/braid/cli"
 	"github.com/braidmesh/braid/internal/kubelab"
 	"github.com/braidmesh/braid/internal/testenv"
+	"github.com/braidmesh/braid/kvstore"
 )
 
 // braid runs the braid command line in this process.
@@ -188,8 +190,13 @@ func TestJoinAndLeaveWithToken(t *testing.T) {
 	}
 	token = strings.TrimSpace(token)
 
+	// east has one node; join waits for its agent's status.
+	if _, err := east.Client.CoreV1().Nodes().Create(ctx, &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "east-n1"}}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
 	// Play kubelet and controllers: once join stored the credentials, run
-	// the operator with them and mark the workloads ready.
+	// the operator with them, mark the workloads ready and publish the
+	// node's status as its agent would.
 	opCtx, stopOperator := context.WithCancel(ctx)
 	opDone := make(chan error, 1)
 	go func() { opDone <- playCluster(opCtx, t, east) }()
@@ -201,7 +208,7 @@ func TestJoinAndLeaveWithToken(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Logf("join took %v:\n%s", time.Since(start), out)
-	for _, want := range []string{"operator synced services", "operator and every agent ready", "cluster east joined the mesh"} {
+	for _, want := range []string{"operator synced services", "node east-n1: synced", "every agent synced (1 nodes)", "cluster east joined the mesh"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("join output lacks %q", want)
 		}
@@ -343,6 +350,9 @@ func playCluster(ctx context.Context, t *testing.T, c *kubelab.Cluster) error {
 	opDone := make(chan error, 1)
 	go func() { opDone <- op.Run(ctx) }()
 	markReady(ctx, t, c)
+	if err := publishAgentStatus(ctx, store, creds.Cluster, "east-n1"); err != nil {
+		t.Errorf("agent of east-n1: %v", err)
+	}
 	<-ctx.Done()
 	<-opDone
 	return nil
@@ -368,6 +378,19 @@ func markReady(ctx context.Context, t *testing.T, c *kubelab.Cluster) {
 	if _, err := apps.DaemonSets("braid-system").UpdateStatus(ctx, ds, metav1.UpdateOptions{}); err != nil {
 		t.Errorf("mark agents ready: %v", err)
 	}
+}
+
+// publishAgentStatus writes node's status, synced, as its agent would.
+func publishAgentStatus(ctx context.Context, store kvstore.Store, cluster clustermesh.ClusterName, node string) error {
+	b, err := json.Marshal(clustermesh.NodeStatus{Cluster: cluster, Node: node, Time: time.Now(), Synced: true})
+	if err != nil {
+		return err
+	}
+	lease, err := store.GrantLease(ctx, time.Minute)
+	if err != nil {
+		return err
+	}
+	return store.Put(ctx, clustermesh.NodeStatusKey(cluster, node), b, lease)
 }
 
 type netipPrefix = netip.Prefix

@@ -68,7 +68,8 @@ cluster's private key here and sends only a certificate request: the broker
 returns a client certificate for the cluster's etcd user. No password exists.
 The certificate, key and CA are stored in the Secret braid-system/braid-join;
 deploy/ is applied with server-side apply, and join waits until the operator
-has published everything and every agent is ready.
+has published everything and the agent of every node reports synced (in the
+node status agents publish to the broker).
 
 If any step fails, join undoes the others: the mesh and the cluster are left
 as they were (the token stays used; create another).`,

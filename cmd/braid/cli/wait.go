@@ -17,9 +17,10 @@ import (
 )
 
 // waitJoined waits until the operator has published every kind (its sync
-// markers are in the mesh) and the operator Deployment and agent DaemonSet
-// are rolled out with every pod ready. It reports progress on out and, on
-// timeout, says what is not ready.
+// markers are in the mesh) and the agent of every node of the cluster
+// reports synced in the node status it publishes to the broker. It reports
+// progress on out and, on timeout, says what is not synced and how the
+// operator Deployment and agent DaemonSet are rolled out.
 func waitJoined(ctx context.Context, out io.Writer, k *kube, creds join.Credentials) error {
 	store, err := join.Connect(ctx, creds, nil)
 	if err != nil {
@@ -27,9 +28,96 @@ func waitJoined(ctx context.Context, out io.Writer, k *kube, creds join.Credenti
 	}
 	defer store.Close()
 	if err := waitOperatorSynced(ctx, out, store, creds.Cluster); err != nil {
-		return err
+		return withRollout(ctx, k, err)
 	}
-	return waitRollout(ctx, out, k)
+	if err := waitAgentsSynced(ctx, out, k, store, creds.Cluster); err != nil {
+		return withRollout(ctx, k, err)
+	}
+	return nil
+}
+
+// withRollout adds how the workloads are rolled out to err, the likeliest
+// reason why they did not report.
+func withRollout(ctx context.Context, k *kube, err error) error {
+	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+	defer cancel()
+	state, rerr := rolloutState(rctx, k)
+	switch {
+	case rerr != nil:
+		return fmt.Errorf("%w; rollout: %v", err, rerr)
+	case state != "":
+		return fmt.Errorf("%w; rollout: %s (kubectl -n %s get pods)", err, state, braidNamespace)
+	}
+	return err
+}
+
+// waitAgentsSynced polls the cluster's Nodes and the node status their
+// agents publish until every node's agent reports synced: it has listed
+// the mesh and mirrored every other cluster in full.
+func waitAgentsSynced(ctx context.Context, out io.Writer, k *kube, store kvstore.Store, cluster clustermesh.ClusterName) error {
+	tick := time.NewTicker(500 * time.Millisecond)
+	defer tick.Stop()
+	owner := &clustermesh.ClusterConfig{Name: cluster}
+	fmt.Fprintln(out, "• waiting for the agent of every node to report synced")
+	reported := map[string]string{} // node: what was last printed
+	for {
+		waiting, err := agentsWaiting(ctx, k, store, owner, out, reported)
+		if err == nil && len(waiting) == 0 {
+			fmt.Fprintf(out, "  every agent synced (%d nodes)\n", len(reported))
+			return nil
+		}
+		if err != nil {
+			waiting = []string{err.Error()}
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("agents of cluster %s not synced: %s (kubectl -n %s logs ds/braid-agent)", cluster, strings.Join(waiting, "; "), braidNamespace)
+		case <-tick.C:
+		}
+	}
+}
+
+// agentsWaiting lists the nodes whose agent does not report synced yet,
+// printing each node's state when it changes.
+func agentsWaiting(ctx context.Context, k *kube, store kvstore.Store, owner *clustermesh.ClusterConfig, out io.Writer, reported map[string]string) ([]string, error) {
+	nodes, err := k.client.CoreV1().Nodes().List(ctx, metav1.ListOptions{})
+	if err != nil {
+		return nil, fmt.Errorf("list nodes: %w", err)
+	}
+	kvs, _, err := store.List(ctx, clustermesh.NodeStatusPrefix(owner.Name))
+	if err != nil {
+		return nil, fmt.Errorf("read node status: %w", err)
+	}
+	statuses := map[string]clustermesh.NodeStatus{}
+	for _, kv := range kvs {
+		s, err := clustermesh.DecodeNodeStatus(owner, kv.Key, kv.Value)
+		if err != nil {
+			continue // not an agent's: the page reports it
+		}
+		statuses[s.Node] = s
+	}
+	var waiting []string
+	for _, n := range nodes.Items {
+		s, ok := statuses[n.Name]
+		state := "synced"
+		switch {
+		case !ok:
+			state = "no status from its agent yet"
+		case !s.Synced:
+			state = "agent syncing"
+			if len(s.Problems) > 0 {
+				state += ": " + s.Problems[0]
+			}
+		}
+		if reported[n.Name] != state {
+			fmt.Fprintf(out, "  node %s: %s\n", n.Name, state)
+			reported[n.Name] = state
+		}
+		if state != "synced" {
+			waiting = append(waiting, "node "+n.Name+": "+state)
+		}
+	}
+	return waiting, nil
 }
 
 // waitOperatorSynced watches cluster's sync markers until every kind has
@@ -71,33 +159,6 @@ func waitOperatorSynced(ctx context.Context, out io.Writer, store kvstore.Store,
 	}
 	return fmt.Errorf("operator of cluster %s has not published %s: is braid-operator running? (kubectl -n %s logs deploy/braid-operator)",
 		cluster, strings.Join(missing(), ", "), braidNamespace)
-}
-
-// waitRollout polls the operator Deployment and agent DaemonSet until
-// their current generation is rolled out and every pod is ready.
-func waitRollout(ctx context.Context, out io.Writer, k *kube) error {
-	tick := time.NewTicker(500 * time.Millisecond)
-	defer tick.Stop()
-	last := ""
-	for {
-		state, err := rolloutState(ctx, k)
-		if err == nil && state == "" {
-			fmt.Fprintln(out, "  operator and every agent ready")
-			return nil
-		}
-		if err != nil {
-			state = err.Error()
-		}
-		if state != last {
-			fmt.Fprintf(out, "  %s\n", state)
-			last = state
-		}
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("not ready: %s (kubectl -n %s get pods)", state, braidNamespace)
-		case <-tick.C:
-		}
-	}
 }
 
 // rolloutState is "" when the operator and agents are ready, otherwise
