@@ -291,8 +291,9 @@ func (a *Agent) Run(ctx context.Context) error {
 	run(a.watcher.Run)
 	run(dp.Run)
 	run(func(ctx context.Context) error {
-		a.publishNodeStatus(ctx, a.store, a.cfg.NodeStatusInterval)
-		return nil
+		err := loops.status.Run(ctx)
+		loops.statusPub.withdraw(ctx)
+		return err
 	})
 	run(loops.mesh.Run)
 	if a.cfg.Policies != nil {
@@ -356,9 +357,11 @@ func (a *Agent) Run(ctx context.Context) error {
 }
 
 // loops are the agent's reconcile loops; peers and key are nil without a
-// tunnel.
+// tunnel, drops without policies. status publishes the node status with
+// statusPub.
 type loops struct {
-	mesh, peers, key, drops *reconcile.Loop
+	mesh, peers, key, drops, status *reconcile.Loop
+	statusPub                       *nodeStatusPublisher
 }
 
 func (a *Agent) newLoops(dp *datapath.Reconciler, dev *tunnel.Device, objs *bpf.Objects) (*loops, error) {
@@ -384,8 +387,17 @@ func (a *Agent) newLoops(dp *datapath.Reconciler, dev *tunnel.Device, objs *bpf.
 		if l.peers != nil {
 			l.peers.Trigger()
 		}
+		l.status.Trigger() // a remote may have synced: say so without waiting an interval
 		return nil
 	}, a.log, a.reg)
+	if err != nil {
+		return nil, fmt.Errorf("new agent loops: %w", err)
+	}
+	// status: every interval, and on a change at most once a second (the
+	// status is rate-limited: every node of every cluster writes it).
+	l.statusPub = a.newNodeStatusPublisher(a.store, a.cfg.NodeStatusInterval)
+	l.status, err = reconcile.New(reconcile.Config{Name: "node_status", Resync: a.cfg.NodeStatusInterval,
+		MinInterval: nodeStatusMinInterval, MaxBackoff: a.cfg.NodeStatusInterval}, l.statusPub.round, a.log, a.reg)
 	if err != nil {
 		return nil, fmt.Errorf("new agent loops: %w", err)
 	}
@@ -711,7 +723,7 @@ func (a *Agent) Snapshot() status.Snapshot {
 	a.mu.Unlock()
 	slices.Sort(s.PodDevices)
 	if loops != nil {
-		s.AddLoops(loops.mesh.Status())
+		s.AddLoops(loops.mesh.Status(), loops.status.Status())
 		if loops.drops != nil {
 			s.AddLoops(loops.drops.Status())
 		}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 
@@ -16,6 +17,10 @@ import (
 // key is bound to a lease of three intervals, so a dead agent's status
 // disappears.
 const DefaultNodeStatusInterval = 10 * time.Second
+
+// nodeStatusMinInterval keeps the node status's writes at least this far
+// apart when changes trigger them.
+const nodeStatusMinInterval = time.Second
 
 // nodeStatus is what the agent publishes about its node now.
 func (a *Agent) nodeStatus() clustermesh.NodeStatus {
@@ -57,50 +62,65 @@ func (a *Agent) nodeStatus() clustermesh.NodeStatus {
 	return s
 }
 
-// publishNodeStatus writes the node's status under its cluster's
-// nodestatus prefix every interval, bound to its own lease, until ctx is
-// done; then it revokes the lease so the status vanishes at once. Failures
-// are retried at the next interval and shown as a problem.
-func (a *Agent) publishNodeStatus(ctx context.Context, store kvstore.Store, interval time.Duration) {
-	key := clustermesh.NodeStatusKey(a.cfg.Cluster, a.cfg.Node)
-	var lease kvstore.LeaseID
-	defer func() {
-		if lease != 0 {
-			rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
-			defer cancel()
-			_ = store.RevokeLease(rctx, lease)
-		}
-	}()
-	tick := time.NewTicker(interval)
-	defer tick.Stop()
-	for {
-		err := a.writeNodeStatus(ctx, store, key, &lease, 3*interval)
-		a.setProblem("node status", err)
-		select {
-		case <-ctx.Done():
-			return
-		case <-tick.C:
-		}
-	}
+// nodeStatusPublisher publishes the node's status under its cluster's
+// nodestatus prefix, bound to its own lease of three intervals. It is the
+// func of the agent's "node_status" reconcile loop: a resync round (every
+// interval) writes the status afresh, refreshing tunnel counters and the
+// lease; a triggered round (the mesh loop applied a change) writes only
+// when the status says something new (synced, or its problems), so that
+// braid join and the page learn at once that an agent synced, without the
+// counters of every tunnel costing a write per change. Failed rounds are
+// retried with the loop's backoff and shown among the loop problems.
+type nodeStatusPublisher struct {
+	a     *Agent
+	store kvstore.Store
+	key   string
+	ttl   time.Duration
+
+	// Owned by the loop's rounds.
+	lease kvstore.LeaseID
+	last  *clustermesh.NodeStatus // last written
 }
 
-func (a *Agent) writeNodeStatus(ctx context.Context, store kvstore.Store, key string, lease *kvstore.LeaseID, ttl time.Duration) error {
-	b, err := json.Marshal(a.nodeStatus())
+func (a *Agent) newNodeStatusPublisher(store kvstore.Store, interval time.Duration) *nodeStatusPublisher {
+	return &nodeStatusPublisher{a: a, store: store, key: clustermesh.NodeStatusKey(a.cfg.Cluster, a.cfg.Node), ttl: 3 * interval}
+}
+
+// round is the loop's func.
+func (p *nodeStatusPublisher) round(ctx context.Context, resync bool) error {
+	s := p.a.nodeStatus()
+	if !resync && p.last != nil && p.last.Synced == s.Synced && slices.Equal(p.last.Problems, s.Problems) {
+		return nil
+	}
+	b, err := json.Marshal(s)
 	if err != nil {
 		return fmt.Errorf("publish node status: %w", err)
 	}
-	if *lease != 0 {
-		if err := store.KeepAlive(ctx, *lease); err != nil {
-			*lease = 0
+	if p.lease != 0 {
+		if err := p.store.KeepAlive(ctx, p.lease); err != nil {
+			p.lease = 0 // expired or unreachable: the next write takes a new one
 		}
 	}
-	if *lease == 0 {
-		if *lease, err = store.GrantLease(ctx, ttl); err != nil {
+	if p.lease == 0 {
+		if p.lease, err = p.store.GrantLease(ctx, p.ttl); err != nil {
 			return fmt.Errorf("publish node status: grant lease: %w", err)
 		}
 	}
-	if err := store.Put(ctx, key, b, *lease); err != nil {
-		return fmt.Errorf("publish node status %s: %w", key, err)
+	if err := p.store.Put(ctx, p.key, b, p.lease); err != nil {
+		return fmt.Errorf("publish node status %s: %w", p.key, err)
 	}
+	p.last = &s
 	return nil
+}
+
+// withdraw revokes the lease, so that the status vanishes at once when the
+// agent stops. The loop must have returned.
+func (p *nodeStatusPublisher) withdraw(ctx context.Context) {
+	if p.lease == 0 {
+		return
+	}
+	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
+	defer cancel()
+	_ = p.store.RevokeLease(rctx, p.lease)
+	p.lease = 0
 }
