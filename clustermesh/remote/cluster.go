@@ -191,12 +191,15 @@ func (c *cluster) run() {
 		switch ev.Kind {
 		case kvstore.EventUpsert:
 			cfg := c.config()
-			kind, _, err := clustermesh.DecodeSyncMarker(&cfg, ev.Key, ev.Value)
+			kind, marker, err := clustermesh.DecodeSyncMarker(&cfg, ev.Key, ev.Value)
 			if err != nil {
 				c.reject("", err)
 				continue
 			}
 			c.mu.Lock()
+			if !started[kind] {
+				c.tables[kind].reserve(marker.Entries)
+			}
 			c.markerSeen[kind] = true
 			c.connected = true
 			c.mu.Unlock()

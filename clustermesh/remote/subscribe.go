@@ -15,6 +15,10 @@ type subscription struct {
 	signal chan struct{}
 }
 
+// maxSpareChanges bounds the queue array a subscription keeps for reuse
+// (about 100 bytes a change), so a burst does not pin its memory.
+const maxSpareChanges = 1 << 14
+
 // Subscribe returns a channel carrying every change applied from now on, in
 // the order the Watcher applied them. The channel is closed when ctx is
 // done. Take a Snapshot after subscribing to get the state the changes
@@ -31,10 +35,15 @@ func (w *Watcher) Subscribe(ctx context.Context) <-chan Change {
 			delete(w.subs, s)
 			w.subsMu.Unlock()
 		}()
+		// spare is the array of the last batch delivered, handed back to
+		// emit: a cold sync queues hundreds of thousands of changes, and
+		// growing a fresh queue from nil for every batch was a large share
+		// of the Watcher's garbage.
+		var spare []Change
 		for {
 			s.mu.Lock()
 			batch := s.queue
-			s.queue = nil
+			s.queue = spare[:0]
 			s.mu.Unlock()
 			for _, ch := range batch {
 				select {
@@ -42,6 +51,11 @@ func (w *Watcher) Subscribe(ctx context.Context) <-chan Change {
 				case <-ctx.Done():
 					return
 				}
+			}
+			clear(batch) // drop the records
+			spare = nil
+			if cap(batch) <= maxSpareChanges {
+				spare = batch
 			}
 			select {
 			case <-s.signal:

@@ -15,6 +15,9 @@ type table interface {
 	put(key string, hash uint64, rec any) bool
 	// remove deletes key and returns its last record.
 	remove(key string) (any, bool)
+	// reserve makes room for n records in an empty table, so a cold
+	// sync's list does not grow the map step by step.
+	reserve(n int)
 	markStale()
 	staleKeys() []string
 	keys() []string
@@ -89,6 +92,16 @@ func (t *typedTable[R, S]) remove(key string) (any, bool) {
 	delete(t.m, key)
 	delete(t.stale, key)
 	return t.unpack(s), true
+}
+
+// maxReserve bounds reserve: its n comes from a sync marker, which another
+// cluster wrote.
+const maxReserve = 1 << 16
+
+func (t *typedTable[R, S]) reserve(n int) {
+	if len(t.m) == 0 && n > 0 {
+		t.m = make(map[string]S, min(n, maxReserve))
+	}
 }
 
 func (t *typedTable[R, S]) markStale() {
