@@ -248,8 +248,10 @@ func DecodeServiceOnNodes(owner *ClusterConfig, isNodeIP func(netip.Addr) bool, 
 		return Service{}, err
 	}
 	var s Service
-	if err := decodeStrict(value, &s); err != nil {
-		return Service{}, invalid(key, KindServices, "%v", err)
+	if !decodeServiceCanonical(value, &s, owner.Name) {
+		if err := decodeStrict(value, &s); err != nil {
+			return Service{}, invalid(key, KindServices, "%v", err)
+		}
 	}
 	if err := checkCluster(key, KindServices, owner, s.Cluster); err != nil {
 		return Service{}, err
