@@ -185,16 +185,19 @@ func DecodeIPEntry(owner *ClusterConfig, key string, value []byte) (IPEntry, err
 		return IPEntry{}, err
 	}
 	var e IPEntry
-	if !decodeIPEntryCanonical(value, &e) {
-		if err := decodeStrict(value, &e); err != nil {
+	if !decodeIPEntryCanonical(value, &e, owner.Name) {
+		slow := new(IPEntry) // only this path's entry escapes
+		if err := decodeStrict(value, slow); err != nil {
 			return IPEntry{}, invalid(key, KindIPs, "%v", err)
 		}
+		e = *slow
 	}
 	if err := checkCluster(key, KindIPs, owner, e.Cluster); err != nil {
 		return IPEntry{}, err
 	}
 	kp, err := parseIPKeyName(name)
-	if err != nil || kp != e.Prefix || name != e.Prefix.String() {
+	var text [64]byte // room for any prefix, so the comparison allocates nothing
+	if err != nil || kp != e.Prefix || name != string(e.Prefix.AppendTo(text[:0])) {
 		return IPEntry{}, invalid(key, KindIPs, "entry prefix %s does not match key name %q", e.Prefix, name)
 	}
 	if err := validPrefix(e.Prefix); err != nil {

@@ -17,7 +17,10 @@ import (
 // skips encoding/json's reflection and allocations for them. Whatever it
 // accepts, decodeStrict decodes to the same entry (FuzzIPEntryCanonical
 // checks it); both paths are followed by the same validation.
-func decodeIPEntryCanonical(value []byte, e *IPEntry) bool {
+//
+// owner is the cluster the key is under: a value naming it shares its
+// string, and IPv4 addresses are parsed without allocating.
+func decodeIPEntryCanonical(value []byte, e *IPEntry, owner ClusterName) bool {
 	if len(value) > maxValueSize {
 		return false
 	}
@@ -42,11 +45,22 @@ func decodeIPEntryCanonical(value []byte, e *IPEntry) bool {
 		return false
 	}
 	var out IPEntry
-	// The same methods encoding/json calls for these fields.
-	if out.Prefix.UnmarshalText(prefix) != nil || out.HostIP.UnmarshalText(hostIP) != nil {
-		return false // decodeStrict words the error
+	var ok4 bool
+	if out.Prefix, ok4 = canonicalPrefix4(prefix); !ok4 {
+		// The method encoding/json calls for this field.
+		if out.Prefix.UnmarshalText(prefix) != nil {
+			return false // decodeStrict words the error
+		}
 	}
-	out.Cluster = ClusterName(cluster)
+	if out.HostIP, ok4 = canonicalAddr4(hostIP); !ok4 {
+		if out.HostIP.UnmarshalText(hostIP) != nil {
+			return false
+		}
+	}
+	out.Cluster = owner
+	if string(cluster) != string(owner) {
+		out.Cluster = ClusterName(cluster)
+	}
 	out.Identity = NumericIdentity(id)
 	*e = out
 	return true

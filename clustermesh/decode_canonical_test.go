@@ -27,7 +27,7 @@ func FuzzIPEntryCanonical(f *testing.F) {
 	}
 	f.Fuzz(func(t *testing.T, value []byte) {
 		var fast IPEntry
-		if !decodeIPEntryCanonical(value, &fast) {
+		if !decodeIPEntryCanonical(value, &fast, "east") {
 			return
 		}
 		var strict IPEntry
@@ -53,7 +53,7 @@ func TestIPEntryCanonicalTakesPublishedValues(t *testing.T) {
 			t.Fatal(err)
 		}
 		var got IPEntry
-		if !decodeIPEntryCanonical(b, &got) {
+		if !decodeIPEntryCanonical(b, &got, e.Cluster) {
 			t.Fatalf("published value %s does not take the fast path", b)
 		}
 		if !reflect.DeepEqual(got, e) {
