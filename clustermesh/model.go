@@ -3,7 +3,6 @@ package clustermesh
 import (
 	"fmt"
 	"net/netip"
-	"regexp"
 	"strings"
 	"time"
 	"unicode"
@@ -16,11 +15,24 @@ type ClusterName string
 // MaxClusterNameLen bounds ClusterName.
 const MaxClusterNameLen = 32
 
-var dnsLabel = regexp.MustCompile(`^[a-z0-9]([a-z0-9-]*[a-z0-9])?$`)
+// isDNSLabel reports whether s matches ^[a-z0-9]([a-z0-9-]*[a-z0-9])?$.
+// Every key read from the store names a cluster: this runs for each of
+// them, so it is a loop, not a regular expression.
+func isDNSLabel(s string) bool {
+	if s == "" || s[0] == '-' || s[len(s)-1] == '-' {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; (c < 'a' || c > 'z') && (c < '0' || c > '9') && c != '-' {
+			return false
+		}
+	}
+	return true
+}
 
 // Validate reports why n is not a usable cluster name.
 func (n ClusterName) Validate() error {
-	if len(n) == 0 || len(n) > MaxClusterNameLen || !dnsLabel.MatchString(string(n)) {
+	if len(n) == 0 || len(n) > MaxClusterNameLen || !isDNSLabel(string(n)) {
 		return fmt.Errorf("cluster name %q: must be a DNS label (lowercase letters, digits, '-') of 1 to %d characters", string(n), MaxClusterNameLen)
 	}
 	return nil
