@@ -108,8 +108,10 @@ func DecodeNode(owner *ClusterConfig, key string, value []byte) (Node, error) {
 		return Node{}, err
 	}
 	var n Node
-	if err := decodeStrict(value, &n); err != nil {
-		return Node{}, invalid(key, KindNodes, "%v", err)
+	if !decodeNodeCanonical(value, &n, owner.Name) {
+		if err := decodeStrict(value, &n); err != nil {
+			return Node{}, invalid(key, KindNodes, "%v", err)
+		}
 	}
 	if err := checkCluster(key, KindNodes, owner, n.Cluster); err != nil {
 		return Node{}, err
@@ -153,8 +155,10 @@ func DecodeIdentity(owner *ClusterConfig, key string, value []byte) (Identity, e
 		return Identity{}, err
 	}
 	var id Identity
-	if err := decodeStrict(value, &id); err != nil {
-		return Identity{}, invalid(key, KindIdentities, "%v", err)
+	if !decodeIdentityCanonical(value, &id, owner.Name) {
+		if err := decodeStrict(value, &id); err != nil {
+			return Identity{}, invalid(key, KindIdentities, "%v", err)
+		}
 	}
 	if err := checkCluster(key, KindIdentities, owner, id.Cluster); err != nil {
 		return Identity{}, err

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"net/netip"
 	"reflect"
+	"regexp"
 	"testing"
 	"time"
 )
@@ -111,4 +112,106 @@ func BenchmarkDecodeService(b *testing.B) {
 			}
 		}
 	})
+}
+
+// FuzzNodeCanonical checks decodeNodeCanonical against the strict decoder.
+func FuzzNodeCanonical(f *testing.F) {
+	for _, s := range []string{
+		`{"name":"n1","cluster":"east","ips":["192.168.2.1","fd00::1"],"podCIDRs":["10.2.1.0/24","fd00:2::/64"],"zone":"za","region":"r1","wireguardKey":"AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=","bootID":"b"}`,
+		`{"name":"n1","cluster":"west","ips":null}`,
+		`{"name":"n1","cluster":"east","ips":[],"podCIDRs":[]}`,
+		`{"name":"n1","cluster":"east","ips":["192.168.2.01"]}`,
+		`{"name":"n1","cluster":"east","ips":["192.168.2.1"],"podCIDRs":["10.2.1.0/033"]}`,
+		`{"name":"n1","cluster":"east","ips":["192.168.2.1"],"x":1}`,
+		`{"Name":"n1","cluster":"east","ips":["192.168.2.1"]}`,
+	} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, value []byte) {
+		var fast Node
+		if !decodeNodeCanonical(value, &fast, "east") {
+			return
+		}
+		var strict Node
+		if err := decodeStrict(value, &strict); err != nil {
+			t.Fatalf("fast path accepted %q, the strict decoder rejects it: %v", value, err)
+		}
+		if !reflect.DeepEqual(fast, strict) {
+			t.Fatalf("fast path decoded %q as %+v, the strict decoder as %+v", value, fast, strict)
+		}
+	})
+}
+
+// FuzzIdentityCanonical checks decodeIdentityCanonical against the strict
+// decoder.
+func FuzzIdentityCanonical(f *testing.F) {
+	for _, s := range []string{
+		`{"id":131077,"cluster":"east","labels":{"app":"web","io.kubernetes.pod.namespace":"default"}}`,
+		`{"id":0,"cluster":"west","labels":null}`,
+		`{"id":1,"cluster":"east","labels":{}}`,
+		`{"id":1,"cluster":"east","labels":{"b":"1","a":"2"}}`,
+		`{"id":1,"cluster":"east","labels":{"a":"1","a":"2"}}`,
+		`{"id":1,"cluster":"east","labels":{"":""}}`,
+		`{"id":01,"cluster":"east","labels":{}}`,
+		`{"id":4294967296,"cluster":"east","labels":{}}`,
+	} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, value []byte) {
+		var fast Identity
+		if !decodeIdentityCanonical(value, &fast, "east") {
+			return
+		}
+		var strict Identity
+		if err := decodeStrict(value, &strict); err != nil {
+			t.Fatalf("fast path accepted %q, the strict decoder rejects it: %v", value, err)
+		}
+		if !reflect.DeepEqual(fast, strict) {
+			t.Fatalf("fast path decoded %q as %+v, the strict decoder as %+v", value, fast, strict)
+		}
+	})
+}
+
+// TestNodeAndIdentityCanonicalTakePublishedValues checks that published
+// nodes and identities take the fast path.
+func TestNodeAndIdentityCanonicalTakePublishedValues(t *testing.T) {
+	for _, n := range []Node{
+		{Name: "n1", Cluster: "east", IPs: []netip.Addr{netip.MustParseAddr("192.168.2.1"), netip.MustParseAddr("fd00::1")},
+			PodCIDRs: []netip.Prefix{netip.MustParsePrefix("10.2.1.0/24")}, Zone: "za", Region: "r1",
+			WireGuardKey: "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=", BootID: "boot-1"},
+		{Name: "n2", Cluster: "east", IPs: []netip.Addr{netip.MustParseAddr("192.168.2.2")}},
+	} {
+		b, err := json.Marshal(&n)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var got Node
+		if !decodeNodeCanonical(b, &got, n.Cluster) || !reflect.DeepEqual(got, n) {
+			t.Fatalf("published node %s: fast path gave %+v, want %+v", b, got, n)
+		}
+	}
+	for _, id := range []Identity{
+		{ID: 131077, Cluster: "east", Labels: map[string]string{"app": "web", "io.kubernetes.pod.namespace": "default", "a": ""}},
+		{ID: 1, Cluster: "east", Labels: map[string]string{}},
+	} {
+		b, err := json.Marshal(&id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var got Identity
+		if !decodeIdentityCanonical(b, &got, id.Cluster) || !reflect.DeepEqual(got, id) {
+			t.Fatalf("published identity %s: fast path gave %+v, want %+v", b, got, id)
+		}
+	}
+}
+
+// TestIsDNSLabelMatchesTheRegexp checks the loop that replaced the
+// regular expression cluster names were checked with.
+func TestIsDNSLabelMatchesTheRegexp(t *testing.T) {
+	re := regexp.MustCompile(`^[a-z0-9]([a-z0-9-]*[a-z0-9])?$`)
+	for _, s := range []string{"", "a", "-", "a-", "-a", "a-b", "a--b", "A", "east", "cluster-250", "0", "a.b", "a_b", "a\n", "é", "a b", "abc-"} {
+		if got, want := isDNSLabel(s), re.MatchString(s); got != want {
+			t.Errorf("isDNSLabel(%q) = %v, the regexp says %v", s, got, want)
+		}
+	}
 }
