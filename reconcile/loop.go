@@ -28,6 +28,14 @@ type Config struct {
 	// after a quiet spell runs at once, a burst costs one round per
 	// MinInterval. Zero means no limit.
 	MinInterval time.Duration
+	// Pace, if positive, also spaces a burst's rounds by 1+Pace times the
+	// duration of the round before, from its start: a loop whose rounds
+	// recompute a large state (an agent's cold sync of hundreds of
+	// clusters) then spends at most 1/(1+Pace) of the time in rounds
+	// while the burst lasts, applying it in fewer, larger batches instead
+	// of starving what produces the burst. A lone trigger after a quiet
+	// spell still runs at once.
+	Pace float64
 	// MinBackoff and MaxBackoff bound the delay before retrying a failed
 	// round; zero means DefaultMinBackoff and DefaultMaxBackoff.
 	MinBackoff, MaxBackoff time.Duration
@@ -104,6 +112,7 @@ func (l *Loop) Run(ctx context.Context) error {
 		retryC  <-chan time.Time
 		resync  bool // a resync round is due (or failed and is retried)
 		started time.Time
+		took    time.Duration // the last round's duration, when Pace is set
 	)
 	for first := true; ; first = false {
 		if !first {
@@ -116,7 +125,8 @@ func (l *Loop) Run(ctx context.Context) error {
 			case <-retryC:
 				retryC = nil
 			}
-			if wait := l.cfg.MinInterval - time.Since(started); wait > 0 {
+			gap := max(l.cfg.MinInterval, time.Duration((1+l.cfg.Pace)*float64(took)))
+			if wait := gap - time.Since(started); wait > 0 {
 				if !Wait(ctx, wait) {
 					return nil
 				}
@@ -130,6 +140,9 @@ func (l *Loop) Run(ctx context.Context) error {
 		}
 		started = time.Now()
 		err := l.fn(ctx, resync)
+		if l.cfg.Pace > 0 {
+			took = time.Since(started)
+		}
 		if ctx.Err() != nil {
 			return nil
 		}

@@ -250,3 +250,45 @@ func counterValue(t *testing.T, reg *prometheus.Registry, name, loop string) flo
 	t.Fatalf("no %s{loop=%q}", name, loop)
 	return 0
 }
+
+func TestPaceSpacesRoundsByTheirDuration(t *testing.T) {
+	const pace = 2
+	var mu sync.Mutex
+	var starts []time.Time
+	var took []time.Duration
+	ctx, cancel := context.WithCancel(t.Context())
+	defer cancel()
+	l, err := reconcile.New(reconcile.Config{Name: "paced", Pace: pace}, func(context.Context, bool) error {
+		start := time.Now()
+		time.Sleep(10 * time.Millisecond) // a round's work
+		mu.Lock()
+		defer mu.Unlock()
+		starts = append(starts, start)
+		took = append(took, time.Since(start))
+		if len(starts) == 4 {
+			cancel()
+		}
+		return nil
+	}, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error)
+	go func() { done <- l.Run(ctx) }()
+	go func() {
+		for ctx.Err() == nil {
+			l.Trigger()
+			time.Sleep(time.Millisecond)
+		}
+	}()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	// Correctness, not speed: rounds may come later, never sooner. The
+	// loop measures a round a little longer than the round itself does.
+	for i := 1; i < len(starts); i++ {
+		if d, want := starts[i].Sub(starts[i-1]), (1+pace)*took[i-1]; d < want {
+			t.Errorf("rounds %d and %d %v apart, want at least %v (1+Pace times %v)", i-1, i, d, want, took[i-1])
+		}
+	}
+}
