@@ -35,6 +35,12 @@ import (
 // agent recompute and reconcile; a lone change is applied at once.
 const DefaultMinReconcileInterval = 10 * time.Millisecond
 
+// MeshPace is the mesh loop's reconcile.Config.Pace: each round recomputes
+// the whole desired state, which a cold sync of hundreds of clusters makes
+// large while it keeps changing, so a burst's rounds are spaced by twice
+// their duration and the Watcher keeps at least half a core.
+const MeshPace = 1
+
 // PublicKeyFile is where, in the tunnel's state directory, the agent keeps
 // its current WireGuard public key for the operator to publish.
 const PublicKeyFile = "wireguard.pub"
@@ -369,7 +375,7 @@ func (a *Agent) newLoops(dp *datapath.Reconciler, dev *tunnel.Device, objs *bpf.
 	var err error
 	// mesh: a lone change is applied at once, a burst costs one round per
 	// MinReconcileInterval.
-	l.mesh, err = reconcile.New(reconcile.Config{Name: "mesh", MinInterval: a.cfg.MinReconcileInterval}, func(context.Context, bool) error {
+	l.mesh, err = reconcile.New(reconcile.Config{Name: "mesh", MinInterval: a.cfg.MinReconcileInterval, Pace: MeshPace}, func(context.Context, bool) error {
 		snap := a.watcher.Snapshot()
 		a.mu.Lock()
 		pool := a.pool

@@ -23,11 +23,15 @@ func DesiredState(snap *remote.Snapshot, local clustermesh.ClusterName, unreacha
 	var want datapath.Desired
 	want.ClusterIDs = make(map[clustermesh.ClusterName]clustermesh.ClusterID, len(snap.Clusters))
 	names := make([]clustermesh.ClusterName, 0, len(snap.Clusters))
+	ips := 0
 	for name, cs := range snap.Clusters {
 		names = append(names, name)
 		want.ClusterIDs[name] = cs.Config.ID
+		ips += len(cs.IPs)
 	}
 	slices.Sort(names)
+	// Hundreds of thousands of entries in a large mesh: grow once.
+	want.IPCache = make([]clustermesh.IPEntry, 0, ips)
 	for _, name := range names {
 		for _, e := range snap.Clusters[name].IPs {
 			want.IPCache = append(want.IPCache, e)

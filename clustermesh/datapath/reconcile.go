@@ -60,6 +60,12 @@ const (
 	DefaultCTTimeout         = 2 * time.Minute
 )
 
+// Pace is Run's reconcile.Config.Pace: a round dumps and diffs every map,
+// which a cold sync of hundreds of clusters makes large while the desired
+// state keeps changing, so a burst's rounds are spaced by twice their
+// duration and the last one writes what came meanwhile in one batch.
+const Pace = 1
+
 // Config configures a Reconciler.
 type Config struct {
 	Topology Topology
@@ -135,7 +141,7 @@ func New(cfg Config, m Maps, log *slog.Logger, reg prometheus.Registerer) (*Reco
 	}
 	r := &Reconciler{cfg: cfg, maps: m, log: log.With("component", "datapath"), m: met, monotonic: monotonicNow}
 	r.tunnelIfindex.Store(cfg.Topology.TunnelIfindex)
-	r.loop, err = reconcile.New(reconcile.Config{Name: "datapath", Resync: cfg.ResyncInterval}, r.round, r.log, reg)
+	r.loop, err = reconcile.New(reconcile.Config{Name: "datapath", Resync: cfg.ResyncInterval, Pace: Pace}, r.round, r.log, reg)
 	if err != nil {
 		return nil, fmt.Errorf("new datapath reconciler: %w", err)
 	}
