@@ -1,9 +1,12 @@
 package tunnel
 
 import (
+	"bytes"
+	"context"
 	"errors"
 	"fmt"
 	"net/netip"
+	"slices"
 	"time"
 
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
@@ -13,6 +16,13 @@ import (
 // peer's pod CIDRs through the device. Unchanged peers are not sent, so
 // their sessions and counters survive; stale peers are removed. Calling it
 // twice with the same want performs no writes.
+//
+// A peer with a NextPublicKey gets a second, standby entry for that key: no
+// allowed IPs and no keepalive, so it carries nothing and starts nothing,
+// but it answers the peer's handshake once the peer switches to the key.
+// When that handshake completes, the device moves the peer's allowed IPs to
+// the new key and drops the old one at once, without waiting for the mesh
+// to report the switch (see the package documentation).
 //
 // A peer that fails validation or that the device rejects is reported as
 // "configure peer KEYPREFIX: ..." (errors.Join for several); the other
@@ -26,37 +36,85 @@ func (d *Device) Configure(want []Peer) error {
 	}
 
 	var errs []error
-	desired := make(map[wgtypes.Key]Peer, len(want))
+	seen := make(map[wgtypes.Key]bool, len(want))
+	valid := make([]Peer, 0, len(want))
 	for _, p := range want {
 		if err := p.validate(); err != nil {
 			errs = append(errs, fmt.Errorf("configure peer %s: %w", ShortKey(p.PublicKey), err))
 			continue
 		}
-		if p.PublicKey == d.pub {
+		if p.PublicKey == d.pub || p.NextPublicKey == d.pub {
 			errs = append(errs, fmt.Errorf("configure peer %s: own public key", ShortKey(p.PublicKey)))
 			continue
 		}
-		if _, dup := desired[p.PublicKey]; dup {
+		if seen[p.PublicKey] || (p.NextPublicKey != (wgtypes.Key{}) && seen[p.NextPublicKey]) {
 			errs = append(errs, fmt.Errorf("configure peer %s: duplicate public key", ShortKey(p.PublicKey)))
 			continue
 		}
-		desired[p.PublicKey] = p
+		seen[p.PublicKey] = true
+		if p.NextPublicKey != (wgtypes.Key{}) {
+			seen[p.NextPublicKey] = true
+		}
+		valid = append(valid, p)
 	}
+	d.want = valid
+	return errors.Join(append(errs, d.applyLocked(wg)...)...)
+}
+
+// applyLocked makes the device match d.want, d.promoted deciding which of a
+// peer's keys carries its traffic. Called with mu held.
+func (d *Device) applyLocked(wg wgClient) []error {
+	var errs []error
+	desired := make(map[wgtypes.Key]Peer, len(d.want))
+	names := make(map[wgtypes.Key]string, len(d.want))
+	promoted := make(map[wgtypes.Key]bool)
+	standby := make(map[wgtypes.Key]bool)
+	for _, p := range d.want {
+		next := p.NextPublicKey
+		switch {
+		case next == (wgtypes.Key{}):
+		case d.promoted[next]:
+			// The peer switched: its next key carries its traffic.
+			promoted[next] = true
+			p.PublicKey, p.NextPublicKey = next, wgtypes.Key{}
+		default:
+			standby[next] = true
+			desired[next] = Peer{Name: p.Name + " (next)", PublicKey: next, Endpoint: p.Endpoint, standby: true}
+			names[next] = p.Name + " (next)"
+		}
+		desired[p.PublicKey] = p
+		names[p.PublicKey] = p.Name
+	}
+	d.promoted, d.standby = promoted, standby
 
 	dev, err := wg.Device(d.cfg.Name)
 	if err != nil {
-		return fmt.Errorf("configure device %s: read: %w", d.cfg.Name, err)
+		return append(errs, fmt.Errorf("configure device %s: read: %w", d.cfg.Name, err))
 	}
 	changes := peerDiff(dev.Peers, desired, d.cfg.PersistentKeepalive)
+	var failed map[wgtypes.Key]bool
 	if len(changes) > 0 {
-		errs = append(errs, d.applyPeers(wg, changes)...)
+		var perrs []error
+		perrs, failed = d.applyPeers(wg, changes)
+		errs = append(errs, perrs...)
 		d.log.Debug("peers configured", "changes", len(changes), "peers", len(desired))
 	}
+	// What we acknowledge: next keys that the device holds.
+	var prepared []wgtypes.Key
+	for k := range desired {
+		if (standby[k] || promoted[k]) && !failed[k] {
+			prepared = append(prepared, k)
+		}
+	}
+	slices.SortFunc(prepared, func(a, b wgtypes.Key) int { return bytes.Compare(a[:], b[:]) })
+	if !slices.Equal(prepared, d.prepared) {
+		d.prepared = prepared
+		d.notifyKeysLocked()
+	}
+	d.wakeLocked()
 
-	names := make(map[wgtypes.Key]string, len(desired))
 	var routes []netip.Prefix
-	for k, p := range desired {
-		names[k] = p.Name
+	for _, p := range desired {
 		routes = append(routes, p.PodCIDRs...)
 	}
 	routes = normPrefixes(routes)
@@ -77,7 +135,90 @@ func (d *Device) Configure(want []Peer) error {
 	if err := d.syncRoutes(routes); err != nil {
 		errs = append(errs, err)
 	}
-	return errors.Join(errs...)
+	return errs
+}
+
+// PromotePoll is how often, while a peer's next key stands by, the device
+// looks for the handshake that shows the peer switched to it. After a
+// handshake message arrives (userspace devices see them), it looks every
+// promoteFastPoll for promoteFastFor.
+const PromotePoll = 10 * time.Millisecond
+
+const (
+	promoteFastPoll = time.Millisecond
+	promoteFastFor  = 50 * time.Millisecond
+)
+
+// promoteLoop watches standby keys until ctx ends: when a peer completes a
+// handshake with its next key, that key takes over the peer's allowed IPs
+// and the old key is removed. Only the holder of the next private key can
+// complete that handshake, so the switch needs no word from the mesh. The
+// first packet of the peer's new session (its keepalive, with a persistent
+// keepalive set) is what marks the handshake complete on this side; data
+// right behind it is dropped until the switch, so the look is quick.
+func (d *Device) promoteLoop(ctx context.Context) {
+	var fastUntil time.Time
+	for {
+		d.mu.Lock()
+		idle, changed := len(d.standby) == 0, d.changed
+		d.mu.Unlock()
+		if idle {
+			select {
+			case <-ctx.Done():
+				return
+			case <-changed:
+			case <-d.handshakes:
+			}
+			continue
+		}
+		wait := PromotePoll
+		if time.Now().Before(fastUntil) {
+			wait = promoteFastPoll
+		}
+		t := time.NewTimer(wait)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return
+		case <-d.handshakes:
+			fastUntil = time.Now().Add(promoteFastFor)
+		case <-t.C:
+		}
+		t.Stop()
+		d.mu.Lock()
+		if err := d.promoteLocked(); err != nil && !errors.Is(err, ErrClosed) && !errors.Is(err, ErrWedged) {
+			d.log.Warn("promote next keys", "err", err)
+		}
+		d.mu.Unlock()
+	}
+}
+
+// promoteLocked promotes standby keys that completed a handshake. Called
+// with mu held.
+func (d *Device) promoteLocked() error {
+	if len(d.standby) == 0 {
+		return nil
+	}
+	wg, err := d.client()
+	if err != nil {
+		return err
+	}
+	dev, err := wg.Device(d.cfg.Name)
+	if err != nil {
+		return fmt.Errorf("read %s: %w", d.cfg.Name, err)
+	}
+	var found bool
+	for _, p := range dev.Peers {
+		if d.standby[p.PublicKey] && !p.LastHandshakeTime.IsZero() {
+			d.promoted[p.PublicKey] = true
+			found = true
+			d.log.Info("peer switched to its next key", "publicKey", ShortKey(p.PublicKey))
+		}
+	}
+	if !found {
+		return nil
+	}
+	return errors.Join(d.applyLocked(wg)...)
 }
 
 // keyChanged reports whether a named peer in next has a key it did not
@@ -98,16 +239,19 @@ func keyChanged(prev, next map[wgtypes.Key]string) bool {
 }
 
 // applyPeers sends changes in one request; if the device rejects it, each
-// change is retried alone to name the peer at fault and apply the rest.
-func (d *Device) applyPeers(wg wgClient, changes []wgtypes.PeerConfig) []error {
+// change is retried alone to name the peer at fault and apply the rest. It
+// returns the errors and the keys whose change failed.
+func (d *Device) applyPeers(wg wgClient, changes []wgtypes.PeerConfig) ([]error, map[wgtypes.Key]bool) {
 	if err := wg.ConfigureDevice(d.cfg.Name, wgtypes.Config{Peers: changes}); err == nil {
-		return nil
+		return nil, nil
 	}
 	var errs []error
+	failed := make(map[wgtypes.Key]bool)
 	for _, pc := range changes {
 		if err := wg.ConfigureDevice(d.cfg.Name, wgtypes.Config{Peers: []wgtypes.PeerConfig{pc}}); err != nil {
 			errs = append(errs, fmt.Errorf("configure peer %s: %w", ShortKey(pc.PublicKey), err))
+			failed[pc.PublicKey] = true
 		}
 	}
-	return errs
+	return errs, failed
 }

@@ -91,6 +91,10 @@ type Config struct {
 	// send a keepalive at once, so its session starts without waiting for
 	// data. Zero means none.
 	PersistentKeepalive time.Duration
+	// HandoverTimeout bounds how long a scheduled rotation waits for peers
+	// to acknowledge the next key before switching anyway. Zero means
+	// DefaultHandoverTimeout.
+	HandoverTimeout time.Duration
 }
 
 func (c Config) listenPort() int {
@@ -124,21 +128,42 @@ var _ wgClient = (*wgctrl.Client)(nil)
 // Device is one node's WireGuard interface. See the package documentation
 // for its lifecycle and concurrency contract.
 type Device struct {
-	cfg     Config
-	log     *slog.Logger
-	keyPath string
+	cfg         Config
+	log         *slog.Logger
+	keyPath     string
+	nextKeyPath string
+	// setKeyTimeout bounds a private key change; zero means
+	// DefaultSetKeyTimeout (tests shorten it).
+	setKeyTimeout time.Duration
 
 	keyChanges chan wgtypes.Key
 
 	// mu serializes Open, Configure, RotateKey and Close, and guards the
 	// fields below. It is held across the device I/O of those calls so that
 	// each sees the result of the one before.
-	mu       sync.Mutex
-	priv     wgtypes.Key
-	pub      wgtypes.Key
-	opened   bool
-	closed   bool
-	closeErr error
+	mu     sync.Mutex
+	priv   wgtypes.Key
+	pub    wgtypes.Key
+	next   wgtypes.Key // pending private key of a handover; zero if none
+	opened bool
+	// wedged, once set, is returned by every call: the device stopped
+	// answering a private key change (see setPrivateKey).
+	wedged error
+	// want is the last Configure's valid peers; standby the next keys
+	// installed beside a peer's current one; promoted those whose peer
+	// completed a handshake with it here; prepared what we acknowledge
+	// (standby and promoted keys that the device accepted), sorted.
+	want     []Peer
+	standby  map[wgtypes.Key]bool
+	promoted map[wgtypes.Key]bool
+	prepared []wgtypes.Key
+	// changed is closed and replaced whenever peers or keys change.
+	changed chan struct{}
+	// handshakes is signalled when a handshake message arrives
+	// (userspace device only).
+	handshakes chan struct{}
+	closed     bool
+	closeErr   error
 
 	ns      netns.NsHandle
 	nl      *nlHandle
@@ -153,6 +178,8 @@ type Device struct {
 
 	// userspace (wireguard-go) parts; nil for a kernel device
 	wgdev *wgdevice.Device
+	tdev  tun.Device
+	bind  conn.Bind
 	uapi  net.Listener
 
 	// names maps public keys to Peer.Name for Stats; guarded by namesMu so
@@ -163,7 +190,7 @@ type Device struct {
 	ownSocket bool // the UAPI socket file is ours to remove
 
 	stop     context.CancelFunc
-	rotation sync.WaitGroup // the rotation loop; waited by Close without mu
+	rotation sync.WaitGroup // the rotation and promotion loops; waited by Close without mu
 	loops    sync.WaitGroup // the UAPI server; waited by teardown
 	connsMu  sync.Mutex
 	conns    map[net.Conn]struct{}
@@ -184,7 +211,7 @@ func New(cfg Config, log *slog.Logger) (*Device, error) {
 	if mtu := cfg.MTU(); mtu < 1280 {
 		return nil, fmt.Errorf("new tunnel device %s: device mtu %d below 1280", cfg.Name, mtu)
 	}
-	if cfg.RotationInterval < 0 || cfg.PersistentKeepalive < 0 {
+	if cfg.RotationInterval < 0 || cfg.PersistentKeepalive < 0 || cfg.HandoverTimeout < 0 {
 		return nil, fmt.Errorf("new tunnel device %s: negative interval", cfg.Name)
 	}
 	for _, p := range slices.Concat(cfg.StrictCIDRs, cfg.LocalPodCIDRs) {
@@ -200,16 +227,27 @@ func New(cfg Config, log *slog.Logger) (*Device, error) {
 	if err != nil {
 		return nil, fmt.Errorf("new tunnel device %s: %w", cfg.Name, err)
 	}
+	nextKeyPath := filepath.Join(cfg.StateDir, NextKeyFileName)
+	next, err := loadKeyIfExists(nextKeyPath)
+	if err != nil {
+		return nil, fmt.Errorf("new tunnel device %s: %w", cfg.Name, err)
+	}
 	d := &Device{
-		cfg:        cfg,
-		log:        log.With("device", cfg.Name),
-		keyPath:    keyPath,
-		keyChanges: make(chan wgtypes.Key, 1),
-		priv:       priv,
-		pub:        priv.PublicKey(),
-		ns:         netns.None(),
-		names:      make(map[wgtypes.Key]string),
-		conns:      make(map[net.Conn]struct{}),
+		cfg:         cfg,
+		log:         log.With("device", cfg.Name),
+		keyPath:     keyPath,
+		nextKeyPath: nextKeyPath,
+		keyChanges:  make(chan wgtypes.Key, 1),
+		priv:        priv,
+		pub:         priv.PublicKey(),
+		next:        next,
+		standby:     make(map[wgtypes.Key]bool),
+		promoted:    make(map[wgtypes.Key]bool),
+		changed:     make(chan struct{}),
+		handshakes:  make(chan struct{}, 1),
+		ns:          netns.None(),
+		names:       make(map[wgtypes.Key]string),
+		conns:       make(map[net.Conn]struct{}),
 	}
 	return d, nil
 }
@@ -232,9 +270,10 @@ func (d *Device) Kernel() bool {
 	return d.kernel
 }
 
-// KeyChanges delivers the new public key after each rotation. The channel
-// holds only the latest key: a slow reader misses intermediate keys, never
-// the last one. It is never closed.
+// KeyChanges delivers the current public key after each change of Keys: a
+// prepared next key, a switch, a change of the acknowledged next keys. The
+// channel holds only the latest key: a slow reader misses intermediate
+// ones, never the last; read Keys for the whole state. It is never closed.
 func (d *Device) KeyChanges() <-chan wgtypes.Key { return d.keyChanges }
 
 // Open creates and configures the interface in cfg.Netns (installing the
@@ -321,6 +360,11 @@ func (d *Device) Open() (err error) {
 
 	ctx, cancel := context.WithCancel(context.Background())
 	d.stop = cancel
+	d.rotation.Add(1)
+	go func() {
+		defer d.rotation.Done()
+		d.promoteLoop(ctx)
+	}()
 	if d.cfg.RotationInterval > 0 {
 		d.rotation.Add(1)
 		go func() {
@@ -395,6 +439,8 @@ func (d *Device) startUserspace() error {
 		bind = &nsBind{Bind: bind, ns: d.ns}
 		tdev = &nsTUN{Device: tdev, name: name, nl: d.nl}
 	}
+	bind = &handshakeBind{Bind: bind, seen: d.handshakes}
+	d.tdev, d.bind = tdev, bind
 	d.wgdev = wgdevice.NewDevice(tdev, bind, d.wgLogger())
 
 	f, err := ipc.UAPIOpen(name)
@@ -517,10 +563,24 @@ func (d *Device) teardown() error {
 		d.ownSocket = false
 	}
 	if d.wgdev != nil {
-		d.wgdev.Close() // closes the TUN, which removes the interface
+		if d.wedged == nil {
+			d.wgdev.Close() // closes the TUN, which removes the interface
+		} else {
+			// Close would wait for the deadlocked lock for ever: release
+			// the interface and the UDP port ourselves, and leave the
+			// device's goroutines (and its UAPI handler) behind.
+			if err := d.bind.Close(); err != nil {
+				errs = append(errs, fmt.Errorf("close wedged device's sockets: %w", err))
+			}
+			if err := d.tdev.Close(); err != nil {
+				errs = append(errs, fmt.Errorf("close wedged device's tun: %w", err))
+			}
+		}
 		d.wgdev = nil
 	}
-	d.loops.Wait()
+	if d.wedged == nil {
+		d.loops.Wait()
+	}
 	if d.kernel && d.nl != nil {
 		err := d.nl.do(func(h *netlink.Handle) error {
 			l, err := h.LinkByName(d.cfg.Name)
@@ -562,6 +622,9 @@ func (d *Device) teardown() error {
 func (d *Device) client() (wgClient, error) {
 	if d.closed {
 		return nil, ErrClosed
+	}
+	if d.wedged != nil {
+		return nil, d.wedged
 	}
 	if d.wg == nil {
 		return nil, ErrNotOpen

@@ -19,8 +19,9 @@
 //
 // Both kinds are configured through wgctrl. Close removes the interface,
 // its routes, the UAPI socket and the strict rules, and waits for every
-// goroutine the Device started; it is idempotent. Methods other than
-// PublicKey, Name and KeyChanges return ErrNotOpen before Open and
+// goroutine the Device started (except, on a wedged device, wireguard-go's
+// own, which cannot be stopped); it is idempotent. Methods other than
+// PublicKey, Keys, Name and KeyChanges return ErrNotOpen before Open and
 // ErrClosed after Close.
 //
 // # Peers
@@ -36,13 +37,54 @@
 // # Keys
 //
 // Private keys are never logged, returned or put in errors; logs and Stats
-// use ShortKey of public keys. RotateKey (and the schedule set by
-// Config.RotationInterval) switches the device to a new key, saves it, and
-// offers the new public key on KeyChanges for the caller to publish.
-// WireGuard cannot accept two keys at once: sessions with peers stop until
-// each peer is configured with the new public key, and TCP retransmits
-// what was lost meanwhile. Setting Config.PersistentKeepalive makes the
-// remote side start the new session as soon as it learns the key.
+// use ShortKey of public keys. A node's public key is its identity in
+// WireGuard, and a device holds one private key at a time, so a rotation
+// is a handover between two identities, in two phases:
+//
+//  1. Prepare. PrepareKey generates the next key and saves it
+//     (NextKeyFileName; a restart resumes the handover). The node publishes
+//     it (Keys().Next) beside its current key. Each peer passes it to
+//     Configure as Peer.NextPublicKey, which installs it on standby: a
+//     second entry for the node with its endpoint but no allowed IPs and no
+//     keepalive, carrying nothing and starting nothing, but able to answer
+//     a handshake made with the new key. A peer publishes the next keys it
+//     has installed (Keys().Prepared): its acknowledgement.
+//  2. Switch. The node switches (CommitKey) once HandoverReady: every peer
+//     of its last Configure lists the next key in Peer.Prepared, and no
+//     peer whose current key sorts before the node's has a handover of its
+//     own in flight (a total order, so two nodes never switch at once
+//     towards each other, which would leave each one's handshake aimed at
+//     a key the other just dropped). The switch sends every peer a
+//     keepalive, so each new session starts with a handshake and a
+//     keepalive rather than with data.
+//
+// A peer completes the handover by itself, without waiting for the mesh:
+// when its standby entry completes a handshake (which only the holder of
+// the next private key can do), the device moves the node's allowed IPs to
+// it and removes the old entry within milliseconds (userspace devices
+// watch for handshake messages; otherwise every PromotePoll). When the
+// node's record then shows the new key as current, Configure finds the
+// device already so. Until the switch the old sessions carry all traffic;
+// at the switch, packets the node sends in the new session before the peer
+// has moved the allowed IPs (a millisecond or so) are dropped, and TCP
+// retransmits them.
+//
+// Handover runs both phases and waits for readiness until its context
+// ends; scheduled rotation (Config.RotationInterval, jittered ±10 %,
+// deferred by RotationSettle after a peer's key changed) uses it and
+// switches anyway after Config.HandoverTimeout, so a peer that is down does
+// not hold rotation back for ever (it resumes once it learns the key).
+// RotateKey switches at once, for a device without peers or a manual
+// rotation. KeyChanges delivers the current public key after every change
+// of Keys (prepare, switch, acknowledgements) for the caller to publish.
+//
+// wireguard-go can deadlock if its private key changes while it consumes a
+// handshake response (its SetPrivateKey and ConsumeMessageResponse take
+// the same two locks in opposite orders). A userspace device therefore
+// holds handshake responses back in its UDP bind for the moment of the
+// change, and bounds the change (DefaultSetKeyTimeout): past it the Device
+// is wedged, and every method returns ErrWedged, naming the fix (restart
+// the agent), instead of hanging.
 //
 // # Strict mode
 //
@@ -56,9 +98,10 @@
 //
 // # Concurrency
 //
-// All methods are safe for concurrent use. Open, Configure, RotateKey,
-// Stats, Dropped and Close are serialized and do device I/O; Stats is
-// meant for a periodic collector, not a request path.
+// All methods are safe for concurrent use. Open, Configure, PrepareKey,
+// CommitKey, RotateKey, Stats, Dropped and Close are serialized and do
+// device I/O; Stats is meant for a periodic collector, not a request path.
+// Handover blocks until its peers are ready or its context ends.
 //
 // # Network namespaces
 //

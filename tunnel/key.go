@@ -14,6 +14,18 @@ import (
 // KeyFileName is the name of the private key file inside Config.StateDir.
 const KeyFileName = "wireguard.key"
 
+// NextKeyFileName holds, inside Config.StateDir, the next private key while
+// a handover is pending (PrepareKey to CommitKey).
+const NextKeyFileName = "wireguard.next.key"
+
+// loadKeyIfExists reads a key file; a missing file is the zero key.
+func loadKeyIfExists(path string) (wgtypes.Key, error) {
+	if _, err := os.Stat(path); os.IsNotExist(err) {
+		return wgtypes.Key{}, nil
+	}
+	return loadOrCreateKey(path)
+}
+
 // loadOrCreateKey reads the private key from path, creating it with a fresh
 // key on first use. The file holds the base64 key and is mode 0600; a looser
 // mode found on disk is tightened.

@@ -4,6 +4,8 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"sync/atomic"
+	"time"
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
@@ -83,4 +85,77 @@ func (n *nlHandle) close() {
 		n.h.Close()
 		n.h = nil
 	}
+}
+
+// handshakeBind reports every handshake message the device receives, so
+// that the promotion loop looks for a peer's switch to its next key at
+// once rather than at its next poll; and it holds handshake responses back
+// while the device's private key changes (see quiesce).
+type handshakeBind struct {
+	conn.Bind
+	seen chan<- struct{}
+
+	// gate is held for writing while the private key changes; a receive
+	// that carries a handshake response passes through it for reading.
+	gate sync.RWMutex
+	// lastResponse is when (unix ns) a handshake response was last handed
+	// to wireguard-go; written under gate's read lock.
+	lastResponse atomic.Int64
+}
+
+// Message types of WireGuard's handshake.
+const (
+	msgInitiation = 1
+	msgResponse   = 2
+)
+
+func (b *handshakeBind) Open(port uint16) ([]conn.ReceiveFunc, uint16, error) {
+	fns, actual, err := b.Bind.Open(port)
+	for i, fn := range fns {
+		fns[i] = func(packets [][]byte, sizes []int, eps []conn.Endpoint) (int, error) {
+			n, err := fn(packets, sizes, eps)
+			var handshake, response bool
+			for j := range n {
+				if sizes[j] > 0 {
+					t := packets[j][0]
+					handshake = handshake || t == msgInitiation || t == msgResponse
+					response = response || t == msgResponse
+				}
+			}
+			if response {
+				b.gate.RLock()
+				b.lastResponse.Store(time.Now().UnixNano())
+				b.gate.RUnlock()
+			}
+			if handshake {
+				select {
+				case b.seen <- struct{}{}:
+				default:
+				}
+			}
+			return n, err
+		}
+	}
+	return fns, actual, err
+}
+
+// responseQuiet is how long after the last handshake response was handed
+// to wireguard-go quiesce waits before changing the key: time for the
+// device's handshake goroutines to consume it.
+const responseQuiet = 25 * time.Millisecond
+
+// quiesce runs f (the private key change) while no handshake response
+// reaches wireguard-go, and after the last one delivered has had
+// responseQuiet to be consumed. wireguard-go's SetPrivateKey can deadlock
+// against a response being consumed at the same moment (see
+// Device.setPrivateKey); holding responses back for the few milliseconds of
+// the change keeps the two apart. A held response is delivered right after,
+// so no handshake is lost.
+func (b *handshakeBind) quiesce(f func()) {
+	b.gate.Lock()
+	defer b.gate.Unlock()
+	if wait := responseQuiet - time.Since(time.Unix(0, b.lastResponse.Load())); wait > 0 {
+		time.Sleep(wait)
+	}
+	f()
 }

@@ -20,6 +20,16 @@ type Peer struct {
 	Endpoint netip.AddrPort
 	// PodCIDRs are the node's pod CIDRs; Configure routes them through the device.
 	PodCIDRs []netip.Prefix
+	// NextPublicKey is the key the node announced it will switch to (phase
+	// one of its handover); zero if none. Configure installs it on standby.
+	NextPublicKey wgtypes.Key
+	// Prepared are the next keys of other nodes that this node has
+	// installed, as it published them: when they include our Keys().Next,
+	// this peer is ready for our switch.
+	Prepared []wgtypes.Key
+
+	// standby marks a next key's entry: no allowed IPs, no keepalive.
+	standby bool
 }
 
 // AllowedIPs returns the prefixes the peer may send from and receives:
@@ -35,9 +45,29 @@ func (p Peer) AllowedIPs() []netip.Prefix {
 	return normPrefixes(out)
 }
 
+// allowedIPs is what the device entry gets: none for a standby key.
+func (p Peer) allowedIPs() []netip.Prefix {
+	if p.standby {
+		return nil
+	}
+	return p.AllowedIPs()
+}
+
+// keepalive is the entry's persistent keepalive: none for a standby key,
+// which must not start handshakes towards a key not yet in use.
+func (p Peer) keepalive(ka time.Duration) time.Duration {
+	if p.standby {
+		return 0
+	}
+	return ka
+}
+
 func (p Peer) validate() error {
 	if p.PublicKey == (wgtypes.Key{}) {
 		return errors.New("zero public key")
+	}
+	if p.NextPublicKey == p.PublicKey {
+		return errors.New("next public key equals the current one")
 	}
 	if !p.Endpoint.IsValid() || p.Endpoint.Port() == 0 {
 		return fmt.Errorf("invalid endpoint %v", p.Endpoint)
@@ -127,13 +157,13 @@ func peerDiff(have []wgtypes.Peer, want map[wgtypes.Key]Peer, keepalive time.Dur
 			pc.Endpoint = net.UDPAddrFromAddrPort(unmapAP(w.Endpoint))
 			changed = true
 		}
-		if wa := w.AllowedIPs(); !slices.Equal(fromIPNets(h.AllowedIPs), wa) {
+		if wa := w.allowedIPs(); !slices.Equal(fromIPNets(h.AllowedIPs), wa) {
 			pc.ReplaceAllowedIPs = true
 			pc.AllowedIPs = toIPNets(wa)
 			changed = true
 		}
-		if h.PersistentKeepaliveInterval != keepalive {
-			pc.PersistentKeepaliveInterval = &keepalive
+		if ka := w.keepalive(keepalive); h.PersistentKeepaliveInterval != ka {
+			pc.PersistentKeepaliveInterval = &ka
 			changed = true
 		}
 		if changed {
@@ -146,15 +176,15 @@ func peerDiff(have []wgtypes.Peer, want map[wgtypes.Key]Peer, keepalive time.Dur
 		}
 		w := want[k]
 		var ka *time.Duration
-		if keepalive != 0 {
-			ka = &keepalive
+		if v := w.keepalive(keepalive); v != 0 {
+			ka = &v
 		}
 		upserts = append(upserts, wgtypes.PeerConfig{
 			PublicKey:                   k,
 			PersistentKeepaliveInterval: ka,
 			Endpoint:                    net.UDPAddrFromAddrPort(unmapAP(w.Endpoint)),
 			ReplaceAllowedIPs:           true,
-			AllowedIPs:                  toIPNets(w.AllowedIPs()),
+			AllowedIPs:                  toIPNets(w.allowedIPs()),
 		})
 	}
 	return append(removes, upserts...)

@@ -1,10 +1,13 @@
 package tunnel
 
 import (
+	"bytes"
+	"errors"
 	"net"
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -210,5 +213,134 @@ func TestRotationSchedule(t *testing.T) {
 		if got := keyChanged(prev, tc.next); got != tc.want {
 			t.Errorf("keyChanged(%v) = %v, want %v", tc.next, got, tc.want)
 		}
+	}
+}
+
+func TestHandoverReady(t *testing.T) {
+	lo, mid, hi := orderedKeys(t)
+	next, peerNext := mustKey(t), mustKey(t)
+	acked := func(p Peer) Peer { p.Prepared = []wgtypes.Key{next}; return p }
+	for _, tc := range []struct {
+		name     string
+		peers    []Peer
+		promoted map[wgtypes.Key]bool
+		want     bool
+	}{
+		{"no peers", nil, nil, true},
+		{"not acknowledged", []Peer{{PublicKey: hi}}, nil, false},
+		{"acknowledged", []Peer{acked(Peer{PublicKey: hi})}, nil, true},
+		{"one of two acknowledged", []Peer{acked(Peer{PublicKey: hi}), {PublicKey: lo}}, nil, false},
+		{"lower peer mid-handover goes first", []Peer{acked(Peer{PublicKey: lo, NextPublicKey: peerNext})}, nil, false},
+		{"lower peer's handover done here", []Peer{acked(Peer{PublicKey: lo, NextPublicKey: peerNext})}, map[wgtypes.Key]bool{peerNext: true}, true},
+		{"higher peer mid-handover waits for us", []Peer{acked(Peer{PublicKey: hi, NextPublicKey: peerNext})}, nil, true},
+	} {
+		if got := handoverReady(mid, next, tc.peers, tc.promoted); got != tc.want {
+			t.Errorf("%s: handoverReady = %v, want %v", tc.name, got, tc.want)
+		}
+	}
+}
+
+// orderedKeys returns three public keys in ascending byte order.
+func orderedKeys(t *testing.T) (lo, mid, hi wgtypes.Key) {
+	ks := []wgtypes.Key{mustKey(t), mustKey(t), mustKey(t)}
+	slices.SortFunc(ks, func(a, b wgtypes.Key) int { return bytes.Compare(a[:], b[:]) })
+	return ks[0], ks[1], ks[2]
+}
+
+func TestPeerDiffStandby(t *testing.T) {
+	cur, next := mustKey(t), mustKey(t)
+	p := Peer{PublicKey: cur, Endpoint: netip.MustParseAddrPort("192.0.2.1:51820"), PodCIDRs: []netip.Prefix{netip.MustParsePrefix("10.244.1.0/24")}}
+	sb := Peer{PublicKey: next, Endpoint: p.Endpoint, standby: true}
+	got := peerDiff(nil, map[wgtypes.Key]Peer{cur: p, next: sb}, 25*time.Second)
+	if len(got) != 2 {
+		t.Fatalf("got %d changes, want 2", len(got))
+	}
+	for _, pc := range got {
+		switch pc.PublicKey {
+		case next:
+			if len(pc.AllowedIPs) != 0 || pc.PersistentKeepaliveInterval != nil {
+				t.Errorf("standby entry carries traffic: %+v", pc)
+			}
+		case cur:
+			if len(pc.AllowedIPs) != 2 || *pc.PersistentKeepaliveInterval != 25*time.Second {
+				t.Errorf("current entry: %+v", pc)
+			}
+		}
+	}
+	// As the device reports them back: no change.
+	have := []wgtypes.Peer{
+		{PublicKey: cur, Endpoint: &net.UDPAddr{IP: net.ParseIP("192.0.2.1"), Port: 51820}, AllowedIPs: toIPNets(p.AllowedIPs()), PersistentKeepaliveInterval: 25 * time.Second},
+		{PublicKey: next, Endpoint: &net.UDPAddr{IP: net.ParseIP("192.0.2.1"), Port: 51820}},
+	}
+	if got := peerDiff(have, map[wgtypes.Key]Peer{cur: p, next: sb}, 25*time.Second); len(got) != 0 {
+		t.Errorf("unchanged standby: %d changes, want 0: %+v", len(got), got)
+	}
+}
+
+// hangingClient never returns from a private key change until released.
+type hangingClient struct {
+	release chan struct{}
+	peers   []wgtypes.Peer
+}
+
+func (c *hangingClient) Device(string) (*wgtypes.Device, error) {
+	return &wgtypes.Device{Peers: c.peers}, nil
+}
+
+func (c *hangingClient) ConfigureDevice(_ string, cfg wgtypes.Config) error {
+	if cfg.PrivateKey != nil {
+		<-c.release
+	}
+	return nil
+}
+
+func (c *hangingClient) Close() error { return nil }
+
+// A device that never applies a key change (wireguard-go's deadlock) makes
+// the rotation fail with ErrWedged after the bound, every later call fail
+// at once with the same error, and Close return.
+func TestRotateKeyWedged(t *testing.T) {
+	d, err := New(Config{Name: "brwedge0", StateDir: t.TempDir()}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := &hangingClient{release: make(chan struct{})}
+	defer close(c.release) // lets the abandoned call's goroutine end
+	d.wg, d.opened, d.setKeyTimeout = c, true, 50*time.Millisecond
+	before := d.PublicKey()
+	if _, err := d.RotateKey(); !errors.Is(err, ErrWedged) || !strings.Contains(err.Error(), "restart the agent") {
+		t.Fatalf("RotateKey = %v, want ErrWedged naming the fix", err)
+	}
+	if d.PublicKey() != before {
+		t.Error("public key changed although the device never took the new key")
+	}
+	if err := d.Configure(nil); !errors.Is(err, ErrWedged) {
+		t.Errorf("Configure after wedge = %v, want ErrWedged", err)
+	}
+	if err := d.Close(); err != nil {
+		t.Errorf("Close = %v", err)
+	}
+}
+
+func TestNextKeySurvivesRestart(t *testing.T) {
+	dir := t.TempDir()
+	d, err := New(Config{Name: "brnext0", StateDir: dir}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d.wg, d.opened = &hangingClient{release: make(chan struct{})}, true
+	next, err := d.PrepareKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if again, err := d.PrepareKey(); err != nil || again != next {
+		t.Fatalf("second PrepareKey = %v, %v; want the pending key", again, err)
+	}
+	d2, err := New(Config{Name: "brnext0", StateDir: dir}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := d2.Keys().Next; got != next {
+		t.Errorf("after restart next key %s, want %s", ShortKey(got), ShortKey(next))
 	}
 }
