@@ -138,10 +138,23 @@ func DecodeNode(owner *ClusterConfig, key string, value []byte) (Node, error) {
 			return Node{}, invalid(key, KindNodes, "pod CIDR %s is outside cluster %q's pod CIDRs %v", p, owner.Name, owner.PodCIDRs)
 		}
 	}
-	if n.WireGuardKey != "" {
-		raw, err := base64.StdEncoding.DecodeString(n.WireGuardKey)
-		if err != nil || len(raw) != 32 || base64.StdEncoding.EncodeToString(raw) != n.WireGuardKey {
-			return Node{}, invalid(key, KindNodes, "wireguardKey is not a base64 32-byte key")
+	if n.WireGuardKey != "" && !validWireGuardKey(n.WireGuardKey) {
+		return Node{}, invalid(key, KindNodes, "wireguardKey is not a base64 32-byte key")
+	}
+	if n.NextWireGuardKey != "" {
+		if !validWireGuardKey(n.NextWireGuardKey) {
+			return Node{}, invalid(key, KindNodes, "nextWireguardKey is not a base64 32-byte key")
+		}
+		if n.NextWireGuardKey == n.WireGuardKey {
+			return Node{}, invalid(key, KindNodes, "nextWireguardKey equals wireguardKey")
+		}
+	}
+	if len(n.PreparedWireGuardKeys) > MaxPreparedWireGuardKeys {
+		return Node{}, invalid(key, KindNodes, "%d preparedWireguardKeys, more than %d", len(n.PreparedWireGuardKeys), MaxPreparedWireGuardKeys)
+	}
+	for _, k := range n.PreparedWireGuardKeys {
+		if !validWireGuardKey(k) {
+			return Node{}, invalid(key, KindNodes, "preparedWireguardKeys holds a value that is not a base64 32-byte key")
 		}
 	}
 	return n, nil
@@ -362,4 +375,15 @@ func DecodeSyncMarker(owner *ClusterConfig, key string, value []byte) (Kind, Syn
 		return "", SyncMarker{}, invalid(key, "", "negative entry count")
 	}
 	return Kind(pk.Name), m, nil
+}
+
+// MaxPreparedWireGuardKeys bounds Node.PreparedWireGuardKeys: a node
+// acknowledges at most one pending key per peer.
+const MaxPreparedWireGuardKeys = 1 << 16
+
+// validWireGuardKey reports whether s is a WireGuard key in canonical
+// base64, as `wg` prints it.
+func validWireGuardKey(s string) bool {
+	raw, err := base64.StdEncoding.DecodeString(s)
+	return err == nil && len(raw) == 32 && base64.StdEncoding.EncodeToString(raw) == s
 }

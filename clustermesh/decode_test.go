@@ -170,6 +170,12 @@ func TestDecodeNode(t *testing.T) {
 		{"wireguard key URL alphabet", key, mut(func(n *clustermesh.Node) {
 			n.WireGuardKey = "-_" + wgKey[2:]
 		}), "wireguardKey is not a base64 32-byte key"},
+		{"next wireguard key malformed", key, mut(func(n *clustermesh.Node) { n.NextWireGuardKey = wgKey[:24] }),
+			"nextWireguardKey is not a base64 32-byte key"},
+		{"next wireguard key equals current", key, mut(func(n *clustermesh.Node) { n.WireGuardKey, n.NextWireGuardKey = wgKey, wgKey }),
+			"nextWireguardKey equals wireguardKey"},
+		{"prepared wireguard key malformed", key, mut(func(n *clustermesh.Node) { n.PreparedWireGuardKeys = []string{wgKey, "x"} }),
+			"preparedWireguardKeys holds a value that is not a base64 32-byte key"},
 		{"unknown field", key, withField(t, n, "hostname", `"x"`), `unknown field "hostname"`},
 		{"trailing data", key, append(mustJSON(t, n), `[]`...), "trailing data after the object"},
 		{"two objects", key, append(mustJSON(t, n), mustJSON(t, n)...), "trailing data after the object"},

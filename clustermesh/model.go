@@ -145,6 +145,12 @@ type Node struct {
 	// WireGuardKey is the node's WireGuard public key, base64 as `wg` prints
 	// it. Empty when the node has no tunnel yet.
 	WireGuardKey string `json:"wireguardKey,omitempty"`
+	// NextWireGuardKey is the public key the node will switch to (phase one
+	// of its key handover, see package tunnel); empty when none is pending.
+	NextWireGuardKey string `json:"nextWireguardKey,omitempty"`
+	// PreparedWireGuardKeys are other nodes' next keys that this node has
+	// installed: its acknowledgement that they may switch.
+	PreparedWireGuardKeys []string `json:"preparedWireguardKeys,omitempty"`
 	// BootID changes when the node reboots; peers use it to reset state.
 	BootID string `json:"bootID,omitempty"`
 }

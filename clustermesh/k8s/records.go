@@ -9,6 +9,7 @@ import (
 	"maps"
 	"net/netip"
 	"slices"
+	"strings"
 
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
@@ -28,6 +29,12 @@ const (
 	// AnnotationWireGuardKey, on a Node, is the node's WireGuard public key
 	// as set by its agent.
 	AnnotationWireGuardKey = "braid.dev/wireguard-public-key"
+	// AnnotationWireGuardNextKey, on a Node, is the public key its agent
+	// will switch to (its key handover's first phase); absent when none.
+	AnnotationWireGuardNextKey = "braid.dev/wireguard-next-public-key"
+	// AnnotationWireGuardPrepared, on a Node, lists (comma-separated) other
+	// nodes' next keys its agent has installed.
+	AnnotationWireGuardPrepared = "braid.dev/wireguard-prepared-keys"
 )
 
 // noIdentityLabels carry no identity: they differ between pods of one
@@ -93,6 +100,18 @@ func (s *Source) nodeRecord(n *corev1.Node) (*clustermesh.Node, bool) {
 	if k := n.Annotations[AnnotationWireGuardKey]; k != "" {
 		if raw, err := base64.StdEncoding.DecodeString(k); err == nil && len(raw) == 32 {
 			rec.WireGuardKey = k
+		}
+	}
+	if k := n.Annotations[AnnotationWireGuardNextKey]; k != "" && rec.WireGuardKey != "" && k != rec.WireGuardKey {
+		if raw, err := base64.StdEncoding.DecodeString(k); err == nil && len(raw) == 32 {
+			rec.NextWireGuardKey = k
+		}
+	}
+	if v := n.Annotations[AnnotationWireGuardPrepared]; v != "" {
+		for k := range strings.SplitSeq(v, ",") {
+			if raw, err := base64.StdEncoding.DecodeString(k); err == nil && len(raw) == 32 && len(rec.PreparedWireGuardKeys) < clustermesh.MaxPreparedWireGuardKeys {
+				rec.PreparedWireGuardKeys = append(rec.PreparedWireGuardKeys, k)
+			}
 		}
 	}
 	return rec, true

@@ -537,3 +537,29 @@ func TestNodeKeyAnnotationIsPublished(t *testing.T) {
 		t.Fatalf("published keys %v, want n1's key and none for n2", got)
 	}
 }
+
+// TestNodeHandoverAnnotationsArePublished: the agent's next key and its
+// acknowledgements reach the node record; malformed ones are left out.
+func TestNodeHandoverAnnotationsArePublished(t *testing.T) {
+	const (
+		key  = "q2XXmxpS0iF8UfwpD6Dv1Hd7DcYyzdTO5u5F5BDeq3U="
+		next = "cGTBYuAWdGGsjd7OUd1ewDX+EvbjSbPwkv/2z8pUDVY="
+		ack  = "8GqrGW6D3Ah+2xNVv9FcVDM0F4KQjqTTq3nA2WE6S2o="
+	)
+	n := node("n1", "192.168.1.1", "z1")
+	n.Annotations = map[string]string{
+		AnnotationWireGuardKey:      key,
+		AnnotationWireGuardNextKey:  next,
+		AnnotationWireGuardPrepared: ack + ",not-a-key",
+	}
+	h := start(t, memory.New(), []runtime.Object{n}, nil)
+	recs := h.pub.kind(clustermesh.KindNodes)
+	if len(recs) != 1 {
+		t.Fatalf("%d node records", len(recs))
+	}
+	got := recs[0].(*clustermesh.Node)
+	mustDecode(t, recs[0])
+	if got.NextWireGuardKey != next || len(got.PreparedWireGuardKeys) != 1 || got.PreparedWireGuardKeys[0] != ack {
+		t.Fatalf("published next %q prepared %v", got.NextWireGuardKey, got.PreparedWireGuardKeys)
+	}
+}
