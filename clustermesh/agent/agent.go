@@ -83,11 +83,13 @@ type Config struct {
 	// Tunnel, if set, is this node's WireGuard device; peers are every
 	// other cluster's nodes.
 	Tunnel *tunnel.Config
-	// PublishKey, if set, hands the node's WireGuard public key to whatever
-	// publishes the node (in Kubernetes: an annotation on the Node, which
-	// the operator reads). It is called at start and after every rotation,
-	// and retried until it succeeds. The key is also kept in PublicKeyFile.
-	PublishKey func(ctx context.Context, key string) error
+	// PublishKey, if set, hands the node's WireGuard key state to whatever
+	// publishes the node (in Kubernetes: annotations on the Node, which the
+	// operator reads): its public key and, for the two-phase key handover
+	// (package tunnel), its next key and the peers' next keys it has
+	// installed. It is called at start and after every change, and retried
+	// until it succeeds. The current key is also kept in PublicKeyFile.
+	PublishKey func(ctx context.Context, keys tunnel.KeyState) error
 	// StatusAddr, if set, serves the status page, /api/status and /metrics.
 	StatusAddr string
 	// MinReconcileInterval: zero means DefaultMinReconcileInterval.
@@ -432,7 +434,7 @@ func (a *Agent) newLoops(dp *datapath.Reconciler, dev *tunnel.Device, objs *bpf.
 		return nil, fmt.Errorf("new agent loops: %w", err)
 	}
 	l.key, err = reconcile.New(reconcile.Config{Name: "tunnel_key", MaxBackoff: keyMaxBackoff}, func(ctx context.Context, _ bool) error {
-		return a.publishKey(ctx, dev.PublicKey().String())
+		return a.publishKey(ctx, dev.Keys())
 	}, a.log, a.reg)
 	if err != nil {
 		return nil, fmt.Errorf("new agent loops: %w", err)
@@ -585,13 +587,14 @@ func sameNetns(path string) bool {
 	return want.Dev == own.Dev && want.Ino == own.Ino
 }
 
-// publishKey keeps key in PublicKeyFile and hands it to Config.PublishKey.
-func (a *Agent) publishKey(ctx context.Context, key string) error {
-	if err := a.writePublicKey(key); err != nil {
+// publishKey keeps the current key in PublicKeyFile and hands keys to
+// Config.PublishKey.
+func (a *Agent) publishKey(ctx context.Context, keys tunnel.KeyState) error {
+	if err := a.writePublicKey(keys.Current.String()); err != nil {
 		return err
 	}
 	if a.cfg.PublishKey != nil {
-		if err := a.cfg.PublishKey(ctx, key); err != nil {
+		if err := a.cfg.PublishKey(ctx, keys); err != nil {
 			return fmt.Errorf("publish WireGuard key: %w", err)
 		}
 	}

@@ -35,12 +35,28 @@ func DesiredPeers(snap *remote.Snapshot, local clustermesh.ClusterName, port uin
 				errs = append(errs, fmt.Errorf("node %s/%s: wireguard key: %w", cname, n.Name, err))
 				continue
 			}
-			peers = append(peers, tunnel.Peer{
+			p := tunnel.Peer{
 				Name:      string(cname) + "/" + n.Name,
 				PublicKey: key,
 				Endpoint:  netip.AddrPortFrom(n.IPs[0], port),
 				PodCIDRs:  slices.Clone(n.PodCIDRs),
-			})
+			}
+			// The key handover: the node's next key (installed on standby)
+			// and the next keys it has installed (its acknowledgements).
+			if n.NextWireGuardKey != "" {
+				if p.NextPublicKey, err = wgtypes.ParseKey(n.NextWireGuardKey); err != nil {
+					errs = append(errs, fmt.Errorf("node %s/%s: next wireguard key: %w", cname, n.Name, err))
+				}
+			}
+			for _, s := range n.PreparedWireGuardKeys {
+				k, err := wgtypes.ParseKey(s)
+				if err != nil {
+					errs = append(errs, fmt.Errorf("node %s/%s: prepared wireguard key: %w", cname, n.Name, err))
+					continue
+				}
+				p.Prepared = append(p.Prepared, k)
+			}
+			peers = append(peers, p)
 		}
 	}
 	slices.SortFunc(peers, func(a, b tunnel.Peer) int { return strings.Compare(a.Name, b.Name) })

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 	"k8s.io/client-go/kubernetes"
 
 	"github.com/braidmesh/braid/bpf"
@@ -143,8 +144,15 @@ func command() *cobra.Command {
 				// The cluster's NetworkPolicies, enforced for this node's pods.
 				cfg.Policies = k8s.NewPolicyWatcher(client, log)
 				// The operator publishes the node; it reads the key from here.
-				cfg.PublishKey = func(ctx context.Context, key string) error {
-					return k8s.AnnotateNodeKey(ctx, client, cfg.Node, key)
+				cfg.PublishKey = func(ctx context.Context, keys tunnel.KeyState) error {
+					nk := k8s.NodeKeys{Current: keys.Current.String()}
+					if keys.Next != (wgtypes.Key{}) {
+						nk.Next = keys.Next.String()
+					}
+					for _, k := range keys.Prepared {
+						nk.Prepared = append(nk.Prepared, k.String())
+					}
+					return k8s.AnnotateNodeKeys(ctx, client, cfg.Node, nk)
 				}
 				// What the node can find out for itself is not a flag.
 				if cfg.Zone == "" || cfg.Region == "" || len(cfg.NodeIPs) == 0 {
