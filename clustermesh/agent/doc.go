@@ -13,6 +13,14 @@
 // for the next change, and reports in Snapshot's Loops and on /metrics
 // (braid_reconcile_*{loop=...}).
 //
+// Key rotation is the tunnel's two-phase handover (package tunnel, "Keys")
+// carried by the mesh: the key loop publishes the device's whole key state
+// (Config.PublishKey: current key, next key, the peers' next keys it has
+// installed), which reaches other clusters' agents in the node record
+// (Node.NextWireGuardKey, Node.PreparedWireGuardKeys); DesiredPeers hands
+// them to the device, whose scheduled rotation switches once every peer
+// has acknowledged the next key.
+//
 // With Config.Policies, the agent enforces its cluster's NetworkPolicies
 // for its node's pods: the mesh loop compiles them (clustermesh/policy,
 // ApplyPolicy) against every cluster's identities into the datapath's
