@@ -77,6 +77,7 @@ func (d *Device) applyLocked(wg wgClient) []error {
 			// The peer switched: its next key carries its traffic.
 			promoted[next] = true
 			p.PublicKey, p.NextPublicKey = next, wgtypes.Key{}
+			p.quiet = !d.live[next]
 		default:
 			standby[next] = true
 			desired[next] = Peer{Name: p.Name + " (next)", PublicKey: next, Endpoint: p.Endpoint, standby: true}
@@ -85,7 +86,14 @@ func (d *Device) applyLocked(wg wgClient) []error {
 		desired[p.PublicKey] = p
 		names[p.PublicKey] = p.Name
 	}
-	d.promoted, d.standby = promoted, standby
+	live := make(map[wgtypes.Key]bool)
+	for k := range d.live {
+		if promoted[k] {
+			live[k] = true
+		}
+	}
+	d.promoted, d.standby, d.live = promoted, standby, live
+	d.view.Store(&keyView{priv: d.priv, standby: standby})
 
 	dev, err := wg.Device(d.cfg.Name)
 	if err != nil {
@@ -160,7 +168,7 @@ func (d *Device) promoteLoop(ctx context.Context) {
 	var fastUntil time.Time
 	for {
 		d.mu.Lock()
-		idle, changed := len(d.standby) == 0, d.changed
+		idle, changed := len(d.standby) == 0 && len(d.promoted) == len(d.live), d.changed
 		d.mu.Unlock()
 		if idle {
 			select {
@@ -168,6 +176,8 @@ func (d *Device) promoteLoop(ctx context.Context) {
 				return
 			case <-changed:
 			case <-d.handshakes:
+			case r := <-d.promoteReqs:
+				d.promoteNow(r)
 			}
 			continue
 		}
@@ -182,6 +192,10 @@ func (d *Device) promoteLoop(ctx context.Context) {
 			return
 		case <-d.handshakes:
 			fastUntil = time.Now().Add(promoteFastFor)
+		case r := <-d.promoteReqs:
+			t.Stop()
+			d.promoteNow(r)
+			continue
 		case <-t.C:
 		}
 		t.Stop()
@@ -193,10 +207,79 @@ func (d *Device) promoteLoop(ctx context.Context) {
 	}
 }
 
+// keyView is what onInitiation reads without mu: the private key and the
+// peers' next keys on standby. Never modified once stored.
+type keyView struct {
+	priv    wgtypes.Key
+	standby map[wgtypes.Key]bool
+}
+
+// promoteReq asks the promotion loop to promote key, closing done after.
+type promoteReq struct {
+	key  wgtypes.Key
+	done chan struct{}
+}
+
+// promoteWait bounds how long a handshake initiation waits in the bind for
+// its sender's promotion.
+const promoteWait = 50 * time.Millisecond
+
+// onInitiation runs in the bind's receive path for every handshake
+// initiation, before wireguard-go sees it. If the initiation comes from a
+// standby key (its sender proved it holds the key: see initiatorKey), the
+// peer has switched: the allowed IPs move to that key before the
+// handshake completes, so no packet of the new session is dropped. It
+// waits for the promotion loop, at most promoteWait, and never past
+// Close (which waits for the receive path).
+func (d *Device) onInitiation(msg []byte) {
+	v := d.view.Load()
+	if v == nil || len(v.standby) == 0 {
+		return
+	}
+	k, ok := initiatorKey(v.priv, msg)
+	if !ok || !v.standby[k] {
+		return
+	}
+	r := promoteReq{key: k, done: make(chan struct{})}
+	t := time.NewTimer(promoteWait)
+	defer t.Stop()
+	select {
+	case d.promoteReqs <- r:
+	case <-t.C:
+		return
+	case <-d.closing:
+		return
+	}
+	select {
+	case <-r.done:
+	case <-t.C:
+	case <-d.closing:
+	}
+}
+
+// promoteNow promotes r.key if it still stands by.
+func (d *Device) promoteNow(r promoteReq) {
+	defer close(r.done)
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if !d.standby[r.key] {
+		return
+	}
+	wg, err := d.client()
+	if err != nil {
+		return
+	}
+	d.promoted[r.key] = true
+	d.log.Debug("peer switching to its next key", "publicKey", ShortKey(r.key))
+	if errs := d.applyLocked(wg); len(errs) > 0 {
+		d.log.Warn("promote next key", "err", errors.Join(errs...))
+	}
+}
+
 // promoteLocked promotes standby keys that completed a handshake. Called
 // with mu held.
 func (d *Device) promoteLocked() error {
-	if len(d.standby) == 0 {
+	if len(d.standby) == 0 && len(d.promoted) == len(d.live) {
 		return nil
 	}
 	wg, err := d.client()
@@ -209,10 +292,11 @@ func (d *Device) promoteLocked() error {
 	}
 	var found bool
 	for _, p := range dev.Peers {
-		if d.standby[p.PublicKey] && !p.LastHandshakeTime.IsZero() {
-			d.promoted[p.PublicKey] = true
+		k := p.PublicKey
+		if (d.standby[k] || (d.promoted[k] && !d.live[k])) && !p.LastHandshakeTime.IsZero() {
+			d.promoted[k], d.live[k] = true, true
 			found = true
-			d.log.Info("peer switched to its next key", "publicKey", ShortKey(p.PublicKey))
+			d.log.Info("peer switched to its next key", "publicKey", ShortKey(k))
 		}
 	}
 	if !found {

@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/vishvananda/netlink"
@@ -156,14 +157,23 @@ type Device struct {
 	want     []Peer
 	standby  map[wgtypes.Key]bool
 	promoted map[wgtypes.Key]bool
+	live     map[wgtypes.Key]bool // promoted keys with a session: keepalive on
 	prepared []wgtypes.Key
 	// changed is closed and replaced whenever peers or keys change.
 	changed chan struct{}
 	// handshakes is signalled when a handshake message arrives
 	// (userspace device only).
 	handshakes chan struct{}
-	closed     bool
-	closeErr   error
+	// view is what the bind needs to recognize a switched peer; replaced
+	// (under mu) whenever the key or the standby keys change.
+	view atomic.Pointer[keyView]
+	// promoteReqs carries the bind's requests to the promotion loop.
+	promoteReqs chan promoteReq
+	// closing is closed when Close begins.
+	closing   chan struct{}
+	closeOnce sync.Once
+	closed    bool
+	closeErr  error
 
 	ns      netns.NsHandle
 	nl      *nlHandle
@@ -243,8 +253,11 @@ func New(cfg Config, log *slog.Logger) (*Device, error) {
 		next:        next,
 		standby:     make(map[wgtypes.Key]bool),
 		promoted:    make(map[wgtypes.Key]bool),
+		live:        make(map[wgtypes.Key]bool),
 		changed:     make(chan struct{}),
 		handshakes:  make(chan struct{}, 1),
+		promoteReqs: make(chan promoteReq),
+		closing:     make(chan struct{}),
 		ns:          netns.None(),
 		names:       make(map[wgtypes.Key]string),
 		conns:       make(map[net.Conn]struct{}),
@@ -439,7 +452,7 @@ func (d *Device) startUserspace() error {
 		bind = &nsBind{Bind: bind, ns: d.ns}
 		tdev = &nsTUN{Device: tdev, name: name, nl: d.nl}
 	}
-	bind = &handshakeBind{Bind: bind, seen: d.handshakes}
+	bind = &handshakeBind{Bind: bind, seen: d.handshakes, initiation: d.onInitiation}
 	d.tdev, d.bind = tdev, bind
 	d.wgdev = wgdevice.NewDevice(tdev, bind, d.wgLogger())
 
@@ -519,6 +532,7 @@ func (d *Device) Close() error {
 	d.closed = true
 	stop := d.stop
 	d.mu.Unlock()
+	d.closeOnce.Do(func() { close(d.closing) })
 
 	// Stop the rotation loop before taking mu for teardown: it takes mu.
 	if stop != nil {

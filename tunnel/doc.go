@@ -58,16 +58,22 @@
 //     keepalive, so each new session starts with a handshake and a
 //     keepalive rather than with data.
 //
-// A peer completes the handover by itself, without waiting for the mesh:
-// when its standby entry completes a handshake (which only the holder of
-// the next private key can do), the device moves the node's allowed IPs to
-// it and removes the old entry within milliseconds (userspace devices
-// watch for handshake messages; otherwise every PromotePoll). When the
-// node's record then shows the new key as current, Configure finds the
-// device already so. Until the switch the old sessions carry all traffic;
-// at the switch, packets the node sends in the new session before the peer
-// has moved the allowed IPs (a millisecond or so) are dropped, and TCP
-// retransmits them.
+// A peer completes the handover by itself, without waiting for the mesh.
+// A userspace device reads the sender's static key from every handshake
+// initiation it receives while some next key stands by (the first steps
+// of the responder's Noise handshake, including the proof that the sender
+// holds the private key); an initiation from a standby key moves the
+// node's allowed IPs to that key and removes the old entry before
+// wireguard-go answers it, so the new session loses nothing. The
+// keepalive of that entry is turned on once its session exists (turning
+// it on earlier would start a handshake crossing the node's). Otherwise
+// (a kernel device, or an initiation held up past promoteWait) the
+// device watches for the standby key's first handshake, every PromotePoll
+// or every millisecond after a handshake message, and moves the allowed
+// IPs then; packets of the new session that arrive before are dropped
+// and TCP retransmits them. When the node's record later shows the new
+// key as current, Configure finds the device already so. Until the switch
+// the old sessions carry all traffic.
 //
 // Handover runs both phases and waits for readiness until its context
 // ends; scheduled rotation (Config.RotationInterval, jittered ±10 %,

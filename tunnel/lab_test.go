@@ -141,7 +141,7 @@ func dialTCP(t testing.TB, ns *netnstest.NS, addr netip.AddrPort) net.Conn {
 	t.Helper()
 	var c net.Conn
 	ns.Do(t, func() (err error) {
-		c, err = net.DialTimeout("tcp", addr.String(), 10*time.Second)
+		c, err = net.DialTimeout("tcp", addr.String(), 30*time.Second) // generous: a loaded machine
 		return err
 	})
 	t.Cleanup(func() { c.Close() })

@@ -94,6 +94,9 @@ func (n *nlHandle) close() {
 type handshakeBind struct {
 	conn.Bind
 	seen chan<- struct{}
+	// initiation, if set, sees each handshake initiation before
+	// wireguard-go does.
+	initiation func(msg []byte)
 
 	// gate is held for writing while the private key changes; a receive
 	// that carries a handshake response passes through it for reading.
@@ -120,6 +123,9 @@ func (b *handshakeBind) Open(port uint16) ([]conn.ReceiveFunc, uint16, error) {
 					t := packets[j][0]
 					handshake = handshake || t == msgInitiation || t == msgResponse
 					response = response || t == msgResponse
+					if t == msgInitiation && b.initiation != nil {
+						b.initiation(packets[j][:sizes[j]])
+					}
 				}
 			}
 			if response {

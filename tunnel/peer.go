@@ -30,6 +30,11 @@ type Peer struct {
 
 	// standby marks a next key's entry: no allowed IPs, no keepalive.
 	standby bool
+	// quiet marks a next key that took over the allowed IPs on its
+	// sender's initiation, before the session exists: no keepalive yet,
+	// whose turning on would start a handshake of our own that crosses
+	// the sender's.
+	quiet bool
 }
 
 // AllowedIPs returns the prefixes the peer may send from and receives:
@@ -56,7 +61,7 @@ func (p Peer) allowedIPs() []netip.Prefix {
 // keepalive is the entry's persistent keepalive: none for a standby key,
 // which must not start handshakes towards a key not yet in use.
 func (p Peer) keepalive(ka time.Duration) time.Duration {
-	if p.standby {
+	if p.standby || p.quiet {
 		return 0
 	}
 	return ka

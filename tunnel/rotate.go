@@ -171,6 +171,7 @@ func (d *Device) commitLocked() (wgtypes.Key, error) {
 	}
 	old := d.pub
 	d.priv, d.pub, d.next = priv, priv.PublicKey(), wgtypes.Key{}
+	d.view.Store(&keyView{priv: d.priv, standby: d.standby})
 	if err := d.kickPeersLocked(wg); err != nil {
 		d.log.Warn("start sessions after key change", "err", err)
 	}
