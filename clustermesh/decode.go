@@ -246,9 +246,11 @@ func DecodeIPEntry(owner *ClusterConfig, key string, value []byte) (IPEntry, err
 }
 
 // MaxBackendsPerService bounds how many backends one cluster may export for
-// one service; a service with more is rejected whole, so a hostile writer
-// cannot make every consumer allocate and program without bound. (A
-// value is also capped at 1 MiB, which holds about 7,000 small backends.)
+// one service in the single-value layout (KindServices); a service with
+// more is rejected whole, so a hostile writer cannot make every consumer
+// allocate and program without bound. (A value is also capped at 1 MiB,
+// which holds about 7,000 small backends.) The chunked layout
+// (KindServicesV2) holds up to MaxChunkedBackends.
 const MaxBackendsPerService = 4096
 
 // DecodeService parses and validates a service owned by owner. Every
@@ -273,46 +275,9 @@ func DecodeServiceOnNodes(owner *ClusterConfig, isNodeIP func(netip.Addr) bool, 
 			return Service{}, invalid(key, KindServices, "%v", err)
 		}
 	}
-	if err := checkCluster(key, KindServices, owner, s.Cluster); err != nil {
+	ports, err := validateService(owner, KindServices, key, name, &s)
+	if err != nil {
 		return Service{}, err
-	}
-	if err := validName("namespace", s.Namespace, 63); err != nil {
-		return Service{}, invalid(key, KindServices, "%v", err)
-	}
-	if err := validName("service name", s.Name, 63); err != nil {
-		return Service{}, invalid(key, KindServices, "%v", err)
-	}
-	if s.Namespace+"/"+s.Name != name {
-		return Service{}, invalid(key, KindServices, "service %s stored under key name %q", s.NamespacedName(), name)
-	}
-	if _, err := ParseAffinity(string(s.Affinity)); err != nil || s.Affinity == "" {
-		return Service{}, invalid(key, KindServices, "affinity %q: must be one of local, remote, none", s.Affinity)
-	}
-	if s.Topology != TopologyZone && s.Topology != TopologyRegion && s.Topology != TopologyNone {
-		return Service{}, invalid(key, KindServices, "topology %q: must be one of zone, region or absent", s.Topology)
-	}
-	for _, ip := range s.ClusterIPs {
-		if !ip.IsValid() {
-			return Service{}, invalid(key, KindServices, "invalid cluster IP")
-		}
-		if !owner.ContainsServiceIP(ip) {
-			return Service{}, invalid(key, KindServices, "cluster IP %s is outside cluster %q's service CIDRs %v", ip, owner.Name, owner.ServiceCIDRs)
-		}
-	}
-	ports := make(map[string]bool, len(s.Ports))
-	for _, p := range s.Ports {
-		if p.Port == 0 {
-			return Service{}, invalid(key, KindServices, "port %q is 0", p.Name)
-		}
-		switch p.Protocol {
-		case TCP, UDP, SCTP:
-		default:
-			return Service{}, invalid(key, KindServices, "port %q: protocol %q must be TCP, UDP or SCTP", p.Name, p.Protocol)
-		}
-		if ports[p.Name] {
-			return Service{}, invalid(key, KindServices, "port name %q appears twice", p.Name)
-		}
-		ports[p.Name] = true
 	}
 	if !s.Shared && len(s.Backends) > 0 {
 		return Service{}, invalid(key, KindServices, "service is not shared but exports %d backends", len(s.Backends))
@@ -320,33 +285,89 @@ func DecodeServiceOnNodes(owner *ClusterConfig, isNodeIP func(netip.Addr) bool, 
 	if len(s.Backends) > MaxBackendsPerService {
 		return Service{}, invalid(key, KindServices, "service exports %d backends, more than the limit of %d", len(s.Backends), MaxBackendsPerService)
 	}
-	seen := make(map[netip.Addr]bool, len(s.Backends))
-	for _, b := range s.Backends {
+	if err := validateBackends(owner, isNodeIP, KindServices, key, ports, s.Backends, make(map[netip.Addr]bool, len(s.Backends))); err != nil {
+		return Service{}, err
+	}
+	return s, nil
+}
+
+// validateService checks everything of s but its backends, stored at key
+// with name part name, and returns its port names.
+func validateService(owner *ClusterConfig, kind Kind, key, name string, s *Service) (map[string]bool, error) {
+	if err := checkCluster(key, kind, owner, s.Cluster); err != nil {
+		return nil, err
+	}
+	if err := validName("namespace", s.Namespace, 63); err != nil {
+		return nil, invalid(key, kind, "%v", err)
+	}
+	if err := validName("service name", s.Name, 63); err != nil {
+		return nil, invalid(key, kind, "%v", err)
+	}
+	if s.Namespace+"/"+s.Name != name {
+		return nil, invalid(key, kind, "service %s stored under key name %q", s.NamespacedName(), name)
+	}
+	if _, err := ParseAffinity(string(s.Affinity)); err != nil || s.Affinity == "" {
+		return nil, invalid(key, kind, "affinity %q: must be one of local, remote, none", s.Affinity)
+	}
+	if s.Topology != TopologyZone && s.Topology != TopologyRegion && s.Topology != TopologyNone {
+		return nil, invalid(key, kind, "topology %q: must be one of zone, region or absent", s.Topology)
+	}
+	for _, ip := range s.ClusterIPs {
+		if !ip.IsValid() {
+			return nil, invalid(key, kind, "invalid cluster IP")
+		}
+		if !owner.ContainsServiceIP(ip) {
+			return nil, invalid(key, kind, "cluster IP %s is outside cluster %q's service CIDRs %v", ip, owner.Name, owner.ServiceCIDRs)
+		}
+	}
+	ports := make(map[string]bool, len(s.Ports))
+	for _, p := range s.Ports {
+		if p.Port == 0 {
+			return nil, invalid(key, kind, "port %q is 0", p.Name)
+		}
+		switch p.Protocol {
+		case TCP, UDP, SCTP:
+		default:
+			return nil, invalid(key, kind, "port %q: protocol %q must be TCP, UDP or SCTP", p.Name, p.Protocol)
+		}
+		if ports[p.Name] {
+			return nil, invalid(key, kind, "port name %q appears twice", p.Name)
+		}
+		ports[p.Name] = true
+	}
+	return ports, nil
+}
+
+// validateBackends checks backends: valid IPs inside owner's pod CIDRs or
+// (isNodeIP not nil) on its nodes, none in seen (each is added), ports
+// non-zero, each named once and (ports not nil) one of ports.
+func validateBackends(owner *ClusterConfig, isNodeIP func(netip.Addr) bool, kind Kind, key string, ports map[string]bool, backends []Backend, seen map[netip.Addr]bool) error {
+	for _, b := range backends {
 		if !b.IP.IsValid() {
-			return Service{}, invalid(key, KindServices, "backend with invalid IP")
+			return invalid(key, kind, "backend with invalid IP")
 		}
 		if seen[b.IP] {
-			return Service{}, invalid(key, KindServices, "backend %s appears twice", b.IP)
+			return invalid(key, kind, "backend %s appears twice", b.IP)
 		}
 		seen[b.IP] = true
 		if !owner.ContainsPodIP(netip.PrefixFrom(b.IP, b.IP.BitLen())) && (isNodeIP == nil || !isNodeIP(b.IP)) {
-			return Service{}, invalid(key, KindServices, "backend %s is outside cluster %q's pod CIDRs %v and is not one of its node IPs", b.IP, owner.Name, owner.PodCIDRs)
+			return invalid(key, kind, "backend %s is outside cluster %q's pod CIDRs %v and is not one of its node IPs", b.IP, owner.Name, owner.PodCIDRs)
 		}
 		for i, bp := range b.Ports {
-			if !ports[bp.Name] {
-				return Service{}, invalid(key, KindServices, "backend %s names unknown port %q", b.IP, bp.Name)
+			if ports != nil && !ports[bp.Name] {
+				return invalid(key, kind, "backend %s names unknown port %q", b.IP, bp.Name)
 			}
 			if bp.Port == 0 {
-				return Service{}, invalid(key, KindServices, "backend %s port %q is 0", b.IP, bp.Name)
+				return invalid(key, kind, "backend %s port %q is 0", b.IP, bp.Name)
 			}
 			for _, prev := range b.Ports[:i] {
 				if prev.Name == bp.Name {
-					return Service{}, invalid(key, KindServices, "backend %s gives port %q twice", b.IP, bp.Name)
+					return invalid(key, kind, "backend %s gives port %q twice", b.IP, bp.Name)
 				}
 			}
 		}
 	}
-	return s, nil
+	return nil
 }
 
 // SyncMarker is the value of a sync marker key.

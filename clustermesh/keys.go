@@ -22,8 +22,36 @@ const (
 	KindServices   Kind = "services"
 )
 
-// Kinds lists every published kind, in publish order.
-var Kinds = []Kind{KindNodes, KindIdentities, KindIPs, KindServices}
+// Kinds lists every published kind, in publish order. A cluster publishes
+// its services as KindServices, KindServicesV2 (chunk.go) or both; a
+// consumer needs the sync marker of one of them (see SyncedKinds).
+var Kinds = []Kind{KindNodes, KindIdentities, KindIPs, KindServices, KindServicesV2}
+
+// RequiredKinds are the kinds whose sync markers every publisher writes.
+var RequiredKinds = []Kind{KindNodes, KindIdentities, KindIPs}
+
+// ServiceKinds are the two layouts of services; a publisher writes at
+// least one of them.
+var ServiceKinds = []Kind{KindServices, KindServicesV2}
+
+// SyncedKinds reports whether a cluster whose kinds have seen[k] (marker
+// written and listed) is fully synced: every required kind, at least one
+// service layout, and every kind with a marker (marked[k]) listed too.
+func SyncedKinds(marked, listed map[Kind]bool) bool {
+	for _, k := range RequiredKinds {
+		if !marked[k] || !listed[k] {
+			return false
+		}
+	}
+	any := false
+	for _, k := range ServiceKinds {
+		if marked[k] && !listed[k] {
+			return false
+		}
+		any = any || marked[k]
+	}
+	return any
+}
 
 // ClustersPrefix is where cluster configs live, one key per cluster.
 const ClustersPrefix = Root + "clusters/"
