@@ -249,9 +249,10 @@ func DecodeIPEntry(owner *ClusterConfig, key string, value []byte) (IPEntry, err
 // one service in the single-value layout (KindServices); a service with
 // more is rejected whole, so a hostile writer cannot make every consumer
 // allocate and program without bound. (A value is also capped at 1 MiB,
-// which holds about 7,000 small backends.) The chunked layout
-// (KindServicesV2) holds up to MaxChunkedBackends.
-const MaxBackendsPerService = 4096
+// which holds about 7,000 small backends.) It was 4096 before the chunked
+// layout (KindServicesV2), which holds up to MaxChunkedBackends; publishers
+// in the migration layout write larger services chunked only.
+const MaxBackendsPerService = 8192
 
 // DecodeService parses and validates a service owned by owner. Every
 // backend must lie in owner's pod CIDRs; see DecodeServiceOnNodes for

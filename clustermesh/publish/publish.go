@@ -42,6 +42,9 @@ type Config struct {
 	// WriteConcurrency bounds writes in flight; zero means
 	// DefaultWriteConcurrency.
 	WriteConcurrency int
+	// ServiceLayout is which layouts services are written in; zero means
+	// LayoutBoth.
+	ServiceLayout ServiceLayout
 }
 
 // Record is a mesh record a Publisher can write: clustermesh's *Node,
@@ -62,6 +65,10 @@ type Publisher struct {
 	dirty   map[string]struct{}         // keys whose desired value changed
 	status  clustermesh.PublishStatus
 	counts  map[clustermesh.Kind]int
+	// byService holds each service's desired keys in every layout, by
+	// "namespace/name"; chunkers its chunk assignment.
+	byService map[string][]string
+	chunkers  map[string]*chunker
 
 	loop *reconcile.Loop
 	sess *session // owned by loop's rounds
@@ -84,6 +91,11 @@ func New(cfg Config, store kvstore.Store, log *slog.Logger, reg prometheus.Regis
 	if cfg.WriteConcurrency <= 0 {
 		cfg.WriteConcurrency = DefaultWriteConcurrency
 	}
+	layout, err := ParseServiceLayout(string(cfg.ServiceLayout))
+	if err != nil {
+		return nil, fmt.Errorf("new publisher: %w", err)
+	}
+	cfg.ServiceLayout = layout
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
@@ -102,6 +114,9 @@ func New(cfg Config, store kvstore.Store, log *slog.Logger, reg prometheus.Regis
 		dirty:   make(map[string]struct{}),
 		status:  clustermesh.PublishStatus{Synced: map[clustermesh.Kind]bool{}, Entries: map[clustermesh.Kind]int{}},
 		counts:  make(map[clustermesh.Kind]int),
+
+		byService: make(map[string][]string),
+		chunkers:  make(map[string]*chunker),
 	}
 	p.loop, err = reconcile.New(reconcile.Config{Name: "publish", Resync: cfg.ResyncInterval, MinBackoff: minBackoff, MaxBackoff: maxBackoff},
 		p.round, p.log, reg)
@@ -135,21 +150,37 @@ func kindOfRecord(rec Record) (clustermesh.Kind, error) {
 		return clustermesh.KindIPs, nil
 	case *clustermesh.Service:
 		return clustermesh.KindServices, nil
+	case *clustermesh.ServiceHeader, *clustermesh.EndpointChunk:
+		return clustermesh.KindServicesV2, nil
 	}
 	return "", fmt.Errorf("publish record %s: unsupported type %T", rec.Key(), rec)
 }
 
 // Replace makes records the complete desired set of kind. Owned keys of that
 // kind not in records will be deleted. Nothing is written if any record is
-// invalid.
+// invalid. Services (KindServices) are written in the configured
+// ServiceLayout; KindServicesV2 is written from them, so Replace of it
+// accepts only an empty set, and does nothing (callers may replace every
+// kind of clustermesh.Kinds).
 func (p *Publisher) Replace(kind clustermesh.Kind, records []Record) error {
-	want := make(map[string][]byte, len(records))
+	if kind == clustermesh.KindServicesV2 {
+		if len(records) > 0 {
+			return fmt.Errorf("publish %s: give services as %s records", kind, clustermesh.KindServices)
+		}
+		return nil
+	}
 	for _, rec := range records {
 		if k, err := kindOfRecord(rec); err != nil {
 			return err
 		} else if k != kind {
 			return fmt.Errorf("publish record %s: a %s record given as %s", rec.Key(), k, kind)
 		}
+	}
+	if kind == clustermesh.KindServices {
+		return p.replaceServices(records)
+	}
+	want := make(map[string][]byte, len(records))
+	for _, rec := range records {
 		key, val, err := p.encode(kind, rec)
 		if err != nil {
 			return err
@@ -163,18 +194,83 @@ func (p *Publisher) Replace(kind clustermesh.Kind, records []Record) error {
 			continue
 		}
 		if _, ok := want[key]; !ok {
-			delete(p.desired, key)
-			delete(p.kindOf, key)
-			p.dirty[key] = struct{}{}
+			p.unsetLocked(key)
 		}
 	}
 	for key, val := range want {
 		p.setLocked(kind, key, val)
 	}
 	p.primed[kind] = true
-	p.counts[kind] = len(want)
 	p.wakeUp()
 	return nil
+}
+
+// replaceServices is Replace for services, in every layout written.
+func (p *Publisher) replaceServices(records []Record) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	want := map[string]encodedService{}
+	for _, rec := range records {
+		svc := rec.(*clustermesh.Service)
+		if _, _, err := p.encode(clustermesh.KindServices, svc); err != nil {
+			return err
+		}
+		enc, err := p.encodeServiceLocked(svc)
+		if err != nil {
+			return err
+		}
+		want[svc.NamespacedName()] = enc
+	}
+	for key, k := range p.kindOf {
+		if k != clustermesh.KindServices && k != clustermesh.KindServicesV2 {
+			continue
+		}
+		if name, ok := p.serviceOfKeyLocked(key); !ok || want[name].vals[key] == nil {
+			p.unsetLocked(key)
+		}
+	}
+	clear(p.byService)
+	for name := range p.chunkers {
+		if _, ok := want[name]; !ok {
+			delete(p.chunkers, name)
+		}
+	}
+	for name, enc := range want {
+		p.setServiceLocked(name, enc)
+	}
+	p.primed[clustermesh.KindServices] = true
+	p.primed[clustermesh.KindServicesV2] = true
+	p.wakeUp()
+	return nil
+}
+
+// serviceOfKeyLocked returns the "namespace/name" a desired service key
+// (either layout) belongs to.
+func (p *Publisher) serviceOfKeyLocked(key string) (string, bool) {
+	pk, err := clustermesh.ParseKey(key)
+	if err != nil {
+		return "", false
+	}
+	if pk.Kind == clustermesh.KindServicesV2 {
+		name, _, ok := clustermesh.SplitServicesV2Name(pk.Name)
+		return name, ok
+	}
+	return pk.Name, pk.Kind == clustermesh.KindServices
+}
+
+// setServiceLocked makes enc the desired keys of service name.
+func (p *Publisher) setServiceLocked(name string, enc encodedService) {
+	for _, key := range p.byService[name] {
+		if _, ok := enc.vals[key]; !ok {
+			p.unsetLocked(key)
+		}
+	}
+	keys := make([]string, 0, len(enc.vals))
+	for key, val := range enc.vals {
+		p.setLocked(enc.kinds[key], key, val)
+		keys = append(keys, key)
+	}
+	p.byService[name] = keys
 }
 
 // Upsert adds or changes one record.
@@ -183,24 +279,47 @@ func (p *Publisher) Upsert(rec Record) error {
 	if err != nil {
 		return err
 	}
+	if kind == clustermesh.KindServicesV2 {
+		return fmt.Errorf("publish record %s: give services as %s records", rec.Key(), clustermesh.KindServices)
+	}
 	key, val, err := p.encode(kind, rec)
 	if err != nil {
 		return err
 	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if _, ok := p.desired[key]; !ok {
-		p.counts[kind]++
+	if kind == clustermesh.KindServices {
+		svc := rec.(*clustermesh.Service)
+		enc, err := p.encodeServiceLocked(svc)
+		if err != nil {
+			return err
+		}
+		p.setServiceLocked(svc.NamespacedName(), enc)
+	} else {
+		p.setLocked(kind, key, val)
 	}
-	p.setLocked(kind, key, val)
 	p.wakeUp()
 	return nil
 }
 
-// Delete withdraws the record stored at key, if desired.
+// Delete withdraws the record stored at key, if desired. For a service
+// (its KindServices key), every layout of it is withdrawn.
 func (p *Publisher) Delete(key string) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	if pk, err := clustermesh.ParseKey(key); err == nil && pk.Kind == clustermesh.KindServices {
+		for _, k := range p.byService[pk.Name] {
+			p.unsetLocked(k)
+		}
+		delete(p.byService, pk.Name)
+		delete(p.chunkers, pk.Name)
+	}
+	p.unsetLocked(key)
+	p.wakeUp()
+}
+
+// unsetLocked withdraws key if it is desired.
+func (p *Publisher) unsetLocked(key string) {
 	kind, ok := p.kindOf[key]
 	if !ok {
 		return
@@ -209,11 +328,14 @@ func (p *Publisher) Delete(key string) {
 	delete(p.desired, key)
 	delete(p.kindOf, key)
 	p.dirty[key] = struct{}{}
-	p.wakeUp()
 }
 
 func (p *Publisher) setLocked(kind clustermesh.Kind, key string, val []byte) {
-	if old, ok := p.desired[key]; ok && bytes.Equal(old, val) {
+	old, ok := p.desired[key]
+	if !ok {
+		p.counts[kind]++
+	}
+	if ok && bytes.Equal(old, val) {
 		return
 	}
 	p.desired[key] = val

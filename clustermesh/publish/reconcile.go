@@ -30,6 +30,9 @@ type reconciler struct {
 	// swept records the primed kinds whose leftovers were scheduled for
 	// deletion.
 	swept map[clustermesh.Kind]bool
+	// unmarked records the kinds whose marker was withdrawn in this
+	// session (a service layout not written).
+	unmarked map[clustermesh.Kind]bool
 }
 
 // adopt records what the store holds at session start.
@@ -113,11 +116,34 @@ func (r *reconciler) plan() []op {
 	return ops
 }
 
-// apply runs ops with bounded concurrency. Failed ops are marked dirty again.
+// apply runs ops in phases (see opPhase), each with bounded concurrency.
+// Failed ops, and those of phases not reached, are marked dirty again.
 func (r *reconciler) apply(ctx context.Context, ops []op) error {
 	if len(ops) == 0 {
 		return nil
 	}
+	sortOps(ops)
+	for len(ops) > 0 {
+		n := 1
+		for n < len(ops) && opPhase(ops[n]) == opPhase(ops[0]) {
+			n++
+		}
+		if err := r.applyPhase(ctx, ops[:n]); err != nil {
+			r.p.mu.Lock()
+			for _, o := range ops[n:] {
+				r.p.dirty[o.key] = struct{}{}
+			}
+			r.p.mu.Unlock()
+			return err
+		}
+		ops = ops[n:]
+	}
+	r.p.setOK()
+	return nil
+}
+
+// applyPhase runs ops concurrently, at most WriteConcurrency at a time.
+func (r *reconciler) applyPhase(ctx context.Context, ops []op) error {
 	sem := make(chan struct{}, r.p.cfg.WriteConcurrency)
 	var (
 		mu   sync.Mutex
@@ -159,11 +185,7 @@ func (r *reconciler) apply(ctx context.Context, ops []op) error {
 	r.p.mu.Lock()
 	r.p.status.LastWrite = time.Now()
 	r.p.mu.Unlock()
-	if len(errs) > 0 {
-		return errors.Join(errs...)
-	}
-	r.p.setOK()
-	return nil
+	return errors.Join(errs...)
 }
 
 // writeMarkers writes the sync marker of every primed kind once its
@@ -175,8 +197,14 @@ func (r *reconciler) writeMarkers(ctx context.Context) error {
 		kind clustermesh.Kind
 		val  []byte
 	}
-	var todo []marker
+	var todo, drop []marker
 	for kind := range p.primed {
+		if !p.markerWanted(kind) {
+			if !r.unmarked[kind] {
+				drop = append(drop, marker{kind: kind})
+			}
+			continue
+		}
 		val, _ := json.Marshal(clustermesh.SyncMarker{Entries: p.counts[kind]})
 		if _, ok := r.markers[kind]; ok {
 			// Written in this session: the marker's job (saying the first
@@ -188,6 +216,15 @@ func (r *reconciler) writeMarkers(ctx context.Context) error {
 		todo = append(todo, marker{kind, val})
 	}
 	p.mu.Unlock()
+	for _, m := range drop {
+		// The layout is no longer written: its marker goes, so a consumer
+		// reading only that layout does not take us for synced.
+		if err := p.store.Delete(ctx, clustermesh.SyncedKey(p.cfg.Cluster.Name, m.kind)); err != nil {
+			return fmt.Errorf("withdraw sync marker for %s: %w", m.kind, err)
+		}
+		r.unmarked[m.kind] = true
+		delete(r.markers, m.kind)
+	}
 	for _, m := range todo {
 		if err := p.store.Put(ctx, clustermesh.SyncedKey(p.cfg.Cluster.Name, m.kind), m.val, r.lease); err != nil {
 			return fmt.Errorf("publish sync marker for %s: %w", m.kind, err)

@@ -120,6 +120,8 @@ func (p *Publisher) startSession(ctx context.Context) (*session, error) {
 		present: make(map[string]clustermesh.Kind, len(owned)),
 		markers: make(map[clustermesh.Kind][]byte),
 		swept:   make(map[clustermesh.Kind]bool),
+
+		unmarked: make(map[clustermesh.Kind]bool),
 	}}
 	s.ctx, s.cancel = context.WithCancelCause(ctx)
 	s.wg.Add(1)

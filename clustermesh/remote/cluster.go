@@ -35,8 +35,15 @@ type cluster struct {
 	nodes      *typedTable[clustermesh.Node, hashed[clustermesh.Node]]
 	identities *typedTable[clustermesh.Identity, hashed[clustermesh.Identity]]
 	ips        *typedTable[clustermesh.IPEntry, ipSlot]
-	services   *typedTable[clustermesh.Service, hashed[clustermesh.Service]]
-	tables     map[clustermesh.Kind]table
+	// services holds each service as consumers see it, by
+	// "namespace/name": from its chunked layout when that is complete,
+	// from its single-value layout otherwise (see effectiveLocked).
+	services *typedTable[clustermesh.Service, hashed[clustermesh.Service]]
+	// servicesV1 and servicesV2 hold what each layout's watch delivered.
+	servicesV1 *typedTable[clustermesh.Service, hashed[clustermesh.Service]]
+	servicesV2 *typedTable[servicePart, hashed[servicePart]]
+	// tables holds each kind's records as its watch delivered them.
+	tables map[clustermesh.Kind]table
 	// entryGauges are the per-kind entry count series, looked up once
 	// rather than on every event.
 	entryGauges map[clustermesh.Kind]prometheus.Gauge
@@ -83,6 +90,8 @@ func newCluster(ctx context.Context, w *Watcher, cfg clustermesh.ClusterConfig) 
 		identities: newTable[clustermesh.Identity](),
 		ips:        newIPTable(cfg.Name),
 		services:   newTable[clustermesh.Service](),
+		servicesV1: newTable[clustermesh.Service](),
+		servicesV2: newTable[servicePart](),
 		strings:    make(map[string]string),
 		markerSeen: make(map[clustermesh.Kind]bool),
 		listed:     make(map[clustermesh.Kind]bool),
@@ -95,7 +104,8 @@ func newCluster(ctx context.Context, w *Watcher, cfg clustermesh.ClusterConfig) 
 		clustermesh.KindNodes:      c.nodes,
 		clustermesh.KindIdentities: c.identities,
 		clustermesh.KindIPs:        c.ips,
-		clustermesh.KindServices:   c.services,
+		clustermesh.KindServices:   c.servicesV1,
+		clustermesh.KindServicesV2: c.servicesV2,
 	}
 	c.entryGauges = make(map[clustermesh.Kind]prometheus.Gauge, len(clustermesh.Kinds))
 	for _, k := range clustermesh.Kinds {
@@ -208,7 +218,7 @@ func (c *cluster) run() {
 				c.wg.Add(1)
 				go func() {
 					defer c.wg.Done()
-					if kind == clustermesh.KindServices {
+					if kind == clustermesh.KindServices || kind == clustermesh.KindServicesV2 {
 						select {
 						case <-c.nodesListed:
 						case <-ctx.Done():
@@ -304,6 +314,8 @@ func (c *cluster) decode(kind clustermesh.Kind, key string, value []byte) (any, 
 		e, err := clustermesh.DecodeIPEntry(&cfg, key, value)
 		e.Cluster = c.name
 		return e, err
+	case clustermesh.KindServicesV2:
+		return c.decodeServicePart(&cfg, key, value)
 	default:
 		svc, err := clustermesh.DecodeServiceOnNodes(&cfg, c.isNodeIP, key, value)
 		svc.Cluster = c.name
@@ -353,13 +365,25 @@ func (c *cluster) upsert(kind clustermesh.Kind, key string, h uint64, rec any) {
 	now := time.Now()
 	c.mu.Lock()
 	c.connected = true
-	if svc, ok := rec.(clustermesh.Service); ok {
-		c.internLocked(&svc)
-		rec = svc
+	switch r := rec.(type) {
+	case clustermesh.Service:
+		r.Backends = trimmed(r.Backends)
+		c.internLocked(r.Backends)
+		rec = r
+	case servicePart:
+		if r.chunk != nil {
+			r.chunk.Backends = trimmed(r.chunk.Backends)
+			c.internLocked(r.chunk.Backends)
+		}
 	}
-	if !c.tables[kind].put(c.tableKey(kind, key), h, rec) {
+	tkey := c.tableKey(kind, key)
+	if !c.tables[kind].put(tkey, h, rec) {
 		c.mu.Unlock()
 		return // rewritten unchanged: nothing for consumers
+	}
+	if isServiceKind(kind) {
+		c.refreshServiceAndUnlock(now, kind, tkey)
+		return
 	}
 	c.version++
 	c.lastUpdate = now
@@ -384,9 +408,19 @@ func (c *cluster) fullKeys(kind clustermesh.Kind, names []string) []string {
 	return names
 }
 
-// internLocked makes svc's backends share one copy of each node and zone
-// name; c.mu must be held.
-func (c *cluster) internLocked(svc *clustermesh.Service) {
+// trimmed returns backends without spare capacity: decoders grow slices
+// by doubling, and a large mesh holds hundreds of thousands of backends.
+func trimmed(backends []clustermesh.Backend) []clustermesh.Backend {
+	if cap(backends) > len(backends) {
+		return append([]clustermesh.Backend(nil), backends...)
+	}
+	return backends
+}
+
+// internLocked makes backends share one copy of each node and zone name;
+// c.mu must be held. It may reallocate the slice's array: the caller
+// passes a slice header it owns.
+func (c *cluster) internLocked(backends []clustermesh.Backend) {
 	intern := func(s string) string {
 		if v, ok := c.strings[s]; ok {
 			return v
@@ -394,22 +428,23 @@ func (c *cluster) internLocked(svc *clustermesh.Service) {
 		c.strings[s] = s
 		return s
 	}
-	if cap(svc.Backends) > len(svc.Backends) {
-		// The JSON decoder grows slices by doubling; keep only what is used.
-		svc.Backends = append([]clustermesh.Backend(nil), svc.Backends...)
-	}
-	for i := range svc.Backends {
-		svc.Backends[i].Node = intern(svc.Backends[i].Node)
-		svc.Backends[i].Zone = intern(svc.Backends[i].Zone)
+	for i := range backends {
+		backends[i].Node = intern(backends[i].Node)
+		backends[i].Zone = intern(backends[i].Zone)
 	}
 }
 
 func (c *cluster) delete(kind clustermesh.Kind, key string) {
 	now := time.Now()
 	c.mu.Lock()
-	old, ok := c.tables[kind].remove(c.tableKey(kind, key))
+	tkey := c.tableKey(kind, key)
+	old, ok := c.tables[kind].remove(tkey)
 	if !ok {
 		c.mu.Unlock()
+		return
+	}
+	if isServiceKind(kind) {
+		c.refreshServiceAndUnlock(now, kind, tkey)
 		return
 	}
 	c.version++
@@ -440,11 +475,7 @@ func (c *cluster) listDone(kind clustermesh.Kind) {
 	}
 	becameSynced := false
 	if !c.synced {
-		all := true
-		for _, k := range clustermesh.Kinds {
-			all = all && c.markerSeen[k] && c.listed[k]
-		}
-		if all {
+		if clustermesh.SyncedKinds(c.markerSeen, c.listed) {
 			c.synced, becameSynced = true, true
 			c.version++
 		}
@@ -460,6 +491,9 @@ func (c *cluster) listDone(kind clustermesh.Kind) {
 // status. The cluster's watches must be stopped.
 func (c *cluster) drain() clustermesh.RemoteClusterStatus {
 	for _, kind := range clustermesh.Kinds {
+		if isServiceKind(kind) {
+			continue
+		}
 		c.mu.Lock()
 		keys := c.fullKeys(kind, c.tables[kind].keys())
 		c.mu.Unlock()
@@ -467,6 +501,7 @@ func (c *cluster) drain() clustermesh.RemoteClusterStatus {
 			c.delete(kind, key)
 		}
 	}
+	c.drainServices()
 	c.mu.Lock()
 	c.synced = false
 	c.mu.Unlock()
@@ -504,6 +539,7 @@ func (c *cluster) status() clustermesh.RemoteClusterStatus {
 		left := max(c.leaseLeft-time.Since(c.leaseRead), 0).Seconds()
 		st.LeaseRemaining = &left
 	}
+	st.Entries[clustermesh.KindServices] = c.services.len()
 	return st
 }
 

@@ -1,0 +1,198 @@
+package publish
+
+import (
+	"cmp"
+	"fmt"
+	"net/netip"
+	"slices"
+	"strconv"
+
+	"github.com/braidmesh/braid/clustermesh"
+)
+
+// ServiceLayout says which key layouts a Publisher writes services in.
+type ServiceLayout string
+
+// Service layouts. A mesh migrates from LayoutSingle (what publishers
+// before the chunked layout write) through LayoutBoth (the default: old and
+// new consumers both read it) to LayoutChunked, once every consumer reads
+// chunks.
+const (
+	// LayoutSingle writes each service as one value (KindServices).
+	LayoutSingle ServiceLayout = "single"
+	// LayoutBoth writes both layouts. A service with more backends than
+	// LegacyMaxBackends is written chunked only: consumers of the single
+	// layout reject it anyway.
+	LayoutBoth ServiceLayout = "both"
+	// LayoutChunked writes a header and chunks of at most
+	// clustermesh.MaxChunkBackends backends (KindServicesV2), and removes
+	// the single-value keys and marker.
+	LayoutChunked ServiceLayout = "chunked"
+)
+
+// ParseServiceLayout accepts "single", "both" and "chunked"; "" is
+// LayoutBoth.
+func ParseServiceLayout(s string) (ServiceLayout, error) {
+	switch ServiceLayout(s) {
+	case "":
+		return LayoutBoth, nil
+	case LayoutSingle, LayoutBoth, LayoutChunked:
+		return ServiceLayout(s), nil
+	}
+	return "", fmt.Errorf("service layout %q: must be one of single, both, chunked", s)
+}
+
+// LegacyMaxBackends is the largest service consumers from before the
+// chunked layout accept (their MaxBackendsPerService).
+const LegacyMaxBackends = 4096
+
+func (l ServiceLayout) single() bool  { return l == LayoutSingle || l == LayoutBoth }
+func (l ServiceLayout) chunked() bool { return l == LayoutBoth || l == LayoutChunked }
+
+// chunker assigns a service's backends to chunks, stickily: a backend stays
+// in its chunk while it exists, so a one-backend change rewrites one chunk.
+// New backends fill the chunks with room, oldest first, then new chunks.
+type chunker struct {
+	of   map[netip.Addr]int // backend -> chunk number
+	next int                // number of the next new chunk
+}
+
+// assign returns the backends by chunk number, each chunk sorted by IP,
+// and the chunk numbers in order.
+func (c *chunker) assign(backends []clustermesh.Backend) (map[int][]clustermesh.Backend, []int) {
+	byChunk := map[int][]clustermesh.Backend{}
+	var fresh []clustermesh.Backend
+	for _, b := range backends {
+		if n, ok := c.of[b.IP]; ok {
+			byChunk[n] = append(byChunk[n], b)
+		} else {
+			fresh = append(fresh, b)
+		}
+	}
+	// Many sparse chunks (after a large scale-down) cost a value each:
+	// repack when there are more than twice as many as needed.
+	need := (len(backends) + clustermesh.MaxChunkBackends - 1) / clustermesh.MaxChunkBackends
+	if len(byChunk) > 2*need+1 {
+		clear(byChunk)
+		fresh = backends
+		c.next = 0
+	}
+	order := make([]int, 0, len(byChunk)+1)
+	for n := range byChunk {
+		order = append(order, n)
+	}
+	slices.Sort(order)
+	for _, n := range order {
+		for len(fresh) > 0 && len(byChunk[n]) < clustermesh.MaxChunkBackends {
+			byChunk[n] = append(byChunk[n], fresh[0])
+			fresh = fresh[1:]
+		}
+	}
+	for len(fresh) > 0 {
+		k := min(len(fresh), clustermesh.MaxChunkBackends)
+		byChunk[c.next] = fresh[:k:k]
+		order = append(order, c.next)
+		c.next++
+		fresh = fresh[k:]
+	}
+	c.of = make(map[netip.Addr]int, len(backends))
+	for n, bs := range byChunk {
+		slices.SortFunc(bs, func(a, b clustermesh.Backend) int { return a.IP.Compare(b.IP) })
+		for _, b := range bs {
+			c.of[b.IP] = n
+		}
+	}
+	return byChunk, order
+}
+
+func chunkName(n int) string { return "c" + strconv.Itoa(n) }
+
+// encodedService is one service's keys and values in the layouts written.
+type encodedService struct {
+	vals  map[string][]byte
+	kinds map[string]clustermesh.Kind
+}
+
+// encodeService encodes svc in the configured layouts; p.mu must be held
+// (the chunker is updated).
+func (p *Publisher) encodeServiceLocked(svc *clustermesh.Service) (encodedService, error) {
+	out := encodedService{vals: map[string][]byte{}, kinds: map[string]clustermesh.Kind{}}
+	add := func(kind clustermesh.Kind, rec Record, val []byte) {
+		out.vals[rec.Key()] = val
+		out.kinds[rec.Key()] = kind
+	}
+	layout := p.cfg.ServiceLayout
+	if layout.single() && (layout == LayoutSingle || len(svc.Backends) <= LegacyMaxBackends) {
+		key, val, err := p.encode(clustermesh.KindServices, svc)
+		if err != nil {
+			return out, err
+		}
+		out.vals[key], out.kinds[key] = val, clustermesh.KindServices
+	}
+	if !layout.chunked() {
+		return out, nil
+	}
+	name := svc.NamespacedName()
+	ch := p.chunkers[name]
+	if ch == nil {
+		ch = &chunker{}
+		p.chunkers[name] = ch
+	}
+	byChunk, order := ch.assign(svc.Backends)
+	h := clustermesh.ServiceHeader{Service: *svc}
+	h.Backends = nil
+	h.Chunks = make([]string, 0, len(order))
+	for _, n := range order {
+		c := clustermesh.EndpointChunk{Cluster: svc.Cluster, Namespace: svc.Namespace, Name: svc.Name, Chunk: chunkName(n), Backends: byChunk[n]}
+		val, err := clustermesh.EncodeChunk(&c)
+		if err != nil {
+			return out, fmt.Errorf("publish service %s: %w", name, err)
+		}
+		add(clustermesh.KindServicesV2, &c, val)
+		h.Chunks = append(h.Chunks, c.Chunk)
+	}
+	key, val, err := p.encode(clustermesh.KindServicesV2, &h)
+	if err != nil {
+		return out, err
+	}
+	out.vals[key], out.kinds[key] = val, clustermesh.KindServicesV2
+	return out, nil
+}
+
+// opPhase orders a pass's writes so a consumer never sees a header naming
+// a chunk not written yet: chunk puts first, then every other put, then
+// deletes (a chunk is deleted after the header stopped naming it).
+func opPhase(o op) int {
+	switch {
+	case o.delete:
+		return 2
+	case o.kind == clustermesh.KindServicesV2 && isChunkKey(o.key):
+		return 0
+	}
+	return 1
+}
+
+func isChunkKey(key string) bool {
+	pk, err := clustermesh.ParseKey(key)
+	if err != nil {
+		return false
+	}
+	_, chunk, ok := clustermesh.SplitServicesV2Name(pk.Name)
+	return ok && chunk != ""
+}
+
+func sortOps(ops []op) {
+	slices.SortStableFunc(ops, func(a, b op) int { return cmp.Compare(opPhase(a), opPhase(b)) })
+}
+
+// markerWanted says whether kind's sync marker is written: a service
+// layout's only when it is written.
+func (p *Publisher) markerWanted(kind clustermesh.Kind) bool {
+	switch kind {
+	case clustermesh.KindServices:
+		return p.cfg.ServiceLayout.single()
+	case clustermesh.KindServicesV2:
+		return p.cfg.ServiceLayout.chunked()
+	}
+	return true
+}
