@@ -30,6 +30,9 @@ type Config struct {
 	// LeaseTTL is how long published entries outlive the process; zero
 	// means publish.DefaultLeaseTTL.
 	LeaseTTL time.Duration
+	// ServiceLayout is how services are published; zero means
+	// publish.LayoutBoth.
+	ServiceLayout publish.ServiceLayout
 	// StateFile, if set, is the simulated cluster's state (see State).
 	StateFile string
 	// StatePollInterval: zero means DefaultStatePollInterval.
@@ -74,7 +77,7 @@ func New(cfg Config, store kvstore.Store, log *slog.Logger) (*Operator, error) {
 	}
 	log = log.With("cluster", cfg.Cluster.Name)
 	reg := prometheus.NewRegistry()
-	pub, err := publish.New(publish.Config{Cluster: cfg.Cluster, LeaseTTL: cfg.LeaseTTL}, store, log, reg)
+	pub, err := publish.New(publish.Config{Cluster: cfg.Cluster, LeaseTTL: cfg.LeaseTTL, ServiceLayout: cfg.ServiceLayout}, store, log, reg)
 	if err != nil {
 		return nil, fmt.Errorf("new operator: %w", err)
 	}

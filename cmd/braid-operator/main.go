@@ -24,6 +24,7 @@ import (
 	"github.com/braidmesh/braid/clustermesh/join"
 	"github.com/braidmesh/braid/clustermesh/k8s"
 	"github.com/braidmesh/braid/clustermesh/operator"
+	"github.com/braidmesh/braid/clustermesh/publish"
 	"github.com/braidmesh/braid/kvstore"
 	"github.com/braidmesh/braid/kvstore/etcd"
 )
@@ -50,6 +51,7 @@ func command() *cobra.Command {
 		kubeconfig   string
 		inCluster    bool
 		joinSecret   string
+		layout       string
 	)
 	cmd := &cobra.Command{
 		Use:           "braid-operator",
@@ -64,6 +66,9 @@ func command() *cobra.Command {
 			}
 			if err := clustermesh.ValidateLeaseTTL(cfg.LeaseTTL); err != nil {
 				return fmt.Errorf("--lease-ttl: %w", err)
+			}
+			if cfg.ServiceLayout, err = publish.ParseServiceLayout(layout); err != nil {
+				return fmt.Errorf("--service-layout: %w", err)
 			}
 			cfg.Cluster = clustermesh.ClusterConfig{
 				ID:           clustermesh.ClusterID(clusterID),
@@ -154,6 +159,7 @@ func command() *cobra.Command {
 	f.BoolVar(&defaultDeny, "default-deny", false, "identity policy denies what no rule allows")
 	f.BoolVar(&strict, "strict-encryption", false, "drop traffic to remote pods that would bypass the tunnel")
 	f.DurationVar(&cfg.LeaseTTL, "lease-ttl", 15*time.Second, "how long published entries outlive this process")
+	f.StringVar(&layout, "service-layout", string(publish.LayoutBoth), "how services are published: both (while any agent predates chunks), chunked, or single")
 	f.StringVar(&cfg.StateFile, "state-file", "", "simulated cluster: publish the state in this JSON file (re-read on change)")
 	f.StringVar(&cfg.StatusAddr, "status-addr", "127.0.0.1:9876", "where to serve the status page, /api/status and /metrics (empty: off)")
 	f.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")

@@ -42,7 +42,7 @@ func Command() *cobra.Command {
 		Use:   "bench",
 		Short: "Measure Braid against the raw baseline on this machine",
 	}
-	cmd.AddCommand(benchPropagationCommand(), benchColdSyncCommand(), benchConsumeCommand())
+	cmd.AddCommand(benchPropagationCommand(), benchColdSyncCommand(), benchConsumeCommand(), benchChunksCommand())
 	return cmd
 }
 
