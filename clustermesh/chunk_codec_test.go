@@ -43,7 +43,7 @@ func deflated(c codec) codec {
 				return nil, err
 			}
 			var buf bytes.Buffer
-			w, _ := flate.NewWriter(&buf, flate.BestCompression)
+			w, _ := flate.NewWriter(&buf, flate.DefaultCompression)
 			w.Write(raw)
 			w.Close()
 			return buf.Bytes(), nil

@@ -34,9 +34,9 @@ var RequiredKinds = []Kind{KindNodes, KindIdentities, KindIPs}
 // least one of them.
 var ServiceKinds = []Kind{KindServices, KindServicesV2}
 
-// SyncedKinds reports whether a cluster whose kinds have seen[k] (marker
-// written and listed) is fully synced: every required kind, at least one
-// service layout, and every kind with a marker (marked[k]) listed too.
+// SyncedKinds reports whether a cluster is fully synced, given which kinds
+// have a sync marker (marked) and were listed (listed): every required
+// kind, at least one service layout, and every kind with a marker listed.
 func SyncedKinds(marked, listed map[Kind]bool) bool {
 	for _, k := range RequiredKinds {
 		if !marked[k] || !listed[k] {

@@ -22,6 +22,14 @@
 // retried with backoff and jitter, and the loop's status (LoopStatus) and
 // metrics (braid_reconcile_*{loop="publish"}) say how rounds went.
 //
+// Services are written in the layouts Config.ServiceLayout names: one
+// value per service (clustermesh.KindServices), a header and chunks of at
+// most clustermesh.MaxChunkBackends backends (clustermesh.KindServicesV2),
+// or both while a mesh migrates. Backends stay in their chunk, so a
+// one-backend change rewrites one chunk. A pass writes chunks first, then
+// headers and every other value, then deletes, so no header names a chunk
+// not yet written. Only the markers of the layouts written are kept.
+//
 // All methods are safe for concurrent use. Register and Run block on the
 // store; Replace, Upsert and Delete never block.
 package publish

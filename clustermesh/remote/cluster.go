@@ -42,6 +42,8 @@ type cluster struct {
 	// servicesV1 and servicesV2 hold what each layout's watch delivered.
 	servicesV1 *typedTable[clustermesh.Service, hashed[clustermesh.Service]]
 	servicesV2 *typedTable[servicePart, hashed[servicePart]]
+	// layouts holds the layout each service in services came from.
+	layouts map[string]clustermesh.Kind
 	// tables holds each kind's records as its watch delivered them.
 	tables map[clustermesh.Kind]table
 	// entryGauges are the per-kind entry count series, looked up once
@@ -92,6 +94,7 @@ func newCluster(ctx context.Context, w *Watcher, cfg clustermesh.ClusterConfig) 
 		services:   newTable[clustermesh.Service](),
 		servicesV1: newTable[clustermesh.Service](),
 		servicesV2: newTable[servicePart](),
+		layouts:    make(map[string]clustermesh.Kind),
 		strings:    make(map[string]string),
 		markerSeen: make(map[clustermesh.Kind]bool),
 		listed:     make(map[clustermesh.Kind]bool),

@@ -5,6 +5,14 @@
 // once a kind's marker is seen, lists then watches that kind. A remote
 // cluster is synced once every kind's list completed after its marker was
 // seen, so a synced cluster's state is complete as it was first published.
+// Services come in two layouts (clustermesh.KindServices, one value each;
+// clustermesh.KindServicesV2, a header and chunks); a cluster needs the
+// marker of one of them. A service is shown from its chunked layout once
+// its header and every chunk the header names are there and valid, from
+// its single value otherwise; while chunks are still arriving the service
+// keeps what consumers saw, so a mesh migrating between layouts never
+// shows a service losing backends. Changes and Snapshots carry services
+// as KindServices whatever layout they came from.
 //
 // Every entry is decoded strictly against its owner's config
 // (clustermesh.Decode*). Rejected entries are counted and never applied.

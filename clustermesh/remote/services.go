@@ -3,6 +3,8 @@ package remote
 import (
 	"errors"
 	"hash/maphash"
+	"net/netip"
+	"reflect"
 	"strings"
 	"time"
 
@@ -47,10 +49,20 @@ func (c *cluster) refreshServiceAndUnlock(now time.Time, kind clustermesh.Kind, 
 	if kind == clustermesh.KindServicesV2 {
 		name, _, _ = clustermesh.SplitServicesV2Name(tkey)
 	}
-	svc, hash, ok, rejected := c.effectiveLocked(name)
+	svc, hash, layout, ok, rejected := c.effectiveLocked(name)
 	var ch *Change
 	key := clustermesh.KindPrefix(clustermesh.KindServices, c.name) + name
+	old, had := c.services.m[name]
+	switched := had && ok && c.layouts[name] != layout
+	if ok {
+		c.layouts[name] = layout
+	} else {
+		delete(c.layouts, name)
+	}
 	switch {
+	case switched && old.hash != hash && sameService(old.rec, svc):
+		// The other layout says the same: nothing for consumers.
+		c.services.m[name] = hashed[clustermesh.Service]{hash: hash, rec: svc}
 	case ok && c.services.put(name, hash, svc):
 		ch = &Change{Type: Upsert, Cluster: c.name, Kind: clustermesh.KindServices, Key: key, Record: svc, Time: now}
 	case !ok:
@@ -80,30 +92,54 @@ func (c *cluster) refreshServiceAndUnlock(now time.Time, kind clustermesh.Kind, 
 // written or listed, what consumers have now. ok false means the service
 // is gone. rejected is set when the chunked layout is invalid as a whole.
 // c.mu must be held.
-func (c *cluster) effectiveLocked(name string) (svc clustermesh.Service, hash uint64, ok bool, rejected error) {
+func (c *cluster) effectiveLocked(name string) (svc clustermesh.Service, hash uint64, layout clustermesh.Kind, ok bool, rejected error) {
 	if h, found := c.servicesV2.m[name]; found && h.rec.header != nil {
 		s, err := clustermesh.AssembleService(h.rec.header, func(chunk string) (*clustermesh.EndpointChunk, bool) {
 			p, ok := c.servicesV2.m[name+"/"+chunk]
 			return p.rec.chunk, ok && p.rec.chunk != nil
 		})
 		if err == nil {
-			return s, c.chunkedHash(name, h), true, nil
+			return s, c.chunkedHash(name, h), clustermesh.KindServicesV2, true, nil
 		}
 		if !errors.Is(err, clustermesh.ErrChunkMissing) {
 			rejected = err
 		}
 		if v1, found := c.servicesV1.m[name]; found {
-			return v1.rec, v1.hash, true, rejected
+			return v1.rec, v1.hash, clustermesh.KindServices, true, rejected
 		}
 		if cur, found := c.services.m[name]; found {
-			return cur.rec, cur.hash, true, rejected
+			return cur.rec, cur.hash, c.layouts[name], true, rejected
 		}
-		return clustermesh.Service{}, 0, false, rejected
+		return clustermesh.Service{}, 0, "", false, rejected
 	}
 	if v1, found := c.servicesV1.m[name]; found {
-		return v1.rec, v1.hash, true, nil
+		return v1.rec, v1.hash, clustermesh.KindServices, true, nil
 	}
-	return clustermesh.Service{}, 0, false, nil
+	return clustermesh.Service{}, 0, "", false, nil
+}
+
+// sameService reports whether a and b are the same service, whatever the
+// order of their backends (the layouts order them differently).
+func sameService(a, b clustermesh.Service) bool {
+	if len(a.Backends) != len(b.Backends) {
+		return false
+	}
+	ab, bb := a.Backends, b.Backends
+	a.Backends, b.Backends = nil, nil
+	if !reflect.DeepEqual(a, b) {
+		return false
+	}
+	byIP := make(map[netip.Addr]*clustermesh.Backend, len(ab))
+	for i := range ab {
+		byIP[ab[i].IP] = &ab[i]
+	}
+	for i := range bb {
+		x, ok := byIP[bb[i].IP]
+		if !ok || !reflect.DeepEqual(*x, bb[i]) {
+			return false
+		}
+	}
+	return true
 }
 
 // chunkedHash combines the hashes of a header and its chunks' values.
@@ -142,6 +178,7 @@ func (c *cluster) drainServices() {
 		}
 	}
 	c.mu.Lock()
+	clear(c.layouts)
 	clear(c.servicesV1.m)
 	clear(c.servicesV2.m)
 	c.mu.Unlock()

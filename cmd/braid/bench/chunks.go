@@ -138,10 +138,8 @@ func benchChunks(ctx context.Context, out io.Writer, backends, n int) error {
 	changes := w.Subscribe(ctx)
 	wg.Add(1)
 	go func() { defer wg.Done(); _ = w.Run(ctx) }()
-	for _, s := range sides {
-		if err := waitSynced(ctx, changes, s.name, 60*time.Second); err != nil {
-			return err
-		}
+	if err := waitAllSynced(changes, len(sides), 2*time.Minute); err != nil {
+		return err
 	}
 	// Let the initial publishes finish before counting bytes.
 	for _, s := range sides {
