@@ -6,9 +6,11 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strings"
 
 	"github.com/braidmesh/braid/clustermesh"
 	"github.com/braidmesh/braid/clustermesh/join"
+	"go.etcd.io/etcd/api/v3/authpb"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
@@ -270,6 +272,44 @@ func RemoveCluster(ctx context.Context, admin *clientv3.Client, name clustermesh
 	return nil
 }
 
+// SyncClusterRoles brings the role of every cluster with a grant to the
+// permissions the current key schema gives it (what AddCluster grants), so
+// a cluster registered before a kind was added to the schema (such as
+// clustermesh.KindServicesV2) may write that kind's prefix and the others
+// read it. It changes nothing else: users, passwords and grants stay, and
+// a cluster whose role is missing (removed half-way) is left alone. It is
+// idempotent: a second call makes no write. It returns the clusters whose
+// role it changed. A Broker calls it whenever it starts; for an external
+// etcd, `braid broker enable-auth` does.
+func SyncClusterRoles(ctx context.Context, admin *clientv3.Client) ([]clustermesh.ClusterName, error) {
+	resp, err := admin.Get(ctx, clustermesh.GrantsPrefix, clientv3.WithPrefix(), clientv3.WithKeysOnly())
+	if err != nil {
+		return nil, fmt.Errorf("sync cluster roles: read grants: %w", err)
+	}
+	var changed []clustermesh.ClusterName
+	for _, kv := range resp.Kvs {
+		name := clustermesh.ClusterName(strings.TrimPrefix(string(kv.Key), clustermesh.GrantsPrefix))
+		if name.Validate() != nil {
+			continue // not a grant AddCluster wrote; it grants nothing
+		}
+		role, err := admin.RoleGet(ctx, ClusterUser(name))
+		if errors.Is(err, rpctypes.ErrRoleNotFound) {
+			continue
+		}
+		if err != nil {
+			return changed, fmt.Errorf("sync cluster roles: get role of cluster %s: %w", name, err)
+		}
+		n, err := reconcilePermissions(ctx, admin, ClusterUser(name), role.Perm, clusterPermissions(name))
+		if err != nil {
+			return changed, fmt.Errorf("sync cluster roles: cluster %s: %w", name, err)
+		}
+		if n > 0 {
+			changed = append(changed, name)
+		}
+	}
+	return changed, nil
+}
+
 // ensureRole makes role exist with exactly want.
 func ensureRole(ctx context.Context, c *clientv3.Client, role string, want []permission) error {
 	if _, err := c.RoleAdd(ctx, role); err != nil && !errors.Is(err, rpctypes.ErrRoleAlreadyExist) {
@@ -279,9 +319,17 @@ func ensureRole(ctx context.Context, c *clientv3.Client, role string, want []per
 	if err != nil {
 		return fmt.Errorf("get role: %w", err)
 	}
+	_, err = reconcilePermissions(ctx, c, role, resp.Perm, want)
+	return err
+}
+
+// reconcilePermissions grants and revokes so that role, which has the
+// permissions have, has exactly want. It returns how many it changed.
+func reconcilePermissions(ctx context.Context, c *clientv3.Client, role string, haveList []*authpb.Permission, want []permission) (int, error) {
+	changes := 0
 	type rng struct{ key, end string }
-	have := make(map[rng]clientv3.PermissionType, len(resp.Perm))
-	for _, p := range resp.Perm {
+	have := make(map[rng]clientv3.PermissionType, len(haveList))
+	for _, p := range haveList {
 		have[rng{string(p.Key), string(p.RangeEnd)}] = clientv3.PermissionType(p.PermType)
 	}
 	wanted := make(map[rng]bool, len(want))
@@ -292,18 +340,20 @@ func ensureRole(ctx context.Context, c *clientv3.Client, role string, want []per
 			continue
 		}
 		if _, err := c.RoleGrantPermission(ctx, role, p.key, p.rangeEnd, p.typ); err != nil {
-			return fmt.Errorf("grant %q: %w", p.key, err)
+			return changes, fmt.Errorf("grant %q: %w", p.key, err)
 		}
+		changes++
 	}
 	for r := range have {
 		if wanted[r] {
 			continue
 		}
 		if _, err := c.RoleRevokePermission(ctx, role, r.key, r.end); err != nil {
-			return fmt.Errorf("revoke %q: %w", r.key, err)
+			return changes, fmt.Errorf("revoke %q: %w", r.key, err)
 		}
+		changes++
 	}
-	return nil
+	return changes, nil
 }
 
 // ensureUser makes user exist with password and role as its only role.

@@ -302,6 +302,20 @@ func (b *Broker) Run(ctx context.Context) error {
 		return fmt.Errorf("run broker: %w", err)
 	}
 
+	// Clusters registered by an older broker have roles for the key schema
+	// of then; without this, a prefix added since (services.v2, the
+	// agents' node status) would be refused to the cluster that owns it.
+	changed, err := SyncClusterRoles(ctx, admin)
+	if err != nil {
+		if ctx.Err() != nil {
+			return nil
+		}
+		return fmt.Errorf("run broker: %w", err)
+	}
+	if len(changed) > 0 {
+		b.log.Info("cluster roles brought to the current key schema", "clusters", changed)
+	}
+
 	b.mu.Lock()
 	b.admin, b.pki = admin, pki
 	b.mu.Unlock()

@@ -488,3 +488,91 @@ func TestJoinBundleMode(t *testing.T) {
 		t.Errorf("warning leaks the password: %q", out)
 	}
 }
+
+// TestBrokerStartSyncsOldClusterRoles registers a cluster whose role has
+// the permissions of the key schema before services.v2 existed, as a
+// broker of then made it, restarts the broker and checks that the cluster
+// may then write its services.v2 prefix and another cluster read it.
+func TestBrokerStartSyncsOldClusterRoles(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "broker")
+	ports := testenv.FreePorts(t, 2)
+	b := startBroker(t, dir, ports[0], ports[1])
+	east, err := b.AddCluster(t.Context(), testGrant("east"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	west, err := b.AddCluster(t.Context(), testGrant("west"))
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	// The old schema's role: everything AddCluster grants but the
+	// services.v2 prefix, made from scratch.
+	admin, err := AdminClient(t.Context(), mustLocalAdmin(t, b))
+	if err != nil {
+		t.Fatal(err)
+	}
+	v2 := clustermesh.KindPrefix(clustermesh.KindServicesV2, "east")
+	var old []permission
+	for _, p := range clusterPermissions("east") {
+		if p.key != v2 {
+			old = append(old, p)
+		}
+	}
+	if len(old) != len(clusterPermissions("east"))-1 {
+		t.Fatalf("no services.v2 permission among %v", clusterPermissions("east"))
+	}
+	role := ClusterUser("east")
+	if _, err := admin.UserRevokeRole(t.Context(), role, role); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := admin.RoleDelete(t.Context(), role); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := admin.RoleAdd(t.Context(), role); err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range old {
+		if _, err := admin.RoleGrantPermission(t.Context(), role, p.key, p.rangeEnd, p.typ); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := admin.UserGrantRole(t.Context(), role, role); err != nil {
+		t.Fatal(err)
+	}
+	admin.Close()
+	key := v2 + "default/web/0"
+	if _, err := clusterClient(t, east).Put(t.Context(), key, "chunk"); !errors.Is(err, rpctypes.ErrPermissionDenied) {
+		t.Fatalf("old-schema role writes %s: %v, want %v", key, err, rpctypes.ErrPermissionDenied)
+	}
+
+	b.stop()
+	b = startBroker(t, dir, ports[0], ports[1])
+	if _, err := clusterClient(t, east).Put(t.Context(), key, "chunk"); err != nil {
+		t.Fatalf("after restart, east writes its services.v2 key: %v", err)
+	}
+	resp, err := clusterClient(t, west).Get(t.Context(), v2, clientv3.WithPrefix())
+	if err != nil || len(resp.Kvs) != 1 || string(resp.Kvs[0].Value) != "chunk" {
+		t.Fatalf("after restart, west reads east's services.v2 prefix: %v %v", resp, err)
+	}
+	other := clustermesh.KindPrefix(clustermesh.KindServicesV2, "west") + "default/web/0"
+	if _, err := clusterClient(t, east).Put(t.Context(), other, "chunk"); !errors.Is(err, rpctypes.ErrPermissionDenied) {
+		t.Errorf("east writes west's services.v2 key: %v, want %v", err, rpctypes.ErrPermissionDenied)
+	}
+
+	admin, err = AdminClient(t.Context(), mustLocalAdmin(t, b))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer admin.Close()
+	got, err := admin.RoleGet(t.Context(), role)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got.Perm) != len(clusterPermissions("east")) {
+		t.Errorf("east's role has %d permissions after the sync, want %d", len(got.Perm), len(clusterPermissions("east")))
+	}
+	if changed, err := SyncClusterRoles(t.Context(), admin); err != nil || len(changed) != 0 {
+		t.Errorf("second sync changed %v (err %v), want nothing", changed, err)
+	}
+}

@@ -217,7 +217,12 @@ func enableAuthCommand() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "enable-auth",
 		Short: "Turn on authentication in an external etcd (root user with --root-password-file)",
-		Args:  cobra.NoArgs,
+		Long: `Turn on authentication in an external etcd, with root's password from
+--root-password-file. Idempotent; run it again after upgrading braid: it
+also brings every registered cluster's role to the current key schema (a
+kind added since the cluster was registered, such as services.v2, becomes
+writable by its owner and readable by the others).`,
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if admin.caFile == "" {
 				return fmt.Errorf("enable-auth is for an external etcd: pass --etcd-ca, --etcd-endpoints and --root-password-file (the embedded broker enables auth itself)")
@@ -231,6 +236,13 @@ func enableAuthCommand() *cobra.Command {
 				return err
 			}
 			fmt.Fprintln(cmd.OutOrStdout(), "authentication enabled")
+			changed, err := broker.SyncClusterRoles(cmd.Context(), c)
+			if err != nil {
+				return err
+			}
+			if len(changed) > 0 {
+				fmt.Fprintf(cmd.OutOrStdout(), "cluster roles brought to the current key schema: %v\n", changed)
+			}
 			return nil
 		},
 	}
