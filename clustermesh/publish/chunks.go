@@ -55,27 +55,93 @@ func (l ServiceLayout) chunked() bool { return l == LayoutBoth || l == LayoutChu
 type chunker struct {
 	of   map[netip.Addr]int // backend -> chunk number
 	next int                // number of the next new chunk
+	// enc holds each chunk's last encoding and the backends it encodes
+	// (a private copy): a change re-encodes only the chunks it touches.
+	enc map[int]encodedChunk
+}
+
+type encodedChunk struct {
+	backends []clustermesh.Backend
+	val      []byte
+}
+
+// encode returns chunk c (number n) encoded, reusing the last encoding of
+// chunk n when its backends are the same.
+func (ch *chunker) encode(n int, c *clustermesh.EndpointChunk) ([]byte, error) {
+	if prev, ok := ch.enc[n]; ok && slices.EqualFunc(prev.backends, c.Backends, sameBackend) {
+		return prev.val, nil
+	}
+	val, err := clustermesh.EncodeChunk(c)
+	if err != nil {
+		return nil, err
+	}
+	kept := make([]clustermesh.Backend, len(c.Backends))
+	for i, b := range c.Backends {
+		b.Ports = slices.Clone(b.Ports)
+		kept[i] = b
+	}
+	if ch.enc == nil {
+		ch.enc = map[int]encodedChunk{}
+	}
+	ch.enc[n] = encodedChunk{backends: kept, val: val}
+	return val, nil
+}
+
+// forget drops the cached encodings of chunks not in order.
+func (ch *chunker) forget(order []int) {
+	if len(ch.enc) == 0 {
+		return
+	}
+	keep := make(map[int]bool, len(order))
+	for _, n := range order {
+		keep[n] = true
+	}
+	for n := range ch.enc {
+		if !keep[n] {
+			delete(ch.enc, n)
+		}
+	}
+}
+
+func sameBackend(a, b clustermesh.Backend) bool {
+	return a.IP == b.IP && a.Node == b.Node && a.Zone == b.Zone && a.Ready == b.Ready &&
+		a.Serving == b.Serving && a.Terminating == b.Terminating && slices.Equal(a.Ports, b.Ports)
 }
 
 // assign returns the backends by chunk number, each chunk sorted by IP,
-// and the chunk numbers in order.
+// and the chunk numbers in order. backends is not modified.
 func (c *chunker) assign(backends []clustermesh.Backend) (map[int][]clustermesh.Backend, []int) {
-	byChunk := map[int][]clustermesh.Backend{}
-	var fresh []clustermesh.Backend
-	for _, b := range backends {
-		if n, ok := c.of[b.IP]; ok {
-			byChunk[n] = append(byChunk[n], b)
+	// Count first, so each chunk is allocated once: a one-backend change
+	// in a large service should cost little more than that chunk.
+	counts := make(map[int]int, len(c.enc)+1)
+	nfresh := 0
+	for i := range backends {
+		if n, ok := c.of[backends[i].IP]; ok {
+			counts[n]++
 		} else {
-			fresh = append(fresh, b)
+			nfresh++
 		}
 	}
 	// Many sparse chunks (after a large scale-down) cost a value each:
 	// repack when there are more than twice as many as needed.
 	need := (len(backends) + clustermesh.MaxChunkBackends - 1) / clustermesh.MaxChunkBackends
-	if len(byChunk) > 2*need+1 {
-		clear(byChunk)
-		fresh = backends
+	repack := len(counts) > 2*need+1
+	if repack {
+		clear(counts)
+		nfresh = len(backends)
 		c.next = 0
+	}
+	byChunk := make(map[int][]clustermesh.Backend, len(counts)+nfresh/clustermesh.MaxChunkBackends+1)
+	for n, k := range counts {
+		byChunk[n] = make([]clustermesh.Backend, 0, min(k+nfresh, clustermesh.MaxChunkBackends))
+	}
+	fresh := make([]clustermesh.Backend, 0, nfresh)
+	for _, b := range backends {
+		if n, ok := c.of[b.IP]; ok && !repack {
+			byChunk[n] = append(byChunk[n], b)
+		} else {
+			fresh = append(fresh, b)
+		}
 	}
 	order := make([]int, 0, len(byChunk)+1)
 	for n := range byChunk {
@@ -95,11 +161,17 @@ func (c *chunker) assign(backends []clustermesh.Backend) (map[int][]clustermesh.
 		c.next++
 		fresh = fresh[k:]
 	}
-	c.of = make(map[netip.Addr]int, len(backends))
-	for n, bs := range byChunk {
+	for _, bs := range byChunk {
 		slices.SortFunc(bs, func(a, b clustermesh.Backend) int { return a.IP.Compare(b.IP) })
-		for _, b := range bs {
-			c.of[b.IP] = n
+	}
+	// The assignment of IPs to chunks changed only if backends came or
+	// went (or were repacked).
+	if repack || nfresh > 0 || len(c.of) != len(backends) {
+		c.of = make(map[netip.Addr]int, len(backends))
+		for n, bs := range byChunk {
+			for _, b := range bs {
+				c.of[b.IP] = n
+			}
 		}
 	}
 	return byChunk, order
@@ -142,9 +214,10 @@ func (p *Publisher) encodeServiceLocked(svc *clustermesh.Service) (encodedServic
 	h := clustermesh.ServiceHeader{Service: *svc}
 	h.Backends = nil
 	h.Chunks = make([]string, 0, len(order))
+	ch.forget(order)
 	for _, n := range order {
 		c := clustermesh.EndpointChunk{Cluster: svc.Cluster, Namespace: svc.Namespace, Name: svc.Name, Chunk: chunkName(n), Backends: byChunk[n]}
-		val, err := clustermesh.EncodeChunk(&c)
+		val, err := ch.encode(n, &c)
 		if err != nil {
 			return out, fmt.Errorf("publish service %s: %w", name, err)
 		}

@@ -69,6 +69,9 @@ func TestChunkedLayoutWritesOneChunkPerBackendChange(t *testing.T) {
 		change func()
 	}{
 		{"flap", func() { svc.Backends[17].Ready = false }},
+		// Changed in place, in the caller's slice: the chunk is encoded
+		// again, not taken from the encodings kept.
+		{"port in place", func() { svc.Backends[5].Ports[0].Port = 9090 }},
 		{"add", func() {
 			svc.Backends = append(svc.Backends, clustermesh.Backend{IP: netip.MustParseAddr("10.1.9.9"), Ports: []clustermesh.BackendPort{{Name: "http", Port: 8080}}})
 		}},
@@ -126,6 +129,29 @@ func TestLayoutBothSkipsOversizedSingleValue(t *testing.T) {
 		_, err := store.Get(ctx, key)
 		if got := err == nil; got != want {
 			t.Errorf("key %s present = %v, want %v (err %v)", key, got, want, err)
+		}
+	}
+}
+
+// BenchmarkUpsertOneBackendChange: Upsert (encoding included, no store
+// write) of a 5,000-backend service after one backend flapped, in the
+// chunked layout.
+func BenchmarkUpsertOneBackendChange(b *testing.B) {
+	east := cluster("east", 1, "10.1.0.0/16")
+	p, err := publish.New(publish.Config{Cluster: east, ServiceLayout: publish.LayoutChunked}, memory.New(), nil, nil)
+	if err != nil {
+		b.Fatal(err)
+	}
+	svc := bigService(east, 5000)
+	if err := p.Upsert(svc); err != nil {
+		b.Fatal(err)
+	}
+	b.ReportAllocs()
+	for i := 0; b.Loop(); i++ {
+		j := (i * 37) % len(svc.Backends)
+		svc.Backends[j].Ready = !svc.Backends[j].Ready
+		if err := p.Upsert(svc); err != nil {
+			b.Fatal(err)
 		}
 	}
 }

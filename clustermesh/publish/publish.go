@@ -128,16 +128,26 @@ func New(cfg Config, store kvstore.Store, log *slog.Logger, reg prometheus.Regis
 
 // encode checks that rec belongs to kind under our prefix and encodes it.
 func (p *Publisher) encode(kind clustermesh.Kind, rec Record) (string, []byte, error) {
-	key := rec.Key()
-	prefix := clustermesh.KindPrefix(kind, p.cfg.Cluster.Name)
-	if !strings.HasPrefix(key, prefix) {
-		return "", nil, fmt.Errorf("publish %s record %s: key is outside this cluster's prefix %s", kind, key, prefix)
+	key, err := p.checkKey(kind, rec)
+	if err != nil {
+		return "", nil, err
 	}
 	val, err := json.Marshal(rec)
 	if err != nil {
 		return "", nil, fmt.Errorf("publish %s record %s: encode: %w", kind, key, err)
 	}
 	return key, val, nil
+}
+
+// checkKey returns rec's key, checking that it lies under this cluster's
+// prefix for kind.
+func (p *Publisher) checkKey(kind clustermesh.Kind, rec Record) (string, error) {
+	key := rec.Key()
+	prefix := clustermesh.KindPrefix(kind, p.cfg.Cluster.Name)
+	if !strings.HasPrefix(key, prefix) {
+		return "", fmt.Errorf("publish %s record %s: key is outside this cluster's prefix %s", kind, key, prefix)
+	}
+	return key, nil
 }
 
 func kindOfRecord(rec Record) (clustermesh.Kind, error) {
@@ -212,7 +222,7 @@ func (p *Publisher) replaceServices(records []Record) error {
 	want := map[string]encodedService{}
 	for _, rec := range records {
 		svc := rec.(*clustermesh.Service)
-		if _, _, err := p.encode(clustermesh.KindServices, svc); err != nil {
+		if _, err := p.checkKey(clustermesh.KindServices, svc); err != nil {
 			return err
 		}
 		enc, err := p.encodeServiceLocked(svc)
@@ -282,22 +292,30 @@ func (p *Publisher) Upsert(rec Record) error {
 	if kind == clustermesh.KindServicesV2 {
 		return fmt.Errorf("publish record %s: give services as %s records", rec.Key(), clustermesh.KindServices)
 	}
+	if kind == clustermesh.KindServices {
+		// Encoded under the lock, in the layouts written only: a large
+		// service's single value is not built when it is not written.
+		svc := rec.(*clustermesh.Service)
+		if _, err := p.checkKey(kind, svc); err != nil {
+			return err
+		}
+		p.mu.Lock()
+		defer p.mu.Unlock()
+		enc, err := p.encodeServiceLocked(svc)
+		if err != nil {
+			return err
+		}
+		p.setServiceLocked(svc.NamespacedName(), enc)
+		p.wakeUp()
+		return nil
+	}
 	key, val, err := p.encode(kind, rec)
 	if err != nil {
 		return err
 	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if kind == clustermesh.KindServices {
-		svc := rec.(*clustermesh.Service)
-		enc, err := p.encodeServiceLocked(svc)
-		if err != nil {
-			return err
-		}
-		p.setServiceLocked(svc.NamespacedName(), enc)
-	} else {
-		p.setLocked(kind, key, val)
-	}
+	p.setLocked(kind, key, val)
 	p.wakeUp()
 	return nil
 }
