@@ -19,6 +19,7 @@ import (
 	"github.com/braidmesh/braid/clustermesh/publish"
 	"github.com/braidmesh/braid/clustermesh/remote"
 	"github.com/braidmesh/braid/kvstore"
+	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
 func benchChunksCommand() *cobra.Command {
@@ -33,7 +34,11 @@ layout; cluster "consumer" follows both through a remote.Watcher. Each
 round flips one backend's readiness in one of them (alternating, so both
 see the same load) and measures the bytes the publisher wrote to etcd
 (keys and values) and the time from the change until the consumer's
-Snapshot holds it. The first tenth warms up.`,
+Snapshot holds it, split into Upsert (encoding), the publisher's loop up to
+its write, and the write to the consumer's snapshot. Beside them, each round
+also times a raw etcd put of a chunk-sized value outside the mesh's prefixes
+until the consumer's own etcd watch delivers it: the floor under both. The
+first tenth warms up.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if backends < 1 || backends > 60000 || n < 1 {
@@ -47,14 +52,17 @@ Snapshot holds it. The first tenth warms up.`,
 	return cmd
 }
 
-// countingStore counts the bytes of keys and values Put through it.
+// countingStore counts the bytes of keys and values Put through it and
+// records when the last Put began.
 type countingStore struct {
 	kvstore.Store
-	bytes atomic.Int64
+	bytes    atomic.Int64
+	putStart atomic.Int64 // UnixNano
 }
 
 func (s *countingStore) Put(ctx context.Context, key string, value []byte, lease kvstore.LeaseID) error {
 	s.bytes.Add(int64(len(key) + len(value)))
+	s.putStart.Store(time.Now().UnixNano())
 	return s.Store.Put(ctx, key, value, lease)
 }
 
@@ -62,10 +70,15 @@ type chunkSide struct {
 	name   clustermesh.ClusterName
 	layout publish.ServiceLayout
 	store  *countingStore
+	client *clientv3.Client // the raw client under store
 	pub    *publish.Publisher
 	svc    *clustermesh.Service
 	bytes  []int64
 	lat    latencies
+	// The phases of lat: Upsert (encoding), Upsert's return to the
+	// write's start (the publisher's loop), and the write's start to the
+	// consumer's snapshot (etcd, watch, decode, assembly).
+	upsert, queue, deliver latencies
 }
 
 func benchChunks(ctx context.Context, out io.Writer, backends, n int) error {
@@ -108,7 +121,7 @@ func benchChunks(ctx context.Context, out io.Writer, backends, n int) error {
 			return err
 		}
 		defer st.Close()
-		s.store = &countingStore{Store: st}
+		s.store, s.client = &countingStore{Store: st}, st.Client()
 		cfg := clustermesh.ClusterConfig{Name: s.name, ID: id, PodCIDRs: []netip.Prefix{pods}}
 		if s.pub, err = publish.New(publish.Config{Cluster: cfg, ServiceLayout: s.layout}, s.store, log, nil); err != nil {
 			return err
@@ -155,8 +168,50 @@ func benchChunks(ctx context.Context, out io.Writer, backends, n int) error {
 		}
 	}
 
+	// The raw baseline: cluster "chunked"'s etcd client puts a value the
+	// size of a chunk at a key outside the mesh's prefixes (so the
+	// Watcher never sees it), timed until the consumer's own etcd watch
+	// delivers it; the floor under both layouts' figures.
+	admin, err := adminClient(ctx, dir, b.Endpoints())
+	if err != nil {
+		return err
+	}
+	defer admin.Close()
+	const rawKey, rawSize = "braid-bench/raw-chunk", 640
+	if _, err := admin.RoleGrantPermission(ctx, broker.ClusterUser("chunked"), rawKey, "", clientv3.PermissionType(clientv3.PermReadWrite)); err != nil {
+		return fmt.Errorf("grant chunked the raw key: %w", err)
+	}
+	if _, err := admin.RoleGrantPermission(ctx, broker.ClusterUser("consumer"), rawKey, "", clientv3.PermissionType(clientv3.PermRead)); err != nil {
+		return fmt.Errorf("grant consumer the raw key: %w", err)
+	}
+	rawEvents := cstore.Client().Watch(ctx, rawKey)
+	var raw latencies
+
 	const wait = 20 * time.Second
 	for i := range n + n/10 {
+		val := fmt.Sprintf("%0*d", rawSize, i)
+		start := time.Now()
+		if _, err := sides[1].client.Put(ctx, rawKey, val); err != nil {
+			return fmt.Errorf("raw put: %w", err)
+		}
+		timeout := time.NewTimer(wait)
+		for got := false; !got; {
+			select {
+			case resp := <-rawEvents:
+				if err := resp.Err(); err != nil {
+					return fmt.Errorf("raw watch: %w", err)
+				}
+				for _, ev := range resp.Events {
+					got = got || string(ev.Kv.Value) == val
+				}
+			case <-timeout.C:
+				return fmt.Errorf("round %d: raw value not delivered within %v", i, wait)
+			}
+		}
+		timeout.Stop()
+		if i >= n/10 {
+			raw = append(raw, time.Since(start))
+		}
 		for _, s := range sides {
 			j := (i * 37) % backends
 			ready := !s.svc.Backends[j].Ready
@@ -167,6 +222,7 @@ func benchChunks(ctx context.Context, out io.Writer, backends, n int) error {
 			if err := s.pub.Upsert(s.svc); err != nil {
 				return err
 			}
+			upserted := time.Now()
 			timeout := time.NewTimer(wait)
 			for got := false; !got; {
 				select {
@@ -182,11 +238,15 @@ func benchChunks(ctx context.Context, out io.Writer, backends, n int) error {
 			}
 			timeout.Stop()
 			elapsed := time.Since(start)
+			putStart := time.Unix(0, s.store.putStart.Load())
 			// The publisher's writes for this change are done once the
 			// consumer saw it (the chunk, or the whole value, is written
 			// in one pass).
 			if i >= n/10 {
 				s.lat = append(s.lat, elapsed)
+				s.upsert = append(s.upsert, upserted.Sub(start))
+				s.queue = append(s.queue, putStart.Sub(upserted))
+				s.deliver = append(s.deliver, start.Add(elapsed).Sub(putStart))
 				s.bytes = append(s.bytes, s.store.bytes.Load()-before)
 			}
 		}
@@ -199,7 +259,11 @@ func benchChunks(ctx context.Context, out io.Writer, backends, n int) error {
 			maxB = max(maxB, x)
 		}
 		fmt.Fprintf(out, "  %-8s layout: written per change avg %d B, max %d B; change → consumer snapshot %v\n", s.layout, sum/int64(len(s.bytes)), maxB, s.lat)
+		fmt.Fprintf(out, "    Upsert (encode)            %v\n", s.upsert)
+		fmt.Fprintf(out, "    Upsert → write starts      %v\n", s.queue)
+		fmt.Fprintf(out, "    write → consumer snapshot  %v\n", s.deliver)
 	}
+	fmt.Fprintf(out, "  raw etcd put → watch event of a %d-byte value (baseline): %v\n", rawSize, raw)
 	return nil
 }
 
