@@ -1,7 +1,11 @@
 package publish_test
 
 import (
+	"context"
+	"errors"
+	"fmt"
 	"net/netip"
+	"strings"
 	"testing"
 	"time"
 
@@ -153,5 +157,36 @@ func BenchmarkUpsertOneBackendChange(b *testing.B) {
 		if err := p.Upsert(svc); err != nil {
 			b.Fatal(err)
 		}
+	}
+}
+
+// oldBrokerStore refuses writes under the services.v2 prefix, as a broker
+// whose roles predate the chunked layout does.
+type oldBrokerStore struct{ kvstore.Store }
+
+func (s oldBrokerStore) Put(ctx context.Context, key string, val []byte, lease kvstore.LeaseID) error {
+	if strings.HasPrefix(key, clustermesh.Root+string(clustermesh.KindServicesV2)+"/") {
+		return fmt.Errorf("put %s: %w", key, kvstore.ErrPermissionDenied)
+	}
+	return s.Store.Put(ctx, key, val, lease)
+}
+
+// TestChunkedLayoutOnOldBrokerNamesTheFix: a publisher writing chunks
+// through a broker that does not grant the prefix stops with an error
+// that says what to do.
+func TestChunkedLayoutOnOldBrokerNamesTheFix(t *testing.T) {
+	mem := memory.New()
+	defer mem.Close()
+	east := cluster("east", 1, "10.1.0.0/16")
+	p, err := publish.New(publish.Config{Cluster: east, LeaseTTL: 5 * time.Second}, oldBrokerStore{mem}, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := p.Replace(clustermesh.KindServices, []publish.Record{bigService(east, 10)}); err != nil {
+		t.Fatal(err)
+	}
+	err = p.Run(t.Context())
+	if !errors.Is(err, kvstore.ErrPermissionDenied) || !strings.Contains(err.Error(), "restart the broker") || !strings.Contains(err.Error(), "--service-layout=single") {
+		t.Fatalf("Run: %v, want a permission error naming the broker upgrade and --service-layout=single", err)
 	}
 }

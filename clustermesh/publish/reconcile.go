@@ -146,9 +146,10 @@ func (r *reconciler) apply(ctx context.Context, ops []op) error {
 func (r *reconciler) applyPhase(ctx context.Context, ops []op) error {
 	sem := make(chan struct{}, r.p.cfg.WriteConcurrency)
 	var (
-		mu   sync.Mutex
-		errs []error
-		wg   sync.WaitGroup
+		mu       sync.Mutex
+		errs     []error
+		deniedV2 bool
+		wg       sync.WaitGroup
 	)
 	for _, o := range ops {
 		sem <- struct{}{}
@@ -164,6 +165,7 @@ func (r *reconciler) applyPhase(ctx context.Context, ops []op) error {
 			mu.Lock()
 			defer mu.Unlock()
 			if err != nil {
+				deniedV2 = deniedV2 || (o.kind == clustermesh.KindServicesV2 && errors.Is(err, kvstore.ErrPermissionDenied))
 				errs = append(errs, fmt.Errorf("publish %s %s: %w", o.kind, o.key, err))
 				r.p.mu.Lock()
 				r.p.dirty[o.key] = struct{}{}
@@ -185,6 +187,12 @@ func (r *reconciler) applyPhase(ctx context.Context, ops []op) error {
 	r.p.mu.Lock()
 	r.p.status.LastWrite = time.Now()
 	r.p.mu.Unlock()
+	if deniedV2 {
+		// A broker from before the chunked layout: its role for this
+		// cluster lacks the prefix until it is upgraded or restarted.
+		return fmt.Errorf("the broker does not grant this cluster the %s prefix yet: upgrade or restart the broker (for an external etcd run braid broker enable-auth), or publish with --service-layout=single until then: %w",
+			clustermesh.KindServicesV2, errors.Join(errs...))
+	}
 	return errors.Join(errs...)
 }
 
