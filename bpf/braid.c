@@ -1018,6 +1018,18 @@ int tc_to_pod(struct __sk_buff *skb)
 		return TC_ACT_OK;
 	}
 
+	/* The pod's own node may always reach it (the kubelet's probes,
+	 * host-network pods), as in Kubernetes and Cilium: policy does not
+	 * apply. Only packets the node's own stack sends reach a pod-facing
+	 * device without an ingress device; forwarded ones (other pods, other
+	 * nodes, the tunnel) have one. */
+	if (skb->ingress_ifindex == 0) {
+		if (p.proto != 0)
+			track_accepted(&p, now);
+		count(COUNTER_FORWARD);
+		return TC_ACT_OK;
+	}
+
 	__u32 src_id = identity_of(p.family, p.saddr);
 	__u32 dst_id = identity_of(p.family, p.daddr);
 	int verdict = policy_lookup(POLICY_INGRESS, dst_id, src_id, p.proto, p.dport);

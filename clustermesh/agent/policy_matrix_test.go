@@ -33,6 +33,8 @@ type policyWorld struct {
 	dp   *datapath.Reconciler
 	eps  []policytest.Endpoint
 	ns   map[string]netns.NsHandle
+	// node is the node's own namespace: its host stack.
+	node netns.NsHandle
 	snap *remote.Snapshot
 	prev []policy.Block
 }
@@ -51,6 +53,7 @@ func newPolicyWorld(t testing.TB) *policyWorld {
 	t.Cleanup(func() { objs.Unpin(); objs.Close() })
 	w := &policyWorld{objs: objs, eps: policytest.Endpoints(), ns: map[string]netns.NsHandle{}}
 	node := bpftest.NetNS(t)
+	w.node = node
 	bpftest.Sysctl(t, node, "net/ipv4/ip_forward", "1")
 	for i, e := range w.eps {
 		pod := bpftest.NetNS(t)
@@ -171,6 +174,8 @@ const (
 // TestPolicyProbeMatrix applies every policytest scenario in turn to one
 // node's real datapath and probes TCP and UDP between every pair of
 // endpoints, in parallel; every cell must match the scenario's table.
+// The node's own host stack (the kubelet's probes) reaches every local pod
+// in every scenario: policy does not apply to it.
 func TestPolicyProbeMatrix(t *testing.T) {
 	w := newPolicyWorld(t)
 	for _, sc := range policytest.Scenarios() {
@@ -210,6 +215,28 @@ func TestPolicyProbeMatrix(t *testing.T) {
 							}
 						}()
 					}
+				}
+			}
+			for _, dst := range w.eps {
+				if dst.Cluster != policytest.Local {
+					continue // only this node's pods are behind its tc programs
+				}
+				for _, p := range policytest.Probes {
+					wg.Add(1)
+					go func() {
+						defer wg.Done()
+						var err error
+						for range attempts {
+							if err = probe(w.node, p, dst.Addr, allowedWait); err == nil {
+								break
+							}
+						}
+						if err != nil {
+							mu.Lock()
+							t.Errorf("host -> %s %s: %v, want a connection (the pod's own node is always allowed)", dst.Name, p, err)
+							mu.Unlock()
+						}
+					}()
 				}
 			}
 			wg.Wait()
