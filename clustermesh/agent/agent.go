@@ -459,7 +459,8 @@ func (a *Agent) desirePolicy(want *datapath.Desired, snap *remote.Snapshot) {
 	prev := a.policy.result.Blocks
 	a.mu.Unlock()
 	res := ApplyPolicy(want, snap, a.cfg.Cluster, pols, prev)
-	ps := &policyState{synced: true, policies: len(pols), result: res,
+	want.PolicyRevision = PolicyRevision(pols)
+	ps := &policyState{synced: true, policies: len(pols), result: res, revision: want.PolicyRevision,
 		labels: map[clustermesh.NumericIdentity]map[string]string{}, clusters: map[clustermesh.ClusterID]clustermesh.ClusterName{}}
 	for id := range res.Selected {
 		ps.labels[id] = own.Identities[id].Labels
@@ -750,6 +751,9 @@ func (a *Agent) Snapshot() status.Snapshot {
 			s.Problems = append(s.Problems, "datapath: "+r)
 		}
 		s.FallbackServices = dp.Status().Fallback
+		if s.Policy != nil {
+			s.Policy.Enforced = dp.Status().PolicyRevision
+		}
 	}
 	if pool != nil {
 		now := time.Now()

@@ -4,9 +4,11 @@ import (
 	"cmp"
 	"context"
 	"fmt"
+	"hash/fnv"
 	"maps"
 	"net/netip"
 	"slices"
+	"strconv"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -77,10 +79,29 @@ func ApplyPolicy(want *datapath.Desired, snap *remote.Snapshot, local clustermes
 	return res
 }
 
+// PolicyRevision names a set of NetworkPolicies by their UIDs and
+// resource versions: any change to the set changes it. The agent reports
+// the revision it compiled and the one its datapath enforces
+// (status.PolicyStatus), so a client that applied policies can wait for
+// them to be enforced.
+func PolicyRevision(pols []*networkingv1.NetworkPolicy) string {
+	lines := make([]string, len(pols))
+	for i, p := range pols {
+		lines[i] = p.Namespace + "/" + p.Name + " " + string(p.UID) + " " + p.ResourceVersion + "\n"
+	}
+	slices.Sort(lines)
+	h := fnv.New64a()
+	for _, l := range lines {
+		h.Write([]byte(l))
+	}
+	return strconv.FormatUint(h.Sum64(), 16)
+}
+
 // policyState is the last compiled policy, for status and metrics.
 type policyState struct {
 	synced   bool
 	policies int
+	revision string
 	result   policy.Result
 	// labels of the selected identities
 	labels map[clustermesh.NumericIdentity]map[string]string
@@ -167,7 +188,7 @@ func perPolicy(ps *policyState, d drops) []status.PolicyDrops {
 
 // policyStatus renders ps and d for the status page.
 func policyStatus(ps *policyState, d drops) *status.PolicyStatus {
-	st := &status.PolicyStatus{Synced: ps.synced, Policies: ps.policies, Rules: len(ps.result.Rules), Drops: perPolicy(ps, d)}
+	st := &status.PolicyStatus{Synced: ps.synced, Policies: ps.policies, Rules: len(ps.result.Rules), Revision: ps.revision, Drops: perPolicy(ps, d)}
 	dropped := map[clustermesh.NumericIdentity]uint64{}
 	for k, n := range d.counts {
 		dropped[clustermesh.NumericIdentity(k.Identity)] += n

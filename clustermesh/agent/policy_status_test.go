@@ -3,6 +3,10 @@ package agent
 import (
 	"testing"
 
+	networkingv1 "k8s.io/api/networking/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+
 	"github.com/braidmesh/braid/bpf"
 	"github.com/braidmesh/braid/clustermesh"
 	"github.com/braidmesh/braid/clustermesh/policy"
@@ -47,5 +51,28 @@ func TestPolicyStatusAttributesDrops(t *testing.T) {
 	r := st.RecentDrops[0]
 	if r.SourceCluster != "west" || r.DestinationCluster != "east" || r.To != "0.0.0.0:8080" || r.Protocol != "TCP" || r.AgeSeconds != 2 {
 		t.Errorf("recent drop %+v: want from west to east's :8080 over TCP, 2 s ago", r)
+	}
+}
+
+// TestPolicyRevision: the revision names the set, not its order, and
+// changes with any policy's version or with the set's members.
+func TestPolicyRevision(t *testing.T) {
+	pol := func(ns, name, uid, rv string) *networkingv1.NetworkPolicy {
+		return &networkingv1.NetworkPolicy{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name, UID: types.UID(uid), ResourceVersion: rv}}
+	}
+	a, b := pol("a", "p", "u1", "10"), pol("b", "p", "u2", "11")
+	base := PolicyRevision([]*networkingv1.NetworkPolicy{a, b})
+	if got := PolicyRevision([]*networkingv1.NetworkPolicy{b, a}); got != base {
+		t.Errorf("revision depends on order: %s vs %s", got, base)
+	}
+	for name, set := range map[string][]*networkingv1.NetworkPolicy{
+		"none":      nil,
+		"one less":  {a},
+		"edited":    {a, pol("b", "p", "u2", "12")},
+		"recreated": {a, pol("b", "p", "u3", "11")},
+	} {
+		if got := PolicyRevision(set); got == base || got == "" {
+			t.Errorf("%s: revision %q, want one other than %q", name, got, base)
+		}
 	}
 }

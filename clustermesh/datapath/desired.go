@@ -119,6 +119,10 @@ type Desired struct {
 	Isolated []Isolation
 	// DefaultDeny isolates every local pod for ingress.
 	DefaultDeny bool
+	// PolicyRevision names the policy set Policy, Isolated and Prefixes
+	// were compiled from (opaque); Status reports it once they are in
+	// the maps.
+	PolicyRevision string
 	// KeepPolicy leaves the policy map and the address-block entries of
 	// the ipcache as they are (Policy, Isolated and Prefixes are
 	// ignored): the policies are not known yet, and a restarted agent

@@ -64,6 +64,9 @@ type Status struct {
 	// Fallback counts services none of whose ready backends is on a node
 	// known alive: they are served from every ready backend.
 	Fallback int `json:"fallback,omitempty"`
+	// PolicyRevision is the Desired.PolicyRevision of the last reconcile
+	// that succeeded with a policy (not KeepPolicy): what the maps enforce.
+	PolicyRevision string `json:"policyRevision,omitempty"`
 }
 
 // Health is OK or Degraded with reasons.

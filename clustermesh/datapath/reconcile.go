@@ -207,6 +207,9 @@ func (r *Reconciler) Reconcile(ctx context.Context, want Desired) error {
 	}
 	r.status.LastError = ""
 	r.status.LastSuccess = time.Now()
+	if !want.KeepPolicy {
+		r.status.PolicyRevision = want.PolicyRevision
+	}
 	return nil
 }
 

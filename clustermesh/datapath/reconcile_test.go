@@ -296,3 +296,44 @@ func TestKeepPolicyLeavesPolicyAlone(t *testing.T) {
 		t.Errorf("known empty policy: %d entries, block entry kept: %v; want both gone", len(f.policy.m), ok)
 	}
 }
+
+// TestReconcileReportsPolicyRevision: Status names the policy revision the
+// maps hold only once a reconcile with it succeeded; KeepPolicy keeps it.
+func TestReconcileReportsPolicyRevision(t *testing.T) {
+	f := newFakeMaps(1024)
+	r, _ := New(Config{Topology: topo}, f.Maps(), nil, nil)
+	ctx := context.Background()
+	want := sampleDesired()
+	want.PolicyRevision = "r1"
+	want.Isolated = []Isolation{{Direction: Ingress, Identity: 1<<16 | 1}}
+	if err := r.Reconcile(ctx, want); err != nil {
+		t.Fatal(err)
+	}
+	if got := r.Status().PolicyRevision; got != "r1" {
+		t.Fatalf("policy revision %q after a successful reconcile, want r1", got)
+	}
+	f.policy.failErr = errors.New("injected")
+	want.PolicyRevision = "r2"
+	want.Isolated = append(want.Isolated, Isolation{Direction: Egress, Identity: 1<<16 | 1})
+	if err := r.Reconcile(ctx, want); err == nil {
+		t.Fatal("reconcile with a failing policy map succeeded")
+	}
+	if got := r.Status().PolicyRevision; got != "r1" {
+		t.Errorf("policy revision %q after a failed reconcile, want r1 still", got)
+	}
+	f.policy.failErr = nil
+	keep := want
+	keep.KeepPolicy, keep.PolicyRevision = true, ""
+	if err := r.Reconcile(ctx, keep); err != nil {
+		t.Fatal(err)
+	}
+	if got := r.Status().PolicyRevision; got != "r1" {
+		t.Errorf("policy revision %q after a reconcile keeping the policy, want r1 still", got)
+	}
+	if err := r.Reconcile(ctx, want); err != nil {
+		t.Fatal(err)
+	}
+	if got := r.Status().PolicyRevision; got != "r2" {
+		t.Errorf("policy revision %q, want r2", got)
+	}
+}

@@ -66,6 +66,11 @@ type PolicyStatus struct {
 	Synced   bool `json:"synced"`
 	Policies int  `json:"policies"`
 	Rules    int  `json:"rules"`
+	// Revision names the policy set last compiled (agent.PolicyRevision);
+	// Enforced is the revision the datapath's maps hold. They are equal
+	// once a change is enforced.
+	Revision string `json:"revision,omitempty"`
+	Enforced string `json:"enforced,omitempty"`
 	// Identities lists every local identity a policy selects.
 	Identities []PolicyIdentity `json:"identities,omitempty"`
 	// Drops counts drops per policy, direction and reason since the
