@@ -4,7 +4,8 @@
 //
 // The world of every scenario: two clusters, east (local: its policies are
 // the scenario's) and west, each with namespaces a (team=x), b (team=y)
-// and c (team=x); six pods and two addresses outside the mesh:
+// and c (team=x); seven pods, at least one in each namespace of each
+// cluster, and two addresses outside the mesh:
 //
 //	A   east a/web     app=web     named ports http=80/TCP, dns=53/UDP
 //	D   east a/db      app=db      http=8080/TCP
@@ -12,6 +13,7 @@
 //	C   east c/client  app=client
 //	WA  west a/web     app=web     http=80/TCP
 //	WB  west b/api     app=api     http=8080/TCP
+//	WC  west c/client  app=client
 //	X1  192.0.2.10     outside the mesh
 //	X2  192.0.2.130    outside the mesh
 //
@@ -86,6 +88,7 @@ func Endpoints() []Endpoint {
 		{Name: "C", Cluster: Local, Namespace: "c", Labels: map[string]string{"app": "client"}, Identity: 1<<16 | 4, Addr: a("10.1.4.2")},
 		{Name: "WA", Cluster: Remote, Namespace: "a", Labels: map[string]string{"app": "web"}, Ports: []clustermesh.NamedPort{httpPort(80)}, Identity: 2<<16 | 1, Addr: a("10.2.5.2")},
 		{Name: "WB", Cluster: Remote, Namespace: "b", Labels: map[string]string{"app": "api"}, Ports: []clustermesh.NamedPort{httpPort(8080)}, Identity: 2<<16 | 2, Addr: a("10.2.6.2")},
+		{Name: "WC", Cluster: Remote, Namespace: "c", Labels: map[string]string{"app": "client"}, Identity: 2<<16 | 3, Addr: a("10.2.7.2")},
 		{Name: "X1", Addr: a("192.0.2.10")},
 		{Name: "X2", Addr: a("192.0.2.130")},
 	}
