@@ -94,3 +94,48 @@ func TestAddLoopsFlagsFailingLoopsOnly(t *testing.T) {
 		t.Errorf("loops %+v, want both", s.Loops)
 	}
 }
+
+// TestPagePolicy: an agent's policy fields round-trip through the status
+// document and appear on the page: what is loaded and enforced, the
+// identities the policies select, drops per policy and the last drops.
+func TestPagePolicy(t *testing.T) {
+	snap := status.Snapshot{Cluster: "east", Role: "agent", Node: "east-0", Time: time.Now(), Healthy: true,
+		Policy: &status.PolicyStatus{Synced: true, Policies: 2, Rules: 5, Revision: "abc1", Enforced: "abc0",
+			Identities: []status.PolicyIdentity{{Identity: 1<<16 | 2, Namespace: "a",
+				Labels:  map[string]string{"app": "db", clustermesh.LabelNamespace: "a", clustermesh.NamespaceLabelPrefix + "team": "x"},
+				Ingress: []string{"a/db-from-web", "a/deny"}, Dropped: 7}},
+			Drops: []status.PolicyDrops{{Policy: "a/db-from-web", Direction: "ingress", Reason: "policy", Packets: 7}, {Direction: "ingress", Reason: "default_deny", Packets: 3}},
+			RecentDrops: []status.PolicyDrop{{AgeSeconds: 1.25, Direction: "ingress", Reason: "policy", Source: 2<<16 | 1, SourceCluster: "west",
+				Destination: 1<<16 | 2, DestinationCluster: "east", From: "10.2.5.2", To: "10.1.2.2:8080", Protocol: "TCP"}}}}
+	srv := httptest.NewServer(status.Handler(fixed(snap)))
+	defer srv.Close()
+	got, err := status.Fetch(t.Context(), srv.Client(), srv.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p := got.Policy; p == nil || p.Revision != "abc1" || p.Enforced != "abc0" || len(p.Identities) != 1 || len(p.Drops) != 2 || len(p.RecentDrops) != 1 ||
+		p.RecentDrops[0].SourceCluster != "west" || p.Identities[0].Ingress[1] != "a/deny" {
+		t.Fatalf("policy round trip: %+v", got.Policy)
+	}
+	resp, err := srv.Client().Get(srv.URL + "/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, err := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	html := string(body)
+	for _, want := range []string{"Network policy", "2 policies, 5 rules", "revision abc1 (datapath enforces abc0)",
+		`data-identity="65538"`, "<td>app=db</td>", "a/db-from-web, a/deny", "<td>7</td>",
+		`data-policy="a/db-from-web"`, "(default deny)", "default_deny",
+		"1.2s", "131073 (west)", "10.2.5.2", "10.1.2.2:8080", "TCP"} {
+		if !strings.Contains(html, want) {
+			t.Errorf("page lacks %q", want)
+		}
+	}
+	if strings.Contains(html, "team=x") {
+		t.Errorf("page shows the derived namespace labels among the pod's labels")
+	}
+}

@@ -90,4 +90,7 @@ func PrintStatus(w io.Writer, s status.Snapshot) {
 		fmt.Fprintf(tw, "\t%s\t%d\t%d\t%s\n", age, r.Invalid, r.Failures, r.LastError)
 	}
 	tw.Flush()
+	if s.Policy != nil {
+		printPolicy(w, s.Policy)
+	}
 }
