@@ -63,15 +63,7 @@ func PolicyIdentities(snap *remote.Snapshot) []policy.Identity {
 // policy fields, keeping the address-block identities of prev.
 func ApplyPolicy(want *datapath.Desired, snap *remote.Snapshot, local clustermesh.ClusterName, pols []*networkingv1.NetworkPolicy, prev []policy.Block) policy.Result {
 	res := policy.Compile(policy.Input{Cluster: local, Policies: pols, Identities: PolicyIdentities(snap), Blocks: prev})
-	want.Policy = make([]datapath.PolicyRule, len(res.Rules))
-	for i, r := range res.Rules {
-		want.Policy[i] = datapath.PolicyRule{Direction: datapath.Direction(r.Direction), Local: r.Local, Peer: r.Peer,
-			Protocol: r.Protocol, Port: r.Port, EndPort: r.EndPort}
-	}
-	want.Isolated = make([]datapath.Isolation, len(res.Isolated))
-	for i, iso := range res.Isolated {
-		want.Isolated[i] = datapath.Isolation{Direction: datapath.Direction(iso.Direction), Identity: iso.Identity}
-	}
+	want.Policy, want.Isolated = res.Rules, res.Isolated
 	want.Prefixes = make([]datapath.LocalEntry, len(res.Blocks))
 	for i, b := range res.Blocks {
 		want.Prefixes[i] = datapath.LocalEntry{Prefix: b.Prefix, Identity: b.Identity}

@@ -59,42 +59,6 @@ type Service struct {
 	Backends []Backend
 }
 
-// Direction is a policy direction, seen from the local pod.
-type Direction uint8
-
-// Directions.
-const (
-	Ingress Direction = iota // into the local pod
-	Egress                   // from the local pod
-)
-
-func (d Direction) String() string {
-	if d == Egress {
-		return "egress"
-	}
-	return "ingress"
-}
-
-// PolicyRule allows traffic between a local identity and a peer in one
-// direction. Peer 0 is every peer. Protocol "" is every protocol (and
-// every port); Port 0 is every port of Protocol; EndPort, when set, makes
-// Port..EndPort a range.
-type PolicyRule struct {
-	Direction Direction
-	Local     clustermesh.NumericIdentity
-	Peer      clustermesh.NumericIdentity
-	Protocol  clustermesh.Protocol
-	Port      uint16
-	EndPort   uint16
-}
-
-// Isolation makes Identity deny, in Direction, what no PolicyRule allows
-// (a pod selected by a NetworkPolicy of that direction).
-type Isolation struct {
-	Direction Direction
-	Identity  clustermesh.NumericIdentity
-}
-
 // LocalEntry is an address hosted on this node (a local pod).
 type LocalEntry struct {
 	Prefix   netip.Prefix
@@ -115,8 +79,11 @@ type Desired struct {
 	// longest prefix wins, and pods' own entries win over them.
 	Prefixes []LocalEntry
 	Services []Service
-	Policy   []PolicyRule
-	Isolated []Isolation
+	// Policy and Isolated are the compiled NetworkPolicies
+	// (clustermesh/policy): Isolated identities drop, in that direction,
+	// what no rule of Policy allows.
+	Policy   []clustermesh.PolicyRule
+	Isolated []clustermesh.PolicyIsolation
 	// DefaultDeny isolates every local pod for ingress.
 	DefaultDeny bool
 	// PolicyRevision names the policy set Policy, Isolated and Prefixes

@@ -42,8 +42,8 @@ func sampleDesired() Desired {
 				{Addr: ap("[fd00:2::5]:8080"), Cluster: "west", Healthy: true},
 			},
 		}},
-		Policy:   []PolicyRule{{Direction: Ingress, Local: 1<<16 | 3, Peer: 2<<16 | 7, Port: 8080, EndPort: 8081, Protocol: clustermesh.TCP}},
-		Isolated: []Isolation{{Direction: Ingress, Identity: 1<<16 | 3}},
+		Policy:   []clustermesh.PolicyRule{{Direction: clustermesh.PolicyIngress, Local: 1<<16 | 3, Peer: 2<<16 | 7, Port: 8080, EndPort: 8081, Protocol: clustermesh.TCP}},
+		Isolated: []clustermesh.PolicyIsolation{{Direction: clustermesh.PolicyIngress, Identity: 1<<16 | 3}},
 		Prefixes: []LocalEntry{{Prefix: netip.MustParsePrefix("192.0.2.0/24"), Identity: 0x100}},
 	}
 }
@@ -305,7 +305,7 @@ func TestReconcileReportsPolicyRevision(t *testing.T) {
 	ctx := context.Background()
 	want := sampleDesired()
 	want.PolicyRevision = "r1"
-	want.Isolated = []Isolation{{Direction: Ingress, Identity: 1<<16 | 1}}
+	want.Isolated = []clustermesh.PolicyIsolation{{Direction: clustermesh.PolicyIngress, Identity: 1<<16 | 1}}
 	if err := r.Reconcile(ctx, want); err != nil {
 		t.Fatal(err)
 	}
@@ -314,7 +314,7 @@ func TestReconcileReportsPolicyRevision(t *testing.T) {
 	}
 	f.policy.failErr = errors.New("injected")
 	want.PolicyRevision = "r2"
-	want.Isolated = append(want.Isolated, Isolation{Direction: Egress, Identity: 1<<16 | 1})
+	want.Isolated = append(want.Isolated, clustermesh.PolicyIsolation{Direction: clustermesh.PolicyEgress, Identity: 1<<16 | 1})
 	if err := r.Reconcile(ctx, want); err == nil {
 		t.Fatal("reconcile with a failing policy map succeeded")
 	}

@@ -16,25 +16,6 @@ import (
 	"github.com/braidmesh/braid/clustermesh"
 )
 
-// Direction is a rule's direction, seen from the local pod.
-type Direction uint8
-
-// Directions.
-const (
-	Ingress Direction = iota
-	Egress
-)
-
-func (d Direction) String() string {
-	if d == Egress {
-		return "egress"
-	}
-	return "ingress"
-}
-
-// Any as a Rule's Peer allows every peer.
-const Any clustermesh.NumericIdentity = 0
-
 // Address-block identities lie in cluster ID 0's range, which no cluster
 // allocates from, above the reserved identities.
 const (
@@ -67,25 +48,6 @@ type Input struct {
 	Blocks []Block
 }
 
-// Rule allows traffic between Local and Peer (Any: every peer) in
-// Direction. Protocol "" is every protocol and port; Port 0 every port of
-// Protocol; EndPort, when not 0, ends a range that starts at Port.
-type Rule struct {
-	Direction Direction
-	Local     clustermesh.NumericIdentity
-	Peer      clustermesh.NumericIdentity
-	Protocol  clustermesh.Protocol
-	Port      uint16
-	EndPort   uint16
-}
-
-// Isolation says Identity is selected by a policy of Direction: traffic in
-// that direction no Rule allows is dropped.
-type Isolation struct {
-	Direction Direction
-	Identity  clustermesh.NumericIdentity
-}
-
 // Block is the identity of an address block an ipBlock names.
 type Block struct {
 	Prefix   netip.Prefix
@@ -101,8 +63,8 @@ type Selection struct {
 // Result is a compiled policy set. Slices are sorted; Rules hold no
 // duplicates.
 type Result struct {
-	Rules    []Rule
-	Isolated []Isolation
+	Rules    []clustermesh.PolicyRule
+	Isolated []clustermesh.PolicyIsolation
 	Blocks   []Block
 	// Selected gives, per local identity selected by a policy, the
 	// policies selecting it.
@@ -152,8 +114,8 @@ type compiler struct {
 	idents []*ident // sorted by ID
 	local  map[string][]*ident
 	blocks map[netip.Prefix]clustermesh.NumericIdentity
-	rules  map[Rule]struct{}
-	iso    map[Isolation]struct{}
+	rules  map[clustermesh.PolicyRule]struct{}
+	iso    map[clustermesh.PolicyIsolation]struct{}
 	sel    map[clustermesh.NumericIdentity]*Selection
 	probs  []string
 }
@@ -161,7 +123,7 @@ type compiler struct {
 // Compile compiles in. See the package doc for the semantics.
 func Compile(in Input) Result {
 	c := &compiler{in: in, local: map[string][]*ident{}, blocks: map[netip.Prefix]clustermesh.NumericIdentity{},
-		rules: map[Rule]struct{}{}, iso: map[Isolation]struct{}{}, sel: map[clustermesh.NumericIdentity]*Selection{}}
+		rules: map[clustermesh.PolicyRule]struct{}{}, iso: map[clustermesh.PolicyIsolation]struct{}{}, sel: map[clustermesh.NumericIdentity]*Selection{}}
 	ids := slices.Clone(in.Identities)
 	slices.SortFunc(ids, func(a, b Identity) int { return cmp.Compare(a.ID, b.ID) })
 	for _, id := range ids {
@@ -283,36 +245,36 @@ func (c *compiler) policy(p *networkingv1.NetworkPolicy) {
 	ingress, egress := types(p)
 	if ingress {
 		for _, t := range targets {
-			c.isolate(Ingress, t.ID, name)
+			c.isolate(clustermesh.PolicyIngress, t.ID, name)
 		}
 		for i, r := range p.Spec.Ingress {
 			peers, any := c.peers(p, r.From, fmt.Sprintf("ingress rule %d", i))
 			for _, t := range targets {
-				c.emit(p, Ingress, t, peers, any, r.Ports)
+				c.emit(p, clustermesh.PolicyIngress, t, peers, any, r.Ports)
 			}
 		}
 	}
 	if egress {
 		for _, t := range targets {
-			c.isolate(Egress, t.ID, name)
+			c.isolate(clustermesh.PolicyEgress, t.ID, name)
 		}
 		for i, r := range p.Spec.Egress {
 			peers, any := c.peers(p, r.To, fmt.Sprintf("egress rule %d", i))
 			for _, t := range targets {
-				c.emit(p, Egress, t, peers, any, r.Ports)
+				c.emit(p, clustermesh.PolicyEgress, t, peers, any, r.Ports)
 			}
 		}
 	}
 }
 
-func (c *compiler) isolate(d Direction, id clustermesh.NumericIdentity, policy string) {
-	c.iso[Isolation{d, id}] = struct{}{}
+func (c *compiler) isolate(d clustermesh.PolicyDirection, id clustermesh.NumericIdentity, policy string) {
+	c.iso[clustermesh.PolicyIsolation{Direction: d, Identity: id}] = struct{}{}
 	s := c.sel[id]
 	if s == nil {
 		s = &Selection{}
 		c.sel[id] = s
 	}
-	if d == Ingress {
+	if d == clustermesh.PolicyIngress {
 		s.Ingress = append(s.Ingress, policy)
 	} else {
 		s.Egress = append(s.Egress, policy)
@@ -446,13 +408,13 @@ func inside(q, p netip.Prefix) bool {
 }
 
 // emit adds the rules of one policy rule for one target.
-func (c *compiler) emit(p *networkingv1.NetworkPolicy, d Direction, t *ident, peers []peer, any bool, ports []networkingv1.NetworkPolicyPort) {
+func (c *compiler) emit(p *networkingv1.NetworkPolicy, d clustermesh.PolicyDirection, t *ident, peers []peer, any bool, ports []networkingv1.NetworkPolicyPort) {
 	if any {
-		peers = []peer{{id: Any}}
+		peers = []peer{{id: clustermesh.AnyPeer}}
 	}
 	if len(ports) == 0 {
 		for _, pr := range peers {
-			c.rules[Rule{Direction: d, Local: t.ID, Peer: pr.id}] = struct{}{}
+			c.rules[clustermesh.PolicyRule{Direction: d, Local: t.ID, Peer: pr.id}] = struct{}{}
 		}
 		return
 	}
@@ -486,19 +448,19 @@ func (c *compiler) emit(p *networkingv1.NetworkPolicy, d Direction, t *ident, pe
 				}
 			}
 			for _, pr := range peers {
-				c.rules[Rule{Direction: d, Local: t.ID, Peer: pr.id, Protocol: proto, Port: lo, EndPort: hi}] = struct{}{}
+				c.rules[clustermesh.PolicyRule{Direction: d, Local: t.ID, Peer: pr.id, Protocol: proto, Port: lo, EndPort: hi}] = struct{}{}
 			}
 			continue
 		}
 		// A named port: the selected pod's for ingress, the peer's for egress.
 		name := pp.Port.StrVal
-		if d == Ingress {
+		if d == clustermesh.PolicyIngress {
 			for _, np := range t.ports[name] {
 				if np.Protocol != proto {
 					continue
 				}
 				for _, pr := range peers {
-					c.rules[Rule{Direction: d, Local: t.ID, Peer: pr.id, Protocol: proto, Port: np.Port}] = struct{}{}
+					c.rules[clustermesh.PolicyRule{Direction: d, Local: t.ID, Peer: pr.id, Protocol: proto, Port: np.Port}] = struct{}{}
 				}
 			}
 			continue
@@ -516,14 +478,14 @@ func (c *compiler) emit(p *networkingv1.NetworkPolicy, d Direction, t *ident, pe
 			}
 			for _, np := range pr.ident.ports[name] {
 				if np.Protocol == proto {
-					c.rules[Rule{Direction: d, Local: t.ID, Peer: pr.id, Protocol: proto, Port: np.Port}] = struct{}{}
+					c.rules[clustermesh.PolicyRule{Direction: d, Local: t.ID, Peer: pr.id, Protocol: proto, Port: np.Port}] = struct{}{}
 				}
 			}
 		}
 	}
 }
 
-func compareRule(a, b Rule) int {
+func compareRule(a, b clustermesh.PolicyRule) int {
 	return cmp.Or(cmp.Compare(a.Direction, b.Direction), cmp.Compare(a.Local, b.Local), cmp.Compare(a.Peer, b.Peer),
 		cmp.Compare(a.Protocol, b.Protocol), cmp.Compare(a.Port, b.Port), cmp.Compare(a.EndPort, b.EndPort))
 }
@@ -531,7 +493,7 @@ func compareRule(a, b Rule) int {
 func (c *compiler) result() Result {
 	r := Result{Problems: c.probs, Selected: make(map[clustermesh.NumericIdentity]Selection, len(c.sel))}
 	r.Rules = slices.SortedFunc(maps.Keys(c.rules), compareRule)
-	r.Isolated = slices.SortedFunc(maps.Keys(c.iso), func(a, b Isolation) int {
+	r.Isolated = slices.SortedFunc(maps.Keys(c.iso), func(a, b clustermesh.PolicyIsolation) int {
 		return cmp.Or(cmp.Compare(a.Identity, b.Identity), cmp.Compare(a.Direction, b.Direction))
 	})
 	for _, pfx := range slices.SortedFunc(maps.Keys(c.blocks), comparePrefix) {

@@ -44,12 +44,12 @@ func identityOf(r policy.Result, e policytest.Endpoint) clustermesh.NumericIdent
 }
 
 // allows evaluates r as the datapath does, for one direction at local.
-func allows(r policy.Result, d policy.Direction, local, peer clustermesh.NumericIdentity, p policytest.Probe) bool {
-	if !slices.Contains(r.Isolated, policy.Isolation{Direction: d, Identity: local}) {
+func allows(r policy.Result, d clustermesh.PolicyDirection, local, peer clustermesh.NumericIdentity, p policytest.Probe) bool {
+	if !slices.Contains(r.Isolated, clustermesh.PolicyIsolation{Direction: d, Identity: local}) {
 		return true
 	}
 	for _, rule := range r.Rules {
-		if rule.Direction != d || rule.Local != local || (rule.Peer != peer && rule.Peer != policy.Any) {
+		if rule.Direction != d || rule.Local != local || (rule.Peer != peer && rule.Peer != clustermesh.AnyPeer) {
 			continue
 		}
 		if rule.Protocol == "" {
@@ -70,10 +70,10 @@ func allows(r policy.Result, d policy.Direction, local, peer clustermesh.Numeric
 // (enforced by the local cluster only for its own pods) and dst's ingress.
 func verdict(r policy.Result, src, dst policytest.Endpoint, p policytest.Probe) bool {
 	s, d := identityOf(r, src), identityOf(r, dst)
-	if src.Cluster == policytest.Local && !allows(r, policy.Egress, s, d, p) {
+	if src.Cluster == policytest.Local && !allows(r, clustermesh.PolicyEgress, s, d, p) {
 		return false
 	}
-	if dst.Cluster == policytest.Local && !allows(r, policy.Ingress, d, s, p) {
+	if dst.Cluster == policytest.Local && !allows(r, clustermesh.PolicyIngress, d, s, p) {
 		return false
 	}
 	return true
@@ -175,7 +175,7 @@ func TestInvalidPartsAreReportedAndAllowNothing(t *testing.T) {
 		t.Errorf("problems %q, want the selector and the CIDR", r.Problems)
 	}
 	db := policytest.Endpoints()[1].Identity
-	if !slices.Contains(r.Isolated, policy.Isolation{Direction: policy.Ingress, Identity: db}) || len(r.Rules) != 0 {
+	if !slices.Contains(r.Isolated, clustermesh.PolicyIsolation{Direction: clustermesh.PolicyIngress, Identity: db}) || len(r.Rules) != 0 {
 		t.Errorf("db isolated=%v rules=%v: want isolated with no rule", r.Isolated, r.Rules)
 	}
 }
