@@ -1,6 +1,7 @@
 package remote
 
 import (
+	"encoding/binary"
 	"net/netip"
 
 	"github.com/braidmesh/braid/clustermesh"
@@ -53,11 +54,54 @@ func newTable[R any]() *typedTable[R, hashed[R]] {
 }
 
 // ipSlot is an IP entry without what every entry of a cluster shares (the
-// cluster name): a cold start holds hundreds of thousands of them.
+// cluster name): a cold start holds hundreds of thousands of them. Named
+// ports, which policies resolve, are packed into a string (packPorts):
+// empty for the many pods that name none.
 type ipSlot struct {
 	prefix   netip.Prefix
 	hostIP   netip.Addr
 	identity clustermesh.NumericIdentity
+	ports    string
+}
+
+// packPorts encodes named ports as, per port, the name and the protocol
+// each preceded by its length (uvarint), then the port (uvarint).
+func packPorts(ps []clustermesh.NamedPort) string {
+	if len(ps) == 0 {
+		return ""
+	}
+	b := make([]byte, 0, len(ps)*12)
+	for _, p := range ps {
+		b = binary.AppendUvarint(b, uint64(len(p.Name)))
+		b = append(b, p.Name...)
+		b = binary.AppendUvarint(b, uint64(len(p.Protocol)))
+		b = append(b, p.Protocol...)
+		b = binary.AppendUvarint(b, uint64(p.Port))
+	}
+	return string(b)
+}
+
+// unpackPorts decodes what packPorts encoded.
+func unpackPorts(s string) []clustermesh.NamedPort {
+	if s == "" {
+		return nil
+	}
+	b := []byte(s)
+	var out []clustermesh.NamedPort
+	field := func() string {
+		n, k := binary.Uvarint(b)
+		s := string(b[k : k+int(n)])
+		b = b[k+int(n):]
+		return s
+	}
+	for len(b) > 0 {
+		name := field()
+		proto := field()
+		port, k := binary.Uvarint(b)
+		b = b[k:]
+		out = append(out, clustermesh.NamedPort{Name: name, Protocol: clustermesh.Protocol(proto), Port: uint16(port)})
+	}
+	return out
 }
 
 // newIPTable stores a cluster's IP entries compactly, compared by value.
@@ -65,10 +109,10 @@ func newIPTable(cluster clustermesh.ClusterName) *typedTable[clustermesh.IPEntry
 	return &typedTable[clustermesh.IPEntry, ipSlot]{
 		m: make(map[string]ipSlot),
 		pack: func(e clustermesh.IPEntry, _ uint64) ipSlot {
-			return ipSlot{prefix: e.Prefix, hostIP: e.HostIP, identity: e.Identity}
+			return ipSlot{prefix: e.Prefix, hostIP: e.HostIP, identity: e.Identity, ports: packPorts(e.NamedPorts)}
 		},
 		unpack: func(s ipSlot) clustermesh.IPEntry {
-			return clustermesh.IPEntry{Prefix: s.prefix, Cluster: cluster, Identity: s.identity, HostIP: s.hostIP}
+			return clustermesh.IPEntry{Prefix: s.prefix, Cluster: cluster, Identity: s.identity, HostIP: s.hostIP, NamedPorts: unpackPorts(s.ports)}
 		},
 		same: func(a, b ipSlot) bool { return a == b },
 	}
