@@ -25,7 +25,9 @@
 //     and destination identity; PolicyKey{src, dst, port, proto} is tried,
 //     then {src, dst, 0, 0}; no rule means allow unless
 //     DatapathConfig.DefaultDeny. Replies of flows a local pod initiated
-//     bypass policy. Counters record each verdict by reason.
+//     bypass policy, and so does what the node's own stack sends (a packet
+//     without an ingress device: the kubelet's probes, host-network pods).
+//     Counters record each verdict by reason.
 //
 // # Connection tracking
 //

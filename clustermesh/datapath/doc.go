@@ -17,6 +17,11 @@
 // written before the ipcache moves an address to a new identity and stale
 // ones removed after, so a relabelled pod keeps its flows;
 // Desired.KeepPolicy leaves the policy part alone until it is known.
+// Status.PolicyRevision names the Desired.PolicyRevision the maps last
+// took, so a caller can wait for a policy change to be enforced. Policy
+// never applies to the pod's own node: the programs let its host stack
+// (the kubelet's probes, host-network pods) reach its pods, as Kubernetes
+// and Cilium do.
 //
 // Backends are tiered against the node's Topology (same node, same zone,
 // same cluster, another cluster in the same region, any other cluster).
