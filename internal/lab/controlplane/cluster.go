@@ -148,12 +148,17 @@ func Start(ctx context.Context, cfg Config) (c *Cluster, err error) {
 
 // CNIRole is the ClusterRole, bound to the group system:nodes, that lets
 // lab nodes do what a host-gw CNI daemon does besides the kubelet's work:
-// read every Node, for the routes to their pod CIDRs. (The Node authorizer
-// lets a kubelet read only its own Node.)
+// read every Node, for the routes to their pod CIDRs (the Node authorizer
+// lets a kubelet read only its own Node). The lab's braid-agents run with
+// their node's credentials, so it also grants what deploy/agent-rbac.yaml
+// grants them beyond a kubelet's rights: reading NetworkPolicies.
 const CNIRole = "braid-lab:cni"
 
 func (c *Cluster) grantCNI(ctx context.Context) error {
-	rules := []rbacv1.PolicyRule{{APIGroups: []string{""}, Resources: []string{"nodes"}, Verbs: []string{"get", "list", "watch"}}}
+	rules := []rbacv1.PolicyRule{
+		{APIGroups: []string{""}, Resources: []string{"nodes"}, Verbs: []string{"get", "list", "watch"}},
+		{APIGroups: []string{"networking.k8s.io"}, Resources: []string{"networkpolicies"}, Verbs: []string{"get", "list", "watch"}},
+	}
 	if _, err := c.Client.RbacV1().ClusterRoles().Create(ctx, &rbacv1.ClusterRole{
 		ObjectMeta: metav1.ObjectMeta{Name: CNIRole}, Rules: rules,
 	}, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {

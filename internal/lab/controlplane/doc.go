@@ -13,7 +13,9 @@
 // NodeRestriction, so a lab node has exactly a kubelet's rights, and reaches
 // kubelets (exec, logs) by their InternalIP, verifying their certificates.
 // Beyond a kubelet's rights, the group system:nodes may read every Node
-// (CNIRole), because lab nodes also route pod CIDRs as a host-gw CNI does.
+// (CNIRole), because lab nodes also route pod CIDRs as a host-gw CNI does,
+// and NetworkPolicies, which the braid-agents (with their node's
+// credentials) enforce.
 //
 // This is not a testing package: the lab command uses it. Processes are
 // killed by the kernel if the calling process dies (see internal/lab/proc).
