@@ -16,6 +16,10 @@
 //     node`, internal/lab/node: the kubelet stand-in) and a braid-agent
 //     process, both inside the namespace.
 //
+// AddOutside adds, once the lab is up, hosts outside the mesh: a namespace
+// on the underlay with an address no cluster knows, routed to and from
+// every node's pods (the peers of ipBlock policies).
+//
 // Every name contains the run's random ID, so labs and tests run side by
 // side. Before creating anything, Up writes a record of every name into the
 // run's directory; Close (and a failed Up) stops the processes and removes

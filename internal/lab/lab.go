@@ -95,7 +95,8 @@ type Lab struct {
 	broker     *broker.Broker // nil while stopped
 	brokerStop func()
 	closed     bool
-	exits      []string // unexpected exits of lab processes, oldest first
+	exits      []string   // unexpected exits of lab processes, oldest first
+	outside    []*Outside // outside hosts added (AddOutside); nil while being added
 }
 
 // Cluster is one lab cluster.

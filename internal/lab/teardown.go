@@ -51,6 +51,9 @@ func teardown(p *Plan) error {
 			}
 		}
 	}
+	if err := removeOutside(p); err != nil {
+		errs = append(errs, err)
+	}
 	if err := delLink(p.Bridge); err != nil {
 		errs = append(errs, err)
 	}
