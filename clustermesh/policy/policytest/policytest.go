@@ -94,6 +94,15 @@ func Endpoints() []Endpoint {
 	}
 }
 
+// NamespaceLabels returns the labels of namespace ns (a copy).
+func NamespaceLabels(ns string) map[string]string {
+	out := map[string]string{}
+	for k, v := range nsLabels[ns] {
+		out[k] = v
+	}
+	return out
+}
+
 // IdentityLabels returns the labels the operator publishes for e.
 func IdentityLabels(e Endpoint) map[string]string {
 	out := map[string]string{clustermesh.LabelNamespace: e.Namespace}
