@@ -62,17 +62,22 @@ func newLab(t testing.TB, n int, keys [][]byte) *lab { return newLabWith(t, n, n
 
 func newLabWith(t testing.TB, n int, tune func(*Config), keys [][]byte) *lab {
 	l := &lab{t: t, tune: tune, wait: 30 * time.Second, addrs: loopback(n), keys: keys, members: make([]*member, n)}
-	for i := range n {
+	l.startAll()
+	return l
+}
+
+// startAll starts every member and stops them when the test ends.
+func (l *lab) startAll() {
+	for i := range l.members {
 		l.start(i)
 	}
-	t.Cleanup(func() {
+	l.t.Cleanup(func() {
 		for _, m := range l.members {
 			if m != nil {
 				m.stop()
 			}
 		}
 	})
-	return l
 }
 
 func (l *lab) name(i int) string { return MemberName("c", fmt.Sprintf("n%d", i)) }
@@ -186,14 +191,7 @@ func TestKeyRotationNoPartition(t *testing.T) {
 	logs := &lockedBuffer{}
 	l := &lab{t: t, wait: 30 * time.Second, addrs: loopback(3), keys: [][]byte{k1}, members: make([]*member, 3),
 		log: slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))}
-	for i := range l.members {
-		l.start(i)
-	}
-	t.Cleanup(func() {
-		for _, m := range l.members {
-			m.stop()
-		}
-	})
+	l.startAll()
 	l.allAlive()
 
 	var notAlive []string
