@@ -23,6 +23,7 @@ import (
 	"github.com/braidmesh/braid/clustermesh"
 	"github.com/braidmesh/braid/clustermesh/datapath"
 	"github.com/braidmesh/braid/clustermesh/gossip"
+	"github.com/braidmesh/braid/clustermesh/policy"
 	"github.com/braidmesh/braid/clustermesh/remote"
 	"github.com/braidmesh/braid/clustermesh/status"
 	"github.com/braidmesh/braid/internal/atomicfile"
@@ -107,7 +108,16 @@ type Config struct {
 	// NodeStatusInterval is how often the node's status is published
 	// (see DefaultNodeStatusInterval); zero means the default.
 	NodeStatusInterval time.Duration
+	// RestoreTimeout bounds how long a restarted agent leaves the maps it
+	// finds pinned untouched while it waits to know the whole mesh again
+	// (see the package doc); zero means DefaultRestoreTimeout.
+	RestoreTimeout time.Duration
 }
+
+// DefaultRestoreTimeout is Config.RestoreTimeout's default: as long as
+// Cilium waits for its cluster mesh to sync before it removes restored
+// entries.
+const DefaultRestoreTimeout = time.Minute
 
 // DefaultBrokerTimeout is Config.BrokerTimeout's default.
 const DefaultBrokerTimeout = remote.DefaultStaleAfter
@@ -139,6 +149,12 @@ type Agent struct {
 	policy   *policyState         // last compiled policy; nil without Config.Policies
 	drops    drops                // last read drop counters
 	tunnel   *status.TunnelStatus // last sample of the tunnel device
+	// restore is set while a restarted agent holds the pinned maps
+	// (see restoring).
+	restore *restoreHold
+	// restoredBlocks are the address-block identities found pinned, kept
+	// by the first policy compile.
+	restoredBlocks []policy.Block
 }
 
 // New builds an Agent over store. It starts nothing and touches no kernel
@@ -155,6 +171,9 @@ func New(cfg Config, store kvstore.Store, log *slog.Logger) (*Agent, error) {
 	}
 	if cfg.NodeStatusInterval == 0 {
 		cfg.NodeStatusInterval = DefaultNodeStatusInterval
+	}
+	if cfg.RestoreTimeout <= 0 {
+		cfg.RestoreTimeout = DefaultRestoreTimeout
 	}
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
@@ -196,6 +215,9 @@ func (a *Agent) Run(ctx context.Context) error {
 		return fmt.Errorf("load datapath: %w", err)
 	}
 	defer objs.Close()
+	if err := a.holdRestored(objs); err != nil {
+		return err
+	}
 	if a.cfg.CgroupPath != "" {
 		if err := objs.AttachCgroup(a.cfg.CgroupPath); err != nil {
 			return fmt.Errorf("attach socket load balancer to %s: %w", a.cfg.CgroupPath, err)
@@ -298,6 +320,11 @@ func (a *Agent) Run(ctx context.Context) error {
 	}
 	run(a.watcher.Run)
 	run(dp.Run)
+	if a.restoring() {
+		// Give up waiting for the whole mesh after RestoreTimeout.
+		t := time.AfterFunc(a.cfg.RestoreTimeout, loops.mesh.Trigger)
+		defer t.Stop()
+	}
 	run(func(ctx context.Context) error {
 		err := loops.status.Run(ctx)
 		loops.statusPub.withdraw(ctx)
@@ -389,6 +416,10 @@ func (a *Agent) newLoops(dp *datapath.Reconciler, dev *tunnel.Device, objs *bpf.
 				return pool.Unreachable(gossip.MemberName(string(c), node))
 			}
 		}
+		if a.holdsRestored(snap, time.Now()) {
+			l.status.Trigger()
+			return nil // the pinned maps keep enforcing as they are
+		}
 		want := DesiredState(snap, a.cfg.Cluster, unreachable)
 		a.desirePolicy(&want, snap)
 		dp.Update(want)
@@ -457,6 +488,9 @@ func (a *Agent) desirePolicy(want *datapath.Desired, snap *remote.Snapshot) {
 	}
 	a.mu.Lock()
 	prev := a.policy.result.Blocks
+	if !a.policy.synced {
+		prev = a.restoredBlocks // the first compile since the start
+	}
 	a.mu.Unlock()
 	res := ApplyPolicy(want, snap, a.cfg.Cluster, pols, prev)
 	want.PolicyRevision = PolicyRevision(pols)
@@ -717,6 +751,9 @@ func (a *Agent) Snapshot() status.Snapshot {
 	}
 	for part, p := range a.problems {
 		s.Problems = append(s.Problems, part+": "+p)
+	}
+	if h := a.restore; h != nil && h.waiting != "" {
+		s.Problems = append(s.Problems, "datapath: "+h.waiting)
 	}
 	for _, name := range a.devices {
 		s.PodDevices = append(s.PodDevices, name)

@@ -31,6 +31,13 @@
 // DropsInterval for Snapshot's Policy section and braid_policy_drops_total.
 //
 // Run blocks until its context is done and waits for everything it
-// started. BPF objects are pinned: stopping the agent leaves the datapath
-// serving, and the next start takes the maps over without flushing them.
+// started. BPF objects are pinned: stopping (or killing) the agent leaves
+// the datapath serving and enforcing, and the next start takes the maps
+// over without flushing them. A restarted agent (the pinned ipcache holds
+// entries) leaves them untouched until it knows the whole mesh again: the
+// cluster configs listed, every cluster synced, the NetworkPolicies
+// listed, or Config.RestoreTimeout passed (the wait is shown among the
+// status page's problems). Only then does it reconcile, keeping the
+// address-block identities it found, so an unchanged mesh costs no write
+// to the policy trie or the ipcache, and no verdict changes on restart.
 package agent
