@@ -107,12 +107,20 @@ func worldSnapshot(eps []policytest.Endpoint) *remote.Snapshot {
 	return snap
 }
 
-// apply compiles pols as east's agent does and reconciles the maps, then
-// forgets every tracked flow so each scenario starts clean.
+// apply compiles pols as east's agent does and reconciles the maps.
 func (w *policyWorld) apply(t testing.TB, pols []*networkingv1.NetworkPolicy) {
 	t.Helper()
+	w.applyAs(t, policytest.Local, pols)
+}
+
+// applyAs compiles pols as an agent of cluster c does (its rules isolate
+// and admit c's pods only) and reconciles the maps. Every endpoint is
+// behind this node's programs, which enforce by identity: a west policy
+// is enforced here as west's nodes would.
+func (w *policyWorld) applyAs(t testing.TB, c clustermesh.ClusterName, pols []*networkingv1.NetworkPolicy) {
+	t.Helper()
 	want := agent.DesiredState(w.snap, policytest.Local, nil)
-	res := agent.ApplyPolicy(&want, w.snap, policytest.Local, pols, w.prev)
+	res := agent.ApplyPolicy(&want, w.snap, c, pols, w.prev)
 	if len(res.Problems) > 0 {
 		t.Fatalf("compile: %v", res.Problems)
 	}
@@ -122,6 +130,7 @@ func (w *policyWorld) apply(t testing.TB, pols []*networkingv1.NetworkPolicy) {
 	}
 }
 
+// forgetFlows deletes every tracked flow, so each scenario starts clean.
 func (w *policyWorld) forgetFlows(t *testing.T) {
 	t.Helper()
 	ct, err := w.objs.CT.Dump()
@@ -184,7 +193,7 @@ func TestPolicyProbeMatrix(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			w.apply(t, sc.Policies)
+			w.applyAs(t, sc.Enforcer(), sc.Policies)
 			w.forgetFlows(t)
 			var mu sync.Mutex
 			var wg sync.WaitGroup

@@ -67,13 +67,14 @@ func allows(r policy.Result, d clustermesh.PolicyDirection, local, peer clusterm
 }
 
 // verdict is whether a connection from src to dst passes: src's egress
-// (enforced by the local cluster only for its own pods) and dst's ingress.
-func verdict(r policy.Result, src, dst policytest.Endpoint, p policytest.Probe) bool {
+// and dst's ingress, each enforced by cluster enforcer only for its own
+// pods.
+func verdict(r policy.Result, enforcer clustermesh.ClusterName, src, dst policytest.Endpoint, p policytest.Probe) bool {
 	s, d := identityOf(r, src), identityOf(r, dst)
-	if src.Cluster == policytest.Local && !allows(r, clustermesh.PolicyEgress, s, d, p) {
+	if src.Cluster == enforcer && !allows(r, clustermesh.PolicyEgress, s, d, p) {
 		return false
 	}
-	if dst.Cluster == policytest.Local && !allows(r, clustermesh.PolicyIngress, d, s, p) {
+	if dst.Cluster == enforcer && !allows(r, clustermesh.PolicyIngress, d, s, p) {
 		return false
 	}
 	return true
@@ -92,7 +93,7 @@ func TestScenarios(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			r := policy.Compile(policy.Input{Cluster: policytest.Local, Policies: sc.Policies, Identities: world()})
+			r := policy.Compile(policy.Input{Cluster: sc.Enforcer(), Policies: sc.Policies, Identities: world()})
 			if len(r.Problems) > 0 {
 				t.Errorf("problems: %v", r.Problems)
 			}
@@ -109,7 +110,7 @@ func TestScenarios(t *testing.T) {
 					}
 					for i, p := range policytest.Probes {
 						cells++
-						if got := verdict(r, src, dst, p); got != w[i] {
+						if got := verdict(r, sc.Enforcer(), src, dst, p); got != w[i] {
 							t.Errorf("%s -> %s %s: allowed=%v, want %v", src.Name, dst.Name, p, got, w[i])
 						}
 					}

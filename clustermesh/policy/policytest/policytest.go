@@ -3,7 +3,7 @@
 // matrix on real BPF.
 //
 // The world of every scenario: two clusters, east (local: its policies are
-// the scenario's) and west, each with namespaces a (team=x), b (team=y)
+// the scenario's, unless the scenario names west) and west, each with namespaces a (team=x), b (team=y)
 // and c (team=x); seven pods, at least one in each namespace of each
 // cluster, and two addresses outside the mesh:
 //
@@ -116,13 +116,23 @@ func IdentityLabels(e Endpoint) map[string]string {
 	return out
 }
 
-// Scenario is a set of the local cluster's policies and the verdicts they
-// give.
+// Scenario is a set of one cluster's policies and the verdicts they give.
 type Scenario struct {
-	Name     string
+	Name string
+	// Cluster holds the policies and enforces them for its pods: Local
+	// (east) when empty; Remote (west) for west's own policies.
+	Cluster  clustermesh.ClusterName
 	Policies []*networkingv1.NetworkPolicy
 	// Table is the expected verdict table (see the package doc).
 	Table string
+}
+
+// Enforcer is the cluster that holds and enforces s's policies.
+func (s Scenario) Enforcer() clustermesh.ClusterName {
+	if s.Cluster == "" {
+		return Local
+	}
+	return s.Cluster
 }
 
 // Verdicts parses s.Table into verdicts by client, server and probe index.

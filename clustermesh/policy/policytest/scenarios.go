@@ -10,7 +10,7 @@ import (
 func pols(p ...*networkingv1.NetworkPolicy) []*networkingv1.NetworkPolicy { return p }
 
 // Scenarios returns the scenarios: the NetworkPolicy documentation's
-// examples and edge cases, and cross-cluster ones.
+// examples and edge cases, and cross-cluster ones, east's then west's.
 func Scenarios() []Scenario {
 	return []Scenario{
 		{
@@ -459,6 +459,57 @@ func Scenarios() []Scenario {
 			WC  YYY ... YYY YYY YYY YYY -   YYY YYY
 			X1  YYY ... YYY YYY YYY YYY YYY -   YYY
 			X2  YYY ... YYY YYY YYY YYY YYY YYY -
+			`,
+		},
+		{
+			Name:     "west: default deny ingress in b",
+			Cluster:  Remote,
+			Policies: pols(np("b", "deny-ingress", sel(), networkingv1.NetworkPolicySpec{PolicyTypes: types(ingress)})),
+			Table: `
+			    A   D   B   C   WA  WB  WC  X1  X2
+			A   -   YYY YYY YYY YYY ... YYY YYY YYY
+			D   YYY -   YYY YYY YYY ... YYY YYY YYY
+			B   YYY YYY -   YYY YYY ... YYY YYY YYY
+			C   YYY YYY YYY -   YYY ... YYY YYY YYY
+			WA  YYY YYY YYY YYY -   ... YYY YYY YYY
+			WB  YYY YYY YYY YYY YYY -   YYY YYY YYY
+			WC  YYY YYY YYY YYY YYY ... -   YYY YYY
+			X1  YYY YYY YYY YYY YYY ... YYY -   YYY
+			X2  YYY YYY YYY YYY YYY ... YYY YYY -
+			`,
+		},
+		{
+			Name:     "west: api admits east's web pods by cluster on its named port",
+			Cluster:  Remote,
+			Policies: pols(np("b", "api-from-east-web", sel("app", "api"), networkingv1.NetworkPolicySpec{Ingress: fromPorts(ports(port(tcp, named("http"))), networkingv1.NetworkPolicyPeer{NamespaceSelector: selp(clustermesh.LabelCluster, "east"), PodSelector: selp("app", "web")})})),
+			Table: `
+			    A   D   B   C   WA  WB  WC  X1  X2
+			A   -   YYY YYY YYY YYY .Y. YYY YYY YYY
+			D   YYY -   YYY YYY YYY ... YYY YYY YYY
+			B   YYY YYY -   YYY YYY .Y. YYY YYY YYY
+			C   YYY YYY YYY -   YYY ... YYY YYY YYY
+			WA  YYY YYY YYY YYY -   ... YYY YYY YYY
+			WB  YYY YYY YYY YYY YYY -   YYY YYY YYY
+			WC  YYY YYY YYY YYY YYY ... -   YYY YYY
+			X1  YYY YYY YYY YYY YYY ... YYY -   YYY
+			X2  YYY YYY YYY YYY YYY ... YYY YYY -
+			`,
+		},
+		{
+			Name:     "west: egress from c to east only",
+			Cluster:  Remote,
+			Policies: pols(np("c", "to-east", sel(), networkingv1.NetworkPolicySpec{PolicyTypes: types(egress), Egress: to(nil, namespaces(clustermesh.LabelCluster, "east"))})),
+			Table: `
+			    A   D   B   C   WA  WB  WC  X1  X2
+			A   -   YYY YYY YYY YYY YYY YYY YYY YYY
+			D   YYY -   YYY YYY YYY YYY YYY YYY YYY
+			B   YYY YYY -   YYY YYY YYY YYY YYY YYY
+			C   YYY YYY YYY -   YYY YYY YYY YYY YYY
+			WA  YYY YYY YYY YYY -   YYY YYY YYY YYY
+			WB  YYY YYY YYY YYY YYY -   YYY YYY YYY
+			WC  YYY YYY YYY YYY ... ... -   ... ...
+			X1  YYY YYY YYY YYY YYY YYY YYY -   YYY
+			X2  YYY YYY YYY YYY YYY YYY YYY YYY -
 			`,
 		},
 	}
