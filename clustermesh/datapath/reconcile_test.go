@@ -337,3 +337,31 @@ func TestReconcileReportsPolicyRevision(t *testing.T) {
 		t.Errorf("policy revision %q, want r2", got)
 	}
 }
+
+// TestPolicyProtocols: a rule per protocol (TCP, UDP, SCTP) becomes allow
+// entries for that IP protocol number only.
+func TestPolicyProtocols(t *testing.T) {
+	f := newFakeMaps(1024)
+	r, _ := New(Config{Topology: topo}, f.Maps(), nil, nil)
+	local, peer := clustermesh.NumericIdentity(1<<16|1), clustermesh.NumericIdentity(2<<16|1)
+	want := sampleDesired()
+	want.Isolated = []clustermesh.PolicyIsolation{{Direction: clustermesh.PolicyIngress, Identity: local}}
+	want.Policy = nil
+	protos := map[clustermesh.Protocol]uint8{clustermesh.TCP: 6, clustermesh.UDP: 17, clustermesh.SCTP: 132}
+	for p := range protos {
+		want.Policy = append(want.Policy, clustermesh.PolicyRule{Direction: clustermesh.PolicyIngress, Local: local, Peer: peer, Protocol: p, Port: 5000})
+	}
+	if err := r.Reconcile(context.Background(), want); err != nil {
+		t.Fatal(err)
+	}
+	for p, num := range protos {
+		for _, k := range bpf.PolicyAllowKeys(bpf.PolicyIngress, uint32(local), uint32(peer), num, 5000, 5000) {
+			if v, ok := f.policy.m[k]; !ok || v.Action != bpf.PolicyAllow {
+				t.Errorf("%s/5000: allow entry %+v missing (%+v, %v)", p, k, v, ok)
+			}
+		}
+	}
+	if n := len(f.policy.m); n != 1+len(protos) {
+		t.Errorf("%d policy entries, want the isolation and one per protocol", n)
+	}
+}

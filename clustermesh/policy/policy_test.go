@@ -6,8 +6,10 @@ import (
 	"slices"
 	"testing"
 
+	corev1 "k8s.io/api/core/v1"
 	networkingv1 "k8s.io/api/networking/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/intstr"
 
 	"github.com/braidmesh/braid/clustermesh"
 	"github.com/braidmesh/braid/clustermesh/policy"
@@ -194,5 +196,34 @@ func TestRemoteIdentitiesAreNeverSelected(t *testing.T) {
 	}
 	if len(r.Isolated) != 2 {
 		t.Errorf("isolated %v, want east's a/web and a/db", r.Isolated)
+	}
+}
+
+// TestSCTPPorts: SCTP ports, by number and by name, give SCTP rules only.
+func TestSCTPPorts(t *testing.T) {
+	sctp := corev1.ProtocolSCTP
+	num, name := intstr.FromInt32(3868), intstr.FromString("diameter")
+	p := &networkingv1.NetworkPolicy{ObjectMeta: metav1.ObjectMeta{Namespace: "a", Name: "sctp"},
+		Spec: networkingv1.NetworkPolicySpec{PodSelector: metav1.LabelSelector{MatchLabels: map[string]string{"app": "web"}},
+			Ingress: []networkingv1.NetworkPolicyIngressRule{{Ports: []networkingv1.NetworkPolicyPort{{Protocol: &sctp, Port: &num}, {Protocol: &sctp, Port: &name}}}}}}
+	ids := world()
+	web := policytest.Endpoints()[0].Identity
+	for i := range ids {
+		if ids[i].ID == web {
+			ids[i].NamedPorts = append(ids[i].NamedPorts, clustermesh.NamedPort{Name: "diameter", Port: 3869, Protocol: clustermesh.SCTP})
+		}
+	}
+	r := policy.Compile(policy.Input{Cluster: policytest.Local, Identities: ids, Policies: []*networkingv1.NetworkPolicy{p}})
+	if len(r.Problems) > 0 {
+		t.Fatalf("problems: %v", r.Problems)
+	}
+	var got []string
+	for _, rule := range r.Rules {
+		if rule.Local == web {
+			got = append(got, fmt.Sprintf("%s/%d", rule.Protocol, rule.Port))
+		}
+	}
+	if want := "[SCTP/3868 SCTP/3869]"; fmt.Sprint(got) != want {
+		t.Errorf("rules of a/web %v, want %s", got, want)
 	}
 }
