@@ -46,6 +46,8 @@ type policyLab struct {
 	host map[*lab.Node]netns.NsHandle // node -> its own namespace (the host)
 	// readySince is when each pod last turned ready, before any scenario.
 	readySince map[string]metav1.Time
+	// applied are the clusters holding policies.
+	applied map[*lab.Cluster]bool
 }
 
 // Probe timing: a probe expected to be dropped waits deniedWait for an
@@ -63,11 +65,15 @@ const (
 // clusters × two nodes, with pods in three namespaces of both clusters and
 // two hosts outside the mesh, every policytest scenario (the
 // NetworkPolicy documentation's examples, its edge cases and cross-cluster
-// selectors) is applied to east's kube-apiserver in turn; once every east
-// agent reports the policy set enforced, TCP and UDP probes run between
-// every pair of endpoints, and every cell must match the scenario's table.
-// The node's own host reaches its pods in every scenario (the kubelet's
-// probes: the pods' readiness probes keep passing too).
+// selectors) is applied in turn to the kube-apiserver of its cluster (east,
+// or west for west's own policies; the other cluster's are removed); once
+// every agent of that cluster reports the policy set enforced, TCP and UDP
+// probes run between every pair of endpoints, and every cell must match
+// the scenario's table. The node's own host reaches its pods in every
+// scenario (the kubelet's probes: the pods' readiness probes keep passing
+// too). On the same lab, an agent killed and restarted keeps enforcing
+// (testAgentRestart), and established connections survive a namespace
+// relabel but not a policy that denies them (testEstablished).
 func TestPolicyMatrix(t *testing.T) {
 	kubeBin := requireLab(t)
 	ctx := context.Background()
@@ -85,21 +91,24 @@ func TestPolicyMatrix(t *testing.T) {
 	// A process that failed to start under load was restarted already;
 	// from here no policy change may make any exit.
 	started := len(l.UnexpectedExits())
-	east := l.Cluster(string(policytest.Local))
+	east, west := l.Cluster(string(policytest.Local)), l.Cluster(string(policytest.Remote))
 	for _, sc := range policytest.Scenarios() {
 		t.Run(sc.Name, func(t *testing.T) {
 			want, err := sc.Verdicts()
 			if err != nil {
 				t.Fatal(err)
 			}
-			m.apply(t, east, sc.Policies)
-			m.probeAll(t, want)
+			m.applyOnly(t, l.Cluster(string(sc.Enforcer())), sc.Policies)
+			m.probeAll(t, want, nil)
 			if sc.Name == "default deny ingress in a" {
 				m.checkDropsShown(t, "A", "a/deny-ingress")
 			}
 		})
 	}
+	t.Run("agent restart", m.testAgentRestart)
+	t.Run("established flows", m.testEstablished)
 	m.apply(t, east, nil)
+	m.apply(t, west, nil)
 	m.checkReady(t)
 	(&labEnv{Lab: l}).failed(t)
 	if exits := l.UnexpectedExits()[started:]; len(exits) > 0 {
@@ -110,7 +119,7 @@ func TestPolicyMatrix(t *testing.T) {
 func newPolicyLab(t *testing.T, l *lab.Lab) *policyLab {
 	ctx := context.Background()
 	m := &policyLab{l: l, eps: policytest.Endpoints(), addr: map[string]netip.Addr{}, ns: map[string]netns.NsHandle{},
-		node: map[string]*lab.Node{}, host: map[*lab.Node]netns.NsHandle{}, readySince: map[string]metav1.Time{}}
+		node: map[string]*lab.Node{}, host: map[*lab.Node]netns.NsHandle{}, readySince: map[string]metav1.Time{}, applied: map[*lab.Cluster]bool{}}
 	t.Cleanup(func() {
 		for _, h := range m.ns {
 			h.Close()
@@ -218,6 +227,17 @@ func newPolicyLab(t *testing.T, l *lab.Lab) *policyLab {
 	return m
 }
 
+// grepLines returns the lines of s that contain substr.
+func grepLines(s, substr string) string {
+	var out []string
+	for _, l := range strings.Split(s, "\n") {
+		if strings.Contains(l, substr) {
+			out = append(out, l)
+		}
+	}
+	return strings.Join(out, "\n")
+}
+
 func podName(e policytest.Endpoint) string { return "pod-" + strings.ToLower(e.Name) }
 
 // policyPod is e's pod on node: it serves TCP 80 and 8080 and UDP 53 (the
@@ -322,10 +342,26 @@ func serveOutside(t *testing.T, ns netns.NsHandle, name string) {
 	})
 }
 
+// applyOnly applies pols to cluster c and removes every other cluster's
+// policies (those it applied before).
+func (m *policyLab) applyOnly(t *testing.T, c *lab.Cluster, pols []*networkingv1.NetworkPolicy) {
+	t.Helper()
+	for o := range m.applied {
+		if o != c {
+			m.apply(t, o, nil)
+		}
+	}
+	m.apply(t, c, pols)
+}
+
 // apply replaces every NetworkPolicy of cluster c by pols and waits until
 // every agent of c reports the new set compiled and enforced.
 func (m *policyLab) apply(t *testing.T, c *lab.Cluster, pols []*networkingv1.NetworkPolicy) {
 	t.Helper()
+	delete(m.applied, c)
+	if len(pols) > 0 {
+		m.applied[c] = true
+	}
 	ctx := context.Background()
 	api := c.Client.NetworkingV1()
 	for _, ns := range []string{"a", "b", "c"} {
@@ -423,9 +459,14 @@ func verdict(ns netns.NsHandle, p policytest.Probe, to netip.Addr, expectAllowed
 }
 
 // probeAll probes every cell of want, and every pod from its node's host,
-// in parallel, and fails t for every cell that differs.
-func (m *policyLab) probeAll(t *testing.T, want map[[2]string][]bool) {
+// in parallel, and fails t for every cell that differs. With only set, it
+// probes only the cells between endpoints only accepts (a host stands for
+// its node's pods).
+func (m *policyLab) probeAll(t *testing.T, want map[[2]string][]bool, only func(policytest.Endpoint) bool) {
 	t.Helper()
+	if only == nil {
+		only = func(policytest.Endpoint) bool { return true }
+	}
 	type cell struct {
 		from, to string
 		ns       netns.NsHandle
@@ -436,7 +477,7 @@ func (m *policyLab) probeAll(t *testing.T, want map[[2]string][]bool) {
 	var cells []cell
 	for _, src := range m.eps {
 		for _, dst := range m.eps {
-			if src.Name == dst.Name {
+			if src.Name == dst.Name || !only(src) || !only(dst) {
 				continue
 			}
 			v, ok := want[[2]string{src.Name, dst.Name}]
@@ -449,7 +490,7 @@ func (m *policyLab) probeAll(t *testing.T, want map[[2]string][]bool) {
 		}
 	}
 	for _, dst := range m.eps {
-		if n := m.node[dst.Name]; n != nil {
+		if n := m.node[dst.Name]; n != nil && only(dst) {
 			for i := range policytest.Probes {
 				cells = append(cells, cell{"host(" + n.Name + ")", dst.Name, m.host[n], m.addr[dst.Name], i, true})
 			}
@@ -506,10 +547,11 @@ func (m *policyLab) checkReady(t *testing.T) {
 	}
 }
 
-// checkDropsShown: the status of the agent of pod ep's node, and `braid
-// status` reading it, attribute the drops into ep to policy (as the probe
-// matrix just caused them: from every other endpoint, west's pods among
-// them) and show the last drops with their source cluster.
+// checkDropsShown: the status of the agent of pod ep's node, its
+// /metrics, and `braid status` reading it, attribute the drops into ep to
+// policy (as the probe matrix just caused them: from every other endpoint,
+// west's pods among them) and show the last drops with their source
+// cluster.
 func (m *policyLab) checkDropsShown(t *testing.T, ep, policy string) {
 	t.Helper()
 	n := m.node[ep]
@@ -541,6 +583,15 @@ func (m *policyLab) checkDropsShown(t *testing.T, ep, policy string) {
 		}
 		if !fromWest {
 			return fmt.Errorf("node %s: no recent drop from west into %s: %+v", n.Name, ep, st.Policy.RecentDrops)
+		}
+		// Per policy on /metrics too.
+		metrics, err := scrapeMetrics(n.StatusURL)
+		if err != nil {
+			return err
+		}
+		series := regexp.MustCompile(`(?m)^braid_policy_drops_total\{direction="ingress",policy="` + regexp.QuoteMeta(policy) + `",reason="policy"\} [1-9]`)
+		if !series.MatchString(metrics) {
+			return fmt.Errorf("node %s's /metrics lack ingress drops of %s:\n%s", n.Name, policy, grepLines(metrics, "braid_policy_drops_total"))
 		}
 		// The same, as braid status prints it (it exits 1 if the node
 		// reports any problem; the output is what is checked).
