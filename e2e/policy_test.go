@@ -116,7 +116,7 @@ func TestPolicyMatrix(t *testing.T) {
 	}
 }
 
-func newPolicyLab(t *testing.T, l *lab.Lab) *policyLab {
+func newPolicyLab(t testing.TB, l *lab.Lab) *policyLab {
 	ctx := context.Background()
 	m := &policyLab{l: l, eps: policytest.Endpoints(), addr: map[string]netip.Addr{}, ns: map[string]netns.NsHandle{},
 		node: map[string]*lab.Node{}, host: map[*lab.Node]netns.NsHandle{}, readySince: map[string]metav1.Time{}, applied: map[*lab.Cluster]bool{}}
@@ -302,7 +302,7 @@ func podNetns(n *lab.Node, uid string) (netns.NsHandle, error) {
 
 // serveOutside serves what the pods serve (HTTP on TCP 80 and 8080, a UDP
 // answer on 53) in the outside host's namespace until the test ends.
-func serveOutside(t *testing.T, ns netns.NsHandle, name string) {
+func serveOutside(t testing.TB, ns netns.NsHandle, name string) {
 	var tcp []net.Listener
 	var udp net.PacketConn
 	err := netnsrun.Do(ns, func() error {
@@ -344,7 +344,7 @@ func serveOutside(t *testing.T, ns netns.NsHandle, name string) {
 
 // applyOnly applies pols to cluster c and removes every other cluster's
 // policies (those it applied before).
-func (m *policyLab) applyOnly(t *testing.T, c *lab.Cluster, pols []*networkingv1.NetworkPolicy) {
+func (m *policyLab) applyOnly(t testing.TB, c *lab.Cluster, pols []*networkingv1.NetworkPolicy) {
 	t.Helper()
 	for o := range m.applied {
 		if o != c {
@@ -356,7 +356,7 @@ func (m *policyLab) applyOnly(t *testing.T, c *lab.Cluster, pols []*networkingv1
 
 // apply replaces every NetworkPolicy of cluster c by pols and waits until
 // every agent of c reports the new set compiled and enforced.
-func (m *policyLab) apply(t *testing.T, c *lab.Cluster, pols []*networkingv1.NetworkPolicy) {
+func (m *policyLab) apply(t testing.TB, c *lab.Cluster, pols []*networkingv1.NetworkPolicy) {
 	t.Helper()
 	delete(m.applied, c)
 	if len(pols) > 0 {
