@@ -63,7 +63,10 @@ func (s heldStore) Watch(ctx context.Context, prefix string) <-chan kvstore.Even
 // it leaves the maps exactly as they were (a partial view would drop
 // west's pods from the ipcache and their allow rule from the policy
 // trie); once it does, it reports the same policy revision enforced
-// without having written a single ipcache or policy entry.
+// without having written a single ipcache or policy entry: it kept the
+// address blocks' identities it found pinned (a fresh compile would
+// number them otherwise, as the first agent added a block that sorts
+// first).
 func TestRestartKeepsPinnedMaps(t *testing.T) {
 	bpftest.RequireRoot(t)
 	ctx, cancel := context.WithCancel(t.Context())
@@ -89,11 +92,14 @@ func TestRestartKeepsPinnedMaps(t *testing.T) {
 		t.Fatal(err)
 	}
 	pins := bpftest.PinDir(t)
-	pols := restartPolicies()
+	// The first agent enforces one block, then a second one that sorts
+	// before it: a fresh compile would number the blocks otherwise.
+	first := restartPolicies("198.51.100.0/24")
+	pols := restartPolicies("198.51.100.0/24", "10.9.0.0/16")
 	rev := agent.PolicyRevision(pols)
 
 	// run starts an agent over s until the returned stop is called.
-	run := func(s kvstore.Store) (*agent.Agent, func()) {
+	run := func(s kvstore.Store, pols []*networkingv1.NetworkPolicy) (*agent.Agent, *fakePolicies, func()) {
 		src := &fakePolicies{pols: pols, ready: make(chan struct{})}
 		a, err := agent.New(agent.Config{Cluster: "east", Node: "e1", NodeIPs: []netip.Addr{netip.MustParseAddr("192.168.77.1")},
 			BPF: bpf.Config{PinDir: pins}, Policies: src, StatusAddr: "127.0.0.1:0"}, s, nil)
@@ -103,14 +109,14 @@ func TestRestartKeepsPinnedMaps(t *testing.T) {
 		actx, stop := context.WithCancel(ctx)
 		done := make(chan error, 1)
 		go func() { done <- a.Run(actx) }()
-		return a, func() {
+		return a, src, func() {
 			stop()
 			if err := <-done; err != nil {
 				t.Errorf("agent: %v", err)
 			}
 		}
 	}
-	enforced := func(a *agent.Agent) func() error {
+	enforced := func(a *agent.Agent, rev string) func() error {
 		return func() error {
 			p := a.Snapshot().Policy
 			if p == nil || p.Enforced != rev {
@@ -119,8 +125,11 @@ func TestRestartKeepsPinnedMaps(t *testing.T) {
 			return nil
 		}
 	}
-	first, stopFirst := run(store)
-	testenv.Eventually(t, 20*time.Second, enforced(first))
+	one, src, stopOne := run(store, first)
+	testenv.Eventually(t, 20*time.Second, enforced(one, agent.PolicyRevision(first)))
+	<-src.ready
+	src.set(pols)
+	testenv.Eventually(t, 20*time.Second, enforced(one, rev))
 	objs, err := bpf.Load(bpf.Config{PinDir: pins})
 	if err != nil {
 		t.Fatal(err)
@@ -134,10 +143,10 @@ func TestRestartKeepsPinnedMaps(t *testing.T) {
 	if _, ok := ipcache[bpf.IPCacheKeyFor(netip.MustParsePrefix("10.201.2.2/32"))]; !ok {
 		t.Fatalf("the first agent's ipcache lacks west's api pod: %v", ipcache)
 	}
-	stopFirst()
+	stopOne()
 
 	release := make(chan struct{})
-	second, stopSecond := run(heldStore{Store: store, prefix: clustermesh.SyncedPrefix("west"), release: release})
+	second, _, stopSecond := run(heldStore{Store: store, prefix: clustermesh.SyncedPrefix("west"), release: release}, pols)
 	defer stopSecond()
 	// The sync point: a mesh round saw east synced and the policies
 	// listed, and west only is missing.
@@ -155,7 +164,7 @@ func TestRestartKeepsPinnedMaps(t *testing.T) {
 		t.Fatalf("while west is unknown the restarted agent changed the pinned maps:\nipcache %v\nwas     %v\npolicy %v\nwas    %v", ip2, ipcache, pol2, policy)
 	}
 	close(release)
-	testenv.Eventually(t, 20*time.Second, enforced(second))
+	testenv.Eventually(t, 20*time.Second, enforced(second, rev))
 	testenv.Eventually(t, 20*time.Second, func() error {
 		if p := second.Snapshot().Problems; len(p) > 0 {
 			return fmt.Errorf("problems after west synced: %v", p)
@@ -175,19 +184,21 @@ func TestRestartKeepsPinnedMaps(t *testing.T) {
 }
 
 // restartPolicies isolate east's db and admit west's api pods on TCP
-// 5000, and an address block but its upper half.
-func restartPolicies() []*networkingv1.NetworkPolicy {
+// 5000, and each address block but its upper half.
+func restartPolicies(blocks ...string) []*networkingv1.NetworkPolicy {
 	tcp := corev1.ProtocolTCP
 	port := intstr.FromInt32(5000)
+	peers := []networkingv1.NetworkPolicyPeer{{PodSelector: &metav1.LabelSelector{MatchLabels: map[string]string{clustermesh.LabelCluster: "west", "app": "api"}}}}
+	for _, b := range blocks {
+		p := netip.MustParsePrefix(b)
+		a := p.Addr().As4()
+		a[p.Bits()/8] |= 0x80 >> (p.Bits() % 8)
+		upper := netip.PrefixFrom(netip.AddrFrom4(a), p.Bits()+1)
+		peers = append(peers, networkingv1.NetworkPolicyPeer{IPBlock: &networkingv1.IPBlock{CIDR: b, Except: []string{upper.String()}}})
+	}
 	return []*networkingv1.NetworkPolicy{{ObjectMeta: metav1.ObjectMeta{Namespace: "default", Name: "db"},
 		Spec: networkingv1.NetworkPolicySpec{PodSelector: metav1.LabelSelector{MatchLabels: map[string]string{"app": "db"}},
-			Ingress: []networkingv1.NetworkPolicyIngressRule{{
-				From: []networkingv1.NetworkPolicyPeer{
-					{PodSelector: &metav1.LabelSelector{MatchLabels: map[string]string{clustermesh.LabelCluster: "west", "app": "api"}}},
-					{IPBlock: &networkingv1.IPBlock{CIDR: "198.51.100.0/24", Except: []string{"198.51.100.128/25"}}},
-				},
-				Ports: []networkingv1.NetworkPolicyPort{{Protocol: &tcp, Port: &port}},
-			}}}}}
+			Ingress: []networkingv1.NetworkPolicyIngressRule{{From: peers, Ports: []networkingv1.NetworkPolicyPort{{Protocol: &tcp, Port: &port}}}}}}}
 }
 
 func dumpMaps(t *testing.T, objs *bpf.Objects) (map[bpf.IPCacheKey]bpf.IPCacheValue, map[bpf.PolicyKey]bpf.PolicyValue) {
