@@ -59,6 +59,9 @@ type Store struct {
 	ctx    context.Context // canceled by Close; parent of every watch
 	cancel context.CancelFunc
 
+	// streams picks the gRPC stream each watch goes on.
+	streams watchStreams
+
 	mu     sync.Mutex
 	closed bool
 	wg     sync.WaitGroup // watch goroutines

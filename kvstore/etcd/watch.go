@@ -31,8 +31,11 @@ var errWatchClosed = errors.New("etcd closed the watch")
 
 // Watch implements kvstore.Store. It lists prefix with one range read (pages
 // of 10,000 keys) and then follows it with an etcd watch from the list's
-// revision + 1. All watches of a Store share the client's one gRPC watch
-// stream, so thousands of prefixes cost one connection.
+// revision + 1. All watches of a Store share one gRPC watch stream, so
+// thousands of prefixes cost one connection; a watch refused for the
+// stream's stale token (a JWT that expired, or any change to users and
+// roles since it was issued) is made again at once on a new stream, without
+// an error event.
 //
 // The etcd client resumes a watch after a lost connection by itself. When the
 // server ends the watch (no leader: WithRequireLeader makes a partitioned
@@ -74,6 +77,8 @@ type watch struct {
 	prefix string
 	out    chan<- kvstore.Event
 	rev    int64 // every change up to rev has been delivered
+	// received is set by follow when etcd answered without an error.
+	received bool
 	// partial is set while upserts of an unfinished list have been sent: a
 	// new list must then start with EventRestart, so the consumer drops
 	// keys deleted in between.
@@ -83,6 +88,9 @@ type watch struct {
 func (w *watch) run(ctx context.Context) {
 	bo := reconcile.NewBackoff(minRetryDelay, maxRetryDelay)
 	listed := false
+	// renewed is set while the last watch was refused for a stale token
+	// and nothing has been received since.
+	renewed := false
 	for ctx.Err() == nil {
 		if !listed {
 			if err := w.list(ctx); err != nil {
@@ -99,6 +107,9 @@ func (w *watch) run(ctx context.Context) {
 		}
 
 		err := w.follow(ctx, bo)
+		if w.received {
+			renewed, w.received = false, false
+		}
 		switch {
 		case ctx.Err() != nil:
 			return
@@ -111,6 +122,12 @@ func (w *watch) run(ctx context.Context) {
 				return
 			}
 			listed = false
+		case staleToken(err) && !renewed:
+			// Refused for the token of the stream it was put on, not for
+			// the user's rights: watch again at once on a new stream,
+			// with a fresh token, as the client does for other calls.
+			renewed = true
+			w.s.log.Debug("watch refused for a stale token, resuming on a new stream", "prefix", w.prefix, "revision", w.rev+1)
 		default:
 			w.s.log.Debug("watch ended, resuming", "prefix", w.prefix, "revision", w.rev+1, "err", err)
 			if !w.send(ctx, errorEvent(w.s, "watch "+w.prefix, err)) {
@@ -156,7 +173,9 @@ func (w *watch) restartPartial(ctx context.Context) bool {
 func (w *watch) follow(ctx context.Context, bo *reconcile.Backoff) error {
 	// WithRequireLeader: a member cut off from its cluster ends the watch
 	// (ErrNoLeader) instead of leaving it silently stale.
-	wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
+	gen := w.s.streams.acquire()
+	defer w.s.streams.release(gen)
+	wctx, cancel := context.WithCancel(streamContext(ctx, gen))
 	defer cancel()
 	// With progress requested, a watch silent for many intervals is
 	// watched again: after a lost connection the client resumes beyond
@@ -183,8 +202,12 @@ func (w *watch) follow(ctx context.Context, bo *reconcile.Backoff) error {
 			return rpctypes.ErrCompacted
 		}
 		if err := resp.Err(); err != nil {
+			if staleToken(err) {
+				w.s.streams.retire(gen)
+			}
 			return err
 		}
+		w.received = true
 		if resp.IsProgressNotify() {
 			// Nothing changed under the prefix up to this revision; resuming
 			// after it avoids a needless re-list after a compaction.
@@ -224,19 +247,21 @@ func (w *watch) follow(ctx context.Context, bo *reconcile.Backoff) error {
 }
 
 // requestProgress asks etcd every interval for a progress notification on
-// every watch of the store until Close. Watches share one gRPC stream, whose
-// key is the outgoing metadata WithRequireLeader sets; one request covers
-// them all, and etcd answers only once every watch on it is synced.
+// every watch of the store until Close. Watches share a gRPC stream per
+// generation (see watchStreams), whose key is the outgoing metadata of
+// streamContext; one request covers a stream's watches, and etcd answers
+// only once every watch on it is synced.
 func (s *Store) requestProgress(interval time.Duration) {
 	defer s.wg.Done()
 	t := time.NewTicker(interval)
 	defer t.Stop()
-	ctx := clientv3.WithRequireLeader(s.ctx)
 	for {
 		select {
 		case <-t.C:
-			if err := s.client.RequestProgress(ctx); err != nil && s.ctx.Err() == nil {
-				s.log.Debug("request watch progress", "err", err)
+			for _, gen := range s.streams.active() {
+				if err := s.client.RequestProgress(streamContext(s.ctx, gen)); err != nil && s.ctx.Err() == nil {
+					s.log.Debug("request watch progress", "err", err)
+				}
 			}
 		case <-s.ctx.Done():
 			return
