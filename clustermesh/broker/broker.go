@@ -228,6 +228,10 @@ func (b *Broker) Run(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("run broker: %w", err)
 	}
+	tokenKey, err := EnsureTokenKey(filepath.Join(b.cfg.DataDir, pkiDir))
+	if err != nil {
+		return fmt.Errorf("run broker: %w", err)
+	}
 	root, err := loadOrCreateRootCredentials(filepath.Join(b.cfg.DataDir, rootFile))
 	if err != nil {
 		return fmt.Errorf("run broker: %w", err)
@@ -246,7 +250,7 @@ func (b *Broker) Run(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("run broker: %w", err)
 	}
-	e, err := embed.StartEtcd(b.etcdConfig(pki, clientTLS, metricsURL))
+	e, err := embed.StartEtcd(b.etcdConfig(pki, clientTLS, tokenKey, metricsURL))
 	if err != nil {
 		return fmt.Errorf("run broker: start etcd: %w", err)
 	}
@@ -380,7 +384,7 @@ func (b *Broker) Run(ctx context.Context) error {
 	}
 }
 
-func (b *Broker) etcdConfig(pki *PKI, clientTLS *tls.Config, metricsURL url.URL) *embed.Config {
+func (b *Broker) etcdConfig(pki *PKI, clientTLS *tls.Config, tokenKey *TokenKey, metricsURL url.URL) *embed.Config {
 	ec := embed.NewConfig()
 	ec.Name = b.cfg.Name
 	ec.Dir = filepath.Join(b.cfg.DataDir, etcdDir)
@@ -400,7 +404,10 @@ func (b *Broker) etcdConfig(pki *PKI, clientTLS *tls.Config, metricsURL url.URL)
 	// joined with a token), whose common name etcd takes as the user.
 	// ClientCertAuth turns on that common-name authentication; the
 	// handshake itself is clientTLS's (see clientServerTLS), which lets a
-	// client present no certificate. Peers use certificates.
+	// client present no certificate. Peers use certificates. Password
+	// logins get JWTs signed with the broker's own key: unlike etcd's
+	// simple tokens they survive a restart, and they name no secret.
+	ec.AuthToken = tokenKey.authTokenOption()
 	ec.ClientTLSInfo = transport.TLSInfo{
 		CertFile:       pki.CertFile,
 		KeyFile:        pki.KeyFile,

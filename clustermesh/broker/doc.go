@@ -14,6 +14,9 @@
 //	pki/server.crt, pki/server.key  server (and peer) certificate for 127.0.0.1, ::1,
 //	                                localhost, the listen hosts and Config.ExtraSANs; reissued on start
 //	                                when a name is missing or it expires within 90 days
+//	pki/token.key, pki/token.pub    ECDSA P-256 key pair etcd signs and checks client tokens
+//	                                (ES256 JWTs, valid TokenTTL) with; created once, never replaced,
+//	                                so tokens stay valid across restarts
 //	root.json                       etcd root user's name and password
 //	etcd/                           etcd's data (member WAL and snapshots)
 //

@@ -464,6 +464,10 @@ func TestBrokerDebugLogHoldsNoSecrets(t *testing.T) {
 	if err := json.Unmarshal(root, &rc); err != nil || rc.Password == "" {
 		t.Fatalf("root.json: %v", err)
 	}
+	tokenKey, err := os.ReadFile(filepath.Join(dir, "pki", "token.key"))
+	if err != nil {
+		t.Fatal(err)
+	}
 	stop()
 	mu.Lock()
 	out := logs.String()
@@ -478,6 +482,12 @@ func TestBrokerDebugLogHoldsNoSecrets(t *testing.T) {
 		if strings.Contains(out, secret) {
 			i := strings.Index(out, secret)
 			t.Errorf("broker debug log holds %s: ...%s...", what, out[max(0, i-200):min(len(out), i+100)])
+		}
+	}
+	// Nor any line of the key etcd signs tokens with.
+	for line := range strings.Lines(string(tokenKey)) {
+		if line = strings.TrimSpace(line); line != "" && !strings.HasPrefix(line, "-----") && strings.Contains(out, line) {
+			t.Errorf("broker debug log holds the token signing key")
 		}
 	}
 }
