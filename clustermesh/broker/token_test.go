@@ -10,6 +10,7 @@ import (
 	"encoding/json"
 	"encoding/pem"
 	"errors"
+	"fmt"
 	"math/big"
 	"os"
 	"path/filepath"
@@ -19,9 +20,13 @@ import (
 
 	"github.com/braidmesh/braid/clustermesh"
 	"github.com/braidmesh/braid/internal/testenv"
+	bolt "go.etcd.io/bbolt"
+	"go.etcd.io/etcd/api/v3/authpb"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
+	"golang.org/x/crypto/bcrypt"
 	"google.golang.org/grpc/metadata"
+	"google.golang.org/protobuf/proto"
 )
 
 // TestBrokerTokensAreJWTs checks that etcd hands clients JWTs signed with
@@ -207,4 +212,46 @@ func anonymousClient(t *testing.T, endpoints []string, c interface {
 	}
 	t.Cleanup(func() { cli.Close() })
 	return cli
+}
+
+// TestPasswordHashCost checks that etcd hashes cluster passwords at
+// bcrypt's lowest cost: every stream a client opens authenticates again,
+// and the passwords are random 128-bit secrets that stretching cannot
+// protect further. It reads the hash from etcd's stopped database.
+func TestPasswordHashCost(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "broker")
+	ports := testenv.FreePorts(t, 2)
+	b := startBroker(t, dir, ports[0], ports[1])
+	creds, err := b.AddCluster(t.Context(), testGrant("east"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	b.stop()
+
+	db, err := bolt.Open(filepath.Join(dir, etcdDir, "member", "snap", "db"), 0o600, &bolt.Options{ReadOnly: true, Timeout: 10 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	var user authpb.User
+	if err := db.View(func(tx *bolt.Tx) error {
+		bkt := tx.Bucket([]byte("authUsers"))
+		if bkt == nil {
+			return errors.New("no authUsers bucket")
+		}
+		v := bkt.Get([]byte(creds.Username))
+		if v == nil {
+			return fmt.Errorf("no user %s", creds.Username)
+		}
+		return proto.Unmarshal(v, &user)
+	}); err != nil {
+		t.Fatal(err)
+	}
+	cost, err := bcrypt.Cost(user.Password)
+	if err != nil {
+		t.Fatalf("password hash of %s: %v", creds.Username, err)
+	}
+	if cost != bcrypt.MinCost {
+		t.Errorf("bcrypt cost %d, want %d", cost, bcrypt.MinCost)
+	}
 }
