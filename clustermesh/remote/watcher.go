@@ -177,6 +177,10 @@ type meshState struct {
 	grants       map[clustermesh.ClusterName]clustermesh.Grant
 	conflicts    map[clustermesh.ClusterName]error
 	grantsListed bool
+	// grantsBehind says the last read of the grants failed: the next
+	// event of the grant watch, a progress notification included, reads
+	// them again.
+	grantsBehind bool
 }
 
 func (w *Watcher) configEvent(ctx context.Context, wg *sync.WaitGroup, m *meshState, ev kvstore.Event) {
@@ -224,7 +228,13 @@ func (w *Watcher) configEvent(ctx context.Context, wg *sync.WaitGroup, m *meshSt
 
 // grantEvent re-reads every grant after the initial list and on each
 // change: resolving conflicts needs their create revisions, and grants are
-// few and rarely change.
+// few and rarely change. A progress notification changes nothing, so it
+// reads them only when the last read failed.
+//
+// The read is bounded by StaleAfter: Run's loop waits for it, and a broker
+// that went away during an unbounded read would hold the loop, and with it
+// every later watch error, for as long as the broker stays away, showing
+// it reachable all along. A failed read counts as a failure of the watch.
 func (w *Watcher) grantEvent(ctx context.Context, wg *sync.WaitGroup, m *meshState, ev kvstore.Event) {
 	w.heard(ev)
 	switch ev.Kind {
@@ -236,17 +246,29 @@ func (w *Watcher) grantEvent(ctx context.Context, wg *sync.WaitGroup, m *meshSta
 		m.grantsListed = true
 	case kvstore.EventRestart:
 		return
+	case kvstore.EventProgress:
+		if !m.grantsBehind {
+			return
+		}
 	}
 	if !m.grantsListed {
 		return
 	}
-	kvs, _, err := w.store.List(ctx, clustermesh.GrantsPrefix)
+	start := time.Now()
+	lctx, cancel := context.WithTimeout(ctx, w.cfg.StaleAfter)
+	kvs, _, err := w.store.List(lctx, clustermesh.GrantsPrefix)
+	cancel()
 	if err != nil {
 		if ctx.Err() == nil {
-			w.setError(fmt.Errorf("list grants: %w", err))
+			m.grantsBehind = true
+			err = fmt.Errorf("list grants: %w", err)
+			w.failing(start, err)
+			w.setError(err)
+			w.log.Warn("reading grants failed; reading them again on the next grant event", "err", err)
 		}
 		return
 	}
+	m.grantsBehind = false
 	var all []clustermesh.StoredGrant
 	for _, kv := range kvs {
 		g, err := clustermesh.DecodeGrant(kv.Key, kv.Value)
@@ -321,8 +343,8 @@ type BrokerStatus struct {
 	// store that does (etcd with a progress interval) is expected to keep
 	// doing so, and silence past a bound means the broker is unreachable.
 	ProgressSeen bool
-	// FailingSince is when the watches began failing (zero while they
-	// work); LastError is the latest failure.
+	// FailingSince is when the watches, or a read of the grants, began
+	// failing (zero while they work); LastError is the latest failure.
 	FailingSince time.Time
 	LastError    string
 	// Refused says the latest failure was the broker refusing this
@@ -345,20 +367,28 @@ func (w *Watcher) Broker() BrokerStatus {
 
 // heard records what a mesh watch's event says about the broker.
 func (w *Watcher) heard(ev kvstore.Event) {
+	if ev.Kind == kvstore.EventError {
+		w.failing(time.Now(), ev.Err)
+		return
+	}
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	b := &w.broker
-	if ev.Kind == kvstore.EventError {
-		if b.FailingSince.IsZero() {
-			b.FailingSince = time.Now()
-		}
-		b.LastError = ev.Err.Error()
-		b.Refused = errors.Is(ev.Err, kvstore.ErrPermissionDenied)
-		return
-	}
 	b.LastHeard = time.Now()
 	b.ProgressSeen = b.ProgressSeen || ev.Kind == kvstore.EventProgress
 	b.FailingSince, b.LastError, b.Refused = time.Time{}, "", false
+}
+
+// failing records a failed call to the broker, begun at since.
+func (w *Watcher) failing(since time.Time, err error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	b := &w.broker
+	if b.FailingSince.IsZero() {
+		b.FailingSince = since
+	}
+	b.LastError = err.Error()
+	b.Refused = errors.Is(err, kvstore.ErrPermissionDenied)
 }
 
 // setUngranted records (reason not empty) or forgets why a cluster with a
