@@ -111,8 +111,10 @@ type Store interface {
 
 	// GrantLease creates a lease that expires after ttl without KeepAlive.
 	GrantLease(ctx context.Context, ttl time.Duration) (LeaseID, error)
-	// KeepAlive renews the lease once, for its full TTL. ErrLeaseNotFound if
-	// it already expired.
+	// KeepAlive renews the lease: on success it has at least half its TTL
+	// left (the memory store renews it for its full TTL; etcd's keeps
+	// renewing it over one stream until a TTL after the last call).
+	// ErrLeaseNotFound if it already expired.
 	KeepAlive(ctx context.Context, id LeaseID) error
 	// LeaseTTL returns how long the lease has left unless it is renewed;
 	// ErrLeaseNotFound if it expired or was revoked. Consumers read it for

@@ -21,6 +21,30 @@ import (
 	"github.com/braidmesh/braid/kvstore/etcd/etcdtest"
 )
 
+// enableAuth turns on etcd's authentication with a root user (password
+// "rootpw") and user, whose password is password and who may read and
+// write only under "user/".
+func enableAuth(t *testing.T, ctx context.Context, admin *clientv3.Client, user, password string) {
+	t.Helper()
+	prefix := user + "/"
+	for i, step := range []func() error{
+		func() error { _, err := admin.UserAdd(ctx, "root", "rootpw"); return err },
+		func() error { _, err := admin.UserGrantRole(ctx, "root", "root"); return err },
+		func() error { _, err := admin.RoleAdd(ctx, user); return err },
+		func() error {
+			_, err := admin.RoleGrantPermission(ctx, user, prefix, clientv3.GetPrefixRangeEnd(prefix), clientv3.PermissionType(clientv3.PermReadWrite))
+			return err
+		},
+		func() error { _, err := admin.UserAdd(ctx, user, password); return err },
+		func() error { _, err := admin.UserGrantRole(ctx, user, user); return err },
+		func() error { _, err := admin.AuthEnable(ctx); return err },
+	} {
+		if err := step(); err != nil {
+			t.Fatalf("auth setup step %d: %v", i, err)
+		}
+	}
+}
+
 // TestPermissionDenied checks that etcd's authorization errors reach callers
 // as kvstore.ErrPermissionDenied, from calls, New and watches.
 func TestPermissionDenied(t *testing.T) {
@@ -29,23 +53,7 @@ func TestPermissionDenied(t *testing.T) {
 	admin := newStore(t, srv.Endpoints()).Client()
 	ctx, cancel := context.WithTimeout(t.Context(), 20*time.Second)
 	defer cancel()
-	steps := []func() error{
-		func() error { _, err := admin.UserAdd(ctx, "root", "rootpw"); return err },
-		func() error { _, err := admin.UserGrantRole(ctx, "root", "root"); return err },
-		func() error { _, err := admin.RoleAdd(ctx, "cluster1"); return err },
-		func() error {
-			_, err := admin.RoleGrantPermission(ctx, "cluster1", "cluster1/", clientv3.GetPrefixRangeEnd("cluster1/"), clientv3.PermissionType(clientv3.PermReadWrite))
-			return err
-		},
-		func() error { _, err := admin.UserAdd(ctx, "cluster1", "pw1"); return err },
-		func() error { _, err := admin.UserGrantRole(ctx, "cluster1", "cluster1"); return err },
-		func() error { _, err := admin.AuthEnable(ctx); return err },
-	}
-	for i, step := range steps {
-		if err := step(); err != nil {
-			t.Fatalf("auth setup step %d: %v", i, err)
-		}
-	}
+	enableAuth(t, ctx, admin, "cluster1", "pw1")
 
 	_, err := etcd.New(ctx, etcd.Config{Endpoints: srv.Endpoints(), Username: "cluster1", Password: "wrong"})
 	if !errors.Is(err, kvstore.ErrPermissionDenied) {
@@ -111,22 +119,7 @@ func TestWatchAfterAuthChange(t *testing.T) {
 	ctx, cancel := context.WithTimeout(t.Context(), 60*time.Second)
 	defer cancel()
 	admin := newStore(t, srv.Endpoints()).Client()
-	for i, step := range []func() error{
-		func() error { _, err := admin.UserAdd(ctx, "root", "rootpw"); return err },
-		func() error { _, err := admin.UserGrantRole(ctx, "root", "root"); return err },
-		func() error { _, err := admin.RoleAdd(ctx, "c1"); return err },
-		func() error {
-			_, err := admin.RoleGrantPermission(ctx, "c1", "c1/", clientv3.GetPrefixRangeEnd("c1/"), clientv3.PermissionType(clientv3.PermReadWrite))
-			return err
-		},
-		func() error { _, err := admin.UserAdd(ctx, "c1", "pw1"); return err },
-		func() error { _, err := admin.UserGrantRole(ctx, "c1", "c1"); return err },
-		func() error { _, err := admin.AuthEnable(ctx); return err },
-	} {
-		if err := step(); err != nil {
-			t.Fatalf("auth setup step %d: %v", i, err)
-		}
-	}
+	enableAuth(t, ctx, admin, "c1", "pw1")
 	root, err := etcd.New(ctx, etcd.Config{Endpoints: srv.Endpoints(), Username: "root", Password: "rootpw"})
 	if err != nil {
 		t.Fatal(err)

@@ -16,7 +16,12 @@
 // pages of 10,000 keys at one revision, so even very large prefixes take few
 // round trips. CreateIfAbsent is a transaction on the key's create revision.
 // Lease TTLs are whole seconds (rounded up) and at least the server's
-// minimum; expiry is detected by the server, up to ~0.5 s late.
+// minimum; expiry is detected by the server, up to ~0.5 s late. KeepAlive
+// starts, per lease, a keeper that renews it over the client's one
+// long-lived lease stream (clientv3 Lease.KeepAlive), so renewals cost no
+// new stream and no new authentication; a call returns once the lease was
+// renewed within the last half of its TTL, and the keeper stops a TTL
+// after the last call.
 //
 // Watch is list-then-watch: the list's revision + 1 is where the etcd watch
 // starts. The client resumes after a lost connection by itself; when the
@@ -35,6 +40,6 @@
 // Other errors callers may test with errors.Is: kvstore.ErrNotFound,
 // kvstore.ErrClosed, and the context's errors. All methods are safe for
 // concurrent use; calls block until etcd answers or ctx is done. Close ends
-// every watch, waits for their goroutines and closes the client if New made
-// it; it is idempotent.
+// every watch and lease keeper, waits for their goroutines and closes the
+// client if New made it; it is idempotent.
 package etcd

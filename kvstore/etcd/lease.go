@@ -2,9 +2,11 @@ package etcd
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"time"
 
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/braidmesh/braid/kvstore"
@@ -29,15 +31,32 @@ func (s *Store) GrantLease(ctx context.Context, ttl time.Duration) (kvstore.Leas
 	return kvstore.LeaseID(resp.ID), nil
 }
 
-// KeepAlive implements kvstore.Store with one keep-alive request. While etcd
-// is unreachable it retries until ctx is done.
+// KeepAlive implements kvstore.Store. The first call for a lease starts a
+// keeper (see keeper) that renews it on the client's one long-lived lease
+// stream; KeepAlive returns nil once etcd renewed the lease within the last
+// half of its TTL, so that it has at least half its TTL left, waiting for
+// the next renewal if need be. It returns an error wrapping
+// kvstore.ErrLeaseNotFound once the lease is gone (expired or revoked), one
+// wrapping kvstore.ErrPermissionDenied when etcd refuses the credentials,
+// and ctx's error while etcd is unreachable. The lease stays renewed until
+// a TTL after the last call, so it expires between one and two TTLs after
+// the last KeepAlive.
 func (s *Store) KeepAlive(ctx context.Context, id kvstore.LeaseID) error {
 	op := fmt.Sprintf("keep lease %x alive", int64(id))
 	if err := s.check(ctx); err != nil {
 		return fmt.Errorf("%s: %w", op, err)
 	}
-	_, err := s.client.KeepAliveOnce(ctx, clientv3.LeaseID(id))
-	return s.translate(op, err)
+	for {
+		k, err := s.keeper(clientv3.LeaseID(id))
+		if err != nil {
+			return fmt.Errorf("%s: %w", op, err)
+		}
+		err = k.wait(ctx)
+		if errors.Is(err, errKeeperIdle) {
+			continue // it stopped just before this call: start another
+		}
+		return s.translate(op, err)
+	}
 }
 
 // RevokeLease implements kvstore.Store.
@@ -47,6 +66,13 @@ func (s *Store) RevokeLease(ctx context.Context, id kvstore.LeaseID) error {
 		return fmt.Errorf("%s: %w", op, err)
 	}
 	_, err := s.client.Revoke(ctx, clientv3.LeaseID(id))
+	if err == nil {
+		s.mu.Lock()
+		if k := s.keepers[clientv3.LeaseID(id)]; k != nil {
+			k.endLocked(rpctypes.ErrLeaseNotFound)
+		}
+		s.mu.Unlock()
+	}
 	return s.translate(op, err)
 }
 

@@ -64,7 +64,9 @@ type Store struct {
 
 	mu     sync.Mutex
 	closed bool
-	wg     sync.WaitGroup // watch goroutines
+	wg     sync.WaitGroup // watch and lease keeper goroutines
+	// keepers keep the leases KeepAlive was asked for, by lease.
+	keepers map[clientv3.LeaseID]*keeper
 
 	closeOnce sync.Once
 	closeErr  error
