@@ -8,20 +8,20 @@ import (
 )
 
 // Generate builds a plausible state for a cluster without
-// Kubernetes: nodes spread over three zones, each with a /24 of the
+// Kubernetes: nodes spread over three zones, each with the next /24 of the
 // cluster's first pod CIDR, podsPerNode pods per node, one identity per
 // app and the given global services, each backed by one pod per node. It is
 // the demo's and the tests' stand-in for a real cluster. The cluster needs
-// an IPv4 pod CIDR of /16 or wider.
+// an IPv4 first pod CIDR with a /24 for every node (a /16 holds 250 nodes,
+// a /19 32). Node n's IP is NodeIP(cfg.ID, n).
 func Generate(cfg clustermesh.ClusterConfig, nodes, podsPerNode int, services []string) (State, error) {
 	var s State
-	if len(cfg.PodCIDRs) == 0 || !cfg.PodCIDRs[0].Addr().Is4() || cfg.PodCIDRs[0].Bits() > 16 {
-		return s, fmt.Errorf("simulate cluster %s: needs an IPv4 pod CIDR of /16 or wider", cfg.Name)
-	}
 	if nodes > 250 || podsPerNode > 250 {
 		return s, fmt.Errorf("simulate cluster %s: at most 250 nodes and 250 pods per node", cfg.Name)
 	}
-	base := cfg.PodCIDRs[0].Addr().As4()
+	if len(cfg.PodCIDRs) == 0 || !cfg.PodCIDRs[0].Addr().Is4() || cfg.PodCIDRs[0].Bits() > 24 || 1<<(24-cfg.PodCIDRs[0].Bits()) < nodes {
+		return s, fmt.Errorf("simulate cluster %s: needs an IPv4 pod CIDR with a /24 for each of its %d nodes", cfg.Name, nodes)
+	}
 	first, _ := cfg.IdentityRange()
 	apps := append([]string{"client"}, services...)
 	idOf := map[string]clustermesh.NumericIdentity{}
@@ -35,13 +35,13 @@ func Generate(cfg clustermesh.ClusterConfig, nodes, podsPerNode int, services []
 	for n := range nodes {
 		name := fmt.Sprintf("%s-node-%d", cfg.Name, n)
 		zone := fmt.Sprintf("zone-%c", 'a'+n%3)
-		nodeIP := netip.AddrFrom4([4]byte{192, 168, byte(cfg.ID), byte(n + 1)})
-		podCIDR := netip.PrefixFrom(netip.AddrFrom4([4]byte{base[0], base[1], byte(n), 0}), 24)
+		nodeIP := NodeIP(cfg.ID, n)
+		podCIDR := NodePodCIDR(cfg.PodCIDRs[0], n)
 		s.Nodes = append(s.Nodes, clustermesh.Node{Name: name, Cluster: cfg.Name, IPs: []netip.Addr{nodeIP},
 			PodCIDRs: []netip.Prefix{podCIDR}, Zone: zone, Region: "region-1", BootID: fmt.Sprintf("boot-%s-%d", cfg.Name, n)})
 		for p := range podsPerNode {
 			app := apps[p%len(apps)]
-			ip := netip.AddrFrom4([4]byte{base[0], base[1], byte(n), byte(p + 1)})
+			ip := PodIP(podCIDR, p)
 			s.IPs = append(s.IPs, clustermesh.IPEntry{Prefix: netip.PrefixFrom(ip, 32), Cluster: cfg.Name, Identity: idOf[app], HostIP: nodeIP})
 			if app != "client" && p < len(apps) {
 				backends[app] = append(backends[app], clustermesh.Backend{IP: ip, Ports: []clustermesh.BackendPort{{Name: "http", Port: 8080}},
@@ -56,4 +56,29 @@ func Generate(cfg clustermesh.ClusterConfig, nodes, podsPerNode int, services []
 			Backends: backends[svc]})
 	}
 	return s, nil
+}
+
+// NodeIP is the IP Generate gives node n (0..249) of cluster id:
+// 192.168.id.n+1 for IDs up to 255, 172.16+id/256.id%256.n+1 above, so
+// that every cluster of the ID space has its own.
+func NodeIP(id clustermesh.ClusterID, n int) netip.Addr {
+	if id <= 255 {
+		return netip.AddrFrom4([4]byte{192, 168, byte(id), byte(n + 1)})
+	}
+	return netip.AddrFrom4([4]byte{172, byte(16 + id>>8), byte(id), byte(n + 1)})
+}
+
+// NodePodCIDR is node n's pod range in Generate: the n-th /24 of the
+// cluster's pod CIDR.
+func NodePodCIDR(clusterCIDR netip.Prefix, n int) netip.Prefix {
+	a := clusterCIDR.Masked().Addr().As4()
+	v := uint32(a[0])<<24 | uint32(a[1])<<16 | uint32(a[2])<<8 + uint32(n)<<8
+	return netip.PrefixFrom(netip.AddrFrom4([4]byte{byte(v >> 24), byte(v >> 16), byte(v >> 8), 0}), 24)
+}
+
+// PodIP is pod p (0..253) of a node with pod range nodeCIDR (a /24): its
+// p+1-th address.
+func PodIP(nodeCIDR netip.Prefix, p int) netip.Addr {
+	a := nodeCIDR.Addr().As4()
+	return netip.AddrFrom4([4]byte{a[0], a[1], a[2], byte(p + 1)})
 }
