@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"net/url"
 	"os"
 	"strings"
 
@@ -47,6 +48,11 @@ Every client presents a certificate signed by the broker's CA.`,
 					return fmt.Errorf("--status-token-file %s is empty", statusTokenFile)
 				}
 			}
+			if cfg.MetricsURL != "" {
+				if u, err := url.Parse(cfg.MetricsURL); err != nil || u.Scheme != "http" || u.Port() == "" {
+					return fmt.Errorf("--metrics-listen %q: want http://host:port", cfg.MetricsURL)
+				}
+			}
 			b, err := broker.New(cfg)
 			if err != nil {
 				return err
@@ -64,6 +70,7 @@ Every client presents a certificate signed by the broker's CA.`,
 	f.StringVar(&cfg.StatusAddr, "status-addr", "127.0.0.1:9878", "where to serve the mesh's live status page, /api/mesh and /metrics (empty: off)")
 	f.BoolVar(&cfg.StatusClientCerts, "status-tls", false, "serve the status page over TLS and require client certificates from the broker's CA")
 	f.StringVar(&statusTokenFile, "status-token-file", "", "file holding a read-only bearer token the status page requires")
+	f.StringVar(&cfg.MetricsURL, "metrics-listen", "", "where etcd serves /metrics, /health and /version, without authentication (http://host:port; default: a free loopback port)")
 	f.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
 	cmd.AddCommand(addClusterCommand(), removeClusterCommand(), enableAuthCommand())
 	return cmd
