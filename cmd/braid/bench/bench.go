@@ -6,22 +6,17 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"github.com/braidmesh/braid/reconcile"
 	"io"
 	"log/slog"
-	"net"
 	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"runtime/debug"
 	"runtime/pprof"
-	"slices"
 	"strconv"
-	"strings"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -33,6 +28,7 @@ import (
 	"github.com/braidmesh/braid/clustermesh/publish"
 	"github.com/braidmesh/braid/clustermesh/remote"
 	"github.com/braidmesh/braid/clustermesh/sim"
+	"github.com/braidmesh/braid/cmd/braid/benchkit"
 	"github.com/braidmesh/braid/kvstore"
 )
 
@@ -46,22 +42,8 @@ func Command() *cobra.Command {
 	return cmd
 }
 
-type latencies []time.Duration
-
-func (l latencies) pct(p float64) time.Duration {
-	s := slices.Clone(l)
-	slices.Sort(s)
-	if len(s) == 0 {
-		return 0
-	}
-	i := int(p / 100 * float64(len(s)-1))
-	return s[i]
-}
-
-func (l latencies) String() string {
-	return fmt.Sprintf("p50 %v  p90 %v  p99 %v  max %v", l.pct(50).Round(time.Microsecond), l.pct(90).Round(time.Microsecond),
-		l.pct(99).Round(time.Microsecond), l.pct(100).Round(time.Microsecond))
-}
+// latencies is the benchmarks' sample of durations.
+type latencies = benchkit.Latencies
 
 func benchPropagationCommand() *cobra.Command {
 	var n int
@@ -223,7 +205,7 @@ func benchPropagation(ctx context.Context, out io.Writer, n int) error {
 	fmt.Fprintf(out, "propagation over %d changes each (broker: embedded etcd, TLS, auth, fsync on)\n", n)
 	fmt.Fprintf(out, "  braid publish → remote event: %v\n", braid)
 	fmt.Fprintf(out, "  raw etcd put → watch event:   %v\n", raw)
-	fmt.Fprintf(out, "  ratio braid/raw: p50 %.2f  p99 %.2f\n", float64(braid.pct(50))/float64(raw.pct(50)), float64(braid.pct(99))/float64(raw.pct(99)))
+	fmt.Fprintf(out, "  ratio braid/raw: p50 %.2f  p99 %.2f\n", float64(braid.Pct(50))/float64(raw.Pct(50)), float64(braid.Pct(99))/float64(raw.Pct(99)))
 	return nil
 }
 
@@ -288,51 +270,16 @@ func benchColdSync(ctx context.Context, out io.Writer, spec fillSpec) error {
 	if err != nil {
 		return err
 	}
-	cport, _ := freePort()
-	pport, _ := freePort()
-	endpoint := fmt.Sprintf("https://127.0.0.1:%d", cport)
-	brokerProc := exec.CommandContext(ctx, self, "broker", "--data-dir", filepath.Join(dir, "broker"), "--listen", endpoint,
-		"--listen-peer", fmt.Sprintf("https://127.0.0.1:%d", pport), "--log-level", "error")
-	brokerProc.Stderr = os.Stderr
-	if err := brokerProc.Start(); err != nil {
-		return err
-	}
-	defer func() {
-		_ = brokerProc.Process.Signal(os.Interrupt)
-		_ = brokerProc.Wait()
-	}()
-	var admin *clientv3.Client
-	retry := reconcile.NewBackoff(50*time.Millisecond, time.Second)
-	for deadline := time.Now().Add(30 * time.Second); ; {
-		cfg, err := broker.LocalAdminConfig(filepath.Join(dir, "broker"), []string{endpoint})
-		if err == nil {
-			actx, cancel := context.WithTimeout(ctx, 2*time.Second)
-			admin, err = broker.AdminClient(actx, cfg)
-			cancel()
-			if err == nil {
-				if _, err = admin.Get(ctx, "x"); err == nil {
-					break
-				}
-				admin.Close()
-			}
-		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("broker not ready: %w", err)
-		}
-		if !reconcile.Wait(ctx, retry.Next()) {
-			return fmt.Errorf("broker not ready: %w", ctx.Err())
-		}
-	}
-	defer admin.Close()
-	creds, err := broker.AddCluster(ctx, admin, clustermesh.Grant{Name: "consumer", ID: clustermesh.MaxClusterID})
+	bp, err := benchkit.StartBroker(ctx, self, filepath.Join(dir, "broker"), nil, os.Stderr)
 	if err != nil {
 		return err
 	}
-	caPEM, err := os.ReadFile(filepath.Join(dir, "broker", "pki", "ca.crt"))
+	defer bp.Close()
+	admin := bp.Admin
+	creds, err := bp.AddCluster(ctx, clustermesh.Grant{Name: "consumer", ID: clustermesh.MaxClusterID})
 	if err != nil {
 		return err
 	}
-	creds.Endpoints, creds.CACertPEM = []string{endpoint}, caPEM
 	joinFile := filepath.Join(dir, "consumer.join.json")
 	if err := creds.Save(joinFile); err != nil {
 		return err
@@ -605,8 +552,8 @@ func benchConsumeCommand() *cobra.Command {
 			if r.Elapsed == 0 {
 				r.Elapsed = time.Since(start)
 			}
-			r.PeakRSS = peakRSS()
-			r.CPU = cpuTime()
+			r.PeakRSS = benchkit.SelfPeakRSS()
+			r.CPU = benchkit.SelfCPU()
 			return json.NewEncoder(cmd.OutOrStdout()).Encode(r)
 		},
 	}
@@ -691,37 +638,4 @@ func waitAllSynced(changes <-chan remote.Change, n int, d time.Duration) error {
 		}
 	}
 	return nil
-}
-
-// cpuTime returns the user and system CPU time the process used so far.
-func cpuTime() time.Duration {
-	var ru syscall.Rusage
-	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
-		return 0
-	}
-	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
-}
-
-// peakRSS reads VmHWM from /proc/self/status, in bytes.
-func peakRSS() int64 {
-	b, err := os.ReadFile("/proc/self/status")
-	if err != nil {
-		return 0
-	}
-	for _, line := range strings.Split(string(b), "\n") {
-		if rest, ok := strings.CutPrefix(line, "VmHWM:"); ok {
-			kb, _ := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(rest), "kB")), 10, 64)
-			return kb * 1024
-		}
-	}
-	return 0
-}
-
-func freePort() (int, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, err
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port, nil
 }
