@@ -8,6 +8,7 @@ import (
 	"github.com/braidmesh/braid/cmd/braid/bench"
 	"github.com/braidmesh/braid/cmd/braid/cli"
 	"github.com/braidmesh/braid/cmd/braid/demo"
+	"github.com/braidmesh/braid/cmd/braid/meshsim"
 )
 
 // TestEveryCommandRefusesInvalidFlags runs each braid command with an
@@ -49,12 +50,40 @@ func TestEveryCommandRefusesInvalidFlags(t *testing.T) {
 		{[]string{"bench", "cold-sync", "--pods-per-node", "0"}, "--pods-per-node"},
 		{[]string{"bench", "cold-sync", "--services", "0"}, "--services"},
 		{[]string{"bench", "consume", "--mode", "fast", "--join", "/nonexistent"}, ""},
+		{[]string{"broker", "--metrics-listen", "127.0.0.1:2381", "--data-dir", dir}, "--metrics-listen"},
+		{[]string{"sim", "--clusters", "1"}, "--clusters"},
+		{[]string{"sim", "--clusters", "512"}, "--clusters"},
+		{[]string{"sim", "--clusters", "many"}, "invalid argument"},
+		{[]string{"sim", "--nodes", "0"}, "--nodes"},
+		{[]string{"sim", "--nodes", "251"}, "--nodes"},
+		{[]string{"sim", "--nodes", "20", "--endpoints", "30"}, "--endpoints"},
+		{[]string{"sim", "--nodes", "20", "--endpoints", "0"}, "--endpoints"},
+		{[]string{"sim", "--clusters", "511", "--nodes", "250", "--endpoints", "250"}, "do not fit"},
+		{[]string{"sim", "--rate", "-1"}, "--rate"},
+		{[]string{"sim", "--rate", "1e9"}, "--rate"},
+		{[]string{"sim", "--duration", "0"}, "--duration"},
+		{[]string{"sim", "--duration", "-5s"}, "--duration"},
+		{[]string{"sim", "--mix", "flap"}, "--mix"},
+		{[]string{"sim", "--mix", "flap=0,join=0"}, "every weight is zero"},
+		{[]string{"sim", "--mix", "flap=1,explode=2"}, "unknown kind"},
+		{[]string{"sim", "--mix", "flap=-1"}, "--mix"},
+		{[]string{"sim", "--consumer-clusters", "0"}, "--consumer-clusters"},
+		{[]string{"sim", "--clusters", "5", "--consumer-clusters", "6"}, "--consumer-clusters"},
+		{[]string{"sim", "--consumers-per-cluster", "0"}, "--consumers-per-cluster"},
+		{[]string{"sim", "--consumers-via", "relay"}, "--consumers-via"},
+		{[]string{"sim", "--service-layout", "sideways"}, "--service-layout"},
+		{[]string{"sim", "--lease-ttl", "1ms"}, "--lease-ttl"},
+		{[]string{"sim", "--raw-rate", "-2"}, "--raw-rate"},
+		{[]string{"sim", "--timeout", "0"}, "--timeout"},
+		{[]string{"sim", "--broker", "http://127.0.0.1:2379"}, "--broker"},
+		{[]string{"sim", "--broker", "https://127.0.0.1:2379"}, "--broker-ca"},
+		{[]string{"sim", "consume", "--consumers", "0"}, "--consumers"},
 	}
 	for _, tc := range cases {
 		t.Run(strings.Join(tc.args, " "), func(t *testing.T) {
 			var out, errOut bytes.Buffer
 			root := cli.NewRoot(&out, &errOut)
-			root.AddCommand(brokerCommand(), demo.Command(), bench.Command())
+			root.AddCommand(brokerCommand(), demo.Command(), bench.Command(), meshsim.Command())
 			if code := cli.Run(t.Context(), root, tc.args); code != 1 {
 				t.Fatalf("exit %d, want 1; stderr %q", code, errOut.String())
 			}

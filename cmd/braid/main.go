@@ -12,6 +12,7 @@ import (
 	"github.com/braidmesh/braid/cmd/braid/cli"
 	"github.com/braidmesh/braid/cmd/braid/demo"
 	"github.com/braidmesh/braid/cmd/braid/diagnose"
+	"github.com/braidmesh/braid/cmd/braid/meshsim"
 	"github.com/braidmesh/braid/cmd/braid/podbench"
 )
 
@@ -21,7 +22,7 @@ func main() {
 	root.AddCommand(tokenCommand())
 	benchCmd := bench.Command()
 	benchCmd.AddCommand(podbench.Commands()...) // bench pods: the data path between clusters
-	root.AddCommand(brokerCommand(), demo.Command(), benchCmd, diagnose.Command())
+	root.AddCommand(brokerCommand(), demo.Command(), benchCmd, diagnose.Command(), meshsim.Command())
 	code := cli.Run(ctx, root, os.Args[1:])
 	stop()
 	os.Exit(code)
