@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"net/url"
 	"os"
+	"runtime/pprof"
 	"strings"
 
 	"github.com/spf13/cobra"
@@ -56,6 +57,19 @@ Every client presents a certificate signed by the broker's CA.`,
 			b, err := broker.New(cfg)
 			if err != nil {
 				return err
+			}
+			// Benchmarks and braid sim profile the broker they run
+			// (go tool pprof reads the file once it stops).
+			if f := os.Getenv("BRAID_CPUPROFILE"); f != "" {
+				pf, err := os.Create(f)
+				if err != nil {
+					return fmt.Errorf("BRAID_CPUPROFILE: %w", err)
+				}
+				defer pf.Close()
+				if err := pprof.StartCPUProfile(pf); err != nil {
+					return fmt.Errorf("BRAID_CPUPROFILE: %w", err)
+				}
+				defer pprof.StopCPUProfile()
 			}
 			return b.Run(cmd.Context())
 		},

@@ -105,7 +105,7 @@ the run's clusters are removed from it at the end.`,
 	f.StringVar(&brokerCA, "broker-ca", "", "with --broker: the CA certificate (PEM) of its server certificates")
 	f.StringVar(&rootPassFile, "root-password-file", "", "with --broker: file holding its root password")
 	f.StringVar(&brokerMetrics, "broker-metrics", "", "with --broker: its etcd /metrics URL, for CPU, RSS, watch streams and events")
-	f.StringVar(&cfg.ProfileDir, "profile-dir", "", "write CPU profiles of this process and of the consumers here")
+	f.StringVar(&cfg.ProfileDir, "profile-dir", "", "write CPU profiles of this process, the consumers and the broker it runs here")
 	cmd.AddCommand(consumeCommand())
 	return cmd
 }

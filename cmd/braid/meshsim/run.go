@@ -194,7 +194,11 @@ func (b *brokerConn) addCluster(ctx context.Context, g clustermesh.Grant) (join.
 
 func connectBroker(ctx context.Context, cfg *Config, exe, dir string) (*brokerConn, error) {
 	if cfg.Broker == nil {
-		bp, err := benchkit.StartBroker(ctx, exe, filepath.Join(dir, "broker"), cfg.Env, cfg.Stderr)
+		env := cfg.Env
+		if cfg.ProfileDir != "" {
+			env = append(slices.Clone(env), "BRAID_CPUPROFILE="+filepath.Join(cfg.ProfileDir, "broker.cpu.pprof"))
+		}
+		bp, err := benchkit.StartBroker(ctx, exe, filepath.Join(dir, "broker"), env, cfg.Stderr)
 		if err != nil {
 			return nil, err
 		}
