@@ -54,6 +54,7 @@ lint:
 bench: build
 	$(BIN)/braid bench propagation
 	$(BIN)/braid bench cold-sync
+	$(BIN)/braid sim --clusters 511 --nodes 20 --endpoints 200 --rate 200 --duration 60s --mix flap=90,scale-up=4.9,scale-down=4.9,join=0.1,leave=0.1 --lease-ttl 60s
 	$(GO) test -tags e2e -run '^$$' -bench Failover -benchtime 1x -timeout 60m ./e2e/
 	$(GO) test -run '^$$' -bench 'Detection|Bandwidth' -benchtime 1x -timeout 30m ./clustermesh/gossip/
 	$(GO) test -run '^$$' -bench RotationStall -benchtime 1x ./tunnel/
