@@ -3,6 +3,7 @@ package meshsim
 import (
 	"fmt"
 	"math/rand/v2"
+	"slices"
 	"strconv"
 	"strings"
 )
@@ -35,7 +36,7 @@ func ParseMix(s string) (Mix, error) {
 		if !ok {
 			return nil, fmt.Errorf("churn mix %q: want kind=weight,... with kinds %s", s, strings.Join(opKinds, ", "))
 		}
-		if !contains(opKinds, k) {
+		if !slices.Contains(opKinds, k) {
 			return nil, fmt.Errorf("churn mix %q: unknown kind %q (want %s)", s, k, strings.Join(opKinds, ", "))
 		}
 		w, err := strconv.ParseFloat(v, 64)
@@ -75,13 +76,4 @@ func (m Mix) String() string {
 		}
 	}
 	return strings.Join(parts, ",")
-}
-
-func contains(list []string, s string) bool {
-	for _, x := range list {
-		if x == s {
-			return true
-		}
-	}
-	return false
 }
