@@ -53,6 +53,8 @@ type cluster struct {
 	strings    map[string]string
 	markerSeen map[clustermesh.Kind]bool
 	listed     map[clustermesh.Kind]bool
+	// markers are the sync markers' raw values, for Watcher.Entries.
+	markers map[clustermesh.Kind][]byte
 	// initialKinds is how many kinds had a marker when the marker list
 	// completed (-1 until then); releaseSlot gives the Watcher's initial
 	// sync slot back once they are all listed (idempotent).
@@ -97,6 +99,7 @@ func newCluster(ctx context.Context, w *Watcher, cfg clustermesh.ClusterConfig) 
 		layouts:    make(map[string]clustermesh.Kind),
 		strings:    make(map[string]string),
 		markerSeen: make(map[clustermesh.Kind]bool),
+		markers:    make(map[clustermesh.Kind][]byte),
 		listed:     make(map[clustermesh.Kind]bool),
 
 		nodesListed: make(chan struct{}),
@@ -214,8 +217,13 @@ func (c *cluster) run() {
 				c.tables[kind].reserve(marker.Entries)
 			}
 			c.markerSeen[kind] = true
+			c.markers[kind] = ev.Value
+			relisted := c.listed[kind]
 			c.connected = true
 			c.mu.Unlock()
+			if relisted {
+				c.w.emitEntry(ev) // a marker rewritten after its kind was listed
+			}
 			if !started[kind] {
 				started[kind] = true
 				c.wg.Add(1)
@@ -348,8 +356,10 @@ func (c *cluster) watchKind(ctx context.Context, kind clustermesh.Kind) {
 				continue
 			}
 			c.upsert(kind, ev.Key, maphash.Bytes(c.w.seed, ev.Value), rec)
+			c.w.emitEntry(ev)
 		case kvstore.EventDelete:
 			c.delete(kind, ev.Key)
+			c.w.emitEntry(ev)
 		case kvstore.EventRestart:
 			c.mu.Lock()
 			c.tables[kind].markStale()
@@ -463,10 +473,13 @@ func (c *cluster) delete(kind clustermesh.Kind, key string) {
 func (c *cluster) listDone(kind clustermesh.Kind) {
 	c.mu.Lock()
 	gone := c.fullKeys(kind, c.tables[kind].staleKeys())
+	marker := c.markers[kind]
 	c.mu.Unlock()
 	for _, key := range gone {
 		c.delete(kind, key)
+		c.w.emitEntry(kvstore.Event{Kind: kvstore.EventDelete, Key: key})
 	}
+	c.w.emitEntry(kvstore.Event{Kind: kvstore.EventUpsert, Key: clustermesh.SyncedKey(c.name, kind), Value: marker})
 	if kind == clustermesh.KindNodes {
 		c.nodesListedOnce.Do(func() { close(c.nodesListed) })
 	}

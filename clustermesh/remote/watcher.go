@@ -82,6 +82,11 @@ type Watcher struct {
 	subsMu    sync.Mutex
 	subs      map[*subscription]struct{}
 	notifiers map[*notifier]struct{}
+	taps      map[*tap]struct{}
+
+	// tapped is what Entries last announced of each cluster; only Run's
+	// goroutine uses it.
+	tapped map[clustermesh.ClusterName]tapMeta
 }
 
 // New builds a Watcher. It starts nothing.
@@ -114,6 +119,8 @@ func New(cfg Config, store kvstore.Store, log *slog.Logger, reg prometheus.Regis
 		ungranted: make(map[clustermesh.ClusterName]string),
 		subs:      make(map[*subscription]struct{}),
 		notifiers: make(map[*notifier]struct{}),
+		taps:      make(map[*tap]struct{}),
+		tapped:    make(map[clustermesh.ClusterName]tapMeta),
 	}, nil
 }
 
@@ -144,8 +151,10 @@ func (w *Watcher) Run(ctx context.Context) error {
 		}()
 	}
 	m := &meshState{
-		claimed: map[clustermesh.ClusterName]clustermesh.ClusterConfig{},
-		stale:   map[clustermesh.ClusterName]bool{},
+		claimed:    map[clustermesh.ClusterName]clustermesh.ClusterConfig{},
+		stale:      map[clustermesh.ClusterName]bool{},
+		rawConfigs: map[clustermesh.ClusterName]string{},
+		rawGrants:  map[clustermesh.ClusterName]string{},
 	}
 	configs := w.store.Watch(ctx, clustermesh.ClustersPrefix)
 	grants := w.store.Watch(ctx, clustermesh.GrantsPrefix)
@@ -181,6 +190,9 @@ type meshState struct {
 	// event of the grant watch, a progress notification included, reads
 	// them again.
 	grantsBehind bool
+	// rawConfigs and rawGrants are the values the claims and grants were
+	// decoded from, for Entries.
+	rawConfigs, rawGrants map[clustermesh.ClusterName]string
 }
 
 func (w *Watcher) configEvent(ctx context.Context, wg *sync.WaitGroup, m *meshState, ev kvstore.Event) {
@@ -199,11 +211,13 @@ func (w *Watcher) configEvent(ctx context.Context, wg *sync.WaitGroup, m *meshSt
 		}
 		delete(m.stale, cfg.Name)
 		m.claimed[cfg.Name] = cfg
+		m.rawConfigs[cfg.Name] = string(ev.Value)
 		w.reconcile(ctx, wg, m, cfg.Name)
 	case kvstore.EventDelete:
 		pk, err := clustermesh.ParseKey(ev.Key)
 		if err == nil && pk.Config {
 			delete(m.claimed, pk.Cluster)
+			delete(m.rawConfigs, pk.Cluster)
 			w.reconcile(ctx, wg, m, pk.Cluster)
 		}
 	case kvstore.EventRestart:
@@ -213,6 +227,7 @@ func (w *Watcher) configEvent(ctx context.Context, wg *sync.WaitGroup, m *meshSt
 	case kvstore.EventListDone:
 		for name := range m.stale {
 			delete(m.claimed, name)
+			delete(m.rawConfigs, name)
 			w.reconcile(ctx, wg, m, name)
 		}
 		clear(m.stale)
@@ -220,6 +235,9 @@ func (w *Watcher) configEvent(ctx context.Context, wg *sync.WaitGroup, m *meshSt
 		w.mu.Lock()
 		w.broker.ConfigsListed = true
 		w.mu.Unlock()
+		if _, read := w.SelfGranted(); read {
+			w.emitEntry(kvstore.Event{Kind: kvstore.EventListDone})
+		}
 	case kvstore.EventError:
 		w.setError(ev.Err)
 		w.log.Warn("cluster config watch failing", "err", ev.Err)
@@ -270,6 +288,7 @@ func (w *Watcher) grantEvent(ctx context.Context, wg *sync.WaitGroup, m *meshSta
 	}
 	m.grantsBehind = false
 	var all []clustermesh.StoredGrant
+	clear(m.rawGrants)
 	for _, kv := range kvs {
 		g, err := clustermesh.DecodeGrant(kv.Key, kv.Value)
 		if err != nil {
@@ -281,6 +300,7 @@ func (w *Watcher) grantEvent(ctx context.Context, wg *sync.WaitGroup, m *meshSta
 			continue
 		}
 		all = append(all, clustermesh.StoredGrant{Grant: g, CreateRevision: kv.CreateRevision})
+		m.rawGrants[g.Name] = string(kv.Value)
 	}
 	ok, conflicts := clustermesh.ResolveGrants(all)
 	names := map[clustermesh.ClusterName]bool{}
@@ -300,6 +320,10 @@ func (w *Watcher) grantEvent(ctx context.Context, wg *sync.WaitGroup, m *meshSta
 	w.mu.Unlock()
 	for n := range names {
 		w.reconcile(ctx, wg, m, n)
+	}
+	if w.Broker().ConfigsListed {
+		// Every cluster with a config and a grant is announced now.
+		w.emitEntry(kvstore.Event{Kind: kvstore.EventListDone})
 	}
 }
 
@@ -329,7 +353,7 @@ func (w *Watcher) reconcile(ctx context.Context, wg *sync.WaitGroup, m *meshStat
 	}
 	w.setUngranted(name, "")
 	owner, claims := g.Owner(cfg)
-	c := w.upsertCluster(ctx, wg, owner)
+	c := w.upsertCluster(ctx, wg, owner, func() { w.announce(m, name) })
 	c.setClaims(claims)
 }
 
@@ -429,8 +453,9 @@ func (w *Watcher) SelfGranted() (granted, known bool) {
 
 // upsertCluster starts watching a new cluster, or applies a config change.
 // A change of ID or CIDRs invalidates what was validated against the old
-// config, so the cluster is drained and watched again.
-func (w *Watcher) upsertCluster(ctx context.Context, wg *sync.WaitGroup, cfg clustermesh.ClusterConfig) *cluster {
+// config, so the cluster is drained and watched again. announce runs once
+// the old watch is gone and before a new one starts.
+func (w *Watcher) upsertCluster(ctx context.Context, wg *sync.WaitGroup, cfg clustermesh.ClusterConfig, announce func()) *cluster {
 	w.mu.Lock()
 	c, ok := w.clusters[cfg.Name]
 	w.mu.Unlock()
@@ -438,11 +463,13 @@ func (w *Watcher) upsertCluster(ctx context.Context, wg *sync.WaitGroup, cfg clu
 		old := c.config()
 		if old.ID == cfg.ID && slices.Equal(old.PodCIDRs, cfg.PodCIDRs) && slices.Equal(old.ServiceCIDRs, cfg.ServiceCIDRs) {
 			c.setConfig(cfg)
+			announce()
 			return c
 		}
 		w.log.Info("cluster config changed; re-syncing it", "cluster", cfg.Name)
 		w.removeCluster(cfg.Name)
 	}
+	announce()
 	c = newCluster(ctx, w, cfg)
 	w.mu.Lock()
 	w.clusters[cfg.Name] = c
@@ -467,6 +494,10 @@ func (w *Watcher) removeCluster(name clustermesh.ClusterName) {
 		return
 	}
 	c.stop()
+	if _, ok := w.tapped[name]; ok {
+		delete(w.tapped, name)
+		w.emitEntry(kvstore.Event{Kind: kvstore.EventDelete, Key: clustermesh.ClusterKey(name)})
+	}
 	st := c.drain()
 	st.Gone, st.GoneAt, st.Connected = true, time.Now(), false
 	w.mu.Lock()
