@@ -1,0 +1,312 @@
+package relay_test
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/netip"
+	"testing"
+	"time"
+
+	"github.com/braidmesh/braid/clustermesh"
+	"github.com/braidmesh/braid/clustermesh/join"
+	"github.com/braidmesh/braid/clustermesh/publish"
+	"github.com/braidmesh/braid/clustermesh/relay"
+	"github.com/braidmesh/braid/clustermesh/remote"
+	"github.com/braidmesh/braid/internal/testenv"
+	"github.com/braidmesh/braid/kvstore"
+	"github.com/braidmesh/braid/kvstore/etcd"
+	"github.com/braidmesh/braid/kvstore/etcd/etcdtest"
+)
+
+func cluster(name string, id int) clustermesh.ClusterConfig {
+	return clustermesh.ClusterConfig{
+		Name:     clustermesh.ClusterName(name),
+		ID:       clustermesh.ClusterID(id),
+		PodCIDRs: []netip.Prefix{netip.PrefixFrom(netip.AddrFrom4([4]byte{10, byte(id), 0, 0}), 16)},
+	}
+}
+
+// putGrant writes the grant the broker would have made for c.
+func putGrant(t testing.TB, s kvstore.Store, c clustermesh.ClusterConfig) {
+	t.Helper()
+	g := c.Grant()
+	v, err := json.Marshal(&g)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Put(t.Context(), g.Key(), v, 0); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// records are n nodes, identities, IP entries and services of c.
+func records(c clustermesh.ClusterConfig, n int) map[clustermesh.Kind][]publish.Record {
+	var ns, ids, ips, svcs []publish.Record
+	first, _ := c.IdentityRange()
+	for i := range n {
+		node := netip.AddrFrom4([4]byte{192, 168, byte(c.ID), byte(i + 1)})
+		ns = append(ns, &clustermesh.Node{Name: fmt.Sprintf("n%d", i), Cluster: c.Name, IPs: []netip.Addr{node}})
+		ids = append(ids, &clustermesh.Identity{ID: first + clustermesh.NumericIdentity(i), Cluster: c.Name, Labels: map[string]string{"app": fmt.Sprint(i)}})
+		pod := netip.AddrFrom4([4]byte{10, byte(c.ID), 0, byte(i + 1)})
+		ips = append(ips, &clustermesh.IPEntry{Prefix: netip.PrefixFrom(pod, 32), Cluster: c.Name, Identity: first + clustermesh.NumericIdentity(i), HostIP: node})
+		svcs = append(svcs, &clustermesh.Service{Cluster: c.Name, Namespace: "default", Name: fmt.Sprintf("svc%d", i), Global: true, Shared: true,
+			Affinity: clustermesh.AffinityNone, Ports: []clustermesh.ServicePort{{Port: 80, Protocol: clustermesh.TCP}},
+			Backends: []clustermesh.Backend{{IP: pod, Ports: []clustermesh.BackendPort{{Name: "", Port: 8080}}, Ready: true, Serving: true}}})
+	}
+	return map[clustermesh.Kind][]publish.Record{clustermesh.KindNodes: ns, clustermesh.KindIdentities: ids,
+		clustermesh.KindIPs: ips, clustermesh.KindServices: svcs}
+}
+
+// publishCluster grants c and runs its publisher with n entries of every
+// kind until ctx is done.
+func publishCluster(t *testing.T, ctx context.Context, s kvstore.Store, c clustermesh.ClusterConfig, n int) *publish.Publisher {
+	t.Helper()
+	putGrant(t, s, c)
+	p, err := publish.New(publish.Config{Cluster: c, LeaseTTL: 30 * time.Second}, s, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for kind, recs := range records(c, n) {
+		if err := p.Replace(kind, recs); err != nil {
+			t.Fatal(err)
+		}
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		if err := p.Run(ctx); err != nil && ctx.Err() == nil {
+			t.Errorf("publisher %s: %v", c.Name, err)
+		}
+	}()
+	t.Cleanup(func() { <-done })
+	return p
+}
+
+// lab is a broker (a real etcd) with a relay in front of it.
+type lab struct {
+	t        *testing.T
+	upstream *etcd.Store
+	dir      string
+	listen   string
+}
+
+func newLab(t *testing.T) *lab {
+	srv := etcdtest.Start(t)
+	up, err := etcd.New(t.Context(), etcd.Config{Endpoints: srv.Endpoints()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { up.Close() })
+	return &lab{t: t, upstream: up, dir: t.TempDir(), listen: fmt.Sprintf("https://127.0.0.1:%d", testenv.FreePort(t))}
+}
+
+// runningRelay is one run of the relay; stop ends it and waits.
+type runningRelay struct {
+	*relay.Relay
+	upstream *remote.Watcher
+	stop     func()
+}
+
+// start runs a relay over the lab's broker, with its own broker
+// connection, and waits until it serves.
+func (l *lab) start() *runningRelay {
+	t := l.t
+	t.Helper()
+	conn, err := etcd.New(t.Context(), etcd.Config{Endpoints: l.upstream.Client().Endpoints()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	w, err := remote.New(remote.Config{}, conn, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := relay.New(relay.Config{Cluster: "local", Upstream: w, Listen: []string{l.listen}, DataDir: l.dir,
+		HeartbeatInterval: 10 * time.Millisecond, ElectionTimeout: 100 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(t.Context())
+	done := make(chan error, 1)
+	go func() { done <- r.Run(ctx) }()
+	var once bool
+	stop := func() {
+		if once {
+			return
+		}
+		once = true
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("relay: %v", err)
+		}
+		conn.Close()
+	}
+	t.Cleanup(stop)
+	select {
+	case <-r.Ready():
+	case err := <-done:
+		once = true
+		t.Fatalf("relay: %v", err)
+	case <-time.After(30 * time.Second):
+		t.Fatal("relay not ready after 30s")
+	}
+	return &runningRelay{Relay: r, upstream: w, stop: stop}
+}
+
+// consumer is an agent's Watcher reading the relay with the agents' bundle.
+func consumer(t *testing.T, ctx context.Context, creds join.Credentials) (*remote.Watcher, *etcd.Store) {
+	t.Helper()
+	s, err := join.Connect(ctx, creds, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	w, err := remote.New(remote.Config{}, s, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		_ = w.Run(ctx)
+	}()
+	t.Cleanup(func() { <-done })
+	return w, s
+}
+
+// synced waits until w shows cluster name synced with n entries of
+// every kind.
+func synced(w *remote.Watcher, name clustermesh.ClusterName, n int) func() error {
+	return func() error {
+		cs := w.Snapshot().Clusters[name]
+		if cs == nil || !cs.Synced {
+			return fmt.Errorf("cluster %s not synced", name)
+		}
+		if len(cs.Nodes) != n || len(cs.Identities) != n || len(cs.IPs) != n || len(cs.Services) != n {
+			return fmt.Errorf("cluster %s: %d nodes %d ids %d ips %d services, want %d each", name, len(cs.Nodes), len(cs.Identities), len(cs.IPs), len(cs.Services), n)
+		}
+		return nil
+	}
+}
+
+// mirrorKeys lists the mirror's keys of cluster name.
+func mirrorKeys(t *testing.T, s kvstore.Store, name clustermesh.ClusterName) []string {
+	t.Helper()
+	kvs, _, err := s.List(t.Context(), clustermesh.Root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []string
+	for _, kv := range kvs {
+		if pk, err := clustermesh.ParseKey(kv.Key); err == nil && pk.Cluster == name {
+			out = append(out, kv.Key)
+		}
+	}
+	return out
+}
+
+// TestRelayMirrorsTheValidatedMesh: a consumer reading only the relay sees
+// a remote cluster synced, its updates and deletes; a forged entry never
+// reaches the mirror; a cluster that leaves vanishes from it.
+func TestRelayMirrorsTheValidatedMesh(t *testing.T) {
+	ctx := t.Context()
+	l := newLab(t)
+	b, c := cluster("b", 2), cluster("c", 3)
+	pb := publishCluster(t, ctx, l.upstream, b, 5)
+	pc := publishCluster(t, ctx, l.upstream, c, 3)
+
+	r := l.start()
+	w, mirror := consumer(t, ctx, r.AgentCredentials())
+	testenv.Eventually(t, 30*time.Second, synced(w, "b", 5))
+	testenv.Eventually(t, 30*time.Second, synced(w, "c", 3))
+	// A forged entry under c's prefix, outside c's pod CIDR, then a valid
+	// one of the same kind: once the consumer has the valid one, the
+	// relay has handled the forged one, which came first.
+	forged := &clustermesh.IPEntry{Prefix: netip.MustParsePrefix("10.2.0.99/32"), Cluster: c.Name, Identity: mustFirst(c),
+		HostIP: netip.MustParseAddr("192.168.3.1")}
+	fv, _ := json.Marshal(forged)
+	if err := l.upstream.Put(ctx, forged.Key(), fv, 0); err != nil {
+		t.Fatal(err)
+	}
+	valid := &clustermesh.IPEntry{Prefix: netip.MustParsePrefix("10.3.0.99/32"), Cluster: c.Name, Identity: mustFirst(c),
+		HostIP: netip.MustParseAddr("192.168.3.1")}
+	if err := pc.Upsert(valid); err != nil {
+		t.Fatal(err)
+	}
+	testenv.Eventually(t, 30*time.Second, func() error {
+		if _, ok := w.Snapshot().Clusters["c"].IPs[valid.Prefix]; !ok {
+			return errors.New("valid entry not mirrored yet")
+		}
+		return nil
+	})
+	rejected := 0
+	for _, st := range r.upstream.Status() {
+		if st.Name == "c" {
+			rejected = st.Invalid
+		}
+	}
+	if rejected == 0 {
+		t.Fatal("the relay's Watcher did not reject the forged entry: the test proves nothing")
+	}
+	if _, err := mirror.Get(ctx, forged.Key()); !errors.Is(err, kvstore.ErrNotFound) {
+		t.Fatalf("forged entry in the mirror: err %v, want not found", err)
+	}
+
+	// Every mirrored key of b is bound to one relay-local lease.
+	kvs, _, err := mirror.List(ctx, clustermesh.Root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	leases := map[kvstore.LeaseID]bool{}
+	for _, kv := range kvs {
+		if pk, _ := clustermesh.ParseKey(kv.Key); pk.Cluster == "b" {
+			leases[kv.Lease] = true
+		}
+	}
+	if len(leases) != 1 || leases[0] {
+		t.Fatalf("b's mirrored keys are bound to leases %v, want one lease", leases)
+	}
+
+	// An update and a delete propagate.
+	changed := &clustermesh.Node{Name: "n1", Cluster: "b", IPs: []netip.Addr{netip.MustParseAddr("192.168.2.201")}}
+	if err := pb.Upsert(changed); err != nil {
+		t.Fatal(err)
+	}
+	pb.Delete((&clustermesh.Identity{ID: mustFirst(b), Cluster: "b"}).Key())
+	testenv.Eventually(t, 30*time.Second, func() error {
+		cs := w.Snapshot().Clusters["b"]
+		if cs == nil {
+			return errors.New("b gone")
+		}
+		if n := cs.Nodes["n1"]; len(n.IPs) != 1 || n.IPs[0] != changed.IPs[0] {
+			return fmt.Errorf("n1 has IPs %v, want %v", n.IPs, changed.IPs)
+		}
+		if _, ok := cs.Identities[mustFirst(b)]; ok {
+			return errors.New("deleted identity still there")
+		}
+		return nil
+	})
+
+	// c leaves (the broker removes its grant): it vanishes from the mirror.
+	if err := l.upstream.Delete(ctx, clustermesh.GrantKey("c")); err != nil {
+		t.Fatal(err)
+	}
+	testenv.Eventually(t, 30*time.Second, func() error {
+		if cs := w.Snapshot().Clusters["c"]; cs != nil {
+			return errors.New("c still mirrored to the consumer")
+		}
+		if keys := mirrorKeys(t, mirror, "c"); len(keys) > 0 {
+			return fmt.Errorf("c's keys still in the mirror: %v", keys)
+		}
+		return nil
+	})
+	if cs := w.Snapshot().Clusters["b"]; cs == nil || !cs.Synced || len(cs.Nodes) != 5 {
+		t.Fatalf("b after c left: %+v, want synced with 5 nodes", cs)
+	}
+}
+
+func mustFirst(c clustermesh.ClusterConfig) clustermesh.NumericIdentity {
+	first, _ := c.IdentityRange()
+	return first
+}
