@@ -169,6 +169,12 @@ func (m *mirror) prune(ctx context.Context, cluster clustermesh.ClusterName, kin
 		m.pruned[cluster] = map[clustermesh.Kind]bool{}
 	}
 	m.pruned[cluster][kind] = true
+	m.r.mu.Lock()
+	if m.r.status.Relisted == nil {
+		m.r.status.Relisted = map[clustermesh.ClusterName]int{}
+	}
+	m.r.status.Relisted[cluster]++
+	m.r.mu.Unlock()
 	prefix := clustermesh.KindPrefix(kind, cluster)
 	var gone []string
 	for key := range m.have {
@@ -303,6 +309,9 @@ func (m *mirror) removeCluster(ctx context.Context, cluster clustermesh.ClusterN
 	}
 	delete(m.announced, cluster)
 	delete(m.pruned, cluster)
+	m.r.mu.Lock()
+	delete(m.r.status.Relisted, cluster)
+	m.r.mu.Unlock()
 	m.r.log.Info("cluster left the mesh; removed from the mirror", "cluster", cluster)
 	m.report()
 	return nil

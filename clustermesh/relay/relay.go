@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net"
 	"net/url"
 	"os"
@@ -112,6 +113,9 @@ type Status struct {
 	// MeshListed says the upstream configs and grants were listed since
 	// start: clusters no longer in the mesh have been removed.
 	MeshListed bool
+	// Relisted counts, per cluster, the kinds whose list the relay
+	// mirrored completely since start (their sync markers arrived).
+	Relisted map[clustermesh.ClusterName]int
 	// LastError is the latest failure, empty while healthy.
 	LastError string
 }
@@ -193,7 +197,9 @@ func (r *Relay) MetricsURL() string {
 func (r *Relay) Status() Status {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	return r.status
+	s := r.status
+	s.Relisted = maps.Clone(s.Relisted)
+	return s
 }
 
 // sans are the names the server certificate carries besides loopback.

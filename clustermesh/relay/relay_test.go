@@ -310,3 +310,106 @@ func mustFirst(c clustermesh.ClusterConfig) clustermesh.NumericIdentity {
 	first, _ := c.IdentityRange()
 	return first
 }
+
+// TestRelayRestartConverges stops the relay while its consumer keeps
+// running, changes the mesh behind it (an update, a delete, a cluster
+// leaving), and starts it again on the same data: the consumer converges,
+// and every key still valid stayed in the mirror throughout (its create
+// revision is unchanged: it was never deleted and written again).
+func TestRelayRestartConverges(t *testing.T) {
+	ctx := t.Context()
+	l := newLab(t)
+	b, d := cluster("b", 2), cluster("d", 4)
+	pb := publishCluster(t, ctx, l.upstream, b, 5)
+	publishCluster(t, ctx, l.upstream, d, 2)
+	r := l.start()
+	w, mirror := consumer(t, ctx, r.AgentCredentials())
+	testenv.Eventually(t, 30*time.Second, synced(w, "b", 5))
+	testenv.Eventually(t, 30*time.Second, synced(w, "d", 2))
+	before := map[string]kvstore.KeyValue{}
+	kvs, _, err := mirror.List(ctx, clustermesh.Root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, kv := range kvs {
+		before[kv.Key] = kv
+	}
+
+	r.stop()
+	// Behind the stopped relay: n1 changes, n4 goes, d leaves.
+	changed := &clustermesh.Node{Name: "n1", Cluster: "b", IPs: []netip.Addr{netip.MustParseAddr("192.168.2.201")}}
+	if err := pb.Upsert(changed); err != nil {
+		t.Fatal(err)
+	}
+	gone := (&clustermesh.Node{Name: "n4", Cluster: "b"}).Key()
+	pb.Delete(gone)
+	if err := l.upstream.Delete(ctx, clustermesh.GrantKey("d")); err != nil {
+		t.Fatal(err)
+	}
+	testenv.Eventually(t, 30*time.Second, func() error {
+		if _, err := l.upstream.Get(ctx, gone); !errors.Is(err, kvstore.ErrNotFound) {
+			return fmt.Errorf("%s still published", gone)
+		}
+		return nil
+	})
+	// The consumer, cut off from its relay, keeps what it had.
+	if err := synced(w, "b", 5)(); err != nil {
+		t.Fatalf("consumer during the relay outage: %v", err)
+	}
+	if err := synced(w, "d", 2)(); err != nil {
+		t.Fatalf("consumer during the relay outage: %v", err)
+	}
+
+	r = l.start()
+	testenv.Eventually(t, 30*time.Second, func() error {
+		st := r.Status()
+		if !st.MeshListed || st.Relisted["b"] < 5 {
+			return fmt.Errorf("relay not re-listed yet: %+v", st)
+		}
+		cs := w.Snapshot().Clusters["b"]
+		if cs == nil || len(cs.Nodes) != 4 {
+			return fmt.Errorf("consumer's b: %+v, want 4 nodes", cs)
+		}
+		if n := cs.Nodes["n1"]; len(n.IPs) != 1 || n.IPs[0] != changed.IPs[0] {
+			return fmt.Errorf("n1 has IPs %v, want %v", n.IPs, changed.IPs)
+		}
+		if w.Snapshot().Clusters["d"] != nil {
+			return errors.New("d still at the consumer")
+		}
+		return nil
+	})
+	if keys := mirrorKeys(t, mirror, "d"); len(keys) > 0 {
+		t.Fatalf("d's keys still in the mirror: %v", keys)
+	}
+	kvs, _, err = mirror.List(ctx, clustermesh.Root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kept := 0
+	for _, kv := range kvs {
+		if pk, _ := clustermesh.ParseKey(kv.Key); pk.Cluster != "b" {
+			continue
+		}
+		old, ok := before[kv.Key]
+		if !ok {
+			t.Errorf("%s: new in the mirror after the restart", kv.Key)
+			continue
+		}
+		if kv.CreateRevision != old.CreateRevision {
+			t.Errorf("%s: deleted and written again across the restart (create revision %d, was %d)", kv.Key, kv.CreateRevision, old.CreateRevision)
+		}
+		if kv.Lease != old.Lease {
+			t.Errorf("%s: bound to lease %x, was %x: the relay did not keep b's lease", kv.Key, kv.Lease, old.Lease)
+		}
+		kept++
+	}
+	if kept == 0 {
+		t.Fatal("no key of b in the mirror")
+	}
+	if _, ok := before[gone]; !ok {
+		t.Fatalf("%s was not in the mirror before the restart", gone)
+	}
+	if _, err := mirror.Get(ctx, gone); !errors.Is(err, kvstore.ErrNotFound) {
+		t.Fatalf("%s: err %v, want not found after the restart", gone, err)
+	}
+}
