@@ -14,11 +14,14 @@ import (
 	"k8s.io/client-go/rest"
 
 	"github.com/braidmesh/braid/clustermesh"
+	"github.com/braidmesh/braid/clustermesh/join"
 	"github.com/braidmesh/braid/clustermesh/k8s"
 	"github.com/braidmesh/braid/clustermesh/publish"
+	"github.com/braidmesh/braid/clustermesh/relay"
 	"github.com/braidmesh/braid/clustermesh/remote"
 	"github.com/braidmesh/braid/clustermesh/status"
 	"github.com/braidmesh/braid/kvstore"
+	"github.com/braidmesh/braid/reconcile"
 )
 
 // DefaultStatePollInterval is how often StateFile is checked for changes.
@@ -50,6 +53,16 @@ type Config struct {
 	EnsureCRDs bool
 	// MeshCompleteTimeout: zero means DefaultMeshCompleteTimeout.
 	MeshCompleteTimeout time.Duration
+	// Relay, if set, runs a relay (package relay) beside the operator: it
+	// mirrors the mesh, validated with this cluster's broker connection
+	// by a remote.Watcher of its own, into an embedded etcd that the
+	// cluster's agents read instead of the broker. The operator sets its
+	// Cluster, Upstream, Logger and Registerer.
+	Relay *relay.Config
+	// SaveRelayCredentials, if set, is given the relay's agents' bundle
+	// once the relay serves (in Kubernetes: a Secret the agents mount),
+	// and retried with backoff until it succeeds.
+	SaveRelayCredentials func(context.Context, join.Credentials) error
 }
 
 // Operator is one cluster's operator. See the package doc.
@@ -60,6 +73,7 @@ type Operator struct {
 	pub     *publish.Publisher
 	watcher *remote.Watcher
 	store   kvstore.Store
+	relay   *relay.Relay // nil without Config.Relay
 
 	mu        sync.Mutex
 	kube      *k8s.Source
@@ -85,7 +99,53 @@ func New(cfg Config, store kvstore.Store, log *slog.Logger) (*Operator, error) {
 	if err != nil {
 		return nil, fmt.Errorf("new operator: %w", err)
 	}
-	return &Operator{cfg: cfg, log: log, reg: reg, pub: pub, watcher: w, store: store}, nil
+	o := &Operator{cfg: cfg, log: log, reg: reg, pub: pub, watcher: w, store: store}
+	if cfg.Relay != nil {
+		// The relay's Watcher watches every cluster, this one included
+		// (agents mirror their own cluster's services too). It shares the
+		// operator's broker connection; its metrics would clash with the
+		// operator's Watcher's, and the relay exports its own.
+		up, err := remote.New(remote.Config{}, store, log.With("component", "relay-upstream"), nil)
+		if err != nil {
+			return nil, fmt.Errorf("new operator: %w", err)
+		}
+		rc := *cfg.Relay
+		rc.Cluster, rc.Upstream, rc.Logger, rc.Registerer = cfg.Cluster.Name, up, log, reg
+		if o.relay, err = relay.New(rc); err != nil {
+			return nil, fmt.Errorf("new operator: %w", err)
+		}
+	}
+	return o, nil
+}
+
+// Relay returns the operator's relay, nil without Config.Relay.
+func (o *Operator) Relay() *relay.Relay { return o.relay }
+
+// runRelay runs the relay and hands its agents' bundle to
+// SaveRelayCredentials once it serves.
+func (o *Operator) runRelay(ctx context.Context) error {
+	done := make(chan error, 1)
+	go func() { done <- o.relay.Run(ctx) }()
+	select {
+	case err := <-done:
+		return err
+	case <-o.relay.Ready():
+	}
+	if save := o.cfg.SaveRelayCredentials; save != nil {
+		b := reconcile.NewBackoff(time.Second, time.Minute)
+		for {
+			err := save(ctx, o.relay.AgentCredentials())
+			if err == nil {
+				o.log.Info("relay's agents' bundle saved")
+				break
+			}
+			o.log.Warn("saving the relay's agents' bundle failing; retrying", "err", err)
+			if !reconcile.Wait(ctx, b.Next()) {
+				break
+			}
+		}
+	}
+	return <-done
 }
 
 // Watcher returns the operator's view of the rest of the mesh.
@@ -147,6 +207,15 @@ func (o *Operator) Run(ctx context.Context) error {
 		defer wg.Done()
 		_ = o.watcher.Run(ctx)
 	}()
+	if o.relay != nil {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := o.runRelay(ctx); err != nil {
+				cancel(err)
+			}
+		}()
+	}
 	<-ctx.Done()
 	if err := context.Cause(ctx); err != nil && !errors.Is(err, context.Canceled) {
 		return err
@@ -197,6 +266,11 @@ func (o *Operator) Snapshot() status.Snapshot {
 		s.Loops = append(s.Loops, ks.Loops...)
 	}
 	s.Problems = append(s.Problems, o.publishProblems(ps, s.Time)...)
+	if o.relay != nil {
+		if rs := o.relay.Status(); rs.LastError != "" {
+			s.Problems = append(s.Problems, fmt.Sprintf("relay stopped: %s; hint: its agents keep what they have; restart the operator", rs.LastError))
+		}
+	}
 	s.SetHealth()
 	return s
 }

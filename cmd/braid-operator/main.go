@@ -16,6 +16,8 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
@@ -25,6 +27,7 @@ import (
 	"github.com/braidmesh/braid/clustermesh/k8s"
 	"github.com/braidmesh/braid/clustermesh/operator"
 	"github.com/braidmesh/braid/clustermesh/publish"
+	"github.com/braidmesh/braid/clustermesh/relay"
 	"github.com/braidmesh/braid/kvstore"
 	"github.com/braidmesh/braid/kvstore/etcd"
 )
@@ -52,6 +55,8 @@ func command() *cobra.Command {
 		inCluster    bool
 		joinSecret   string
 		layout       string
+		rc           relay.Config
+		relaySecret  string
 	)
 	cmd := &cobra.Command{
 		Use:           "braid-operator",
@@ -142,6 +147,15 @@ func command() *cobra.Command {
 				}()
 				defer func() { stopRenew(); <-renewDone }()
 			}
+			if len(rc.Listen) > 0 {
+				if rc.DataDir == "" {
+					return fmt.Errorf("--relay-data-dir is required with --relay-listen")
+				}
+				cfg.Relay = &rc
+				if cfg.SaveRelayCredentials, err = relaySecretSaver(cfg.Kubernetes, relaySecret); err != nil {
+					return err
+				}
+			}
 			op, err := operator.New(cfg, store, log)
 			if err != nil {
 				return err
@@ -166,8 +180,63 @@ func command() *cobra.Command {
 	f.StringVar(&kubeconfig, "kubeconfig", "", "publish the Kubernetes cluster this kubeconfig points at")
 	f.BoolVar(&inCluster, "in-cluster", false, "publish the Kubernetes cluster the operator runs in (service account)")
 	f.BoolVar(&cfg.EnsureCRDs, "ensure-crds", false, "create the multicluster.x-k8s.io ServiceExport/ServiceImport CRDs if absent")
+	f.StringSliceVar(&rc.Listen, "relay-listen", nil, "run the cluster's relay: serve the mirrored mesh to this cluster's agents on these https://host:port URLs (empty: no relay; agents read the broker)")
+	f.StringSliceVar(&rc.Advertise, "relay-advertise", nil, "URLs agents reach the relay at, written into their bundle (default: --relay-listen)")
+	f.StringSliceVar(&rc.ExtraSANs, "relay-san", nil, "more DNS names or IPs for the relay's server certificate")
+	f.StringVar(&rc.DataDir, "relay-data-dir", "/var/lib/braid/relay", "the relay's CA, passwords, agents' bundle (agents.json) and etcd data; keep it across restarts")
+	f.StringVar(&rc.MetricsURL, "relay-metrics-url", "", "where the relay's etcd serves /metrics (http://host:port; default: a free loopback port)")
+	f.StringVar(&relaySecret, "relay-agents-secret", "", "NAMESPACE/NAME of a Secret to store the relay's agents' bundle in (key relay.json), which the agents mount")
 	return cmd
 }
+
+// relaySecretSaver returns a func that stores the relay's agents' bundle
+// in the Secret ref (NAMESPACE/NAME, key relay.json), creating it if it
+// does not exist; nil if ref or kube is not set.
+func relaySecretSaver(kube *rest.Config, ref string) (func(context.Context, join.Credentials) error, error) {
+	if ref == "" || kube == nil {
+		return nil, nil
+	}
+	ns, name, ok := strings.Cut(ref, "/")
+	if !ok || ns == "" || name == "" {
+		return nil, fmt.Errorf("--relay-agents-secret %q: want NAMESPACE/NAME", ref)
+	}
+	client, err := kubernetes.NewForConfig(kube)
+	if err != nil {
+		return nil, fmt.Errorf("--relay-agents-secret: %w", err)
+	}
+	return func(ctx context.Context, c join.Credentials) error {
+		b, err := json.MarshalIndent(c, "", "  ")
+		if err != nil {
+			return err
+		}
+		secrets := client.CoreV1().Secrets(ns)
+		s, err := secrets.Get(ctx, name, metav1.GetOptions{})
+		if apierrors.IsNotFound(err) {
+			s = &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns}, Data: map[string][]byte{relaySecretKey: b}}
+			if _, err := secrets.Create(ctx, s, metav1.CreateOptions{}); err != nil {
+				return fmt.Errorf("create Secret %s: %w", ref, err)
+			}
+			return nil
+		}
+		if err != nil {
+			return fmt.Errorf("read Secret %s: %w", ref, err)
+		}
+		if string(s.Data[relaySecretKey]) == string(b) {
+			return nil
+		}
+		if s.Data == nil {
+			s.Data = map[string][]byte{}
+		}
+		s.Data[relaySecretKey] = b
+		if _, err := secrets.Update(ctx, s, metav1.UpdateOptions{}); err != nil {
+			return fmt.Errorf("update Secret %s: %w", ref, err)
+		}
+		return nil
+	}, nil
+}
+
+// relaySecretKey is the relay's agents' bundle's key in its Secret.
+const relaySecretKey = "relay.json"
 
 // grantedConfig returns the cluster config the broker granted: the ID and
 // CIDRs of the cluster's grant with want's capabilities. An ID or CIDRs
