@@ -112,6 +112,12 @@ type Config struct {
 	// finds pinned untouched while it waits to know the whole mesh again
 	// (see the package doc); zero means DefaultRestoreTimeout.
 	RestoreTimeout time.Duration
+	// Mesh, if set, is where the agent reads the mesh: its cluster's relay
+	// (package relay), a mirror of the broker with the same keys, so that
+	// the broker serves one set of watches per cluster rather than per
+	// node. Nil: the store New was given (the broker). The node's status
+	// is written to the broker either way. The caller owns Mesh.
+	Mesh kvstore.Store
 }
 
 // DefaultRestoreTimeout is Config.RestoreTimeout's default: as long as
@@ -182,7 +188,11 @@ func New(cfg Config, store kvstore.Store, log *slog.Logger) (*Agent, error) {
 	reg := prometheus.NewRegistry()
 	// The agent mirrors every cluster, its own included: local services'
 	// virtual IPs and backends come from what the operator published.
-	w, err := remote.New(remote.Config{StaleAfter: cfg.BrokerTimeout}, store, log, reg)
+	mesh := cfg.Mesh
+	if mesh == nil {
+		mesh = store
+	}
+	w, err := remote.New(remote.Config{StaleAfter: cfg.BrokerTimeout}, mesh, log, reg)
 	if err != nil {
 		return nil, fmt.Errorf("new agent: %w", err)
 	}

@@ -65,6 +65,7 @@ func command() *cobra.Command {
 		kubeconfig string
 		inCluster  bool
 		gossipOn   bool
+		relayFile  string
 	)
 	cmd := &cobra.Command{
 		Use:           "braid-agent",
@@ -177,6 +178,21 @@ func command() *cobra.Command {
 				return err
 			}
 			defer store.Close()
+			if relayFile != "" {
+				// Read the mesh from the cluster's relay; node status
+				// still goes to the broker.
+				relayCreds, err := join.LoadCredentials(relayFile, log)
+				if err != nil {
+					return fmt.Errorf("--relay: %w", err)
+				}
+				mesh, err := join.Connect(cmd.Context(), relayCreds, log)
+				if err != nil {
+					return fmt.Errorf("--relay: %w", err)
+				}
+				defer mesh.Close()
+				cfg.Mesh = mesh
+				log.Info("reading the mesh from the cluster's relay", "relay", relayCreds)
+			}
 			a, err := agent.New(cfg, store, log)
 			if err != nil {
 				return err
@@ -186,6 +202,7 @@ func command() *cobra.Command {
 	}
 	f := cmd.Flags()
 	f.StringVar(&joinFile, "join", "", "the cluster's join bundle (JSON)")
+	f.StringVar(&relayFile, "relay", "", "read the mesh from the cluster's relay with this bundle (the operator's --relay-data-dir/agents.json or its --relay-agents-secret); empty: from the broker")
 	f.StringVar(&cfg.Node, "node", "", "this node's name")
 	f.StringVar(&cfg.Zone, "zone", "", "this node's zone (default: the Node's topology.kubernetes.io/zone label)")
 	f.StringVar(&cfg.Region, "region", "", "this node's region (default: the Node's topology.kubernetes.io/region label)")
