@@ -8,6 +8,10 @@
 // with the same decoders remote clusters use, so a bad file is refused with
 // the record's key and the reason, and the last good state stays published.
 //
+// With Config.Relay, the operator also runs the cluster's relay (package
+// relay) over its broker connection, with a remote.Watcher of its own, and
+// hands the relay's agents' bundle to Config.SaveRelayCredentials.
+//
 // Run blocks until its context is done or publishing is refused (a
 // registration conflict or missing permissions), and waits for everything
 // it started.
