@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"strings"
 	"testing"
 	"time"
 
@@ -93,13 +94,18 @@ type lab struct {
 }
 
 func newLab(t *testing.T) *lab {
+	l, _ := newLabServer(t)
+	return l
+}
+
+func newLabServer(t *testing.T) (*lab, *etcdtest.Server) {
 	srv := etcdtest.Start(t)
 	up, err := etcd.New(t.Context(), etcd.Config{Endpoints: srv.Endpoints()})
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { up.Close() })
-	return &lab{t: t, upstream: up, dir: t.TempDir(), listen: fmt.Sprintf("https://127.0.0.1:%d", testenv.FreePort(t))}
+	return &lab{t: t, upstream: up, dir: t.TempDir(), listen: fmt.Sprintf("https://127.0.0.1:%d", testenv.FreePort(t))}, srv
 }
 
 // runningRelay is one run of the relay; stop ends it and waits.
@@ -110,11 +116,14 @@ type runningRelay struct {
 }
 
 // start runs a relay over the lab's broker, with its own broker
-// connection, and waits until it serves.
-func (l *lab) start() *runningRelay {
+// connection (through endpoints if given), and waits until it serves.
+func (l *lab) start(endpoints ...string) *runningRelay {
 	t := l.t
 	t.Helper()
-	conn, err := etcd.New(t.Context(), etcd.Config{Endpoints: l.upstream.Client().Endpoints()})
+	if len(endpoints) == 0 {
+		endpoints = l.upstream.Client().Endpoints()
+	}
+	conn, err := etcd.New(t.Context(), etcd.Config{Endpoints: endpoints, DialTimeout: 2 * time.Second})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -411,5 +420,119 @@ func TestRelayRestartConverges(t *testing.T) {
 	}
 	if _, err := mirror.Get(ctx, gone); !errors.Is(err, kvstore.ErrNotFound) {
 		t.Fatalf("%s: err %v, want not found after the restart", gone, err)
+	}
+}
+
+// TestRelayUpstreamReconnectDoesNotFlush cuts the relay off from the
+// broker, changes and compacts behind its back, and lets it back: the
+// relay's Watcher re-lists, and the mirror changes exactly the changed
+// key and the deleted one; every other key keeps its create revision.
+func TestRelayUpstreamReconnectDoesNotFlush(t *testing.T) {
+	ctx := t.Context()
+	l, srv := newLabServer(t)
+	proxy := etcdtest.NewProxy(t, srv.Addr())
+	b := cluster("b", 2)
+	pb := publishCluster(t, ctx, l.upstream, b, 5)
+	r := l.start(proxy.Endpoints()...)
+	w, mirror := consumer(t, ctx, r.AgentCredentials())
+	testenv.Eventually(t, 30*time.Second, synced(w, "b", 5))
+	before := map[string]kvstore.KeyValue{}
+	kvs, _, err := mirror.List(ctx, clustermesh.Root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, kv := range kvs {
+		before[kv.Key] = kv
+	}
+	// The test reads the relay's stream too: the same events in the same
+	// order as the relay gets them.
+	tctx, stopTap := context.WithCancel(ctx)
+	defer stopTap()
+	tap := r.upstream.Entries(tctx)
+
+	proxy.Partition()
+	changed := &clustermesh.Node{Name: "n1", Cluster: "b", IPs: []netip.Addr{netip.MustParseAddr("192.168.2.201")}}
+	if err := pb.Upsert(changed); err != nil {
+		t.Fatal(err)
+	}
+	gone := (&clustermesh.Node{Name: "n2", Cluster: "b"}).Key()
+	pb.Delete(gone)
+	testenv.Eventually(t, 30*time.Second, func() error {
+		if _, err := l.upstream.Get(ctx, gone); !errors.Is(err, kvstore.ErrNotFound) {
+			return fmt.Errorf("%s still published", gone)
+		}
+		kv, err := l.upstream.Get(ctx, changed.Key())
+		if err != nil || !strings.Contains(string(kv.Value), "192.168.2.201") {
+			return fmt.Errorf("n1 not changed yet (%v)", err)
+		}
+		return nil
+	})
+	_, rev, err := l.upstream.List(ctx, clustermesh.Root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := l.upstream.Client().Compact(ctx, rev); err != nil {
+		t.Fatal(err)
+	}
+	proxy.Heal()
+
+	// Every kind of b re-listed (its marker comes again), then a sentinel
+	// change: once the consumer has it, the relay applied the re-lists.
+	relisted := map[string]bool{}
+	deadline := time.After(time.Minute)
+	for len(relisted) < len(clustermesh.Kinds) {
+		select {
+		case ev := <-tap:
+			if pk, err := clustermesh.ParseKey(ev.Key); err == nil && pk.Synced && pk.Cluster == "b" {
+				relisted[ev.Key] = true
+			}
+		case <-deadline:
+			t.Fatalf("relay's Watcher did not re-list every kind of b after the partition: %v", relisted)
+		}
+	}
+	sentinel := &clustermesh.Node{Name: "sentinel", Cluster: "b", IPs: []netip.Addr{netip.MustParseAddr("192.168.2.250")}}
+	if err := pb.Upsert(sentinel); err != nil {
+		t.Fatal(err)
+	}
+	testenv.Eventually(t, 30*time.Second, func() error {
+		cs := w.Snapshot().Clusters["b"]
+		if cs == nil {
+			return errors.New("b gone")
+		}
+		if _, ok := cs.Nodes["sentinel"]; !ok {
+			return errors.New("sentinel not at the consumer yet")
+		}
+		return nil
+	})
+	cs := w.Snapshot().Clusters["b"]
+	if _, ok := cs.Nodes["n2"]; ok {
+		t.Error("n2 still at the consumer")
+	}
+	if n := cs.Nodes["n1"]; len(n.IPs) != 1 || n.IPs[0] != changed.IPs[0] {
+		t.Errorf("n1 has IPs %v, want %v", n.IPs, changed.IPs)
+	}
+	kvs, _, err = mirror.List(ctx, clustermesh.Root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kept := 0
+	for _, kv := range kvs {
+		old, ok := before[kv.Key]
+		if !ok {
+			if kv.Key != sentinel.Key() {
+				t.Errorf("%s: new in the mirror", kv.Key)
+			}
+			continue
+		}
+		if kv.CreateRevision != old.CreateRevision {
+			t.Errorf("%s: deleted and written again (create revision %d, was %d)", kv.Key, kv.CreateRevision, old.CreateRevision)
+		}
+		if kv.Key != changed.Key() && kv.ModRevision != old.ModRevision {
+			t.Errorf("%s: rewritten though unchanged (mod revision %d, was %d)", kv.Key, kv.ModRevision, old.ModRevision)
+		}
+		kept++
+	}
+	if kept < len(before)-1 {
+		t.Errorf("%d keys kept of %d", kept, len(before))
 	}
 }
