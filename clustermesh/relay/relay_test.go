@@ -65,7 +65,7 @@ func records(c clustermesh.ClusterConfig, n int) map[clustermesh.Kind][]publish.
 func publishCluster(t *testing.T, ctx context.Context, s kvstore.Store, c clustermesh.ClusterConfig, n int) *publish.Publisher {
 	t.Helper()
 	putGrant(t, s, c)
-	p, err := publish.New(publish.Config{Cluster: c, LeaseTTL: 30 * time.Second}, s, nil, nil)
+	p, err := newPublisher(c, s)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -535,4 +535,8 @@ func TestRelayUpstreamReconnectDoesNotFlush(t *testing.T) {
 	if kept < len(before)-1 {
 		t.Errorf("%d keys kept of %d", kept, len(before))
 	}
+}
+
+func newPublisher(c clustermesh.ClusterConfig, s kvstore.Store) (*publish.Publisher, error) {
+	return publish.New(publish.Config{Cluster: c, LeaseTTL: 30 * time.Second}, s, nil, nil)
 }
