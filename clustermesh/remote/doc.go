@@ -29,6 +29,8 @@
 // as a reconcile.Loop's Trigger) and reads Snapshot when woken; a consumer
 // that needs each edge may Subscribe to Changes. Subscriptions are buffered
 // without bound, so a slow consumer never stalls the Watcher; it only grows
-// its own queue. Run blocks until its context is done and waits for every goroutine
+// its own queue. Entries streams the raw entries the Watcher accepted, in
+// the order it applied them, for a relay (package relay) to mirror; it is
+// queued without bound too. Run blocks until its context is done and waits for every goroutine
 // it started.
 package remote
