@@ -24,6 +24,7 @@ import (
 	"github.com/braidmesh/braid/clustermesh"
 	"github.com/braidmesh/braid/clustermesh/broker"
 	"github.com/braidmesh/braid/clustermesh/join"
+	"github.com/braidmesh/braid/clustermesh/relay"
 	"github.com/braidmesh/braid/clustermesh/status"
 	"github.com/braidmesh/braid/internal/kubelab"
 	"github.com/braidmesh/braid/internal/lab/controlplane"
@@ -54,6 +55,10 @@ type Config struct {
 	// --strict-encryption: their cluster config asks every agent to drop
 	// plaintext to remote pods.
 	StrictEncryption []clustermesh.ClusterName
+	// Relay names the clusters whose operators run a relay
+	// (--relay-listen) and whose agents read the mesh from it (--relay)
+	// instead of from the broker.
+	Relay []clustermesh.ClusterName
 	// Spare clusters are planned beside Clusters (names, IDs, ranges, node
 	// namespaces, all in the run's record) but not started: AddCluster
 	// starts one without Braid, for a test that joins it to the running
@@ -258,6 +263,9 @@ func (l *Lab) build(ctx context.Context) error {
 		if err := c.operator.start(); err != nil {
 			return err
 		}
+		if err := c.waitRelay(ctx); err != nil {
+			return err
+		}
 		for j := range c.plan.Nodes {
 			n := c.newNode(j)
 			if err := l.startNode(n); err != nil {
@@ -446,7 +454,51 @@ func (c *Cluster) operatorArgs() (string, []string) {
 	if slices.Contains(c.lab.cfg.StrictEncryption, c.Name) {
 		args = append(args, "--strict-encryption")
 	}
+	if c.relayed() {
+		args = append(args, "--relay-listen", "https://"+net.JoinHostPort(c.lab.HostIP.String(), strconv.Itoa(RelayPort+int(c.ID)-1)),
+			"--relay-data-dir", c.relayDir(), "--relay-metrics-url", c.RelayMetricsURL())
+	}
 	return filepath.Join(c.lab.cfg.Bin, "braid-operator"), args
+}
+
+// relayed says whether c's operator runs a relay its agents read.
+func (c *Cluster) relayed() bool { return slices.Contains(c.lab.cfg.Relay, c.Name) }
+
+// relayDir is the data directory of c's relay.
+func (c *Cluster) relayDir() string { return filepath.Join(c.plan.Dir, "relay") }
+
+// RelayMetricsURL is where c's relay's etcd serves /metrics ("" without
+// a relay).
+func (c *Cluster) RelayMetricsURL() string {
+	if !c.relayed() {
+		return ""
+	}
+	return "http://" + net.JoinHostPort(c.lab.HostIP.String(), strconv.Itoa(RelayMetricsPort+int(c.ID)-1))
+}
+
+// RelayBundle is the agents' bundle of c's relay ("" without one).
+func (c *Cluster) RelayBundle() string {
+	if !c.relayed() {
+		return ""
+	}
+	return filepath.Join(c.relayDir(), relay.AgentsFile)
+}
+
+// waitRelay waits, if c runs a relay, until the relay has written its
+// agents' bundle: the agents need it to start.
+func (c *Cluster) waitRelay(ctx context.Context) error {
+	if !c.relayed() {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(ctx, ReadyTimeout)
+	defer cancel()
+	if err := c.lab.poll(ctx, func() error {
+		_, err := os.Stat(c.RelayBundle())
+		return err
+	}); err != nil {
+		return fmt.Errorf("cluster %s: relay's agents' bundle: %w", c.Name, err)
+	}
+	return nil
 }
 
 // startNode creates n's namespace and cgroup, and starts its lab node in
@@ -487,7 +539,8 @@ func (n *Node) inNetns(cmd func() (string, []string)) func() (string, []string) 
 }
 
 func (n *Node) agentArgs() (string, []string) {
-	return filepath.Join(n.Cluster.lab.cfg.Bin, "braid-agent"), []string{
+	bin := filepath.Join(n.Cluster.lab.cfg.Bin, "braid-agent")
+	args := []string{
 		"--join", n.Cluster.Join,
 		"--node", n.Name,
 		// No --zone or --region: the agent reads them from its Node, which
@@ -507,6 +560,10 @@ func (n *Node) agentArgs() (string, []string) {
 		// check.
 		"--socket-lb-host-only=false",
 	}
+	if b := n.Cluster.RelayBundle(); b != "" {
+		args = append(args, "--relay", b)
+	}
+	return bin, args
 }
 
 // WaitReady waits until every node is Ready with a pod CIDR and has

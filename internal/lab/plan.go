@@ -17,8 +17,9 @@ import (
 
 // Fixed ports on the underlay's host address (unique per run, so two labs
 // never clash): apiserver i listens on APIServerPort+i, operator i serves
-// its status page on OperatorStatusPort+i; each agent serves its status on
-// AgentStatusPort at its node's address.
+// its status page on OperatorStatusPort+i (and its relay, if it runs one,
+// on RelayPort+i, its relay's etcd metrics on RelayMetricsPort+i); each agent serves its status on AgentStatusPort at its
+// node's address.
 const (
 	APIServerPort      = 6443
 	BrokerPort         = 2379
@@ -26,6 +27,8 @@ const (
 	BrokerJoinPort     = 2381
 	OperatorStatusPort = 9876
 	AgentStatusPort    = 9877
+	RelayPort          = 2479
+	RelayMetricsPort   = 2579
 )
 
 // MaxClusters and MaxNodes bound a lab: cluster address ranges are derived
