@@ -124,7 +124,36 @@ func (m *mirror) apply(ctx context.Context, ev kvstore.Event) error {
 		}
 		return m.delete(ctx, ev.Key)
 	case kvstore.EventListDone:
-		return m.meshListed(ctx)
+		if ev.Key == "" {
+			return m.meshListed(ctx)
+		}
+		pk, err := clustermesh.ParseKey(ev.Key)
+		if err != nil || !pk.Config {
+			return nil
+		}
+		return m.markersListed(ctx, pk.Cluster, string(ev.Value))
+	}
+	return nil
+}
+
+// markersListed removes what the mirror holds of cluster's kinds that have
+// no sync marker upstream any more (a publisher that stopped writing a
+// service layout while the relay was down): nothing will re-list them.
+func (m *mirror) markersListed(ctx context.Context, cluster clustermesh.ClusterName, kinds string) error {
+	published := map[clustermesh.Kind]bool{}
+	for _, k := range strings.Split(kinds, ",") {
+		published[clustermesh.Kind(k)] = true
+	}
+	for _, kind := range clustermesh.Kinds {
+		if published[kind] || m.pruned[cluster][kind] {
+			continue
+		}
+		if err := m.delete(ctx, clustermesh.SyncedKey(cluster, kind)); err != nil {
+			return err
+		}
+		if err := m.prune(ctx, cluster, kind); err != nil {
+			return err
+		}
 	}
 	return nil
 }

@@ -328,13 +328,16 @@ func mustFirst(c clustermesh.ClusterConfig) clustermesh.NumericIdentity {
 func TestRelayRestartConverges(t *testing.T) {
 	ctx := t.Context()
 	l := newLab(t)
-	b, d := cluster("b", 2), cluster("d", 4)
+	b, d, e := cluster("b", 2), cluster("d", 4), cluster("e", 5)
 	pb := publishCluster(t, ctx, l.upstream, b, 5)
 	publishCluster(t, ctx, l.upstream, d, 2)
+	ectx, stopE := context.WithCancel(ctx)
+	publishCluster(t, ectx, l.upstream, e, 2)
 	r := l.start()
 	w, mirror := consumer(t, ctx, r.AgentCredentials())
 	testenv.Eventually(t, 30*time.Second, synced(w, "b", 5))
 	testenv.Eventually(t, 30*time.Second, synced(w, "d", 2))
+	testenv.Eventually(t, 30*time.Second, synced(w, "e", 2))
 	before := map[string]kvstore.KeyValue{}
 	kvs, _, err := mirror.List(ctx, clustermesh.Root)
 	if err != nil {
@@ -355,6 +358,18 @@ func TestRelayRestartConverges(t *testing.T) {
 	if err := l.upstream.Delete(ctx, clustermesh.GrantKey("d")); err != nil {
 		t.Fatal(err)
 	}
+	// e stops publishing its services' single-value layout (as a
+	// publisher switched to chunks only does): its marker and values go.
+	stopE()
+	v1, _, err := l.upstream.List(ctx, clustermesh.KindPrefix(clustermesh.KindServices, "e"))
+	if err != nil || len(v1) == 0 {
+		t.Fatalf("e's single-value services: %d, %v", len(v1), err)
+	}
+	for _, kv := range append(v1, kvstore.KeyValue{Key: clustermesh.SyncedKey("e", clustermesh.KindServices)}) {
+		if err := l.upstream.Delete(ctx, kv.Key); err != nil {
+			t.Fatal(err)
+		}
+	}
 	testenv.Eventually(t, 30*time.Second, func() error {
 		if _, err := l.upstream.Get(ctx, gone); !errors.Is(err, kvstore.ErrNotFound) {
 			return fmt.Errorf("%s still published", gone)
@@ -372,7 +387,7 @@ func TestRelayRestartConverges(t *testing.T) {
 	r = l.start()
 	testenv.Eventually(t, 30*time.Second, func() error {
 		st := r.Status()
-		if !st.MeshListed || st.Relisted["b"] < 5 {
+		if !st.MeshListed || st.Relisted["b"] < 5 || st.Relisted["e"] < 5 {
 			return fmt.Errorf("relay not re-listed yet: %+v", st)
 		}
 		cs := w.Snapshot().Clusters["b"]
@@ -389,6 +404,14 @@ func TestRelayRestartConverges(t *testing.T) {
 	})
 	if keys := mirrorKeys(t, mirror, "d"); len(keys) > 0 {
 		t.Fatalf("d's keys still in the mirror: %v", keys)
+	}
+	for _, key := range mirrorKeys(t, mirror, "e") {
+		if pk, _ := clustermesh.ParseKey(key); pk.Kind == clustermesh.KindServices || pk.Synced && pk.Name == string(clustermesh.KindServices) {
+			t.Errorf("%s: e no longer publishes it, but it is still in the mirror", key)
+		}
+	}
+	if err := synced(w, "e", 2)(); err != nil {
+		t.Errorf("consumer's e, from its chunked services alone: %v", err)
 	}
 	kvs, _, err = mirror.List(ctx, clustermesh.Root)
 	if err != nil {

@@ -203,6 +203,9 @@ func (c *cluster) run() {
 	defer slotTimer.Stop()
 
 	started := map[clustermesh.Kind]bool{}
+	// listing holds the kinds whose markers the current (re-)list of the
+	// markers delivered, for Entries.
+	listing := map[clustermesh.Kind]bool{}
 	for ev := range c.w.store.Watch(ctx, clustermesh.SyncedPrefix(c.name)) {
 		switch ev.Kind {
 		case kvstore.EventUpsert:
@@ -218,6 +221,7 @@ func (c *cluster) run() {
 			}
 			c.markerSeen[kind] = true
 			c.markers[kind] = ev.Value
+			listing[kind] = true
 			relisted := c.listed[kind]
 			c.connected = true
 			c.mu.Unlock()
@@ -251,6 +255,17 @@ func (c *cluster) run() {
 			if done {
 				c.releaseSlot()
 			}
+			var kinds []string
+			for _, k := range clustermesh.Kinds {
+				if listing[k] {
+					kinds = append(kinds, string(k))
+				}
+			}
+			c.w.emitEntry(kvstore.Event{Kind: kvstore.EventListDone, Key: clustermesh.ClusterKey(c.name), Value: []byte(strings.Join(kinds, ","))})
+		case kvstore.EventRestart:
+			clear(listing)
+		case kvstore.EventDelete:
+			c.w.emitEntry(ev) // a marker gone: its kind is no longer published
 		case kvstore.EventError:
 			c.fail(ev.Err)
 		case kvstore.EventProgress:

@@ -35,11 +35,16 @@ type tap struct {
 //   - EventUpsert of a kind's sync marker (clustermesh.SyncedKey) once
 //     that kind's list is complete and its entries delivered, again after
 //     each re-list, and when the marker changes later;
+//   - EventListDone with the cluster's ClusterKey as Key once the list of
+//     its sync markers is complete (and after each re-list), Value the
+//     comma-separated kinds that have one: a kind not among them is not
+//     published now, and its entries from an earlier stream are stale;
+//     EventDelete of a sync marker that went away;
 //   - EventDelete of the cluster's ClusterKey when the Watcher stops
 //     watching it (it left, lost its grant or changed ID or CIDRs): every
 //     entry of the cluster is gone with it; no separate deletes follow;
-//   - EventListDone (Revision 0) each time the cluster configs and grants
-//     are both fully listed: a cluster whose ClusterKey was not announced
+//   - EventListDone with an empty Key each time the cluster configs and
+//     grants are both fully listed: a cluster whose ClusterKey was not announced
 //     since the stream started is not part of the mesh.
 //
 // Events of one cluster's kind come in the order they were applied; a
