@@ -35,7 +35,8 @@
 // relay applies. A relay restart keeps the data directory: the mirror still
 // serves what it held, the fresh Watcher lists everything again, the relay
 // rewrites only what changed and, once a kind's marker arrives (its list is
-// complete), deletes that kind's keys the broker no longer has; once the
+// complete), deletes that kind's keys the broker no longer has (all of a
+// kind whose marker is gone once the cluster's markers are listed); once the
 // cluster configs and grants are listed, clusters no longer in the mesh are
 // removed. Agents resume their watches on the same etcd and see only the
 // difference. A relay outage looks to its agents like a broker outage:
