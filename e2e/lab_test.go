@@ -221,6 +221,7 @@ func TestLab(t *testing.T) {
 	// A clean start restarts nothing: every process came up in order.
 	e.noExits(t)
 
+	t.Run("AgentsFindTheirNode", e.testAgentsFindTheirNode)
 	t.Run("ManifestsAnsweredByBothClusters", e.testManifests)
 	t.Run("Kubectl", e.testKubectl)
 	t.Run("OneSidedServiceOverWireGuard", e.testOneSided)

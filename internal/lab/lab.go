@@ -521,9 +521,11 @@ func (l *Lab) startNode(n *Node) error {
 	return n.kubelt.start()
 }
 
-// startAgent starts n's braid-agent in its namespace.
+// startAgent starts n's braid-agent in its namespace and cgroup, sandboxed
+// as its DaemonSet pod would be (sandboxed).
 func (n *Node) startAgent() error {
-	n.agent = n.Cluster.lab.newManaged(n.Name+"/braid-agent", filepath.Join(n.plan.Dir, "agent.log"), n.inNetns(n.agentArgs))
+	n.agent = n.Cluster.lab.newManaged(n.Name+"/braid-agent", filepath.Join(n.plan.Dir, "agent.log"), n.sandboxed(n.agentArgs))
+	n.agent.cgroup = n.Cgroup
 	return n.agent.start()
 }
 
@@ -543,11 +545,12 @@ func (n *Node) agentArgs() (string, []string) {
 	args := []string{
 		"--join", n.Cluster.Join,
 		"--node", n.Name,
-		// No --zone or --region: the agent reads them from its Node, which
-		// the lab node registers with both labels.
-		"--node-ip", n.IP.String(),
+		// No --zone, --region or --node-ip: the agent reads them from its
+		// Node, which the lab node registers with both labels and its
+		// InternalIP. No --cgroup: the agent finds the cgroup2 mount, which
+		// its sandbox shows rooted at the node's cgroup. No --interface:
+		// --pod-devices auto (the default) follows the pods' veths.
 		"--bpf-pin-dir", n.PinDir,
-		"--cgroup", n.Cgroup,
 		"--wireguard-device", n.WireGuard,
 		"--state-dir", filepath.Join(n.plan.Dir, "agent"),
 		"--status-addr", net.JoinHostPort(n.IP.String(), strconv.Itoa(AgentStatusPort)),

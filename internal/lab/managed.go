@@ -21,6 +21,8 @@ type managed struct {
 	name string
 	log  string
 	cmd  func() (bin string, args []string)
+	// cgroup, if set, is the cgroup v2 directory the process starts in.
+	cgroup string
 
 	mu       sync.Mutex
 	p        *proc.Process
@@ -43,7 +45,7 @@ func (m *managed) start() error {
 		return nil
 	}
 	bin, args := m.cmd()
-	p, err := proc.Start(m.name, m.log, nil, bin, args...)
+	p, err := proc.StartInCgroup(m.name, m.log, m.cgroup, nil, bin, args...)
 	if err != nil {
 		return err
 	}
@@ -149,6 +151,17 @@ func (n *Node) StopAgent(sig syscall.Signal) { n.agent.stopWith(sig, 10*time.Sec
 
 // StartAgent starts n's braid-agent again after StopAgent.
 func (n *Node) StartAgent() error { return n.agent.start() }
+
+// AgentPID is the process ID of n's braid-agent, or 0 if it is not
+// running.
+func (n *Node) AgentPID() int {
+	n.agent.mu.Lock()
+	defer n.agent.mu.Unlock()
+	if n.agent.p == nil || n.agent.p.Exited() {
+		return 0
+	}
+	return n.agent.p.Pid()
+}
 
 // StopNode stops n's lab node process (its pods are removed) and waits.
 func (n *Node) StopNode() { n.kubelt.stop(20 * time.Second) }

@@ -38,6 +38,14 @@ type Process struct {
 // Start runs bin with args; stdout and stderr are appended to logPath. env,
 // if not nil, replaces the environment.
 func Start(name, logPath string, env []string, bin string, args ...string) (*Process, error) {
+	return StartInCgroup(name, logPath, "", env, bin, args...)
+}
+
+// StartInCgroup is Start with the child placed in the cgroup v2 directory
+// cgroup from its first instruction (clone3's CLONE_INTO_CGROUP), as a
+// container runtime places a container's process; "" leaves it in the
+// lab's own cgroup.
+func StartInCgroup(name, logPath, cgroup string, env []string, bin string, args ...string) (*Process, error) {
 	f, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
 		return nil, fmt.Errorf("start %s: %w", name, err)
@@ -49,6 +57,15 @@ func Start(name, logPath string, env []string, bin string, args ...string) (*Pro
 	// Its own process group, so a Ctrl-C on the terminal reaches only the
 	// lab, which stops its children in order.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL, Setpgid: true}
+	if cgroup != "" {
+		cg, err := os.Open(cgroup)
+		if err != nil {
+			return nil, fmt.Errorf("start %s: open cgroup: %w", name, err)
+		}
+		defer cg.Close() // needed only until the fork
+		cmd.SysProcAttr.UseCgroupFD = true
+		cmd.SysProcAttr.CgroupFD = int(cg.Fd())
+	}
 	if err := fork(cmd); err != nil {
 		return nil, fmt.Errorf("start %s: %w", name, err)
 	}
