@@ -14,7 +14,11 @@
 //     <cgroup2 root>/braid-lab-<run>/<node> (pods run below it and the agent's
 //     socket load balancer is attached to it), a lab node process (`braid-lab
 //     node`, internal/lab/node: the kubelet stand-in) and a braid-agent
-//     process, both inside the namespace.
+//     process, both inside the namespace. The agent runs as its DaemonSet
+//     pod would (`braid-lab sandbox`, ExecSandboxed): in the node's cgroup,
+//     at the root of its own cgroup namespace, with cgroup2 mounted fresh
+//     in its own mount namespace, and with no flag for what a node finds
+//     out itself (zone, region, node IPs, pod devices, the cgroup).
 //
 // AddOutside adds, once the lab is up, hosts outside the mesh: a namespace
 // on the underlay with an address no cluster knows, routed to and from
