@@ -30,6 +30,7 @@ type labNode struct {
 	podCIDR netip.Prefix
 	podIP   netip.Addr
 	dev     *Device
+	log     *slog.Logger // the device's logger; nil: testLogger
 }
 
 var meshCIDR = netip.MustParsePrefix("10.244.0.0/16")
@@ -89,7 +90,11 @@ func (n *labNode) open(t testing.TB, mutate func(*Config)) *Device {
 	if mutate != nil {
 		mutate(&cfg)
 	}
-	d, err := New(cfg, testLogger(t))
+	log := n.log
+	if log == nil {
+		log = testLogger(t)
+	}
+	d, err := New(cfg, log)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -28,6 +28,11 @@ import (
 // second of the same stream).
 func rotationsDuringTransfer(tb testing.TB, n int) (longest, baseline time.Duration) {
 	a, b := newLab(tb)
+	var trace *rotationTrace
+	if traced() {
+		trace = &rotationTrace{}
+		a.log, b.log = trace.logger("a"), trace.logger("b")
+	}
 	keepalive := func(c *Config) { c.PersistentKeepalive = 25 * time.Second }
 	a.open(tb, keepalive)
 	b.open(tb, keepalive)
@@ -126,6 +131,12 @@ func rotationsDuringTransfer(tb testing.TB, n int) (longest, baseline time.Durat
 
 	c := dialTCP(tb, a.pod, dst)
 	_ = c.SetDeadline(time.Now().Add(5 * time.Minute))
+	if trace != nil {
+		stopTCP := make(chan struct{})
+		watched := make(chan struct{})
+		go func() { defer close(watched); trace.watchTCP(c, stopTCP) }()
+		defer func() { close(stopTCP); <-watched }()
+	}
 	payload := make([]byte, 64<<10)
 	sent := sha256.New()
 	size := 0
@@ -179,6 +190,25 @@ writing:
 	i := slices.IndexFunc(r.reads, func(t time.Time) bool { return t.After(quietEnd) })
 	if i < 0 {
 		i = len(r.reads)
+	}
+	if trace != nil && i < len(r.reads) {
+		// The longest stall during the rotations, with what led to it.
+		at := max(i, 1)
+		for j := at; j < len(r.reads); j++ {
+			if r.reads[j].Sub(r.reads[j-1]) > r.reads[at].Sub(r.reads[at-1]) {
+				at = j
+			}
+			if g := r.reads[j].Sub(r.reads[j-1]); g > 100*time.Millisecond {
+				trace.add(r.reads[j-1], "recv", "last read before a gap of "+g.Round(time.Millisecond).String())
+				trace.add(r.reads[j], "recv", "first read after a gap of "+g.Round(time.Millisecond).String())
+			}
+		}
+		from, to := r.reads[at-1], r.reads[at]
+		tb.Logf("longest stall %v; in the whole run: %d handshake initiations sent, %d invalid initiations, %d invalid responses, %d handshake retries after 5 s, %d packets from disallowed sources; responses to standby keys: %d promoted first, %d sent unpromoted",
+			to.Sub(from), trace.count("Sending handshake initiation"), trace.count("Received invalid initiation"),
+			trace.count("Received invalid response"), trace.count("did not complete after"), trace.count("disallowed source"),
+			trace.count("sender promoted first"), trace.count("sent unpromoted"))
+		trace.write(tb, from.Add(-time.Second), to.Add(100*time.Millisecond))
 	}
 	return gaps(r.reads[i:]), gaps(r.reads[:i])
 }
