@@ -71,8 +71,28 @@ func (d *Device) applyLocked(wg wgClient) []error {
 	standby := make(map[wgtypes.Key]bool)
 	for _, p := range d.want {
 		next := p.NextPublicKey
+		if next == (wgtypes.Key{}) && d.standby[p.PublicKey] && !d.promoted[p.PublicKey] {
+			// The mesh reports the peer's switch before its handshake
+			// reached this node. Until it does, the old key keeps the
+			// traffic and the new one stands by, as before the switch:
+			// moved now, this node's traffic would start a handshake
+			// towards the new key crossing the peer's own (see onResponse).
+			if old, ok := d.heldKey(p.Name, p.PublicKey); ok {
+				p.PublicKey, p.NextPublicKey, next = old, p.PublicKey, p.PublicKey
+			}
+		}
 		switch {
 		case next == (wgtypes.Key{}):
+			if d.promoted[p.PublicKey] && !d.live[p.PublicKey] {
+				// The mesh already reports the peer's switch, but its new
+				// session is not confirmed here yet: its keepalive stays
+				// off until it is. Turned on now, it would make this side
+				// start a handshake that crosses the peer's in flight; both
+				// sides would end up responders waiting for each other, with
+				// no new initiation allowed for 5 s (REKEY_TIMEOUT).
+				promoted[p.PublicKey] = true
+				p.quiet = true
+			}
 		case d.promoted[next]:
 			// The peer switched: its next key carries its traffic.
 			promoted[next] = true
@@ -146,6 +166,20 @@ func (d *Device) applyLocked(wg wgClient) []error {
 	return errs
 }
 
+// heldKey returns the key that carried the traffic of the peer named name
+// in the last apply, if it is not next. Called with mu held.
+func (d *Device) heldKey(name string, next wgtypes.Key) (wgtypes.Key, bool) {
+	if name == "" {
+		return wgtypes.Key{}, false
+	}
+	for k, n := range d.names {
+		if n == name && k != next {
+			return k, true
+		}
+	}
+	return wgtypes.Key{}, false
+}
+
 // PromotePoll is how often, while a peer's next key stands by, the device
 // looks for the handshake that shows the peer switched to it. After a
 // handshake message arrives (userspace devices see them), it looks every
@@ -210,7 +244,10 @@ func (d *Device) promoteLoop(ctx context.Context) {
 // keyView is what onInitiation reads without mu: the private key and the
 // peers' next keys on standby. Never modified once stored.
 type keyView struct {
-	priv    wgtypes.Key
+	priv wgtypes.Key
+	// alt, while the device's key changes, is the other key an initiation
+	// may be addressed to.
+	alt     wgtypes.Key
 	standby map[wgtypes.Key]bool
 }
 
@@ -220,39 +257,99 @@ type promoteReq struct {
 	done chan struct{}
 }
 
-// promoteWait bounds how long a handshake initiation waits in the bind for
-// its sender's promotion.
-const promoteWait = 50 * time.Millisecond
+// promoteWait bounds how long a handshake response waits in the bind for
+// the promotion of the key it answers. Sent unpromoted, it completes a
+// session on the standby entry, which has no allowed IPs: the sender's
+// first data packets are dropped until the polled promotion, and TCP
+// backs off. Holding the response a little longer costs less; mu is held
+// for tens of milliseconds at a time on a loaded machine (a key change, a
+// Configure's device I/O). Longer holds cost more than they save: the
+// sender's packets wait in its staged queue meanwhile, which drops the
+// oldest past 128 (two runs of the rotation benchmark with 1 s gave 2.4
+// and 9.1 s stalls, four with 250 ms 0.5–3.2 s). The wait blocks one of
+// wireguard-go's handshake workers, holding no lock but the device's
+// network read lock.
+const promoteWait = 250 * time.Millisecond
+
+// pendingTTL is how long an initiation from a standby key waits for its
+// response (onResponse) before it is forgotten; wireguard-go answers at
+// once or not at all.
+const pendingTTL = 10 * time.Second
+
+// pendingPromotion is a standby key whose initiation wireguard-go has not
+// answered yet.
+type pendingPromotion struct {
+	key wgtypes.Key
+	at  time.Time
+}
 
 // onInitiation runs in the bind's receive path for every handshake
 // initiation, before wireguard-go sees it. If the initiation comes from a
 // standby key (its sender proved it holds the key: see initiatorKey), the
-// peer has switched: the allowed IPs move to that key before the
-// handshake completes, so no packet of the new session is dropped. It
-// waits for the promotion loop, at most promoteWait, and never past
-// Close (which waits for the receive path).
+// peer is switching: the initiation's sender index is noted, and the key
+// is promoted when wireguard-go answers (onResponse). It never blocks.
 func (d *Device) onInitiation(msg []byte) {
 	v := d.view.Load()
 	if v == nil || len(v.standby) == 0 {
 		return
 	}
 	k, ok := initiatorKey(v.priv, msg)
+	if !ok && v.alt != (wgtypes.Key{}) {
+		k, ok = initiatorKey(v.alt, msg)
+	}
 	if !ok || !v.standby[k] {
 		return
 	}
-	r := promoteReq{key: k, done: make(chan struct{})}
+	idx := [4]byte(msg[4:8]) // the initiator's sender index
+	now := time.Now()
+	d.pendingMu.Lock()
+	defer d.pendingMu.Unlock()
+	for i, p := range d.pending {
+		if now.Sub(p.at) > pendingTTL {
+			delete(d.pending, i)
+		}
+	}
+	d.pending[idx] = pendingPromotion{key: k, at: now}
+}
+
+// onResponse runs in the bind's send path for every handshake response
+// wireguard-go sends, before it leaves. A response to an initiation from a
+// standby key promotes that key first (the allowed IPs move to it, the old
+// entry goes): the sender can use the session only once it has the
+// response, so none of its packets on the new session is dropped, and
+// until the promotion this node's traffic keeps the old session, which the
+// sender still receives. Promoted at the initiation instead, the new entry
+// would carry this node's traffic before its session exists, and that
+// traffic would start a handshake of this node's crossing the sender's:
+// both would then wait as responders, with no new initiation allowed for
+// 5 s (wireguard-go's REKEY_TIMEOUT). It waits for the promotion loop at
+// most promoteWait, and never past Close.
+func (d *Device) onResponse(msg []byte) {
+	idx := [4]byte(msg[8:12]) // the receiver index: the initiator's sender index
+	d.pendingMu.Lock()
+	p, ok := d.pending[idx]
+	delete(d.pending, idx)
+	d.pendingMu.Unlock()
+	if !ok {
+		return
+	}
+	r := promoteReq{key: p.key, done: make(chan struct{})}
+	start := time.Now()
 	t := time.NewTimer(promoteWait)
 	defer t.Stop()
 	select {
 	case d.promoteReqs <- r:
 	case <-t.C:
+		d.log.Debug("handshake response to a standby key sent unpromoted: promotion loop busy", "publicKey", ShortKey(p.key), "waited", time.Since(start))
 		return
 	case <-d.closing:
 		return
 	}
 	select {
 	case <-r.done:
+		d.log.Debug("handshake response to a standby key: sender promoted first", "publicKey", ShortKey(p.key), "took", time.Since(start))
 	case <-t.C:
+		d.log.Debug("handshake response to a standby key sent unpromoted: promotion not done", "publicKey", ShortKey(p.key), "waited", time.Since(start))
 	case <-d.closing:
 	}
 }

@@ -142,11 +142,14 @@ type Device struct {
 	// mu serializes Open, Configure, RotateKey and Close, and guards the
 	// fields below. It is held across the device I/O of those calls so that
 	// each sees the result of the one before.
-	mu     sync.Mutex
-	priv   wgtypes.Key
-	pub    wgtypes.Key
-	next   wgtypes.Key // pending private key of a handover; zero if none
-	opened bool
+	mu sync.Mutex
+	// prepareMu serializes PrepareKey, which writes the next key's file
+	// without holding mu.
+	prepareMu sync.Mutex
+	priv      wgtypes.Key
+	pub       wgtypes.Key
+	next      wgtypes.Key // pending private key of a handover; zero if none
+	opened    bool
 	// wedged, once set, is returned by every call: the device stopped
 	// answering a private key change (see setPrivateKey).
 	wedged error
@@ -169,6 +172,11 @@ type Device struct {
 	view atomic.Pointer[keyView]
 	// promoteReqs carries the bind's requests to the promotion loop.
 	promoteReqs chan promoteReq
+	// pending holds, by the initiator's sender index, standby keys whose
+	// initiation wireguard-go has not answered yet (onInitiation,
+	// onResponse).
+	pendingMu sync.Mutex
+	pending   map[[4]byte]pendingPromotion
 	// closing is closed when Close begins.
 	closing   chan struct{}
 	closeOnce sync.Once
@@ -257,6 +265,7 @@ func New(cfg Config, log *slog.Logger) (*Device, error) {
 		changed:     make(chan struct{}),
 		handshakes:  make(chan struct{}, 1),
 		promoteReqs: make(chan promoteReq),
+		pending:     make(map[[4]byte]pendingPromotion),
 		closing:     make(chan struct{}),
 		ns:          netns.None(),
 		names:       make(map[wgtypes.Key]string),
@@ -452,7 +461,7 @@ func (d *Device) startUserspace() error {
 		bind = &nsBind{Bind: bind, ns: d.ns}
 		tdev = &nsTUN{Device: tdev, name: name, nl: d.nl}
 	}
-	bind = &handshakeBind{Bind: bind, seen: d.handshakes, initiation: d.onInitiation}
+	bind = &handshakeBind{Bind: bind, seen: d.handshakes, initiation: d.onInitiation, response: d.onResponse}
 	d.tdev, d.bind = tdev, bind
 	d.wgdev = wgdevice.NewDevice(tdev, bind, d.wgLogger())
 

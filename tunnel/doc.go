@@ -62,18 +62,23 @@
 // A userspace device reads the sender's static key from every handshake
 // initiation it receives while some next key stands by (the first steps
 // of the responder's Noise handshake, including the proof that the sender
-// holds the private key); an initiation from a standby key moves the
-// node's allowed IPs to that key and removes the old entry before
-// wireguard-go answers it, so the new session loses nothing. The
-// keepalive of that entry is turned on once its session exists (turning
-// it on earlier would start a handshake crossing the node's). Otherwise
-// (a kernel device, or an initiation held up past promoteWait) the
-// device watches for the standby key's first handshake, every PromotePoll
-// or every millisecond after a handshake message, and moves the allowed
-// IPs then; packets of the new session that arrive before are dropped
-// and TCP retransmits them. When the node's record later shows the new
-// key as current, Configure finds the device already so. Until the switch
-// the old sessions carry all traffic.
+// holds the private key, tried with both keys while the device's own key
+// changes); when wireguard-go answers an initiation from a standby key,
+// the node's allowed IPs move to that key and the old entry goes before
+// the response leaves, so the sender's new session loses nothing, and
+// until then this side's traffic keeps the old session, which the sender
+// still receives. Moved earlier, the traffic would find the new entry
+// without a session and start a handshake crossing the sender's: both
+// sides would end up responders waiting for each other, with no new
+// initiation allowed for 5 s (wireguard-go's REKEY_TIMEOUT). For the same
+// reason the new entry's keepalive is turned on only once its session is
+// confirmed, and a node's record that shows the new key as current before
+// its handshake arrived leaves the old key carrying the traffic. Otherwise
+// (a kernel device, or a response held up past promoteWait) the device
+// watches for the standby key's first handshake, every PromotePoll or
+// every millisecond after a handshake message, and moves the allowed IPs
+// then; packets of the new session that arrive before are dropped and TCP
+// retransmits them. Until the switch the old sessions carry all traffic.
 //
 // Handover runs both phases and waits for readiness until its context
 // ends; scheduled rotation (Config.RotationInterval, jittered ±10 %,

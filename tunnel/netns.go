@@ -97,6 +97,9 @@ type handshakeBind struct {
 	// initiation, if set, sees each handshake initiation before
 	// wireguard-go does.
 	initiation func(msg []byte)
+	// response, if set, sees each handshake response wireguard-go sends
+	// before it leaves.
+	response func(msg []byte)
 
 	// gate is held for writing while the private key changes; a receive
 	// that carries a handshake response passes through it for reading.
@@ -106,11 +109,23 @@ type handshakeBind struct {
 	lastResponse atomic.Int64
 }
 
-// Message types of WireGuard's handshake.
+// Message types of WireGuard's handshake, and a response's size.
 const (
 	msgInitiation = 1
 	msgResponse   = 2
+	responseSize  = 92
 )
+
+func (b *handshakeBind) Send(bufs [][]byte, ep conn.Endpoint) error {
+	if b.response != nil {
+		for _, buf := range bufs {
+			if len(buf) == responseSize && buf[0] == msgResponse {
+				b.response(buf)
+			}
+		}
+	}
+	return b.Bind.Send(bufs, ep)
+}
 
 func (b *handshakeBind) Open(port uint16) ([]conn.ReceiveFunc, uint16, error) {
 	fns, actual, err := b.Bind.Open(port)

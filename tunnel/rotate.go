@@ -115,21 +115,40 @@ func keyLess(a, b wgtypes.Key) bool { return bytes.Compare(a[:], b[:]) < 0 }
 // NextKeyFileName, so a restart resumes the handover) and offers the change
 // on KeyChanges. If a next key is already pending it returns it unchanged.
 // It returns the next public key.
+//
+// The key file is written without holding mu: on a busy disk its fsync takes
+// up to a hundred milliseconds, and mu also serves the promotion of a
+// peer's next key when its handshake arrives (onInitiation), which must
+// not wait that long.
 func (d *Device) PrepareKey() (wgtypes.Key, error) {
+	d.prepareMu.Lock()
+	defer d.prepareMu.Unlock()
 	d.mu.Lock()
-	defer d.mu.Unlock()
 	if _, err := d.client(); err != nil {
+		d.mu.Unlock()
 		return wgtypes.Key{}, err
 	}
 	if d.next != (wgtypes.Key{}) {
-		return d.next.PublicKey(), nil
+		pub := d.next.PublicKey()
+		d.mu.Unlock()
+		return pub, nil
 	}
+	d.mu.Unlock()
 	priv, err := wgtypes.GeneratePrivateKey()
 	if err != nil {
 		return wgtypes.Key{}, fmt.Errorf("prepare key: %w", err)
 	}
+	saving := time.Now()
 	if err := saveKey(d.nextKeyPath, priv); err != nil {
 		return wgtypes.Key{}, fmt.Errorf("prepare key: %w", err)
+	}
+	d.log.Debug("next key saved", "took", time.Since(saving))
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	// Only PrepareKey sets next, and prepareMu serializes it: next is still
+	// zero. A Close meanwhile leaves the file, which a restart resumes.
+	if _, err := d.client(); err != nil {
+		return wgtypes.Key{}, err
 	}
 	d.next = priv
 	d.notifyKeysLocked()
@@ -157,26 +176,36 @@ func (d *Device) commitLocked() (wgtypes.Key, error) {
 	if priv == (wgtypes.Key{}) {
 		return wgtypes.Key{}, errors.New("commit key: no next key prepared")
 	}
+	// While wireguard-go changes its key, an initiation may be addressed to
+	// either key: the bind recognizes a switched peer's with both
+	// (onInitiation), and with the new one as soon as it is in place.
+	// Recognized with the old key only, an initiation to the new one would
+	// complete on a standby entry without promotion, and the peer's first
+	// data would be dropped.
+	old := d.view.Load()
+	d.view.Store(&keyView{priv: d.priv, alt: priv, standby: d.standby})
 	if err := d.setPrivateKey(wg, priv); err != nil {
+		d.view.Store(old)
 		return wgtypes.Key{}, fmt.Errorf("commit key: %w", err)
 	}
+	d.view.Store(&keyView{priv: priv, standby: d.standby})
 	if err := saveKey(d.keyPath, priv); err != nil {
 		if rerr := d.setPrivateKey(wg, d.priv); rerr != nil {
 			err = errors.Join(err, fmt.Errorf("restore old key: %w", rerr))
 		}
+		d.view.Store(old)
 		return wgtypes.Key{}, fmt.Errorf("commit key: %w", err)
 	}
 	if err := os.Remove(d.nextKeyPath); err != nil && !os.IsNotExist(err) {
 		d.log.Warn("remove next key file", "err", err)
 	}
-	old := d.pub
+	oldPub := d.pub
 	d.priv, d.pub, d.next = priv, priv.PublicKey(), wgtypes.Key{}
-	d.view.Store(&keyView{priv: d.priv, standby: d.standby})
 	if err := d.kickPeersLocked(wg); err != nil {
 		d.log.Warn("start sessions after key change", "err", err)
 	}
 	d.notifyKeysLocked()
-	d.log.Info("key rotated", "oldPublicKey", ShortKey(old), "publicKey", ShortKey(d.pub))
+	d.log.Info("key rotated", "oldPublicKey", ShortKey(oldPub), "publicKey", ShortKey(d.pub))
 	return d.pub, nil
 }
 
