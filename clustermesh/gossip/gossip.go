@@ -28,8 +28,12 @@ const (
 	DefaultProbeTimeout   = 100 * time.Millisecond
 	DefaultSuspicionMult  = 2
 	DefaultGossipInterval = 100 * time.Millisecond
-	DefaultRejoinInterval = 2 * time.Second
-	DefaultJoinFanout     = 3
+	// DefaultPushPullInterval is memberlist's LAN default; memberlist
+	// stretches it by 1 + ceil(log2(n/32)) past 32 members (180 s at
+	// 1,000), so full state syncs cost each node little at any size.
+	DefaultPushPullInterval = 30 * time.Second
+	DefaultRejoinInterval   = 2 * time.Second
+	DefaultJoinFanout       = 3
 	// DefaultStartupGrace is how long after start a member never seen
 	// counts as reachable, so a starting agent drains nothing.
 	DefaultStartupGrace = 5 * time.Second
@@ -53,6 +57,9 @@ type Config struct {
 	ProbeTimeout   time.Duration
 	SuspicionMult  int
 	GossipInterval time.Duration
+	// PushPullInterval is how often a member syncs its full state with a
+	// random other member over TCP (see DefaultPushPullInterval).
+	PushPullInterval time.Duration
 	// RejoinInterval is how often the Pool joins members it does not see
 	// alive (up to JoinFanout at a time), which also heals partitions.
 	RejoinInterval time.Duration
@@ -140,6 +147,7 @@ func New(cfg Config, log *slog.Logger, reg prometheus.Registerer) (*Pool, error)
 	def(&cfg.ProbeInterval, DefaultProbeInterval)
 	def(&cfg.ProbeTimeout, DefaultProbeTimeout)
 	def(&cfg.GossipInterval, DefaultGossipInterval)
+	def(&cfg.PushPullInterval, DefaultPushPullInterval)
 	def(&cfg.RejoinInterval, DefaultRejoinInterval)
 	def(&cfg.StartupGrace, DefaultStartupGrace)
 	def(&cfg.RefreshInterval, cfg.GossipInterval)
@@ -278,6 +286,7 @@ func (p *Pool) memberlistConfig() (*memberlist.Config, error) {
 	c.ProbeTimeout = p.cfg.ProbeTimeout
 	c.SuspicionMult = p.cfg.SuspicionMult
 	c.GossipInterval = p.cfg.GossipInterval
+	c.PushPullInterval = p.cfg.PushPullInterval
 	c.Logger = log.New(logWriter{p.log}, "", 0)
 	c.Events = &events{p: p}
 	if len(p.cfg.Keys) > 0 {
