@@ -326,6 +326,12 @@ func DecodeServiceHeader(owner *ClusterConfig, key string, value []byte) (Servic
 	if _, err := validateService(owner, KindServicesV2, key, name, &h.Service); err != nil {
 		return ServiceHeader{}, err
 	}
+	if err := h.Export.Validate(); err != nil {
+		return ServiceHeader{}, invalid(key, KindServicesV2, "export: %v", err)
+	}
+	if err := validImport(owner, h.Import); err != nil {
+		return ServiceHeader{}, invalid(key, KindServicesV2, "import: %v", err)
+	}
 	if !h.Shared && len(h.Chunks) > 0 {
 		return ServiceHeader{}, invalid(key, KindServicesV2, "service is not shared but names %d chunks", len(h.Chunks))
 	}

@@ -280,6 +280,12 @@ func DecodeServiceOnNodes(owner *ClusterConfig, isNodeIP func(netip.Addr) bool, 
 	if err != nil {
 		return Service{}, err
 	}
+	if err := s.Export.Validate(); err != nil {
+		return Service{}, invalid(key, KindServices, "export: %v", err)
+	}
+	if err := validImport(owner, s.Import); err != nil {
+		return Service{}, invalid(key, KindServices, "import: %v", err)
+	}
 	if !s.Shared && len(s.Backends) > 0 {
 		return Service{}, invalid(key, KindServices, "service is not shared but exports %d backends", len(s.Backends))
 	}

@@ -368,10 +368,18 @@ func TestDecodeService(t *testing.T) {
 			{IP: netip.MustParseAddr("10.2.1.10")},
 		},
 	}
+	exported := eastService()
+	exported.Export = &clustermesh.ExportSpec{SessionAffinity: "ClientIP", SessionAffinityTimeout: 10, InternalTrafficPolicy: "Cluster",
+		TrafficDistribution: "PreferClose", IPFamilies: []string{"IPv4", "IPv6"}, Labels: map[string]string{"team": "a"}, Annotations: map[string]string{"note": "x y"}}
+	importing := consumer
+	importing.Import = &clustermesh.ImportSpec{IPs: []netip.Addr{eastImportIP}, Ports: []clustermesh.ServicePort{{Name: "http", Port: 80, Protocol: clustermesh.TCP}},
+		Clusters: map[string][]clustermesh.ClusterName{"http": {"east", "west"}}}
 	valid := map[string]clustermesh.Service{
 		"shared with backends":   eastService(),
 		"unshared, no backends":  consumer,
 		"unnamed port, headless": unnamed,
+		"exported (MCS)":         exported,
+		"importing (MCS)":        importing,
 	}
 	for name, s := range valid {
 		t.Run("valid/"+name, func(t *testing.T) {
@@ -453,6 +461,33 @@ func TestDecodeService(t *testing.T) {
 			mut(func(s *clustermesh.Service) { s.Cluster = "west" }), `key is under cluster "west", expected "east"`},
 		{"nodes key", "braid/v1/nodes/east/default/web", mustJSON(t, s), "not a services key"},
 		{"unknown field", key, withField(t, s, "sessionAffinity", `"ClientIP"`), `unknown field "sessionAffinity"`},
+		{"export: unknown session affinity", key, mut(func(s *clustermesh.Service) { s.Export = &clustermesh.ExportSpec{SessionAffinity: "Sticky"} }),
+			`export: session affinity "Sticky": must be None or ClientIP`},
+		{"export: negative affinity timeout", key, mut(func(s *clustermesh.Service) { s.Export = &clustermesh.ExportSpec{SessionAffinityTimeout: -1} }),
+			"export: session affinity timeout -1"},
+		{"export: unknown traffic policy", key, mut(func(s *clustermesh.Service) { s.Export = &clustermesh.ExportSpec{InternalTrafficPolicy: "Node"} }),
+			`export: internal traffic policy "Node"`},
+		{"export: family twice", key, mut(func(s *clustermesh.Service) { s.Export = &clustermesh.ExportSpec{IPFamilies: []string{"IPv4", "IPv4"}} }),
+			"export: IP families [IPv4 IPv4]"},
+		{"export: label with a control character", key, mut(func(s *clustermesh.Service) {
+			s.Export = &clustermesh.ExportSpec{Labels: map[string]string{"a\x00": "b"}}
+		}), "export: label key"},
+		{"import: no IP", key, mut(func(s *clustermesh.Service) {
+			s.Import = &clustermesh.ImportSpec{Ports: []clustermesh.ServicePort{}}
+		}), "import: 0 ClusterSetIPs"},
+		{"import: IP outside service CIDRs", key, mut(func(s *clustermesh.Service) {
+			s.Import = &clustermesh.ImportSpec{IPs: []netip.Addr{netip.MustParseAddr("10.103.0.1")}}
+		}), `import: ClusterSetIP 10.103.0.1 is outside cluster "east"'s service CIDRs`},
+		{"import: two IPv4", key, mut(func(s *clustermesh.Service) {
+			s.Import = &clustermesh.ImportSpec{IPs: []netip.Addr{eastImportIP, eastImportIP.Next()}}
+		}), "one per family"},
+		{"import: clusters for an unknown port", key, mut(func(s *clustermesh.Service) {
+			s.Import = &clustermesh.ImportSpec{IPs: []netip.Addr{eastImportIP}, Clusters: map[string][]clustermesh.ClusterName{"grpc": {"west"}}}
+		}), `import: clusters given for unknown port "grpc"`},
+		{"import: invalid cluster name", key, mut(func(s *clustermesh.Service) {
+			s.Import = &clustermesh.ImportSpec{IPs: []netip.Addr{eastImportIP}, Ports: []clustermesh.ServicePort{{Name: "http", Port: 80, Protocol: clustermesh.TCP}},
+				Clusters: map[string][]clustermesh.ClusterName{"http": {"Bad Name"}}}
+		}), `import: port "http"`},
 		{"unknown backend field", key, []byte(`{"cluster":"east","namespace":"default","name":"web","shared":true,"affinity":"none","ports":[],"backends":[{"ip":"10.2.1.7","weight":3}]}`),
 			`unknown field "weight"`},
 		{"trailing data", key, append(mustJSON(t, s), "\n}"...), "trailing data after the object"},

@@ -170,3 +170,6 @@ func wantRejected(t testing.TB, err error, key, reason string) {
 		t.Errorf("error %q does not contain reason %q", msg, reason)
 	}
 }
+
+// eastImportIP is a ClusterSetIP in east's service CIDRs.
+var eastImportIP = netip.MustParseAddr("10.102.128.7")

@@ -345,6 +345,47 @@ type Service struct {
 	// Clusters resolve ServiceImport conflicts by it (KEP-1645: the oldest
 	// export wins, ties broken by cluster name).
 	ExportedAt time.Time `json:"exportedAt,omitzero"`
+	// Export is what a ServiceImport takes from the cluster's export
+	// (KEP-1645); nil when the service is not exported with a
+	// ServiceExport.
+	Export *ExportSpec `json:"export,omitempty"`
+	// Import is the cluster's own ServiceImport of the service: agents of
+	// the publishing cluster serve its ClusterSetIPs with the backends of
+	// every exporting cluster. Other clusters ignore it. Nil when the
+	// cluster imports no ClusterSetIP service of that name.
+	Import *ImportSpec `json:"import,omitempty"`
+}
+
+// ExportSpec is the part of an exported service that its ServiceImport
+// takes from the oldest export, and that exports must agree on.
+type ExportSpec struct {
+	// SessionAffinity is "None" or "ClientIP"; SessionAffinityTimeout the
+	// ClientIP timeout in seconds (0: unset).
+	SessionAffinity        string `json:"sessionAffinity,omitempty"`
+	SessionAffinityTimeout int32  `json:"sessionAffinityTimeout,omitempty"`
+	// InternalTrafficPolicy is "Cluster" or "Local"; empty when unset.
+	InternalTrafficPolicy string `json:"internalTrafficPolicy,omitempty"`
+	// TrafficDistribution is the service's spec.trafficDistribution.
+	TrafficDistribution string `json:"trafficDistribution,omitempty"`
+	// IPFamilies are the service's families, "IPv4" or "IPv6".
+	IPFamilies []string `json:"ipFamilies,omitempty"`
+	// Labels and Annotations are the ServiceExport's exportedLabels and
+	// exportedAnnotations: the only ones a ServiceImport carries.
+	Labels      map[string]string `json:"labels,omitempty"`
+	Annotations map[string]string `json:"annotations,omitempty"`
+}
+
+// ImportSpec is a cluster's ClusterSetIP ServiceImport as its agents serve
+// it.
+type ImportSpec struct {
+	// IPs are the ClusterSetIPs, one per family, from the cluster's
+	// clusterset range (inside its granted service CIDRs).
+	IPs []netip.Addr `json:"ips"`
+	// Ports are the import's ports: the union across exporting clusters.
+	Ports []ServicePort `json:"ports"`
+	// Clusters are the exporting clusters whose backends serve each port:
+	// for a port name, the clusters whose export defines it as in Ports.
+	Clusters map[string][]ClusterName `json:"clusters,omitempty"`
 }
 
 // NamespacedName is "namespace/name".
