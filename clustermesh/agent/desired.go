@@ -53,6 +53,9 @@ func DesiredState(snap *remote.Snapshot, local clustermesh.ClusterName, unreacha
 	slices.Sort(svcNames)
 	for _, n := range svcNames {
 		svc := own.Services[n]
+		if svc.Global && svc.Import != nil {
+			want.Services = append(want.Services, importServices(snap, local, n, names, svc, unreachable)...)
+		}
 		if !svc.Global || svc.Headless || len(svc.ClusterIPs) == 0 {
 			continue
 		}
@@ -99,6 +102,56 @@ func DesiredState(snap *remote.Snapshot, local clustermesh.ClusterName, unreacha
 		}
 	}
 	return want
+}
+
+// importServices are the datapath services of the local cluster's
+// ClusterSetIP import of n: one per import port and family, on the
+// ClusterSetIPs, whose backends are those of the clusters the import names
+// for the port (the exporting clusters that define it as the import does).
+func importServices(snap *remote.Snapshot, local clustermesh.ClusterName, n string, names []clustermesh.ClusterName, svc clustermesh.Service, unreachable func(clustermesh.ClusterName, string) bool) []datapath.Service {
+	var out []datapath.Service
+	for _, port := range svc.Import.Ports {
+		for _, v4 := range []bool{true, false} {
+			ds := datapath.Service{
+				Name:     fmt.Sprintf("%s/%s:%s/%s/clusterset", local, n, portName(port), family(v4)),
+				Affinity: clustermesh.AffinityNone,
+			}
+			for _, ip := range svc.Import.IPs {
+				if ip.Is4() == v4 {
+					ds.Frontends = append(ds.Frontends, datapath.Frontend{Addr: netip.AddrPortFrom(ip, port.Port), Protocol: port.Protocol})
+				}
+			}
+			if len(ds.Frontends) == 0 {
+				continue
+			}
+			for _, cname := range names {
+				if !slices.Contains(svc.Import.Clusters[port.Name], cname) {
+					continue
+				}
+				other, ok := snap.Clusters[cname].Services[n]
+				if !ok || !other.Shared || other.ExportedAt.IsZero() {
+					continue
+				}
+				for _, b := range other.Backends {
+					target, ok := b.Port(port.Name)
+					if !ok || b.IP.Is4() != v4 {
+						continue
+					}
+					ds.Backends = append(ds.Backends, datapath.Backend{
+						Addr:            netip.AddrPortFrom(b.IP, target),
+						Cluster:         cname,
+						Node:            b.Node,
+						Zone:            b.Zone,
+						Region:          snap.Clusters[cname].Nodes[b.Node].Region,
+						Healthy:         b.Ready || (b.Serving && !b.Terminating),
+						NodeUnreachable: unreachable != nil && b.Node != "" && unreachable(cname, b.Node),
+					})
+				}
+			}
+			out = append(out, ds)
+		}
+	}
+	return out
 }
 
 func family(v4 bool) string {

@@ -3,6 +3,7 @@ package agent
 import (
 	"net/netip"
 	"testing"
+	"time"
 
 	"github.com/braidmesh/braid/clustermesh"
 	"github.com/braidmesh/braid/clustermesh/datapath"
@@ -81,5 +82,45 @@ func TestDesiredStateMergesSharedBackendsAcrossClusters(t *testing.T) {
 	w1 := svc.Backends[2]
 	if svc.Topology != clustermesh.TopologyZone || !w1.NodeUnreachable || w1.Region != "eu" || svc.Backends[0].NodeUnreachable {
 		t.Errorf("service %+v: want topology zone, only w1 unreachable, w1 in region eu", svc)
+	}
+}
+
+// TestDesiredStateServesClusterSetIP: a local import's ClusterSetIP is
+// served per port with the backends of the clusters the import names for
+// that port (the loser of a port conflict serves nothing on it), whether or
+// not the cluster has the service itself.
+func TestDesiredStateServesClusterSetIP(t *testing.T) {
+	exported := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	backend := func(ip string, port uint16) clustermesh.Backend {
+		return clustermesh.Backend{IP: netip.MustParseAddr(ip), Ports: []clustermesh.BackendPort{{Name: "tcp", Port: port}}, Ready: true, Serving: true}
+	}
+	tcp := clustermesh.ServicePort{Name: "tcp", Port: 42, Protocol: clustermesh.TCP}
+	snap := &remote.Snapshot{Clusters: map[clustermesh.ClusterName]*remote.ClusterState{
+		"east": {Config: clustermesh.ClusterConfig{Name: "east", ID: 1}, Services: map[string]clustermesh.Service{
+			"default/hello": {Cluster: "east", Namespace: "default", Name: "hello", Global: true, Affinity: clustermesh.AffinityNone,
+				Ports: []clustermesh.ServicePort{}, Import: &clustermesh.ImportSpec{IPs: []netip.Addr{netip.MustParseAddr("172.21.128.7")},
+					Ports: []clustermesh.ServicePort{tcp}, Clusters: map[string][]clustermesh.ClusterName{"tcp": {"west"}}}},
+		}},
+		"west": {Config: clustermesh.ClusterConfig{Name: "west", ID: 2}, Services: map[string]clustermesh.Service{
+			"default/hello": {Cluster: "west", Namespace: "default", Name: "hello", Global: true, Shared: true, Affinity: clustermesh.AffinityNone,
+				ExportedAt: exported, Ports: []clustermesh.ServicePort{tcp}, Backends: []clustermesh.Backend{backend("10.2.0.2", 8042)}},
+		}},
+		"north": {Config: clustermesh.ClusterConfig{Name: "north", ID: 3}, Services: map[string]clustermesh.Service{
+			// Exports port "tcp" as 43: a conflict it lost, so not named for "tcp".
+			"default/hello": {Cluster: "north", Namespace: "default", Name: "hello", Global: true, Shared: true, Affinity: clustermesh.AffinityNone,
+				ExportedAt: exported.Add(time.Second), Ports: []clustermesh.ServicePort{{Name: "tcp", Port: 43, Protocol: clustermesh.TCP}},
+				Backends: []clustermesh.Backend{backend("10.3.0.2", 8043)}},
+		}},
+	}}
+	want := DesiredState(snap, "east", nil)
+	if len(want.Services) != 1 {
+		t.Fatalf("services %+v, want the ClusterSetIP's IPv4 one", want.Services)
+	}
+	svc := want.Services[0]
+	if len(svc.Frontends) != 1 || svc.Frontends[0].Addr != netip.MustParseAddrPort("172.21.128.7:42") {
+		t.Fatalf("frontends %+v", svc.Frontends)
+	}
+	if len(svc.Backends) != 1 || svc.Backends[0].Addr != netip.MustParseAddrPort("10.2.0.2:8042") || svc.Backends[0].Cluster != "west" {
+		t.Fatalf("backends %+v, want west's only", svc.Backends)
 	}
 }
