@@ -70,6 +70,11 @@ func (s *Source) setupMCS(ctx context.Context) bool {
 	for {
 		if s.mcsServed() {
 			setErr("")
+			if err := s.ensureClusterSetCIDR(ctx); err != nil {
+				s.log.Warn("cannot set up the clusterset range; ClusterSetIP imports get no IPs", "err", err)
+				setErr(err.Error())
+				s.cfg.ClusterSetCIDRs = nil
+			}
 			return true
 		}
 		if !s.cfg.EnsureCRDs || time.Now().After(deadline) || ctx.Err() != nil {

@@ -21,12 +21,28 @@
 // Event on the Service and the Service is treated as not global.
 //
 // From the rest of the mesh (a Mesh) it maintains, in the cluster: a
-// ServiceImport per exported service, in every namespace that exists
-// locally, aggregated across exporting clusters with KEP-1645 conflict
-// resolution (the oldest export wins); Valid, Ready and Conflict conditions
-// on local ServiceExports; and, for headless global services, EndpointSlices
-// mirroring each remote cluster's backends, labelled with their source
-// cluster. The Source deletes only objects it labelled as its own, and
+// multicluster.x-k8s.io/v1beta1 ServiceImport per exported service, in
+// every namespace that exists locally, aggregated across exporting clusters
+// with KEP-1645 conflict resolution (the oldest export wins: type, session
+// affinity and its config, internal traffic policy, traffic distribution,
+// exportedLabels and exportedAnnotations; ports are the union, a port name
+// defined differently keeps the oldest definition); Valid, Ready and
+// Conflict conditions on local ServiceExports (Conflict names every
+// conflicting cluster, on each of them); and, for headless global services,
+// EndpointSlices mirroring each remote cluster's backends, labelled
+// LabelSourceCluster.
+//
+// Each ServiceImport is backed by a derived Service (named by
+// derivedName, annotated from the import with AnnotationDerivedService):
+// headless for a Headless import, else holding one ClusterSetIP per family
+// allocated from Config.ClusterSetCIDRs, which the Source makes allocatable
+// with a networking.k8s.io ServiceCIDR. EndpointSlices managed by
+// ImportManagedBy hold every exporting cluster's backends for the derived
+// Service, labelled multicluster.kubernetes.io/service-name and
+// multicluster.kubernetes.io/source-cluster, so CoreDNS's kubernetes plugin
+// (multicluster option) answers <svc>.<ns>.svc.clusterset.local. The
+// cluster's own record of the service carries the import (Service.Import),
+// so its agents serve the ClusterSetIPs with the mesh's backends. The Source deletes only objects it labelled as its own, and
 // deletes imports and mirrors only once the Mesh reports a complete view,
 // so a restart removes nothing that is still wanted.
 //

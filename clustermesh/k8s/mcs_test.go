@@ -1,6 +1,7 @@
 package k8s
 
 import (
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -54,6 +55,40 @@ func TestResolve(t *testing.T) {
 			{Cluster: "b", ExportedAt: t0.Add(time.Second)},
 		})
 		if r.Reason != mcsv1beta1.ServiceExportReasonTypeConflict || r.Type != mcsv1beta1.Headless || !strings.Contains(r.Message, "differs in cluster b") {
+			t.Fatalf("got %+v", r)
+		}
+	})
+	t.Run("port conflict: the loser serves no conflicting port", func(t *testing.T) {
+		http81 := clustermesh.ServicePort{Name: "http", Port: 81, Protocol: clustermesh.TCP}
+		r := resolve([]exporter{
+			{Cluster: "b", ExportedAt: t0.Add(time.Second), Ports: []clustermesh.ServicePort{http81, metrics}},
+			{Cluster: "a", ExportedAt: t0, Ports: []clustermesh.ServicePort{http}},
+		})
+		if len(r.Ports) != 2 || r.Ports[0] != http || !slices.Equal(r.PortClusters["http"], []clustermesh.ClusterName{"a"}) ||
+			!slices.Equal(r.PortClusters["metrics"], []clustermesh.ClusterName{"b"}) || r.Reason != mcsv1beta1.ServiceExportReasonPortConflict {
+			t.Fatalf("got %+v", r)
+		}
+		if !strings.Contains(r.Message, "conflicting clusters: a, b") {
+			t.Fatalf("message %q", r.Message)
+		}
+	})
+	t.Run("session affinity timeout conflict", func(t *testing.T) {
+		r := resolve([]exporter{
+			{Cluster: "a", ExportedAt: t0, Ports: []clustermesh.ServicePort{http}, Export: clustermesh.ExportSpec{SessionAffinity: "ClientIP", SessionAffinityTimeout: 10}},
+			{Cluster: "b", ExportedAt: t0.Add(time.Second), Ports: []clustermesh.ServicePort{http}, Export: clustermesh.ExportSpec{SessionAffinity: "ClientIP", SessionAffinityTimeout: 20}},
+		})
+		if r.Reason != mcsv1beta1.ServiceExportReasonSessionAffinityConfigConflict || r.Export.SessionAffinityTimeout != 10 ||
+			!strings.Contains(r.Message, "session affinity timeout 10s of cluster a (oldest export, used) differs in cluster b") {
+			t.Fatalf("got %+v", r)
+		}
+	})
+	t.Run("equal settings: no conflict", func(t *testing.T) {
+		e := clustermesh.ExportSpec{SessionAffinity: "None", InternalTrafficPolicy: "Cluster", Labels: map[string]string{"x": "y"}}
+		r := resolve([]exporter{
+			{Cluster: "a", ExportedAt: t0, Ports: []clustermesh.ServicePort{http}, Export: e},
+			{Cluster: "b", ExportedAt: t0.Add(time.Second), Ports: []clustermesh.ServicePort{http}, Export: clustermesh.ExportSpec{InternalTrafficPolicy: "Cluster", Labels: map[string]string{"x": "y"}}},
+		})
+		if r.Message != "" || r.Reason != "" {
 			t.Fatalf("got %+v", r)
 		}
 	})

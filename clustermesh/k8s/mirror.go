@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"hash/fnv"
+	"maps"
 	"slices"
 	"strings"
 
@@ -24,6 +25,27 @@ var everything = labels.Everything()
 
 // indexMirrors indexes our mirrored EndpointSlices by "namespace/service".
 const indexMirrors = "mirrors"
+
+// indexImports indexes the EndpointSlices of our ServiceImports by
+// "namespace/import".
+const indexImports = "imports"
+
+// LabelSourceCluster, on a mirrored EndpointSlice, names the cluster whose
+// backends it holds. Mirrors do not carry the MCS labels: those belong to
+// the slices of ServiceImports (ImportManagedBy), which DNS serves under
+// clusterset.local.
+const LabelSourceCluster = "braid.dev/source-cluster"
+
+func importIndex(obj any) ([]string, error) {
+	es, ok := obj.(*discoveryv1.EndpointSlice)
+	if !ok || es.Labels[discoveryv1.LabelManagedBy] != ImportManagedBy {
+		return nil, nil
+	}
+	if k, ok := importedKey(es); ok {
+		return []string{k}, nil
+	}
+	return nil, nil
+}
 
 // maxEndpointsPerSlice is the API's limit.
 const maxEndpointsPerSlice = 1000
@@ -44,6 +66,17 @@ func mirrorIndex(obj any) ([]string, error) {
 // split at the API's size limit. Names are derived from the content's
 // shape, so an unchanged shape keeps its slice.
 func desiredMirrors(svc *corev1.Service, cluster clustermesh.ClusterName, remote *clustermesh.Service) []*discoveryv1.EndpointSlice {
+	return desiredSlices(svc.Namespace, fmt.Sprintf("%s-%s", svc.Name, cluster), map[string]string{
+		discoveryv1.LabelServiceName: svc.Name,
+		discoveryv1.LabelManagedBy:   MirrorManagedBy,
+		LabelSourceCluster:           string(cluster),
+	}, []metav1.OwnerReference{{APIVersion: "v1", Kind: "Service", Name: svc.Name, UID: svc.UID}}, remote)
+}
+
+// desiredSlices builds EndpointSlices holding remote's backends: one slice
+// per address family and port mapping, split at the API's size limit,
+// named prefix-<hash of the shape>, so an unchanged shape keeps its slice.
+func desiredSlices(ns, prefix string, lbls map[string]string, owners []metav1.OwnerReference, remote *clustermesh.Service) []*discoveryv1.EndpointSlice {
 	type group struct {
 		addrType discoveryv1.AddressType
 		ports    []discoveryv1.EndpointPort
@@ -87,7 +120,7 @@ func desiredMirrors(svc *corev1.Service, cluster clustermesh.ClusterName, remote
 	for key, g := range groups {
 		h := fnv.New32a()
 		h.Write([]byte(key))
-		base := fmt.Sprintf("%s-%s-%08x", svc.Name, cluster, h.Sum32())
+		base := fmt.Sprintf("%s-%08x", prefix, h.Sum32())
 		for i := 0; i < len(g.eps); i += maxEndpointsPerSlice {
 			name := base
 			if i > 0 {
@@ -99,15 +132,10 @@ func desiredMirrors(svc *corev1.Service, cluster clustermesh.ClusterName, remote
 			}
 			out = append(out, &discoveryv1.EndpointSlice{
 				ObjectMeta: metav1.ObjectMeta{
-					Name:      name,
-					Namespace: svc.Namespace,
-					Labels: map[string]string{
-						discoveryv1.LabelServiceName:  svc.Name,
-						discoveryv1.LabelManagedBy:    MirrorManagedBy,
-						mcsv1beta1.LabelServiceName:   svc.Name,
-						mcsv1beta1.LabelSourceCluster: string(cluster),
-					},
-					OwnerReferences: []metav1.OwnerReference{{APIVersion: "v1", Kind: "Service", Name: svc.Name, UID: svc.UID}},
+					Name:            name,
+					Namespace:       ns,
+					Labels:          maps.Clone(lbls),
+					OwnerReferences: slices.Clone(owners),
 				},
 				AddressType: g.addrType,
 				Endpoints:   g.eps[i:min(i+maxEndpointsPerSlice, len(g.eps))],
@@ -154,29 +182,73 @@ func (s *Source) reconcileMirrors(ctx context.Context, ns, name string, local *c
 			}
 		}
 	}
+	localGone := local == nil || !local.Headless
+	return s.applySlices(ctx, key, have, want, remote, complete, localGone)
+}
+
+// sliceCluster is the cluster whose backends a slice we own holds.
+func sliceCluster(es *discoveryv1.EndpointSlice) clustermesh.ClusterName {
+	if c := es.Labels[LabelSourceCluster]; c != "" {
+		return clustermesh.ClusterName(c)
+	}
+	return clustermesh.ClusterName(es.Labels[mcsv1beta1.LabelSourceCluster])
+}
+
+// staleSliceLabels are labels a slice we own loses when its desired form
+// lacks them (mirrors carried the MCS labels before imports had slices).
+var staleSliceLabels = []string{mcsv1beta1.LabelServiceName, mcsv1beta1.LabelSourceCluster, LabelSourceCluster}
+
+// applySlices makes the slices we own for key (have) match want. A
+// cluster's slices are left alone while its view is partial (known, not
+// synced); a slice no longer wanted is deleted when ownerGone, when its
+// cluster is synced, or when the cluster left a complete view. The local
+// cluster counts as synced.
+func (s *Source) applySlices(ctx context.Context, key string, have, want map[string]*discoveryv1.EndpointSlice,
+	remote map[clustermesh.ClusterName]RemoteCluster, complete, ownerGone bool) error {
+	ns, _, _ := cutKey(key)
+	synced := func(c clustermesh.ClusterName) (known, ok bool) {
+		if c == s.cfg.Cluster.Name {
+			return true, true
+		}
+		rc, known := remote[c]
+		return known, rc.Synced
+	}
 	client := s.clients.Kube.DiscoveryV1().EndpointSlices(ns)
 	var errs []error
 	for n, es := range want {
 		old, ok := have[n]
-		cluster := clustermesh.ClusterName(es.Labels[mcsv1beta1.LabelSourceCluster])
+		_, clusterSynced := synced(sliceCluster(es))
+		stale := false
+		if ok {
+			for _, l := range staleSliceLabels {
+				if _, in := old.Labels[l]; in && es.Labels[l] == "" {
+					stale = true
+				}
+			}
+		}
 		switch {
 		case !ok:
 			_, err := client.Create(ctx, es, metav1.CreateOptions{})
 			s.metrics.writes.WithLabelValues("endpointslices", "create").Inc()
 			if err != nil && !apierrors.IsAlreadyExists(err) {
-				errs = append(errs, fmt.Errorf("create mirror %s/%s: %w", ns, n, err))
+				errs = append(errs, fmt.Errorf("create endpoint slice %s/%s: %w", ns, n, err))
 			}
-		case !remote[cluster].Synced:
+		case !clusterSynced:
 			// Partial view of that cluster: keep what is there.
 		case old.AddressType != es.AddressType:
 			errs = append(errs, s.deleteMirror(ctx, old)) // immutable: recreate on the next pass
 			s.markMCS(key)
-		case !equality.Semantic.DeepEqual(old.Endpoints, es.Endpoints) || !equality.Semantic.DeepEqual(old.Ports, es.Ports) ||
+		case stale || !equality.Semantic.DeepEqual(old.Endpoints, es.Endpoints) || !equality.Semantic.DeepEqual(old.Ports, es.Ports) ||
 			!labelsInclude(old.Labels, es.Labels) || !equality.Semantic.DeepEqual(old.OwnerReferences, es.OwnerReferences):
 			upd := old.DeepCopy()
 			upd.Endpoints, upd.Ports, upd.OwnerReferences = es.Endpoints, es.Ports, es.OwnerReferences
 			if upd.Labels == nil {
 				upd.Labels = map[string]string{}
+			}
+			for _, l := range staleSliceLabels {
+				if es.Labels[l] == "" {
+					delete(upd.Labels, l)
+				}
 			}
 			for k, v := range es.Labels {
 				upd.Labels[k] = v
@@ -184,7 +256,7 @@ func (s *Source) reconcileMirrors(ctx context.Context, ns, name string, local *c
 			_, err := client.Update(ctx, upd, metav1.UpdateOptions{})
 			s.metrics.writes.WithLabelValues("endpointslices", "update").Inc()
 			if err != nil && !apierrors.IsConflict(err) && !apierrors.IsNotFound(err) {
-				errs = append(errs, fmt.Errorf("update mirror %s/%s: %w", ns, n, err))
+				errs = append(errs, fmt.Errorf("update endpoint slice %s/%s: %w", ns, n, err))
 			}
 		}
 	}
@@ -192,10 +264,8 @@ func (s *Source) reconcileMirrors(ctx context.Context, ns, name string, local *c
 		if _, ok := want[n]; ok {
 			continue
 		}
-		cluster := clustermesh.ClusterName(old.Labels[mcsv1beta1.LabelSourceCluster])
-		rc, known := remote[cluster]
-		localGone := local == nil || !local.Headless
-		if localGone || (known && rc.Synced) || (!known && complete) {
+		known, clusterSynced := synced(sliceCluster(old))
+		if ownerGone || (known && clusterSynced) || (!known && complete) {
 			errs = append(errs, s.deleteMirror(ctx, old))
 		}
 	}

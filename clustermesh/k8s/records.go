@@ -15,6 +15,7 @@ import (
 	discoveryv1 "k8s.io/api/discovery/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/labels"
+	mcsv1beta1 "sigs.k8s.io/mcs-api/pkg/apis/v1beta1"
 
 	"github.com/braidmesh/braid/clustermesh"
 )
@@ -295,9 +296,63 @@ func (s *Source) publishPods(ctx context.Context) error {
 	return nil
 }
 
-// serviceRecord computes the mesh record of key, nil when the service is
-// not global. It emits a Warning Event for an invalid annotation.
+// serviceRecord computes the mesh record of key: the local service's when
+// it is global, with the cluster's ClusterSetIP import of key as Import
+// (alone, in a record that shares nothing, when the service is not global
+// here); nil when neither. Called with localMu held.
 func (s *Source) serviceRecord(key string) (*clustermesh.Service, error) {
+	rec, err := s.localRecord(key)
+	if err != nil {
+		return nil, err
+	}
+	ns, name, _ := cutKey(key)
+	im := s.importSpec(ns, key)
+	if im == nil {
+		return rec, nil
+	}
+	if rec == nil {
+		rec = &clustermesh.Service{Cluster: s.cfg.Cluster.Name, Namespace: ns, Name: name, Global: true,
+			Affinity: clustermesh.AffinityNone, Ports: []clustermesh.ServicePort{}}
+	}
+	rec.Import = im
+	return rec, nil
+}
+
+// exportSpec is what the ServiceImports of other clusters take from the
+// local export of svc. Exported labels and annotations that other clusters
+// would refuse are left out, with a Warning Event on the ServiceExport.
+func (s *Source) exportSpec(svc *corev1.Service, exp *mcsv1beta1.ServiceExport) *clustermesh.ExportSpec {
+	e := &clustermesh.ExportSpec{
+		SessionAffinity: string(svc.Spec.SessionAffinity),
+		Labels:          maps.Clone(exp.Spec.ExportedLabels),
+		Annotations:     maps.Clone(exp.Spec.ExportedAnnotations),
+	}
+	if c := svc.Spec.SessionAffinityConfig; c != nil && c.ClientIP != nil && c.ClientIP.TimeoutSeconds != nil {
+		e.SessionAffinityTimeout = *c.ClientIP.TimeoutSeconds
+	}
+	if p := svc.Spec.InternalTrafficPolicy; p != nil {
+		e.InternalTrafficPolicy = string(*p)
+	}
+	if d := svc.Spec.TrafficDistribution; d != nil {
+		e.TrafficDistribution = *d
+	}
+	for _, f := range svc.Spec.IPFamilies {
+		e.IPFamilies = append(e.IPFamilies, string(f))
+	}
+	if err := e.Validate(); err != nil {
+		s.recorder.Event(exp, corev1.EventTypeWarning, "InvalidExport", err.Error()+"; exported labels and annotations are left out")
+		e.Labels, e.Annotations = nil, nil
+		if e.Validate() != nil {
+			return nil
+		}
+	}
+	return e
+}
+
+// localRecord computes the mesh record of the local service key, nil when
+// the service is not global. It emits a Warning Event for an invalid
+// annotation.
+func (s *Source) localRecord(key string) (*clustermesh.Service, error) {
 	ns, name, ok := cutKey(key)
 	if !ok {
 		return nil, nil
@@ -344,6 +399,7 @@ func (s *Source) serviceRecord(key string) (*clustermesh.Service, error) {
 	}
 	if exp != nil {
 		rec.ExportedAt = exp.CreationTimestamp.UTC()
+		rec.Export = s.exportSpec(svc, exp)
 	}
 	rec.ClusterIPs = clusterIPs(svc)
 	names := map[string]bool{}
@@ -377,7 +433,7 @@ func backends(objs []any, portNames map[string]bool) []clustermesh.Backend {
 	byIP := map[netip.Addr]clustermesh.Backend{}
 	for _, o := range objs {
 		es, ok := o.(*discoveryv1.EndpointSlice)
-		if !ok || es.Labels[discoveryv1.LabelManagedBy] == MirrorManagedBy {
+		if !ok || es.Labels[discoveryv1.LabelManagedBy] == MirrorManagedBy || es.Labels[discoveryv1.LabelManagedBy] == ImportManagedBy {
 			continue
 		}
 		if es.AddressType != discoveryv1.AddressTypeIPv4 && es.AddressType != discoveryv1.AddressTypeIPv6 {

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"maps"
+	"net/netip"
 	"sync"
 	"time"
 
@@ -106,6 +107,12 @@ type Config struct {
 	// ResyncInterval is how often everything is recomputed even without
 	// events; zero means DefaultResyncInterval.
 	ResyncInterval time.Duration
+	// ClusterSetCIDRs are the ranges ClusterSetIPs are allocated from, at
+	// most one per family: inside the cluster's granted service CIDRs and
+	// outside the Kubernetes service range (a networking.k8s.io
+	// ServiceCIDR named ClusterSetServiceCIDR makes them allocatable).
+	// Without them ClusterSetIP imports get no IPs.
+	ClusterSetCIDRs []netip.Prefix
 }
 
 // Status is a Source's state for the status page.
@@ -159,7 +166,10 @@ type Source struct {
 	// Written by toMesh's worker, read by toKube's.
 	localMu sync.Mutex
 	local   map[string]*clustermesh.Service // published services by ns/name
-	warned  map[string]string               // ns/name -> last warning
+	// imported is mesh_to_kube's ClusterSetIP imports by ns/name, for
+	// kube_to_mesh to publish as the records' Import.
+	imported map[string]*imported
+	warned   map[string]string // ns/name -> last warning
 
 	// Owned by toMesh's worker.
 	servicesPrimed bool            // a full service set was handed over
@@ -193,6 +203,9 @@ func New(cfg Config, clients Clients, pub Publisher, ids IdentityStore, mesh Mes
 	if clients.Kube == nil || pub == nil || ids == nil {
 		return nil, errors.New("new kubernetes source: kube client, publisher and identity store are required")
 	}
+	if err := validateClusterSetCIDRs(&cfg.Cluster, cfg.ClusterSetCIDRs); err != nil {
+		return nil, fmt.Errorf("new kubernetes source: %w", err)
+	}
 	if cfg.BatchDelay == 0 {
 		cfg.BatchDelay = DefaultBatchDelay
 	}
@@ -216,6 +229,7 @@ func New(cfg Config, clients Clients, pub Publisher, ids IdentityStore, mesh Mes
 		reg:           reg,
 		local:         make(map[string]*clustermesh.Service),
 		warned:        make(map[string]string),
+		imported:      make(map[string]*imported),
 		servicesReady: make(chan struct{}),
 	}
 	s.primedKinds = map[string]bool{}
@@ -395,7 +409,7 @@ func (s *Source) Run(ctx context.Context) error {
 	podInf := kf.Core().V1().Pods()
 	nodeInf := kf.Core().V1().Nodes()
 	nsInf := kf.Core().V1().Namespaces()
-	if err := sliceInf.Informer().AddIndexers(cache.Indexers{indexMirrors: mirrorIndex, indexByService: func(obj any) ([]string, error) {
+	if err := sliceInf.Informer().AddIndexers(cache.Indexers{indexMirrors: mirrorIndex, indexImports: importIndex, indexByService: func(obj any) ([]string, error) {
 		if es, ok := obj.(*discoveryv1.EndpointSlice); ok {
 			if k, ok := sliceServiceKey(es); ok {
 				return []string{k}, nil
@@ -422,6 +436,12 @@ func (s *Source) Run(ctx context.Context) error {
 			if k, ok := metaKey(obj); ok {
 				s.markService(k)
 			}
+			if m, err := metaAccessor(obj); err == nil {
+				if k, ok := importedKey(m); ok { // a derived Service
+					s.markService(k)
+					s.markMCS(k)
+				}
+			}
 		})),
 		add(sliceInf.Informer(), handler(func(obj any) {
 			if t, ok := obj.(cache.DeletedFinalStateUnknown); ok {
@@ -435,7 +455,9 @@ func (s *Source) Run(ctx context.Context) error {
 			if !ok {
 				return
 			}
-			if es.Labels[discoveryv1.LabelManagedBy] == MirrorManagedBy {
+			if ik, ok := importedKey(es); ok && es.Labels[discoveryv1.LabelManagedBy] == ImportManagedBy {
+				s.markMCS(ik)
+			} else if es.Labels[discoveryv1.LabelManagedBy] == MirrorManagedBy {
 				s.markMCS(k)
 			} else {
 				s.markService(k)

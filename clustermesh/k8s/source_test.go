@@ -140,11 +140,16 @@ type harness struct {
 
 func start(t *testing.T, store *memory.Store, objs []runtime.Object, mcsObjs []runtime.Object) *harness {
 	t.Helper()
+	return startWith(t, Config{Cluster: testCluster, BatchDelay: time.Millisecond}, store, objs, mcsObjs)
+}
+
+func startWith(t *testing.T, cfg Config, store *memory.Store, objs []runtime.Object, mcsObjs []runtime.Object) *harness {
+	t.Helper()
 	h := &harness{kube: kubefake.NewClientset(objs...), mcs: mcsfake.NewSimpleClientset(mcsObjs...), pub: newFakePublisher(),
 		mesh: &fakeMesh{complete: true}, store: store}
 	h.kube.Resources = []*metav1.APIResourceList{{GroupVersion: mcsv1beta1.GroupVersion.String(),
 		APIResources: []metav1.APIResource{{Name: "serviceexports"}, {Name: "serviceimports"}}}}
-	src, err := New(Config{Cluster: testCluster, BatchDelay: time.Millisecond}, Clients{Kube: h.kube, MCS: h.mcs}, h.pub, store, h.mesh, nil, nil)
+	src, err := New(cfg, Clients{Kube: h.kube, MCS: h.mcs}, h.pub, store, h.mesh, nil, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -486,7 +491,7 @@ func TestHeadlessMirrors(t *testing.T) {
 	h.src.MeshChanged()
 	ctx := context.Background()
 	mirrors := func() ([]discoveryv1.EndpointSlice, error) {
-		l, err := h.kube.DiscoveryV1().EndpointSlices("default").List(ctx, metav1.ListOptions{LabelSelector: mcsv1beta1.LabelSourceCluster + "=west"})
+		l, err := h.kube.DiscoveryV1().EndpointSlices("default").List(ctx, metav1.ListOptions{LabelSelector: LabelSourceCluster + "=west"})
 		if err != nil {
 			return nil, err
 		}
@@ -497,7 +502,8 @@ func TestHeadlessMirrors(t *testing.T) {
 		if err != nil {
 			return err
 		}
-		if len(m) != 1 || len(m[0].Endpoints) != 2 || *m[0].Ports[0].Port != 5433 || m[0].Labels[discoveryv1.LabelServiceName] != "db" {
+		if len(m) != 1 || len(m[0].Endpoints) != 2 || *m[0].Ports[0].Port != 5433 || m[0].Labels[discoveryv1.LabelServiceName] != "db" ||
+			m[0].Labels[mcsv1beta1.LabelServiceName] != "" {
 			return fmt.Errorf("mirrors = %+v", m)
 		}
 		return nil

@@ -145,7 +145,7 @@ func (o *Operator) runKubernetes(ctx context.Context) error {
 		timeout = DefaultMeshCompleteTimeout
 	}
 	mesh := &meshAdapter{w: o.watcher, initial: initial, deadline: time.Now().Add(timeout)}
-	src, err := k8s.New(k8s.Config{Cluster: o.cfg.Cluster, EnsureCRDs: o.cfg.EnsureCRDs},
+	src, err := k8s.New(k8s.Config{Cluster: o.cfg.Cluster, EnsureCRDs: o.cfg.EnsureCRDs, ClusterSetCIDRs: o.cfg.ClusterSetCIDRs},
 		clients, publisherAdapter{o.pub}, o.store, mesh, o.log, o.reg)
 	if err != nil {
 		return err

@@ -1,6 +1,7 @@
 package operator
 
 import (
+	"net/netip"
 	"context"
 	"errors"
 	"fmt"
@@ -51,6 +52,9 @@ type Config struct {
 	KubeClients k8s.Clients
 	// EnsureCRDs creates the multicluster.x-k8s.io CRDs when absent.
 	EnsureCRDs bool
+	// ClusterSetCIDRs are the ranges ClusterSetIPs come from (see
+	// k8s.Config.ClusterSetCIDRs).
+	ClusterSetCIDRs []netip.Prefix
 	// MeshCompleteTimeout: zero means DefaultMeshCompleteTimeout.
 	MeshCompleteTimeout time.Duration
 	// Relay, if set, runs a relay (package relay) beside the operator: it

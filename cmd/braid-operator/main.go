@@ -47,6 +47,7 @@ func command() *cobra.Command {
 		clusterID    uint16
 		podCIDRs     []string
 		serviceCIDRs []string
+		clusterSet   []string
 		defaultDeny  bool
 		strict       bool
 		cfg          operator.Config
@@ -83,6 +84,9 @@ func command() *cobra.Command {
 				return err
 			}
 			if cfg.Cluster.ServiceCIDRs, err = clustermesh.ParsePrefixes("--service-cidr", serviceCIDRs); err != nil {
+				return err
+			}
+			if cfg.ClusterSetCIDRs, err = clustermesh.ParsePrefixes("--clusterset-cidr", clusterSet); err != nil {
 				return err
 			}
 			if cmd.Flags().Changed("cluster-id") {
@@ -170,6 +174,7 @@ func command() *cobra.Command {
 	f.StringSliceVar(&podCIDRs, "pod-cidr", nil, "this cluster's pod CIDRs (default: the broker's grant; must equal it)")
 	f.StringSliceVar(&serviceCIDRs, "service-cidr", nil, "this cluster's service CIDRs (default: the broker's grant; must equal it)")
 	f.StringVar(&joinSecret, "join-secret", "", "NAMESPACE/NAME of the Secret holding the join bundle: renewed certificates are stored there")
+	f.StringSliceVar(&clusterSet, "clusterset-cidr", nil, "ranges ClusterSetIPs of ServiceImports come from, one per family: inside a granted service CIDR, outside the Kubernetes service range")
 	f.BoolVar(&defaultDeny, "default-deny", false, "identity policy denies what no rule allows")
 	f.BoolVar(&strict, "strict-encryption", false, "drop traffic to remote pods that would bypass the tunnel")
 	f.DurationVar(&cfg.LeaseTTL, "lease-ttl", 15*time.Second, "how long published entries outlive this process")
