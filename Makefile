@@ -39,11 +39,12 @@ e2e:
 generate:
 	$(GO) generate ./bpf/
 
-# Build kube-apiserver, kube-controller-manager, etcd and kubectl from the
-# module proxy into a cache outside the checkout (reused while tools/kube is
-# unchanged).
+# Build kube-apiserver, kube-controller-manager, etcd and kubectl, and
+# CoreDNS, from the module proxy into a cache outside the checkout (reused
+# while tools/kube and tools/coredns are unchanged).
 kube-tools:
 	bash tools/kube/build.sh
+	bash tools/coredns/build.sh
 
 lint:
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); exit 1; }

@@ -36,7 +36,7 @@ func BinDir() (string, error) {
 	if dir := os.Getenv("BRAID_KUBE_BIN"); dir != "" {
 		return checkBinDir(dir)
 	}
-	tools, err := toolsDir()
+	tools, err := toolsDir("kube")
 	if err != nil {
 		return "", err
 	}
@@ -75,23 +75,52 @@ func Require(t testing.TB) string {
 	return dir
 }
 
-// toolsDir returns the absolute path of tools/kube in the braid module that
-// contains the working directory.
-func toolsDir() (string, error) {
+// toolsDir returns the absolute path of tools/<name> in the braid module
+// that contains the working directory.
+func toolsDir(name string) (string, error) {
 	wd, err := os.Getwd()
 	if err != nil {
-		return "", fmt.Errorf("locate tools/kube: %w", err)
+		return "", fmt.Errorf("locate tools/%s: %w", name, err)
 	}
 	for dir := wd; ; {
 		if isBraidRoot(dir) {
-			return filepath.Join(dir, "tools", "kube"), nil
+			return filepath.Join(dir, "tools", name), nil
 		}
 		parent := filepath.Dir(dir)
 		if parent == dir {
-			return "", fmt.Errorf("locate tools/kube: %s is not inside the braid module (set BRAID_KUBE_BIN)", wd)
+			return "", fmt.Errorf("locate tools/%s: %s is not inside the braid module (set BRAID_KUBE_BIN and BRAID_COREDNS)", name, wd)
 		}
 		dir = parent
 	}
+}
+
+// CoreDNS returns the path of the coredns binary: $BRAID_COREDNS if set,
+// otherwise the one tools/coredns/build.sh builds for the current contents
+// of tools/coredns. The error wraps ErrNotBuilt when it is missing.
+func CoreDNS() (string, error) {
+	if p := os.Getenv("BRAID_COREDNS"); p != "" {
+		if _, err := os.Stat(p); err != nil {
+			return "", fmt.Errorf("%w: %w", ErrNotBuilt, err)
+		}
+		return p, nil
+	}
+	tools, err := toolsDir("coredns")
+	if err != nil {
+		return "", err
+	}
+	key, err := cacheKey(tools)
+	if err != nil {
+		return "", err
+	}
+	cache := os.Getenv("BRAID_CACHE")
+	if cache == "" {
+		cache = "/var/cache/braid"
+	}
+	p := filepath.Join(cache, "coredns-"+key, "bin", "coredns")
+	if _, err := os.Stat(p); err != nil {
+		return "", fmt.Errorf("%w: coredns (run tools/coredns/build.sh): %w", ErrNotBuilt, err)
+	}
+	return p, nil
 }
 
 func isBraidRoot(dir string) bool {
@@ -109,7 +138,7 @@ func isBraidRoot(dir string) bool {
 	return false
 }
 
-// cacheKey mirrors cache_key in tools/kube/build.sh: the first 16 hex digits
+// cacheKey mirrors cache_key in tools/kube/build.sh and tools/coredns/build.sh: the first 16 hex digits
 // of the sha256 of the manifest "<sha256 hex>  <relative path>\n" over go.mod,
 // go.sum, build.sh and every *.go file, sorted by path bytes.
 func cacheKey(dir string) (string, error) {

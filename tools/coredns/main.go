@@ -1,0 +1,23 @@
+// Command coredns is CoreDNS, built from the Go module proxy at the version
+// pinned in this directory's go.mod (see build.sh), with the plugins a
+// cluster's DNS needs: kubernetes (cluster.local, and clusterset.local
+// through its multicluster option), forward, cache, hosts, loadbalance,
+// errors, log, health and ready. Plugins outside this set are left out to
+// keep the build short.
+package main
+
+import (
+	"github.com/coredns/coredns/coremain"
+
+	_ "github.com/coredns/coredns/plugin/cache"
+	_ "github.com/coredns/coredns/plugin/errors"
+	_ "github.com/coredns/coredns/plugin/forward"
+	_ "github.com/coredns/coredns/plugin/health"
+	_ "github.com/coredns/coredns/plugin/hosts"
+	_ "github.com/coredns/coredns/plugin/kubernetes"
+	_ "github.com/coredns/coredns/plugin/loadbalance"
+	_ "github.com/coredns/coredns/plugin/log"
+	_ "github.com/coredns/coredns/plugin/ready"
+)
+
+func main() { coremain.Run() }
