@@ -64,6 +64,12 @@ type Config struct {
 	// starts one without Braid, for a test that joins it to the running
 	// mesh as a user would.
 	Spare int
+	// CoreDNS, if set, is a coredns binary (kubelab.CoreDNS): each cluster
+	// then runs it in its first node's network namespace on port 53 for
+	// cluster.local and clusterset.local (the kubernetes plugin's
+	// multicluster option), and its pods resolve through it. Empty: no
+	// cluster DNS, pods use the machine's resolv.conf.
+	CoreDNS string
 	// Progress, if set, receives one line per step.
 	Progress func(format string, args ...any)
 	// Log receives the embedded broker's logs; nil discards them.
@@ -109,6 +115,13 @@ type Cluster struct {
 	Name                 clustermesh.ClusterName
 	ID                   clustermesh.ClusterID
 	PodCIDR, ServiceCIDR netip.Prefix
+	// KubeServiceCIDR is the apiserver's --service-cluster-ip-range, the
+	// first half of ServiceCIDR; ClusterSetCIDR, the second half, is where
+	// the operator allocates ClusterSetIPs. The broker grants ServiceCIDR.
+	KubeServiceCIDR, ClusterSetCIDR netip.Prefix
+	// DNS is the cluster's CoreDNS address (port 53) when Config.CoreDNS
+	// is set.
+	DNS netip.Addr
 	// Kubeconfig is the admin kubeconfig; RESTConfig and Client act as the
 	// admin too.
 	Kubeconfig string
@@ -124,6 +137,7 @@ type Cluster struct {
 	plan     *ClusterPlan
 	cp       *controlplane.Cluster
 	operator *managed
+	coredns  *managed
 }
 
 // Node is one lab node: a network namespace on the underlay with a lab node
@@ -275,6 +289,12 @@ func (l *Lab) build(ctx context.Context) error {
 				return err
 			}
 		}
+		if l.cfg.CoreDNS != "" {
+			if err := c.startCoreDNS(ctx); err != nil {
+				return err
+			}
+			say("cluster %s: CoreDNS on %s:53 (cluster.local, clusterset.local)", c.Name, c.DNS)
+		}
 		say("cluster %s: braid-operator (status %s), %d nodes with a lab node and a braid-agent each", c.Name, c.StatusURL, len(c.Nodes))
 	}
 	return l.WaitReady(ctx)
@@ -282,8 +302,13 @@ func (l *Lab) build(ctx context.Context) error {
 
 func (l *Lab) newCluster(i int) *Cluster {
 	cp := &l.plan.Clusters[i]
-	return &Cluster{Name: cp.Name, ID: cp.ID, PodCIDR: cp.PodCIDR, ServiceCIDR: cp.ServiceCIDR, StatusURL: cp.Status,
+	c := &Cluster{Name: cp.Name, ID: cp.ID, PodCIDR: cp.PodCIDR, ServiceCIDR: cp.ServiceCIDR, StatusURL: cp.Status,
 		Join: filepath.Join(cp.Dir, "join.json"), lab: l, plan: cp}
+	c.KubeServiceCIDR, c.ClusterSetCIDR = halves(c.ServiceCIDR)
+	if l.cfg.CoreDNS != "" {
+		c.DNS = cp.Nodes[0].IP
+	}
+	return c
 }
 
 func (c *Cluster) newNode(j int) *Node {
@@ -299,7 +324,7 @@ func (l *Lab) startControlPlane(ctx context.Context, c *Cluster, i int) error {
 	start := time.Now()
 	cp, err := controlplane.Start(ctx, controlplane.Config{
 		Name: string(c.Name), Dir: c.plan.Dir, BinDir: l.cfg.KubeBin, EtcdServers: l.etcd.Endpoint,
-		Address: l.plan.HostIP, Port: APIServerPort + i, ServiceCIDR: c.ServiceCIDR, ClusterCIDR: c.PodCIDR,
+		Address: l.plan.HostIP, Port: APIServerPort + i, ServiceCIDR: c.KubeServiceCIDR, ClusterCIDR: c.PodCIDR,
 	})
 	if err != nil {
 		return err
@@ -333,6 +358,11 @@ func (l *Lab) AddCluster(ctx context.Context) (*Cluster, error) {
 	l.mu.Unlock()
 	for j := range c.plan.Nodes {
 		if err := l.startNode(c.newNode(j)); err != nil {
+			return nil, fmt.Errorf("add cluster %s: %w", c.Name, err)
+		}
+	}
+	if l.cfg.CoreDNS != "" {
+		if err := c.startCoreDNS(ctx); err != nil {
 			return nil, fmt.Errorf("add cluster %s: %w", c.Name, err)
 		}
 	}
@@ -444,6 +474,7 @@ func (c *Cluster) operatorArgs() (string, []string) {
 		"--cluster-id", strconv.Itoa(int(c.ID)),
 		"--pod-cidr", c.PodCIDR.String(),
 		"--service-cidr", c.ServiceCIDR.String(),
+		"--clusterset-cidr", c.ClusterSetCIDR.String(),
 		"--kubeconfig", c.Kubeconfig,
 		"--ensure-crds",
 		"--status-addr", net.JoinHostPort(c.lab.HostIP.String(), strconv.Itoa(OperatorStatusPort+int(c.ID)-1)),
@@ -699,6 +730,9 @@ func (l *Lab) Close() error {
 		}
 		if c.operator != nil {
 			wg.Go(func() { c.operator.stop(0) })
+		}
+		if c.coredns != nil {
+			wg.Go(func() { c.coredns.stop(0) })
 		}
 	}
 	wg.Wait()

@@ -13,7 +13,7 @@ func nodeStateDir(n *NodePlan) string { return filepath.Join(n.Dir, "state") }
 func cleanupNode(stateDir string) error { return node.CleanupLeftovers(stateDir) }
 
 func (n *Node) nodeArgs() (string, []string) {
-	return filepath.Join(n.Cluster.lab.cfg.Bin, "braid-lab"), []string{
+	args := []string{
 		"node",
 		"--kubeconfig", n.files.Kubeconfig,
 		"--node-name", n.Name,
@@ -27,4 +27,8 @@ func (n *Node) nodeArgs() (string, []string) {
 		"--serving-key", n.files.ServingKey,
 		"--client-ca", n.files.ClientCA,
 	}
+	if n.Cluster.DNS.IsValid() {
+		args = append(args, "--dns", n.Cluster.DNS.String())
+	}
+	return filepath.Join(n.Cluster.lab.cfg.Bin, "braid-lab"), args
 }

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/netip"
 	"os"
 	"os/signal"
 	"syscall"
@@ -55,8 +56,9 @@ kubectl logs on NODE-IP:10250.`,
 	f.StringVar(&cfg.ServingCert, "serving-cert", "", "kubelet API TLS certificate file (required)")
 	f.StringVar(&cfg.ServingKey, "serving-key", "", "kubelet API TLS key file (required)")
 	f.StringVar(&cfg.ClientCA, "client-ca", "", "CA file kubelet API clients must present certificates of (empty: no client authentication)")
+	f.TextVar(&cfg.DNS, "dns", netip.Addr{}, "the cluster's DNS server, written into pods' resolv.conf (empty: pods use the machine's)")
 	f.StringVar(&capacity, "capacity", "", "capacity to report, e.g. cpu=2,memory=4Gi,pods=50 (default: the machine's)")
-	cmd.AddCommand(newStandinCommand())
+	cmd.AddCommand(newStandinCommand(), newMountnsCommand())
 	return cmd
 }
 

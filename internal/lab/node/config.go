@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -39,6 +40,12 @@ type Config struct {
 	// CA file that client certificates must chain to; empty means the API
 	// accepts any client (use only on a private underlay).
 	ServingCert, ServingKey, ClientCA string
+
+	// DNS, if valid, is the cluster's DNS server: pods that are not on the
+	// host network (and whose dnsPolicy is not Default) see a resolv.conf
+	// naming it, with the cluster.local search path, at /etc/resolv.conf,
+	// through a mount namespace of their own (see `node mountns`).
+	DNS netip.Addr
 
 	// Capacity is what the node reports as capacity and allocatable. Missing
 	// entries default to the machine's CPUs and memory, DefaultMaxPods pods

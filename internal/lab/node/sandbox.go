@@ -176,6 +176,13 @@ func (n *node) createSandbox(pod *corev1.Pod) (_ *sandbox, err error) {
 	if hostNet {
 		return sb, nil
 	}
+	if n.cfg.DNS.IsValid() && pod.Spec.DNSPolicy != corev1.DNSDefault && pod.Spec.DNSPolicy != corev1.DNSNone {
+		conf := filepath.Join(dir, "resolv.conf")
+		if err := os.WriteFile(conf, []byte(resolvConf(n.cfg.DNS, pod.Namespace)), 0o644); err != nil {
+			return sb, fmt.Errorf("write resolv.conf: %w", err)
+		}
+		sb.ns.resolvConf, sb.ns.exe = conf, n.exe
+	}
 	if err := n.plumb(sb); err != nil {
 		return sb, fmt.Errorf("connect pod network namespace: %w", err)
 	}

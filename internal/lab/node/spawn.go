@@ -74,6 +74,11 @@ func (s *spawner) do(fn func()) error {
 type podNamespaces struct {
 	net netns.NsHandle // lives while the handle or a process in it does
 	uts *os.File       // the UTS namespace, whose hostname is the pod's
+	// resolvConf, if set, is the pod's resolv.conf: every process starts
+	// through `<exe> node mountns`, in a mount namespace of its own where
+	// the file is bind-mounted on /etc/resolv.conf.
+	resolvConf string
+	exe        string // this executable, for mountns
 }
 
 func (p *podNamespaces) close() {
@@ -147,6 +152,18 @@ func (s *spawner) start(cmd *exec.Cmd, ns *podNamespaces, cgroup string) error {
 	defer cg.Close()
 	if cmd.SysProcAttr == nil {
 		cmd.SysProcAttr = &syscall.SysProcAttr{}
+	}
+	if ns.resolvConf != "" {
+		// Unshareflags runs in the forked child before exec: the wrapper
+		// starts alone in a new mount namespace (made private by Go), binds
+		// the pod's resolv.conf there and execs the command.
+		path, err := exec.LookPath(cmd.Path)
+		if err != nil && !filepath.IsAbs(cmd.Path) {
+			path = cmd.Path
+		}
+		args := append([]string{ns.exe, "node", "mountns", "--resolv-conf", ns.resolvConf, "--", path}, cmd.Args[1:]...)
+		cmd.Path, cmd.Args, cmd.Err = ns.exe, args, nil
+		cmd.SysProcAttr.Unshareflags |= syscall.CLONE_NEWNS
 	}
 	cmd.SysProcAttr.Pdeathsig = syscall.SIGKILL
 	cmd.SysProcAttr.UseCgroupFD = true
