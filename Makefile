@@ -3,7 +3,7 @@ GO        ?= go
 BIN       ?= bin
 TESTFLAGS ?=
 
-.PHONY: all build test test-unit e2e demo generate kube-tools lint bench clean
+.PHONY: all build test test-unit e2e demo conformance generate kube-tools lint bench clean
 
 all: build
 
@@ -29,6 +29,17 @@ demo: build
 	@bash tools/lab/prepare.sh
 	@echo "==> Kubernetes binaries (cached after the first build, ~10 min cold)"
 	@kube=$$(bash tools/kube/build.sh) && BRAID_KUBE_BIN="$$kube" $(BIN)/braid-lab demo
+
+# The upstream MCS API conformance suite against two lab clusters (with
+# CoreDNS): `make conformance MCS_API=<kubernetes-sigs/mcs-api checkout>`.
+# Output, Ginkgo JSON report and kubeconfig land in $(CONFORMANCE_REPORT);
+# results are summarised in docs/mcs.md.
+CONFORMANCE_REPORT ?= conformance-report
+conformance: build
+	@test -n "$(MCS_API)" || { echo "usage: make conformance MCS_API=<kubernetes-sigs/mcs-api checkout>" >&2; exit 2; }
+	@bash tools/lab/prepare.sh
+	@kube=$$(bash tools/kube/build.sh) && bash tools/coredns/build.sh >/dev/null && \
+		BRAID_KUBE_BIN="$$kube" $(BIN)/braid-lab conformance --mcs-api "$(MCS_API)" --report "$(CONFORMANCE_REPORT)"
 
 # The end-to-end tests (also part of `make test`): the lab's clusters,
 # braid's processes, real packets.

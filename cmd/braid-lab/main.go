@@ -42,7 +42,7 @@ func command() *cobra.Command {
 		SilenceErrors: true,
 	}
 	cmd.PersistentFlags().StringVar(&dir, "dir", lab.DefaultDir, "where runs keep their state (kubeconfigs, logs)")
-	cmd.AddCommand(upCommand(&dir), downCommand(&dir), kubeconfigCommand(&dir), statusCommand(&dir), demoCommand(&dir), benchCommand(&dir), node.NewCommand(), sandboxCommand())
+	cmd.AddCommand(upCommand(&dir), downCommand(&dir), kubeconfigCommand(&dir), statusCommand(&dir), demoCommand(&dir), benchCommand(&dir), conformanceCommand(&dir), node.NewCommand(), sandboxCommand())
 	return cmd
 }
 
