@@ -112,7 +112,12 @@ func TestDeployManifests(t *testing.T) {
 		{operator, "create", "", "events", "", true},
 		{operator, "create", "events.k8s.io", "events", "", true},
 		{operator, "get", "", "secrets", "", false},
-		{operator, "delete", "", "services", "", false},
+		// Derived Services of ServiceImports: created, updated, deleted.
+		{operator, "create", "", "services", "", true},
+		{operator, "delete", "", "services", "", true},
+		{operator, "patch", "", "services", "", false},
+		{operator, "create", "networking.k8s.io", "servicecidrs", "", true},
+		{operator, "delete", "networking.k8s.io", "servicecidrs", "", false},
 		{operator, "update", "", "pods", "", false},
 		{agent, "watch", "", "nodes", "", true},
 		{agent, "list", "", "pods", "", true},
