@@ -1,12 +1,12 @@
 package operator
 
 import (
-	"net/netip"
 	"context"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net"
+	"net/netip"
 	"sync"
 	"time"
 
