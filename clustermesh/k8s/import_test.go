@@ -327,3 +327,62 @@ func TestCandidateSkipsNetworkAndBroadcast(t *testing.T) {
 		t.Fatal("an IPv6 candidate without an IPv6 range")
 	}
 }
+
+// TestPortConflictBetweenTwoClusters: east exports "http" as 8080, west
+// exports it an hour later as 8081. Each cluster's Source sees the other's
+// published record, as through the broker: both ServiceExports get
+// Conflict=True with a message naming both clusters, and both clusters'
+// imports keep the older (east's) port.
+func TestPortConflictBetweenTwoClusters(t *testing.T) {
+	older := metav1.NewTime(time.Date(2026, 1, 1, 0, 1, 0, 0, time.UTC))
+	west := clustermesh.ClusterConfig{Name: "west", ID: 4, PodCIDRs: []netip.Prefix{netip.MustParsePrefix("10.4.0.0/16")},
+		ServiceCIDRs: []netip.Prefix{netip.MustParsePrefix("10.96.0.0/16")}}
+	side := func(cluster clustermesh.ClusterConfig, port int32, created metav1.Time) *harness {
+		svc := service("default", "web", nil, corev1.ServicePort{Name: "http", Port: port, Protocol: corev1.ProtocolTCP})
+		exp := &mcsv1beta1.ServiceExport{ObjectMeta: metav1.ObjectMeta{Namespace: "default", Name: "web", CreationTimestamp: created}}
+		return startWith(t, Config{Cluster: cluster, BatchDelay: time.Millisecond, ClusterSetCIDRs: []netip.Prefix{clusterSet}}, memory.New(),
+			[]runtime.Object{&corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "default"}}, svc}, []runtime.Object{exp})
+	}
+	e := side(testCluster, 8080, older)
+	w := side(west, 8081, metav1.NewTime(older.Add(time.Hour)))
+	published := func(h *harness, c clustermesh.ClusterName) clustermesh.Service {
+		t.Helper()
+		rec, _ := h.pub.get((&clustermesh.Service{Cluster: c, Namespace: "default", Name: "web"}).Key()).(*clustermesh.Service)
+		if rec == nil {
+			t.Fatalf("cluster %s published no record for default/web", c)
+		}
+		return *rec
+	}
+	// Each sees the other's export (the record as the operator published
+	// it, import left out as a remote agent would ignore it).
+	eRec, wRec := published(e, "east"), published(w, "west")
+	eRec.Import, wRec.Import = nil, nil
+	e.mesh.set("west", wRec)
+	w.mesh.set("east", eRec)
+	e.src.MeshChanged()
+	w.src.MeshChanged()
+
+	ctx := context.Background()
+	for _, h := range []*harness{e, w} {
+		testenv.Eventually(t, 10*time.Second, func() error {
+			got, err := h.mcs.MulticlusterV1beta1().ServiceExports("default").Get(ctx, "web", metav1.GetOptions{})
+			if err != nil {
+				return err
+			}
+			c := meta.FindStatusCondition(got.Status.Conditions, string(mcsv1beta1.ServiceExportConditionConflict))
+			if c == nil || c.Status != metav1.ConditionTrue || c.Reason != string(mcsv1beta1.ServiceExportReasonPortConflict) ||
+				!strings.Contains(c.Message, "conflicting clusters: east, west") ||
+				!strings.Contains(c.Message, `port "http" is 8081/TCP in cluster west but 8080/TCP in cluster east`) {
+				return fmt.Errorf("cluster %s: conflict condition = %+v", h.src.cfg.Cluster.Name, c)
+			}
+			imp, err := h.importOf(ctx, "web")
+			if err != nil {
+				return err
+			}
+			if len(imp.Spec.Ports) != 1 || imp.Spec.Ports[0].Port != 8080 {
+				return fmt.Errorf("cluster %s: import ports %+v, want the older export's 8080", h.src.cfg.Cluster.Name, imp.Spec.Ports)
+			}
+			return nil
+		})
+	}
+}
