@@ -10,8 +10,9 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 
 # iproute2: ip; util-linux: nsenter; curl and busybox: what lab pods run;
-# wireguard-tools: wg, to look at the tunnels.
-packages=(iproute2 util-linux curl busybox wireguard-tools)
+# wireguard-tools: wg, to look at the tunnels; socat: what the MCS
+# conformance suite's pods (image alpine/socat) run.
+packages=(iproute2 util-linux curl busybox wireguard-tools socat)
 missing=()
 for p in "${packages[@]}"; do
 	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
