@@ -10,9 +10,10 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 
 # iproute2: ip; util-linux: nsenter; curl and busybox: what lab pods run;
-# wireguard-tools: wg, to look at the tunnels; socat: what the MCS
-# conformance suite's pods (image alpine/socat) run.
-packages=(iproute2 util-linux curl busybox wireguard-tools socat)
+# wireguard-tools: wg, to look at the tunnels; socat and netcat-openbsd:
+# what the MCS conformance suite's pods run (images alpine/socat and
+# nicolaka/netshoot, whose `nc -v -4` busybox's nc lacks).
+packages=(iproute2 util-linux curl busybox wireguard-tools socat netcat-openbsd)
 missing=()
 for p in "${packages[@]}"; do
 	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
