@@ -63,9 +63,10 @@ func conformanceCommand(dir *string) *cobra.Command {
 			defer log.Close()
 			// The suite's module is not on the module proxy: it builds
 			// from the checkout (its go.mod replaces sigs.k8s.io/mcs-api
-			// with ..), its other dependencies from the proxy.
-			run := exec.CommandContext(cmd.Context(), "go", "test", "-count=1", "-timeout", "60m", ".", "-args",
-				"-test.v", "-kubeconfig", kubeconfig, "-contexts", strings.Join(names, ","),
+			// with ..), its other dependencies from the proxy. -v, not
+			// -args -test.v: go test then streams the output as it comes.
+			run := exec.CommandContext(cmd.Context(), "go", "test", "-v", "-count=1", "-timeout", "60m", ".", "-args",
+				"-kubeconfig", kubeconfig, "-contexts", strings.Join(names, ","),
 				"-ginkgo.v", "-ginkgo.json-report", filepath.Join(report, "report.json"),
 				"-organization", "braidmesh", "-project", "braid", "-url", "https://github.com/braidmesh/braid")
 			run.Dir = suite
