@@ -69,7 +69,8 @@ func TestClusterSetIPImport(t *testing.T) {
 	}
 	mustDecode(t, rec)
 
-	// west exports too, later, with another port: the union, no conflict.
+	// west exports too, later, with another port: the union (the differing
+	// port sets are a PortConflict, see TestResolve).
 	metrics := clustermesh.ServicePort{Name: "metrics", Port: 9090, Protocol: clustermesh.TCP}
 	h.mesh.set("west", westWeb(created.Add(time.Hour), &clustermesh.ExportSpec{SessionAffinity: "ClientIP", SessionAffinityTimeout: 10,
 		InternalTrafficPolicy: "Cluster", TrafficDistribution: "PreferClose", Labels: map[string]string{"team": "a"}, Annotations: map[string]string{"note": "east"}},
@@ -199,7 +200,7 @@ func TestImportWithoutLocalService(t *testing.T) {
 }
 
 // TestHeadlessImportHasNoIP: a headless export gives a Headless import with
-// no IPs, and a headless derived Service.
+// no IPs but its IP families, and a headless derived Service.
 func TestHeadlessImportHasNoIP(t *testing.T) {
 	h := startClusterSet(t, []runtime.Object{&corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "default"}}}, nil)
 	web := westWeb(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC), nil, clustermesh.ServicePort{Name: "http", Port: 80, Protocol: clustermesh.TCP})
@@ -212,7 +213,7 @@ func TestHeadlessImportHasNoIP(t *testing.T) {
 		if err != nil {
 			return err
 		}
-		if imp.Spec.Type != mcsv1beta1.Headless || len(imp.Spec.IPs) != 0 {
+		if imp.Spec.Type != mcsv1beta1.Headless || len(imp.Spec.IPs) != 0 || !slices.Equal(imp.Spec.IPFamilies, []corev1.IPFamily{corev1.IPv4Protocol}) {
 			return fmt.Errorf("import %+v", imp.Spec)
 		}
 		d, err := h.kube.CoreV1().Services("default").Get(ctx, derivedName("web"), metav1.GetOptions{})

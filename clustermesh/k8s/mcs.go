@@ -37,7 +37,8 @@ type exporter struct {
 // name); the oldest decides the type, session affinity (and its config),
 // internal traffic policy, traffic distribution, exported labels and
 // annotations, and every port it defines; later exports add the ports no
-// older export named.
+// older export named. Exports whose sets of port names differ conflict
+// (PortConflict) while the import serves the union.
 type resolution struct {
 	Type  mcsv1beta1.ServiceImportType
 	Ports []clustermesh.ServicePort
@@ -128,6 +129,25 @@ func resolve(exps []exporter) resolution {
 				continue
 			}
 			r.PortClusters[p.Name] = append(r.PortClusters[p.Name], e.Cluster)
+		}
+	}
+	// Exports whose port sets differ conflict too (KEP-1645, "Service
+	// Port": the import exposes the union, and the mismatch is reported):
+	// an export that lacks a port of the union conflicts with the clusters
+	// that define it.
+	for _, e := range exps {
+		var missing []string
+		for _, p := range r.Ports {
+			if !slices.ContainsFunc(e.Ports, func(q clustermesh.ServicePort) bool { return q.Name == p.Name }) {
+				missing = append(missing, fmt.Sprintf("%q (%d/%s, from cluster %s)", p.Name, p.Port, p.Protocol, owner[p.Name]))
+				conflicting[owner[p.Name]] = true
+			}
+		}
+		if len(missing) > 0 {
+			conflicting[e.Cluster] = true
+			reasons[mcsv1beta1.ServiceExportReasonPortConflict] = append(reasons[mcsv1beta1.ServiceExportReasonPortConflict], string(e.Cluster))
+			msgs = append(msgs, fmt.Sprintf("cluster %s does not export port %s; the import serves the union of the exported ports",
+				e.Cluster, strings.Join(missing, ", ")))
 		}
 	}
 	slices.Sort(r.Clusters)
@@ -351,8 +371,9 @@ func importMeta(res resolution, derived string) (map[string]string, map[string]s
 }
 
 // importSpecOf is the ServiceImport spec for res, with the derived
-// Service's ClusterSetIPs.
-func importSpecOf(res resolution, derived *corev1.Service) mcsv1beta1.ServiceImportSpec {
+// Service's ClusterSetIPs; fallback are the IP families of a headless
+// import when neither the export nor the derived Service names any.
+func importSpecOf(res resolution, derived *corev1.Service, fallback []corev1.IPFamily) mcsv1beta1.ServiceImportSpec {
 	spec := mcsv1beta1.ServiceImportSpec{Type: res.Type, Ports: []mcsv1beta1.ServicePort{}}
 	for _, p := range res.Ports {
 		spec.Ports = append(spec.Ports, mcsv1beta1.ServicePort{Name: p.Name, Protocol: corev1.Protocol(p.Protocol), Port: int32(p.Port)})
@@ -370,6 +391,22 @@ func importSpecOf(res resolution, derived *corev1.Service) mcsv1beta1.ServiceImp
 	if res.Type == mcsv1beta1.ClusterSetIP && derived != nil && derived.Spec.ClusterIP != corev1.ClusterIPNone {
 		spec.IPs = slices.Clone(derived.Spec.ClusterIPs)
 		spec.IPFamilies = slices.Clone(derived.Spec.IPFamilies)
+	}
+	if res.Type == mcsv1beta1.Headless {
+		// No IPs, but the families of the endpoints DNS answers with:
+		// the oldest export's, else the derived Service's, else those
+		// the clusterset ranges serve.
+		for _, f := range res.Export.IPFamilies {
+			if f := corev1.IPFamily(f); (f == corev1.IPv4Protocol || f == corev1.IPv6Protocol) && !slices.Contains(spec.IPFamilies, f) {
+				spec.IPFamilies = append(spec.IPFamilies, f)
+			}
+		}
+		if len(spec.IPFamilies) == 0 && derived != nil {
+			spec.IPFamilies = slices.Clone(derived.Spec.IPFamilies)
+		}
+		if len(spec.IPFamilies) == 0 {
+			spec.IPFamilies = fallback
+		}
 	}
 	return spec
 }
@@ -423,7 +460,7 @@ func (s *Source) reconcileImport(ctx context.Context, ns, name string, res resol
 		dname = derived.Name
 	}
 	lbls, anns := importMeta(res, dname)
-	spec := importSpecOf(res, derived)
+	spec := importSpecOf(res, derived, s.families(nil))
 	if have != nil && len(have.Spec.IPs) > 0 && len(spec.IPs) == 0 && res.Type == mcsv1beta1.ClusterSetIP {
 		// The derived Service is being replaced: keep the IPs until it is.
 		spec.IPs, spec.IPFamilies = have.Spec.IPs, have.Spec.IPFamilies

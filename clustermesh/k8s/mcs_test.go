@@ -22,7 +22,23 @@ func TestResolve(t *testing.T) {
 			{Cluster: "b", ExportedAt: t0.Add(time.Second), Ports: []clustermesh.ServicePort{http, metrics}},
 			{Cluster: "a", ExportedAt: t0, Ports: []clustermesh.ServicePort{http}},
 		})
-		if r.Message != "" || r.Type != mcsv1beta1.ClusterSetIP || len(r.Ports) != 2 || len(r.Clusters) != 2 || r.Clusters[0] != "a" {
+		if r.Type != mcsv1beta1.ClusterSetIP || len(r.Ports) != 2 || len(r.Clusters) != 2 || r.Clusters[0] != "a" ||
+			!slices.Equal(r.PortClusters["http"], []clustermesh.ClusterName{"a", "b"}) || !slices.Equal(r.PortClusters["metrics"], []clustermesh.ClusterName{"b"}) {
+			t.Fatalf("got %+v", r)
+		}
+		// Differing port sets conflict, union served (the MCS
+		// conformance suite requires both).
+		if r.Reason != mcsv1beta1.ServiceExportReasonPortConflict ||
+			!strings.Contains(r.Message, "conflicting clusters: a, b; cluster a does not export port \"metrics\" (9090/TCP, from cluster b)") {
+			t.Fatalf("reason %s message %q", r.Reason, r.Message)
+		}
+	})
+	t.Run("same ports, no conflict", func(t *testing.T) {
+		r := resolve([]exporter{
+			{Cluster: "b", ExportedAt: t0.Add(time.Second), Ports: []clustermesh.ServicePort{metrics, http}},
+			{Cluster: "a", ExportedAt: t0, Ports: []clustermesh.ServicePort{http, metrics}},
+		})
+		if r.Reason != "" || r.Message != "" || len(r.Ports) != 2 {
 			t.Fatalf("got %+v", r)
 		}
 	})
