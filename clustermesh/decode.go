@@ -357,6 +357,9 @@ func validateBackends(owner *ClusterConfig, isNodeIP func(netip.Addr) bool, kind
 			return invalid(key, kind, "backend %s appears twice", b.IP)
 		}
 		seen[b.IP] = true
+		if b.Hostname != "" && (len(b.Hostname) > 63 || !isDNSLabel(b.Hostname)) {
+			return invalid(key, kind, "backend %s: hostname %q is not a DNS label (lowercase letters, digits and '-', at most 63)", b.IP, b.Hostname)
+		}
 		if !owner.ContainsPodIP(netip.PrefixFrom(b.IP, b.IP.BitLen())) && (isNodeIP == nil || !isNodeIP(b.IP)) {
 			return invalid(key, kind, "backend %s is outside cluster %q's pod CIDRs %v and is not one of its node IPs", b.IP, owner.Name, owner.PodCIDRs)
 		}

@@ -364,7 +364,7 @@ func TestDecodeService(t *testing.T) {
 		Affinity: clustermesh.AffinityRemote, Headless: true,
 		Ports: []clustermesh.ServicePort{{Port: 53, Protocol: clustermesh.UDP}, {Name: "sctp", Port: 9, Protocol: clustermesh.SCTP}},
 		Backends: []clustermesh.Backend{
-			{IP: netip.MustParseAddr("10.2.1.9"), Ports: []clustermesh.BackendPort{{Name: "", Port: 53}, {Name: "sctp", Port: 9}}, Ready: true, Serving: true},
+			{IP: netip.MustParseAddr("10.2.1.9"), Ports: []clustermesh.BackendPort{{Name: "", Port: 53}, {Name: "sctp", Port: 9}}, Ready: true, Serving: true, Hostname: "dns-0"},
 			{IP: netip.MustParseAddr("10.2.1.10")},
 		},
 	}
@@ -421,6 +421,8 @@ func TestDecodeService(t *testing.T) {
 		}), `backend 10.2.1.7 gives port "http" twice`},
 		{"backend without IP", key, mut(func(s *clustermesh.Service) { s.Backends[1].IP = netip.Addr{} }),
 			"backend with invalid IP"},
+		{"backend hostname not a DNS label", key, mut(func(s *clustermesh.Service) { s.Backends[0].Hostname = "web-0.evil" }),
+			`backend 10.2.1.7: hostname "web-0.evil" is not a DNS label`},
 		{"duplicate port names", key, mut(func(s *clustermesh.Service) {
 			s.Ports = append(s.Ports, clustermesh.ServicePort{Name: "http", Port: 8080, Protocol: clustermesh.TCP})
 		}), `port name "http" appears twice`},

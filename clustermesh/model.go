@@ -296,12 +296,16 @@ type Backend struct {
 	// Ports gives, per service port name ("" for an unnamed port), the port
 	// the backend listens on. A slice, not a map: a large mesh holds
 	// hundreds of thousands of backends.
-	Ports       []BackendPort `json:"ports"`
-	Node        string        `json:"node,omitempty"`
-	Zone        string        `json:"zone,omitempty"`
-	Ready       bool          `json:"ready"`
-	Serving     bool          `json:"serving"`
-	Terminating bool          `json:"terminating,omitempty"`
+	Ports []BackendPort `json:"ports"`
+	Node  string        `json:"node,omitempty"`
+	Zone  string        `json:"zone,omitempty"`
+	// Hostname is the endpoint's hostname (a StatefulSet pod's, under a
+	// headless service): a DNS label, answered as
+	// <hostname>.<cluster>.<svc>.<ns>.svc.clusterset.local.
+	Hostname    string `json:"hostname,omitempty"`
+	Ready       bool   `json:"ready"`
+	Serving     bool   `json:"serving"`
+	Terminating bool   `json:"terminating,omitempty"`
 }
 
 // BackendPort is the port a backend listens on for the service port Name.

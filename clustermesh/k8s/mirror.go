@@ -114,6 +114,10 @@ func desiredSlices(ns, prefix string, lbls map[string]string, owners []metav1.Ow
 			zone := b.Zone
 			ep.Zone = &zone
 		}
+		if b.Hostname != "" {
+			hostname := b.Hostname
+			ep.Hostname = &hostname
+		}
 		g.eps = append(g.eps, ep)
 	}
 	var out []*discoveryv1.EndpointSlice

@@ -474,6 +474,9 @@ func backends(objs []any, portNames map[string]bool) []clustermesh.Backend {
 				if ep.Zone != nil {
 					b.Zone = *ep.Zone
 				}
+				if ep.Hostname != nil {
+					b.Hostname = *ep.Hostname
+				}
 				if prev, dup := byIP[ip]; dup && (prev.Ready || !b.Ready) {
 					continue // keep the ready one of duplicates
 				}

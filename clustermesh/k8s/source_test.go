@@ -235,7 +235,7 @@ func TestSourcePublishes(t *testing.T) {
 		service("default", "noports", global),
 		service("default", "local-only", nil, corev1.ServicePort{Name: "http", Port: 80}),
 		slice("default", "web", "web-abc",
-			discoveryv1.Endpoint{Addresses: []string{"10.3.1.5"}, NodeName: ptr.To("n1"), Zone: ptr.To("z1")},
+			discoveryv1.Endpoint{Addresses: []string{"10.3.1.5"}, NodeName: ptr.To("n1"), Zone: ptr.To("z1"), Hostname: ptr.To("web-0")},
 			discoveryv1.Endpoint{Addresses: []string{"10.3.1.6", "not-an-ip"}, Conditions: discoveryv1.EndpointConditions{
 				Ready: ptr.To(false), Serving: ptr.To(true), Terminating: ptr.To(true)}}),
 	}, nil)
@@ -279,7 +279,7 @@ func TestSourcePublishes(t *testing.T) {
 	if b := rec.Backends[1]; b.Ready || !b.Serving || !b.Terminating || b.Zone != "" {
 		t.Errorf("backend 2 = %+v", b)
 	}
-	if p, ok := rec.Backends[0].Port("http"); !ok || p != 8080 || rec.Backends[0].Node != "n1" {
+	if p, ok := rec.Backends[0].Port("http"); !ok || p != 8080 || rec.Backends[0].Node != "n1" || rec.Backends[0].Hostname != "web-0" {
 		t.Errorf("backend 1 = %+v", rec.Backends[0])
 	}
 	if h.pub.get(svcKey("default", "noports")) == nil {
@@ -484,7 +484,7 @@ func TestHeadlessMirrors(t *testing.T) {
 	remoteSvc := clustermesh.Service{Cluster: "west", Namespace: "default", Name: "db", Global: true, Shared: true, Headless: true,
 		Affinity: clustermesh.AffinityNone, Ports: []clustermesh.ServicePort{{Name: "pg", Port: 5432, Protocol: clustermesh.TCP}},
 		Backends: []clustermesh.Backend{
-			{IP: netip.MustParseAddr("10.4.1.1"), Ports: []clustermesh.BackendPort{{Name: "pg", Port: 5433}}, Ready: true, Serving: true, Zone: "w1"},
+			{IP: netip.MustParseAddr("10.4.1.1"), Ports: []clustermesh.BackendPort{{Name: "pg", Port: 5433}}, Ready: true, Serving: true, Zone: "w1", Hostname: "db-0"},
 			{IP: netip.MustParseAddr("10.4.1.2"), Ports: []clustermesh.BackendPort{{Name: "pg", Port: 5433}}, Ready: true, Serving: true},
 		}}
 	h.mesh.set("west", remoteSvc)
@@ -505,6 +505,12 @@ func TestHeadlessMirrors(t *testing.T) {
 		if len(m) != 1 || len(m[0].Endpoints) != 2 || *m[0].Ports[0].Port != 5433 || m[0].Labels[discoveryv1.LabelServiceName] != "db" ||
 			m[0].Labels[mcsv1beta1.LabelServiceName] != "" {
 			return fmt.Errorf("mirrors = %+v", m)
+		}
+		// The hostname travels: <hostname>.<cluster>.<svc>... in DNS.
+		for _, ep := range m[0].Endpoints {
+			if want := map[string]string{"10.4.1.1": "db-0"}[ep.Addresses[0]]; ptr.Deref(ep.Hostname, "") != want {
+				return fmt.Errorf("endpoint %s hostname %v, want %q", ep.Addresses[0], ep.Hostname, want)
+			}
 		}
 		return nil
 	})
