@@ -33,7 +33,7 @@ const (
 	// the EndpointSlices of ServiceImports: one set per exporting cluster,
 	// labelled multicluster.kubernetes.io/service-name and
 	// multicluster.kubernetes.io/source-cluster.
-	ImportManagedBy = "braid.dev/mcs"
+	ImportManagedBy = "mcs.braid.dev"
 	// ClusterSetServiceCIDR is the name of the networking.k8s.io ServiceCIDR
 	// the Source creates for Config.ClusterSetCIDRs, so that derived
 	// Services can hold ClusterSetIPs outside the cluster's service range.

@@ -44,7 +44,7 @@ const (
 const (
 	// MirrorManagedBy is the endpointslice.kubernetes.io/managed-by value of
 	// mirrored EndpointSlices; the EndpointSlice controller ignores them.
-	MirrorManagedBy = "braid.dev/operator"
+	MirrorManagedBy = "operator.braid.dev"
 	// LabelManagedBy marks ServiceImports the Source owns.
 	LabelManagedBy = "app.kubernetes.io/managed-by"
 	managedByValue = "braid-operator"

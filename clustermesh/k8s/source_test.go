@@ -17,6 +17,7 @@ import (
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/util/validation"
 	kubefake "k8s.io/client-go/kubernetes/fake"
 	"k8s.io/utils/ptr"
 	mcsv1beta1 "sigs.k8s.io/mcs-api/pkg/apis/v1beta1"
@@ -573,5 +574,16 @@ func TestNodeHandoverAnnotationsArePublished(t *testing.T) {
 	mustDecode(t, recs[0])
 	if got.NextWireGuardKey != next || len(got.PreparedWireGuardKeys) != 1 || got.PreparedWireGuardKeys[0] != ack {
 		t.Fatalf("published next %q prepared %v", got.NextWireGuardKey, got.PreparedWireGuardKeys)
+	}
+}
+
+// TestManagedByAreLabelValues: the managed-by values are label values the
+// API server accepts (the fake clientset does not validate; a "/" made
+// every create fail on a real one).
+func TestManagedByAreLabelValues(t *testing.T) {
+	for _, v := range []string{MirrorManagedBy, ImportManagedBy, managedByValue} {
+		if errs := validation.IsValidLabelValue(v); len(errs) > 0 {
+			t.Errorf("%q is not a label value: %v", v, errs)
+		}
 	}
 }
