@@ -126,6 +126,26 @@ func TestMCS(t *testing.T) {
 		return nil
 	})
 
+	// The import's EndpointSlices, as CoreDNS and the MCS API read them:
+	// one per exporting cluster, accepted by a real API server.
+	testenv.Eventually(t, 90*time.Second, func() error {
+		out, err := e.kubectl(t, e.east, nil, "-n", "mcs", "get", "endpointslices", "-l", "multicluster.kubernetes.io/service-name=hello",
+			"-o", `jsonpath={range .items[*]}{.metadata.labels.multicluster\.kubernetes\.io/source-cluster}={.endpoints[*].addresses[0]} {end}`)
+		if err != nil {
+			return err
+		}
+		withEndpoint := map[string]bool{}
+		for _, f := range strings.Fields(out) {
+			if c, addr, _ := strings.Cut(f, "="); addr != "" {
+				withEndpoint[c] = true
+			}
+		}
+		if !withEndpoint["east"] || !withEndpoint["west"] {
+			return fmt.Errorf("MCS EndpointSlices %q: want one with an endpoint from east and from west", out)
+		}
+		return nil
+	})
+
 	// The last export goes: the import, and the name, go too.
 	for _, c := range []*lab.Cluster{e.east, e.west} {
 		e.mustKubectl(t, c, nil, "-n", "mcs", "delete", "serviceexports.v1beta1.multicluster.x-k8s.io", "hello")
