@@ -153,16 +153,23 @@ func TestJoinAndLeaveWithToken(t *testing.T) {
 	})
 
 	t.Run("dry run", func(t *testing.T) {
-		out, _, err := braid(t, ctx, joinArgs(token, "--id", "3", "--pod-cidr", "10.3.0.0/16", "--dry-run")...)
+		out, _, err := braid(t, ctx, joinArgs(token, "--id", "3", "--pod-cidr", "10.3.0.0/16", "--service-cidr", "10.103.0.0/16",
+			"--clusterset-cidr", "10.103.128.0/17", "--dry-run")...)
 		if err != nil {
 			t.Fatal(err)
 		}
-		for _, want := range []string{"kind: Deployment", "kind: DaemonSet", "cluster-id: \"3\"", "pod-cidr: 10.3.0.0/16"} {
+		for _, want := range []string{"kind: Deployment", "kind: DaemonSet", "cluster-id: \"3\"", "pod-cidr: 10.3.0.0/16", "clusterset-cidr: 10.103.128.0/17"} {
 			if !strings.Contains(out, want) {
 				t.Errorf("dry run output lacks %q", want)
 			}
 		}
 		untouched(t)
+		// A clusterset range the operator would refuse is refused here.
+		_, _, err = braid(t, ctx, joinArgs(token, "--id", "3", "--pod-cidr", "10.3.0.0/16", "--service-cidr", "10.103.0.0/16",
+			"--clusterset-cidr", "10.111.0.0/16", "--dry-run")...)
+		if err == nil || !strings.Contains(err.Error(), "--clusterset-cidr 10.111.0.0/16 is outside the service CIDRs 10.103.0.0/16") {
+			t.Errorf("clusterset range outside the service CIDR: %v", err)
+		}
 	})
 
 	t.Run("failed join leaves nothing", func(t *testing.T) {

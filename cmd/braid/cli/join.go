@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net/netip"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -47,6 +48,7 @@ type joinOptions struct {
 	id           uint16
 	podCIDRs     []string
 	serviceCIDRs []string
+	clusterSet   []string
 	manifests    string
 	imageTag     string
 	dryRun       bool
@@ -92,6 +94,7 @@ as they were (the token stays used; create another).`,
 	f.Uint16Var(&o.id, "id", 0, "this cluster's ID in the mesh, 1..511 (required)")
 	f.StringSliceVar(&o.podCIDRs, "pod-cidr", nil, "this cluster's pod CIDRs (repeatable)")
 	f.StringSliceVar(&o.serviceCIDRs, "service-cidr", nil, "this cluster's service CIDRs (repeatable)")
+	f.StringSliceVar(&o.clusterSet, "clusterset-cidr", nil, "where MCS ClusterSetIPs come from, one per family: inside --service-cidr, outside the Kubernetes service range (default: the base's)")
 	f.StringVar(&o.manifests, "manifests", "deploy", "Braid's kustomize base (the deploy/ directory)")
 	f.StringVar(&o.imageTag, "image-tag", "", "tag of the braid-operator and braid-agent images (default: the base's)")
 	f.BoolVar(&o.dryRun, "dry-run", false, "check the token and clashes, print the manifests, change nothing")
@@ -143,12 +146,24 @@ func runJoin(ctx context.Context, out io.Writer, rawToken string, o joinOptions)
 	if err := cfg.Validate(); err != nil {
 		return fmt.Errorf("cluster config: %w (set --cluster, --id, --pod-cidr, --service-cidr)", err)
 	}
+	clusterSet, err := parsePrefixes("--clusterset-cidr", o.clusterSet)
+	if err != nil {
+		return err
+	}
+	for _, p := range clusterSet {
+		if len(cfg.ServiceCIDRs) > 0 && !slices.ContainsFunc(cfg.ServiceCIDRs, func(s netip.Prefix) bool { return s.Bits() <= p.Bits() && s.Contains(p.Addr()) }) {
+			return fmt.Errorf("--clusterset-cidr %s is outside the service CIDRs %s: the operator would refuse it", p, prefixList(cfg.ServiceCIDRs))
+		}
+	}
 	settings := map[string]string{"cluster-id": strconv.Itoa(int(cfg.ID))}
 	if len(cfg.PodCIDRs) > 0 {
 		settings["pod-cidr"] = prefixList(cfg.PodCIDRs)
 	}
 	if len(cfg.ServiceCIDRs) > 0 {
 		settings["service-cidr"] = prefixList(cfg.ServiceCIDRs)
+	}
+	if len(clusterSet) > 0 {
+		settings["clusterset-cidr"] = prefixList(clusterSet)
 	}
 	objs, err := renderManifests(o.manifests, settings, o.imageTag)
 	if err != nil {
