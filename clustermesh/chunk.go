@@ -145,6 +145,10 @@ func EncodeChunk(c *EndpointChunk) ([]byte, error) {
 			m = protowire.AppendTag(m, 4, protowire.BytesType)
 			m = protowire.AppendString(m, b.Zone)
 		}
+		if b.Hostname != "" {
+			m = protowire.AppendTag(m, 8, protowire.BytesType)
+			m = protowire.AppendString(m, b.Hostname)
+		}
 		for f, v := range [3]bool{b.Ready, b.Serving, b.Terminating} {
 			if v {
 				m = protowire.AppendTag(m, protowire.Number(5+f), protowire.VarintType)
@@ -215,14 +219,14 @@ func parseChunk(raw []byte) ([]Backend, error) {
 
 func parseBackend(m []byte) (Backend, error) {
 	var b Backend
-	var seen [8]bool
+	var seen [9]bool
 	for len(m) > 0 {
 		num, typ, n := protowire.ConsumeTag(m)
 		if n < 0 {
 			return Backend{}, errors.New("truncated field tag")
 		}
 		m = m[n:]
-		if num < 1 || num > 7 {
+		if num < 1 || num > 8 {
 			return Backend{}, fmt.Errorf("unknown field %d", num)
 		}
 		if num != 2 && seen[num] {
@@ -230,7 +234,7 @@ func parseBackend(m []byte) (Backend, error) {
 		}
 		seen[num] = true
 		switch num {
-		case 1, 2, 3, 4:
+		case 1, 2, 3, 4, 8:
 			if typ != protowire.BytesType {
 				return Backend{}, fmt.Errorf("field %d: wrong wire type", num)
 			}
@@ -256,6 +260,8 @@ func parseBackend(m []byte) (Backend, error) {
 				b.Node = string(v)
 			case 4:
 				b.Zone = string(v)
+			case 8:
+				b.Hostname = string(v)
 			}
 		default:
 			if typ != protowire.VarintType {

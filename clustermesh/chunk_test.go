@@ -43,6 +43,7 @@ func TestChunkRoundTrip(t *testing.T) {
 	owner := eastConfig()
 	c := eastChunk("c0", eastService().Backends...)
 	c.Backends[0].Terminating = true
+	c.Backends[0].Hostname = "web-0"
 	got, err := clustermesh.DecodeEndpointChunk(&owner, nil, c.Key(), mustChunk(t, c))
 	if err != nil {
 		t.Fatal(err)

@@ -109,6 +109,9 @@ func decodeServiceCanonical(value []byte, s *Service, owner ClusterName) bool {
 			if c.has(`,"zone":"`) {
 				b.Zone = c.str("")
 			}
+			if c.has(`,"hostname":"`) {
+				b.Hostname = c.str("")
+			}
 			b.Ready = c.boolean(`,"ready":`)
 			b.Serving = c.boolean(`,"serving":`)
 			if c.has(`,"terminating":`) {
@@ -127,7 +130,22 @@ func decodeServiceCanonical(value []byte, s *Service, owner ClusterName) bool {
 			return false
 		}
 	}
-	c.lit("}")
+	if c.ok && (bytes.HasPrefix(c.b, []byte(`,"export":`)) || bytes.HasPrefix(c.b, []byte(`,"import":`))) {
+		// An MCS export's settings and a cluster's own import: small,
+		// rare next to backends, so encoding/json reads them.
+		var mcs struct {
+			Export *ExportSpec `json:"export"`
+			Import *ImportSpec `json:"import"`
+		}
+		tail := append([]byte{'{'}, c.b[1:]...)
+		if decodeStrict(tail, &mcs) != nil {
+			return false
+		}
+		out.Export, out.Import = mcs.Export, mcs.Import
+		c.b = nil
+	} else {
+		c.lit("}")
+	}
 	if !c.ok || len(c.b) != 0 {
 		return false
 	}

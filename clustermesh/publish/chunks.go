@@ -104,7 +104,7 @@ func (ch *chunker) forget(order []int) {
 }
 
 func sameBackend(a, b clustermesh.Backend) bool {
-	return a.IP == b.IP && a.Node == b.Node && a.Zone == b.Zone && a.Ready == b.Ready &&
+	return a.IP == b.IP && a.Node == b.Node && a.Zone == b.Zone && a.Hostname == b.Hostname && a.Ready == b.Ready &&
 		a.Serving == b.Serving && a.Terminating == b.Terminating && slices.Equal(a.Ports, b.Ports)
 }
 

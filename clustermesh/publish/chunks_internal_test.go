@@ -11,7 +11,7 @@ import (
 // sameBackend says a backend changed, so it must compare every field.
 func TestSameBackendComparesEveryField(t *testing.T) {
 	typ := reflect.TypeFor[clustermesh.Backend]()
-	compared := map[string]bool{"IP": true, "Ports": true, "Node": true, "Zone": true, "Ready": true, "Serving": true, "Terminating": true}
+	compared := map[string]bool{"IP": true, "Ports": true, "Node": true, "Zone": true, "Hostname": true, "Ready": true, "Serving": true, "Terminating": true}
 	for i := range typ.NumField() {
 		if f := typ.Field(i); !compared[f.Name] {
 			t.Errorf("clustermesh.Backend.%s is not compared by sameBackend: a change to it alone would not be published", f.Name)
@@ -22,6 +22,7 @@ func TestSameBackendComparesEveryField(t *testing.T) {
 		"Ports":       func(b *clustermesh.Backend) { b.Ports = []clustermesh.BackendPort{{Name: "http", Port: 81}} },
 		"Node":        func(b *clustermesh.Backend) { b.Node = "n" },
 		"Zone":        func(b *clustermesh.Backend) { b.Zone = "z" },
+		"Hostname":    func(b *clustermesh.Backend) { b.Hostname = "h" },
 		"Ready":       func(b *clustermesh.Backend) { b.Ready = true },
 		"Serving":     func(b *clustermesh.Backend) { b.Serving = true },
 		"Terminating": func(b *clustermesh.Backend) { b.Terminating = true },
