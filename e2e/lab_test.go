@@ -604,13 +604,22 @@ func (s *stream) ask(t *testing.T) identity {
 	return id
 }
 
+// loopResult is what a connect loop reports: how many connects failed
+// (-1: the loop did not finish) and, for each failure, which connect it
+// was, when it started and curl's error, to set beside the lab's logs.
+type loopResult struct {
+	failed   int
+	failures string
+}
+
 // connectLoop runs n connects from c's client pod to url, one new
-// connection each, and returns how many failed.
-func (e *labEnv) connectLoop(t *testing.T, c *lab.Cluster, url string, n int) (chan int, func()) {
+// connection each, and reports how many failed and how.
+func (e *labEnv) connectLoop(t *testing.T, c *lab.Cluster, url string, n int) (chan loopResult, func()) {
 	t.Helper()
-	script := fmt.Sprintf(`fail=0; i=0; while [ $i -lt %d ]; do i=$((i+1)); curl -s -o /dev/null --max-time 2 %s || fail=$((fail+1)); done; echo $fail`, n, url)
+	script := fmt.Sprintf(`fail=0; i=0; while [ $i -lt %d ]; do i=$((i+1)); at=$(date -u +%%H:%%M:%%S.%%N); `+
+		`if ! err=$(curl -sS -o /dev/null --max-time 2 %s 2>&1); then fail=$((fail+1)); echo "connect $i (started $at) failed: $err"; fi; done; echo $fail`, n, url)
 	cmd := exec.Command(filepath.Join(e.KubeBin, "kubectl"), "--kubeconfig", c.Kubeconfig, "exec", "deploy/client", "--", "sh", "-c", script)
-	res := make(chan int, 1)
+	res := make(chan loopResult, 1)
 	var out strings.Builder
 	cmd.Stdout = &out
 	if err := cmd.Start(); err != nil {
@@ -618,11 +627,13 @@ func (e *labEnv) connectLoop(t *testing.T, c *lab.Cluster, url string, n int) (c
 	}
 	go func() {
 		err := cmd.Wait()
-		var failed int
-		if _, serr := fmt.Sscan(out.String(), &failed); err != nil || serr != nil {
-			failed = -1
+		r := loopResult{failed: -1}
+		lines := strings.Split(strings.TrimSpace(out.String()), "\n")
+		if _, serr := fmt.Sscan(lines[len(lines)-1], &r.failed); err != nil || serr != nil {
+			r.failed = -1
 		}
-		res <- failed
+		r.failures = strings.Join(lines[:len(lines)-1], "\n")
+		res <- r
 	}()
 	return res, func() { _ = cmd.Process.Kill() }
 }
@@ -650,7 +661,10 @@ func (e *labEnv) testRestarts(t *testing.T) {
 	}
 	res, kill := e.connectLoop(t, c, "http://"+vip+":8080/", 150)
 	defer kill()
+	stamp := func(what string) { t.Logf("%s %s", time.Now().UTC().Format("15:04:05.000"), what) }
+	stamp("stopping " + node.Name + "'s agent")
 	node.StopAgent(syscall.SIGTERM)
+	stamp("starting " + node.Name + "'s agent")
 	if err := node.StartAgent(); err != nil {
 		t.Fatal(err)
 	}
@@ -658,7 +672,9 @@ func (e *labEnv) testRestarts(t *testing.T) {
 		t.Fatalf("after the agent restart the stream is answered by %s, was %s", id.Pod, first.Pod)
 	}
 	for _, cl := range []*lab.Cluster{e.east, e.west} {
+		stamp("stopping " + string(cl.Name) + "'s operator")
 		cl.StopOperator(syscall.SIGTERM)
+		stamp("starting " + string(cl.Name) + "'s operator")
 		if err := cl.StartOperator(); err != nil {
 			t.Fatal(err)
 		}
@@ -667,9 +683,9 @@ func (e *labEnv) testRestarts(t *testing.T) {
 		t.Fatalf("after the operator restarts the stream is answered by %s, was %s", id.Pod, first.Pod)
 	}
 	select {
-	case failed := <-res:
-		if failed != 0 {
-			t.Fatalf("%d connects failed across the restarts (-1: the loop did not finish)", failed)
+	case r := <-res:
+		if r.failed != 0 {
+			t.Fatalf("%d connects failed across the restarts (-1: the loop did not finish):\n%s", r.failed, r.failures)
 		}
 	case <-time.After(3 * time.Minute):
 		t.Fatal("connect loop did not finish")
