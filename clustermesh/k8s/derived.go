@@ -105,6 +105,35 @@ func (s *Source) setImported(key string, im *imported) {
 	}
 }
 
+// keepClusters returns im's clusters per port joined, for the ports im
+// has as the previous decision for key had them, with the previous
+// clusters: while the remote view is partial, a cluster not yet seen again
+// has not stopped exporting. Agents serve a port only from the named
+// clusters that do export it, so a cluster kept too long costs nothing.
+func (s *Source) keepClusters(key string, im *imported) map[string][]clustermesh.ClusterName {
+	s.localMu.Lock()
+	old := s.imported[key]
+	s.localMu.Unlock()
+	if old == nil {
+		return im.clusters
+	}
+	out := make(map[string][]clustermesh.ClusterName, len(im.clusters))
+	for _, p := range im.ports {
+		cs := slices.Clone(im.clusters[p.Name])
+		if slices.Contains(old.ports, p) {
+			for _, c := range old.clusters[p.Name] {
+				if !slices.Contains(cs, c) {
+					cs = append(cs, c)
+				}
+			}
+		}
+		if len(cs) > 0 {
+			out[p.Name] = cs
+		}
+	}
+	return out
+}
+
 // importSpec is the record's Import for key: the derived Service's
 // ClusterSetIPs with the import's ports. Called with localMu held.
 func (s *Source) importSpec(ns, key string) *clustermesh.ImportSpec {

@@ -2,6 +2,7 @@ package k8s
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"maps"
 	"net/netip"
@@ -385,5 +386,86 @@ func TestPortConflictBetweenTwoClusters(t *testing.T) {
 			}
 			return nil
 		})
+	}
+}
+
+// TestImportSurvivesRestart: a restarted operator whose view of the mesh
+// is still partial (the exporting cluster not seen yet) publishes the
+// import its records carried before, on the derived Service it keeps,
+// from its first service set on: the agents never stop serving the
+// ClusterSetIP. Once the exporter is seen again nothing changes.
+func TestImportSurvivesRestart(t *testing.T) {
+	ctx := context.Background()
+	store := memory.New()
+	ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "default"}}
+	west := westWeb(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC), nil, clustermesh.ServicePort{Name: "http", Port: 80, Protocol: clustermesh.TCP})
+	h := startClusterSet(t, []runtime.Object{ns}, nil)
+	h.mesh.set("west", west)
+	h.src.MeshChanged()
+	var before *clustermesh.Service
+	testenv.Eventually(t, 10*time.Second, func() error {
+		before, _ = h.pub.get(svcKey("default", "web")).(*clustermesh.Service)
+		if before == nil || before.Import == nil {
+			return fmt.Errorf("record %+v has no import", before)
+		}
+		return nil
+	})
+	// Stand in for the publisher: the record is in the store, as Run
+	// leaves it across a restart.
+	val, err := json.Marshal(before)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := store.Put(ctx, before.Key(), val, 0); err != nil {
+		t.Fatal(err)
+	}
+	derived, err := h.kube.CoreV1().Services("default").Get(ctx, derivedName("web"), metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	imp, err := h.importOf(ctx, "web")
+	if err != nil {
+		t.Fatal(err)
+	}
+	h.stop()
+
+	partial := &fakeMesh{}
+	h2 := startWithMesh(t, Config{Cluster: testCluster, BatchDelay: time.Millisecond, ClusterSetCIDRs: []netip.Prefix{clusterSet}},
+		store, partial, []runtime.Object{ns, derived}, []runtime.Object{imp})
+	// startWithMesh returned once the first service set was handed over.
+	rec, _ := h2.pub.get(svcKey("default", "web")).(*clustermesh.Service)
+	if rec == nil || rec.Import == nil || !slices.Equal(rec.Import.IPs, before.Import.IPs) ||
+		!slices.Equal(rec.Import.Clusters["http"], []clustermesh.ClusterName{"west"}) {
+		t.Fatalf("first record after the restart %+v, want the import %+v", rec, before.Import)
+	}
+	// mesh_to_kube's passes over the partial view keep it.
+	h2.src.MeshChanged()
+	partial.mu.Lock()
+	partial.clusters = map[clustermesh.ClusterName]RemoteCluster{"west": {Services: map[string]clustermesh.Service{}}}
+	partial.mu.Unlock()
+	h2.src.MeshChanged()
+	// west is seen again: the view is complete and the import unchanged.
+	partial.set("west", west)
+	partial.mu.Lock()
+	partial.complete = true
+	partial.mu.Unlock()
+	h2.src.MeshChanged()
+	testenv.Eventually(t, 10*time.Second, func() error {
+		imp, err := h2.importOf(ctx, "web")
+		if err != nil {
+			return err
+		}
+		if len(imp.Status.Clusters) != 1 {
+			return fmt.Errorf("import status %+v, want west", imp.Status)
+		}
+		return nil
+	})
+	rec, _ = h2.pub.get(svcKey("default", "web")).(*clustermesh.Service)
+	if rec == nil || rec.Import == nil || !slices.Equal(rec.Import.IPs, before.Import.IPs) {
+		t.Fatalf("record once west is seen again %+v, want the import %+v", rec, before.Import)
+	}
+	d, err := h2.kube.CoreV1().Services("default").Get(ctx, derivedName("web"), metav1.GetOptions{})
+	if err != nil || d.UID != derived.UID || d.Spec.ClusterIP != derived.Spec.ClusterIP {
+		t.Fatalf("derived service after the restart %+v (%v), was %+v", d, err, derived)
 	}
 }

@@ -429,10 +429,12 @@ func (s *Source) reconcileImport(ctx context.Context, ns, name string, res resol
 		return nil // someone else's
 	}
 	if !want {
-		s.setImported(key, nil)
 		if !complete {
+			// A partial view (a restarted operator) has not seen every
+			// exporter yet: keep serving what was decided before.
 			return nil
 		}
+		s.setImported(key, nil)
 		var errs []error
 		if have != nil {
 			err := client.Delete(ctx, name, metav1.DeleteOptions{Preconditions: &metav1.Preconditions{UID: &have.UID}})
@@ -450,7 +452,11 @@ func (s *Source) reconcileImport(ctx context.Context, ns, name string, res resol
 		errs = append(errs, err)
 	}
 	if derived != nil && res.Type == mcsv1beta1.ClusterSetIP {
-		s.setImported(key, &imported{derived: derived.Name, ports: slices.Clone(res.Ports), clusters: res.PortClusters})
+		im := &imported{derived: derived.Name, ports: slices.Clone(res.Ports), clusters: res.PortClusters}
+		if !complete {
+			im.clusters = s.keepClusters(key, im)
+		}
+		s.setImported(key, im)
 	} else {
 		s.setImported(key, nil)
 	}

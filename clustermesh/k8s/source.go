@@ -529,6 +529,7 @@ func (s *Source) Run(ctx context.Context) error {
 		return nil // ctx done
 	}
 	s.log.Info("kubernetes caches synced")
+	s.adoptImports(ctx)
 	s.queueAll()
 
 	// Workers stop before the informers and the event broadcaster do.

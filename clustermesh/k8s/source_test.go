@@ -146,8 +146,13 @@ func start(t *testing.T, store *memory.Store, objs []runtime.Object, mcsObjs []r
 
 func startWith(t *testing.T, cfg Config, store *memory.Store, objs []runtime.Object, mcsObjs []runtime.Object) *harness {
 	t.Helper()
+	return startWithMesh(t, cfg, store, &fakeMesh{complete: true}, objs, mcsObjs)
+}
+
+func startWithMesh(t *testing.T, cfg Config, store *memory.Store, mesh *fakeMesh, objs []runtime.Object, mcsObjs []runtime.Object) *harness {
+	t.Helper()
 	h := &harness{kube: kubefake.NewClientset(objs...), mcs: mcsfake.NewSimpleClientset(mcsObjs...), pub: newFakePublisher(),
-		mesh: &fakeMesh{complete: true}, store: store}
+		mesh: mesh, store: store}
 	h.kube.Resources = []*metav1.APIResourceList{{GroupVersion: mcsv1beta1.GroupVersion.String(),
 		APIResources: []metav1.APIResource{{Name: "serviceexports"}, {Name: "serviceimports"}}}}
 	src, err := New(cfg, Clients{Kube: h.kube, MCS: h.mcs}, h.pub, store, h.mesh, nil, nil)
