@@ -390,23 +390,33 @@ func TestPortConflictBetweenTwoClusters(t *testing.T) {
 }
 
 // TestImportSurvivesRestart: a restarted operator whose view of the mesh
-// is still partial (the exporting cluster not seen yet) publishes the
-// import its records carried before, on the derived Service it keeps,
-// from its first service set on: the agents never stop serving the
-// ClusterSetIP. Once the exporter is seen again nothing changes.
+// is still partial (the other exporting cluster not seen yet) publishes
+// the import its records carried before, on the derived Service and
+// slices it keeps, from its first service set on: the agents never stop
+// serving the ClusterSetIP or the other cluster's backends. Once the
+// exporter is seen again nothing changes.
 func TestImportSurvivesRestart(t *testing.T) {
 	ctx := context.Background()
 	store := memory.New()
 	ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "default"}}
+	svc := service("default", "web", nil, corev1.ServicePort{Name: "http", Port: 80, Protocol: corev1.ProtocolTCP})
+	exp := &mcsv1beta1.ServiceExport{ObjectMeta: metav1.ObjectMeta{Namespace: "default", Name: "web",
+		CreationTimestamp: metav1.NewTime(time.Date(2026, 1, 2, 0, 0, 0, 0, time.UTC))}}
 	west := westWeb(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC), nil, clustermesh.ServicePort{Name: "http", Port: 80, Protocol: clustermesh.TCP})
-	h := startClusterSet(t, []runtime.Object{ns}, nil)
+	h := startClusterSet(t, []runtime.Object{ns, svc}, []runtime.Object{exp})
 	h.mesh.set("west", west)
 	h.src.MeshChanged()
 	var before *clustermesh.Service
+	var slices0 *discoveryv1.EndpointSliceList
 	testenv.Eventually(t, 10*time.Second, func() error {
 		before, _ = h.pub.get(svcKey("default", "web")).(*clustermesh.Service)
-		if before == nil || before.Import == nil {
-			return fmt.Errorf("record %+v has no import", before)
+		if before == nil || before.Import == nil || len(before.Import.Clusters["http"]) != 2 {
+			return fmt.Errorf("record %+v has no import served by both clusters", before)
+		}
+		var err error
+		slices0, err = h.kube.DiscoveryV1().EndpointSlices("default").List(ctx, metav1.ListOptions{LabelSelector: mcsv1beta1.LabelServiceName + "=web"})
+		if err != nil || len(slices0.Items) == 0 {
+			return fmt.Errorf("no import slices yet: %v", err)
 		}
 		return nil
 	})
@@ -429,16 +439,33 @@ func TestImportSurvivesRestart(t *testing.T) {
 	}
 	h.stop()
 
+	objs := []runtime.Object{ns, svc, derived}
+	for i := range slices0.Items {
+		objs = append(objs, &slices0.Items[i])
+	}
 	partial := &fakeMesh{}
 	h2 := startWithMesh(t, Config{Cluster: testCluster, BatchDelay: time.Millisecond, ClusterSetCIDRs: []netip.Prefix{clusterSet}},
-		store, partial, []runtime.Object{ns, derived}, []runtime.Object{imp})
-	// startWithMesh returned once the first service set was handed over.
-	rec, _ := h2.pub.get(svcKey("default", "web")).(*clustermesh.Service)
-	if rec == nil || rec.Import == nil || !slices.Equal(rec.Import.IPs, before.Import.IPs) ||
-		!slices.Equal(rec.Import.Clusters["http"], []clustermesh.ClusterName{"west"}) {
-		t.Fatalf("first record after the restart %+v, want the import %+v", rec, before.Import)
+		store, partial, objs, []runtime.Object{exp, imp})
+	same := func(when string) {
+		t.Helper()
+		rec, _ := h2.pub.get(svcKey("default", "web")).(*clustermesh.Service)
+		if rec == nil || rec.Import == nil || !slices.Equal(rec.Import.IPs, before.Import.IPs) ||
+			!slices.Equal(rec.Import.Clusters["http"], before.Import.Clusters["http"]) {
+			t.Fatalf("record %s: %+v, want the import %+v", when, rec, before.Import)
+		}
+		l, err := h2.kube.DiscoveryV1().EndpointSlices("default").List(ctx, metav1.ListOptions{LabelSelector: mcsv1beta1.LabelServiceName + "=web"})
+		if err != nil || len(l.Items) != len(slices0.Items) {
+			t.Fatalf("import slices %s: %v %v, want %d", when, l, err, len(slices0.Items))
+		}
+		d, err := h2.kube.CoreV1().Services("default").Get(ctx, derivedName("web"), metav1.GetOptions{})
+		if err != nil || d.UID != derived.UID || d.Spec.ClusterIP != derived.Spec.ClusterIP {
+			t.Fatalf("derived service %s: %+v (%v), was %+v", when, d, err, derived)
+		}
 	}
-	// mesh_to_kube's passes over the partial view keep it.
+	// startWithMesh returned once the first service set was handed over.
+	same("in the first service set after the restart")
+	// mesh_to_kube passes over the partial view keep it: west unknown,
+	// then known but not synced.
 	h2.src.MeshChanged()
 	partial.mu.Lock()
 	partial.clusters = map[clustermesh.ClusterName]RemoteCluster{"west": {Services: map[string]clustermesh.Service{}}}
@@ -455,17 +482,17 @@ func TestImportSurvivesRestart(t *testing.T) {
 		if err != nil {
 			return err
 		}
-		if len(imp.Status.Clusters) != 1 {
-			return fmt.Errorf("import status %+v, want west", imp.Status)
+		if len(imp.Status.Clusters) != 2 {
+			return fmt.Errorf("import status %+v, want east and west", imp.Status)
 		}
 		return nil
 	})
-	rec, _ = h2.pub.get(svcKey("default", "web")).(*clustermesh.Service)
-	if rec == nil || rec.Import == nil || !slices.Equal(rec.Import.IPs, before.Import.IPs) {
-		t.Fatalf("record once west is seen again %+v, want the import %+v", rec, before.Import)
-	}
-	d, err := h2.kube.CoreV1().Services("default").Get(ctx, derivedName("web"), metav1.GetOptions{})
-	if err != nil || d.UID != derived.UID || d.Spec.ClusterIP != derived.Spec.ClusterIP {
-		t.Fatalf("derived service after the restart %+v (%v), was %+v", d, err, derived)
+	same("once west is seen again")
+	for i, r := range h2.pub.writes(svcKey("default", "web")) {
+		rec, _ := r.(*clustermesh.Service)
+		if rec == nil || rec.Import == nil || !slices.Equal(rec.Import.IPs, before.Import.IPs) ||
+			!slices.Equal(rec.Import.Clusters["http"], before.Import.Clusters["http"]) {
+			t.Fatalf("write %d of the record after the restart: %+v, want the import %+v", i, rec, before.Import)
+		}
 	}
 }

@@ -411,6 +411,21 @@ func importSpecOf(res resolution, derived *corev1.Service, fallback []corev1.IPF
 	return spec
 }
 
+// missesExporter reports whether a remote cluster the import lists is
+// absent from res while the view of it is not yet synced.
+func (s *Source) missesExporter(have *mcsv1beta1.ServiceImport, res resolution, remote map[clustermesh.ClusterName]RemoteCluster) bool {
+	for _, cs := range have.Status.Clusters {
+		c := clustermesh.ClusterName(cs.Cluster)
+		if c == s.cfg.Cluster.Name || slices.Contains(res.Clusters, c) {
+			continue
+		}
+		if rc, known := remote[c]; !known || !rc.Synced {
+			return true
+		}
+	}
+	return false
+}
+
 // reconcileImport makes the ServiceImport of ns/name, its derived Service
 // and its EndpointSlices match res.
 func (s *Source) reconcileImport(ctx context.Context, ns, name string, res resolution, local *clustermesh.Service,
@@ -427,6 +442,12 @@ func (s *Source) reconcileImport(ctx context.Context, ns, name string, res resol
 	want := len(res.Clusters) > 0 && s.namespaceExists(ns)
 	if have != nil && have.Labels[LabelManagedBy] != managedByValue {
 		return nil // someone else's
+	}
+	if !complete && have != nil && s.missesExporter(have, res, remote) {
+		// A partial view (a restarted operator) lacks an exporter the
+		// import lists: keep the import, its derived Service, slices and
+		// record as they are until that cluster is seen again or gone.
+		return nil
 	}
 	if !want {
 		if !complete {

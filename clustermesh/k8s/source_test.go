@@ -33,6 +33,27 @@ type fakePublisher struct {
 	mu      sync.Mutex
 	records map[string]Record
 	deletes int
+	// history is every write in order; a deletion is a nil Record under
+	// its key.
+	history []keyed
+}
+
+type keyed struct {
+	key string
+	rec Record
+}
+
+// writes returns the history of key.
+func (p *fakePublisher) writes(key string) []Record {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	var out []Record
+	for _, k := range p.history {
+		if k.key == key {
+			out = append(out, k.rec)
+		}
+	}
+	return out
 }
 
 func newFakePublisher() *fakePublisher { return &fakePublisher{records: map[string]Record{}} }
@@ -52,10 +73,12 @@ func (p *fakePublisher) Replace(kind clustermesh.Kind, recs []Record) error {
 		if strings.HasPrefix(k, prefix) && !want[k] {
 			delete(p.records, k)
 			p.deletes++
+			p.history = append(p.history, keyed{k, nil})
 		}
 	}
 	for _, r := range recs {
 		p.records[r.Key()] = r
+		p.history = append(p.history, keyed{r.Key(), r})
 	}
 	return nil
 }
@@ -64,6 +87,7 @@ func (p *fakePublisher) Upsert(r Record) error {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.records[r.Key()] = r
+	p.history = append(p.history, keyed{r.Key(), r})
 	return nil
 }
 
@@ -74,6 +98,7 @@ func (p *fakePublisher) Delete(key string) {
 		p.deletes++
 	}
 	delete(p.records, key)
+	p.history = append(p.history, keyed{key, nil})
 }
 
 func (p *fakePublisher) get(key string) Record {
