@@ -1,7 +1,7 @@
 // Command coredns is CoreDNS, built from the Go module proxy at the version
 // pinned in this directory's go.mod (see build.sh), with the plugins a
 // cluster's DNS needs: kubernetes (cluster.local, and clusterset.local
-// through its multicluster option), bind, forward, cache, hosts,
+// through its multicluster option), bind, forward, cache,
 // loadbalance, errors, log, health, ready, and what deploy/coredns/Corefile
 // adds (prometheus, loop, reload). Plugins outside this set are left out to
 // keep the build short.
@@ -15,7 +15,6 @@ import (
 	_ "github.com/coredns/coredns/plugin/errors"
 	_ "github.com/coredns/coredns/plugin/forward"
 	_ "github.com/coredns/coredns/plugin/health"
-	_ "github.com/coredns/coredns/plugin/hosts"
 	_ "github.com/coredns/coredns/plugin/kubernetes"
 	_ "github.com/coredns/coredns/plugin/loadbalance"
 	_ "github.com/coredns/coredns/plugin/log"
