@@ -616,9 +616,16 @@ type loopResult struct {
 // connection each, and reports how many failed and how.
 func (e *labEnv) connectLoop(t *testing.T, c *lab.Cluster, url string, n int) (chan loopResult, func()) {
 	t.Helper()
+	return e.connectLoopFrom(t, c, []string{"exec", "deploy/client"}, url, n)
+}
+
+// connectLoopFrom is connectLoop from the pod kubectl's exec args name.
+func (e *labEnv) connectLoopFrom(t *testing.T, c *lab.Cluster, execArgs []string, url string, n int) (chan loopResult, func()) {
+	t.Helper()
 	script := fmt.Sprintf(`fail=0; i=0; while [ $i -lt %d ]; do i=$((i+1)); at=$(date -u +%%H:%%M:%%S.%%N); `+
 		`if ! err=$(curl -sS -o /dev/null --max-time 2 %s 2>&1); then fail=$((fail+1)); echo "connect $i (started $at) failed: $err"; fi; done; echo $fail`, n, url)
-	cmd := exec.Command(filepath.Join(e.KubeBin, "kubectl"), "--kubeconfig", c.Kubeconfig, "exec", "deploy/client", "--", "sh", "-c", script)
+	args := append([]string{"--kubeconfig", c.Kubeconfig}, execArgs...)
+	cmd := exec.Command(filepath.Join(e.KubeBin, "kubectl"), append(args, "--", "sh", "-c", script)...)
 	res := make(chan loopResult, 1)
 	var out strings.Builder
 	cmd.Stdout = &out

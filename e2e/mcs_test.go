@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -61,7 +62,8 @@ spec:
 // TestMCS: two clusters export "hello" (west a second later); from a pod in
 // east, hello.mcs.svc.clusterset.local resolves through the cluster's
 // CoreDNS to the ServiceImport's ClusterSetIP and a connect to it reaches
-// both clusters; after the last export is removed the name stops resolving.
+// both clusters, also while both operators restart; after the last export
+// is removed the name stops resolving.
 // Then a port conflict: Conflict=True on both exports naming both clusters,
 // and the import keeps the older export's port.
 func TestMCS(t *testing.T) {
@@ -125,6 +127,38 @@ func TestMCS(t *testing.T) {
 		}
 		return nil
 	})
+
+	// Both operators restart while east's client connects to the
+	// ClusterSetIP: the import keeps its ClusterSetIP and derived Service,
+	// and no connect fails (the agents keep serving it throughout).
+	derivedUID := func() string {
+		return strings.TrimSpace(e.mustKubectl(t, e.east, nil, "-n", "mcs", "get", "services", "-l", "multicluster.kubernetes.io/service-name=hello",
+			"-o", "jsonpath={.items[*].metadata.uid}"))
+	}
+	uid := derivedUID()
+	res, kill := e.connectLoopFrom(t, e.east, []string{"-n", "mcs", "exec", "client"}, "http://"+ip+":8080/", 40)
+	defer kill()
+	for _, c := range []*lab.Cluster{e.east, e.west} {
+		c.StopOperator(syscall.SIGTERM)
+		if err := c.StartOperator(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	select {
+	case r := <-res:
+		if r.failed != 0 {
+			t.Fatalf("%d connects to the ClusterSetIP failed across the operator restarts (-1: the loop did not finish):\n%s", r.failed, r.failures)
+		}
+	case <-time.After(3 * time.Minute):
+		t.Fatal("connect loop did not finish")
+	}
+	e.waitSynced(t)
+	if got, err := importIP(e.east); err != nil || got != ip {
+		t.Fatalf("after the operator restarts the ClusterSetIP is %q (%v), was %s", got, err, ip)
+	}
+	if got := derivedUID(); got != uid {
+		t.Fatalf("after the operator restarts the derived Service is %q, was %q", got, uid)
+	}
 
 	// The import's EndpointSlices, as CoreDNS and the MCS API read them:
 	// one per exporting cluster, accepted by a real API server.
