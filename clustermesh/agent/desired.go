@@ -81,21 +81,7 @@ func DesiredState(snap *remote.Snapshot, local clustermesh.ClusterName, unreacha
 					if !ok || (cname != local && !other.Shared) {
 						continue
 					}
-					for _, b := range other.Backends {
-						target, ok := b.Port(port.Name)
-						if !ok || b.IP.Is4() != v4 {
-							continue
-						}
-						ds.Backends = append(ds.Backends, datapath.Backend{
-							Addr:            netip.AddrPortFrom(b.IP, target),
-							Cluster:         cname,
-							Node:            b.Node,
-							Zone:            b.Zone,
-							Region:          snap.Clusters[cname].Nodes[b.Node].Region,
-							Healthy:         b.Ready || (b.Serving && !b.Terminating),
-							NodeUnreachable: unreachable != nil && b.Node != "" && unreachable(cname, b.Node),
-						})
-					}
+					ds.Backends = appendBackends(ds.Backends, snap, cname, other, port.Name, v4, unreachable)
 				}
 				want.Services = append(want.Services, ds)
 			}
@@ -132,24 +118,32 @@ func importServices(snap *remote.Snapshot, local clustermesh.ClusterName, n stri
 				if !ok || !other.Shared || other.ExportedAt.IsZero() {
 					continue
 				}
-				for _, b := range other.Backends {
-					target, ok := b.Port(port.Name)
-					if !ok || b.IP.Is4() != v4 {
-						continue
-					}
-					ds.Backends = append(ds.Backends, datapath.Backend{
-						Addr:            netip.AddrPortFrom(b.IP, target),
-						Cluster:         cname,
-						Node:            b.Node,
-						Zone:            b.Zone,
-						Region:          snap.Clusters[cname].Nodes[b.Node].Region,
-						Healthy:         b.Ready || (b.Serving && !b.Terminating),
-						NodeUnreachable: unreachable != nil && b.Node != "" && unreachable(cname, b.Node),
-					})
-				}
+				ds.Backends = appendBackends(ds.Backends, snap, cname, other, port.Name, v4, unreachable)
 			}
 			out = append(out, ds)
 		}
+	}
+	return out
+}
+
+// appendBackends appends to out the backends of cluster cname's service svc
+// that serve the port named port in the address family v4 selects, with
+// their node's topology and health.
+func appendBackends(out []datapath.Backend, snap *remote.Snapshot, cname clustermesh.ClusterName, svc clustermesh.Service, port string, v4 bool, unreachable func(clustermesh.ClusterName, string) bool) []datapath.Backend {
+	for _, b := range svc.Backends {
+		target, ok := b.Port(port)
+		if !ok || b.IP.Is4() != v4 {
+			continue
+		}
+		out = append(out, datapath.Backend{
+			Addr:            netip.AddrPortFrom(b.IP, target),
+			Cluster:         cname,
+			Node:            b.Node,
+			Zone:            b.Zone,
+			Region:          snap.Clusters[cname].Nodes[b.Node].Region,
+			Healthy:         b.Ready || (b.Serving && !b.Terminating),
+			NodeUnreachable: unreachable != nil && b.Node != "" && unreachable(cname, b.Node),
+		})
 	}
 	return out
 }
