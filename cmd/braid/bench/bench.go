@@ -70,17 +70,12 @@ the first tenth warms up.`,
 }
 
 func benchPropagation(ctx context.Context, out io.Writer, n int) error {
-	dir, err := os.MkdirTemp("", "braid-bench-")
-	if err != nil {
-		return err
-	}
-	defer os.RemoveAll(dir)
-	log := slog.New(slog.DiscardHandler)
-	b, stop, err := broker.StartLocal(ctx, dir, log)
+	b, dir, stop, err := startLocalBroker(ctx)
 	if err != nil {
 		return err
 	}
 	defer stop()
+	log := slog.New(slog.DiscardHandler)
 	credsA, err := b.AddCluster(ctx, clustermesh.Grant{Name: "a", ID: 1, PodCIDRs: []netip.Prefix{netip.MustParsePrefix("10.1.0.0/16")}})
 	if err != nil {
 		return err
@@ -367,6 +362,21 @@ func servicePort(rec any) uint16 {
 		return 0
 	}
 	return s.Backends[0].Ports[0].Port
+}
+
+// startLocalBroker starts an in-process broker, discarding its log, in a
+// fresh temporary directory; stop stops it and removes the directory.
+func startLocalBroker(ctx context.Context) (b *broker.Broker, dir string, stop func(), err error) {
+	dir, err = os.MkdirTemp("", "braid-bench-")
+	if err != nil {
+		return nil, "", nil, err
+	}
+	b, stopBroker, err := broker.StartLocal(ctx, dir, slog.New(slog.DiscardHandler))
+	if err != nil {
+		os.RemoveAll(dir)
+		return nil, "", nil, err
+	}
+	return b, dir, func() { stopBroker(); os.RemoveAll(dir) }, nil
 }
 
 // adminClient connects to the broker on dir as root.

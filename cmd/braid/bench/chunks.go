@@ -6,7 +6,6 @@ import (
 	"io"
 	"log/slog"
 	"net/netip"
-	"os"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -82,17 +81,12 @@ type chunkSide struct {
 }
 
 func benchChunks(ctx context.Context, out io.Writer, backends, n int) error {
-	dir, err := os.MkdirTemp("", "braid-bench-")
-	if err != nil {
-		return err
-	}
-	defer os.RemoveAll(dir)
-	log := slog.New(slog.DiscardHandler)
-	b, stop, err := broker.StartLocal(ctx, dir, log)
+	b, dir, stop, err := startLocalBroker(ctx)
 	if err != nil {
 		return err
 	}
 	defer stop()
+	log := slog.New(slog.DiscardHandler)
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	var wg sync.WaitGroup
