@@ -369,9 +369,16 @@ func (b *Broker) Run(ctx context.Context) error {
 	case <-ctx.Done():
 		return nil
 	}
+	// The removal watch starts at a revision read before Ready: a watch
+	// opens lazily, and a grant deleted between Ready and the watch's
+	// creation would otherwise never end the removed cluster's streams.
+	from, err := b.kickUngranted(ctx, admin)
+	if err != nil {
+		return fmt.Errorf("run broker: %w", err)
+	}
+	go b.kickRemoved(ctx, admin, from)
 	close(b.ready)
 	b.log.Info("broker ready", "endpoints", b.cfg.ClientURLs, "metrics", metricsURL.String(), "join", b.JoinURL(), "dataDir", b.cfg.DataDir)
-	go b.kickRemoved(ctx, admin)
 
 	select {
 	case <-ctx.Done():
@@ -479,11 +486,43 @@ func (b *Broker) RemoveCluster(ctx context.Context, name clustermesh.ClusterName
 }
 
 // kickRemoved ends the open streams of every cluster whose grant is
-// deleted, whoever deleted it (RemoveCluster here or from `braid broker
-// remove-cluster`): the cluster's user is gone by then, so its client cannot
-// open them again.
-func (b *Broker) kickRemoved(ctx context.Context, admin *clientv3.Client) {
-	for resp := range admin.Watch(clientv3.WithRequireLeader(ctx), clustermesh.GrantsPrefix, clientv3.WithPrefix(), clientv3.WithFilterPut()) {
+// deleted at or after revision from, whoever deleted it (RemoveCluster here
+// or `braid broker remove-cluster` from another process): the cluster's
+// user is gone by then, so its client cannot open them again. etcd ends the
+// watch whenever the auth store moves past the revision of the token that
+// opened it (every user or role change does) and a compaction can skip
+// deletes, so each time the watch ends kickRemoved lists the grants, ends
+// the streams of every cluster user without one, and watches again from
+// there. It returns when ctx is done.
+func (b *Broker) kickRemoved(ctx context.Context, admin *clientv3.Client, from int64) {
+	for {
+		err := b.followGrantDeletes(ctx, admin, from)
+		for {
+			if ctx.Err() != nil {
+				return
+			}
+			b.log.Debug("grant watch ended; listing the grants again", "err", err)
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(200 * time.Millisecond):
+			}
+			if from, err = b.kickUngranted(ctx, admin); err == nil {
+				break
+			}
+		}
+	}
+}
+
+// followGrantDeletes ends the streams of each cluster whose grant a watch
+// from revision from sees deleted, until the watch ends.
+func (b *Broker) followGrantDeletes(ctx context.Context, admin *clientv3.Client, from int64) error {
+	wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
+	defer cancel()
+	for resp := range admin.Watch(wctx, clustermesh.GrantsPrefix, clientv3.WithPrefix(), clientv3.WithFilterPut(), clientv3.WithRev(from)) {
+		if err := resp.Err(); err != nil {
+			return fmt.Errorf("watch grants: %w", err)
+		}
 		for _, ev := range resp.Events {
 			name := clustermesh.ClusterName(strings.TrimPrefix(string(ev.Kv.Key), clustermesh.GrantsPrefix))
 			if n := b.guard.kick(ClusterUser(name)); n > 0 {
@@ -491,6 +530,30 @@ func (b *Broker) kickRemoved(ctx context.Context, admin *clientv3.Client) {
 			}
 		}
 	}
+	return fmt.Errorf("watch grants: %w", ctx.Err())
+}
+
+// kickUngranted ends the open streams of every cluster user that has no
+// grant and returns the revision after the one its list of grants was read
+// at, from which a watch misses no delete.
+func (b *Broker) kickUngranted(ctx context.Context, admin *clientv3.Client) (int64, error) {
+	resp, err := admin.Get(ctx, clustermesh.GrantsPrefix, clientv3.WithPrefix(), clientv3.WithKeysOnly())
+	if err != nil {
+		return 0, fmt.Errorf("list grants: %w", err)
+	}
+	granted := make(map[string]bool, len(resp.Kvs))
+	for _, kv := range resp.Kvs {
+		granted[ClusterUser(clustermesh.ClusterName(strings.TrimPrefix(string(kv.Key), clustermesh.GrantsPrefix)))] = true
+	}
+	for _, user := range b.guard.streamUsers() {
+		if granted[user] || !strings.HasPrefix(user, ClusterUser("")) {
+			continue
+		}
+		if n := b.guard.kick(user); n > 0 {
+			b.log.Info("cluster user has no grant; ended its open streams", "user", user, "streams", n)
+		}
+	}
+	return resp.Header.Revision + 1, nil
 }
 
 // clientServerTLS is the TLS configuration of the broker's client URLs. A

@@ -111,6 +111,17 @@ func (g *guard) stream(srv any, ss grpc.ServerStream, info *grpc.StreamServerInf
 	return err
 }
 
+// streamUsers returns the users with open streams.
+func (g *guard) streamUsers() []string {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	users := make([]string, 0, len(g.streams))
+	for u := range g.streams {
+		users = append(users, u)
+	}
+	return users
+}
+
 // kick ends every open stream of user and returns how many there were.
 func (g *guard) kick(user string) int {
 	g.mu.Lock()
