@@ -6,8 +6,10 @@ import (
 	"net/netip"
 	"slices"
 	"strconv"
+	"strings"
 
 	"github.com/braidmesh/braid/clustermesh"
+	"github.com/braidmesh/braid/kvstore"
 )
 
 // ServiceLayout says which key layouts a Publisher writes services in.
@@ -127,9 +129,11 @@ func (c *chunker) assign(backends []clustermesh.Backend) (map[int][]clustermesh.
 	need := (len(backends) + clustermesh.MaxChunkBackends - 1) / clustermesh.MaxChunkBackends
 	repack := len(counts) > 2*need+1
 	if repack {
+		// The repacked chunks take new names (c.next goes on): consumers
+		// switch from the old chunks to the new ones with the header, and
+		// never see a backend in two chunks or in none.
 		clear(counts)
 		nfresh = len(backends)
-		c.next = 0
 	}
 	byChunk := make(map[int][]clustermesh.Backend, len(counts)+nfresh/clustermesh.MaxChunkBackends+1)
 	for n, k := range counts {
@@ -178,6 +182,105 @@ func (c *chunker) assign(backends []clustermesh.Backend) (map[int][]clustermesh.
 }
 
 func chunkName(n int) string { return "c" + strconv.Itoa(n) }
+
+// chunkNumber parses a name chunkName made.
+func chunkNumber(name string) (int, bool) {
+	digits, ok := strings.CutPrefix(name, "c")
+	if !ok {
+		return 0, false
+	}
+	n, err := strconv.Atoi(digits)
+	return n, err == nil && n >= 0 && chunkName(n) == name
+}
+
+// adoptChunksLocked makes each desired service's chunk assignment start
+// from the chunks a previous incarnation of this publisher left in the
+// store (owned, listed at session start), once per Publisher: a fresh
+// assignment would move backends between chunks that both stay, and a move
+// is two writes, between which consumers would see the backend in two
+// chunks and reject the service. p.mu must be held.
+func (p *Publisher) adoptChunksLocked(owned []kvstore.KeyValue) {
+	if p.chunksAdopted || !p.cfg.ServiceLayout.chunked() {
+		return
+	}
+	p.chunksAdopted = true
+	of := map[string]map[netip.Addr]int{} // service -> backend -> chunk number
+	next := map[string]int{}
+	anyIP := func(netip.Addr) bool { return true } // our own entries: only the IPs matter
+	for _, kv := range owned {
+		pk, err := clustermesh.ParseKey(kv.Key)
+		if err != nil || pk.Kind != clustermesh.KindServicesV2 {
+			continue
+		}
+		name, chunk, ok := clustermesh.SplitServicesV2Name(pk.Name)
+		n, numbered := chunkNumber(chunk)
+		if !ok || !numbered || p.chunkers[name] == nil {
+			continue // a header, or a service no longer desired (its keys go)
+		}
+		c, err := clustermesh.DecodeEndpointChunk(&p.cfg.Cluster, anyIP, kv.Key, kv.Value)
+		if err != nil {
+			continue // rewritten anyway
+		}
+		if of[name] == nil {
+			of[name] = make(map[netip.Addr]int)
+		}
+		for _, b := range c.Backends {
+			of[name][b.IP] = n
+		}
+		next[name] = max(next[name], n+1)
+	}
+	for name, assigned := range of {
+		svc, err := p.desiredServiceLocked(name)
+		if err != nil {
+			p.log.Warn("keeping a new chunk assignment", "service", name, "err", err)
+			continue
+		}
+		p.chunkers[name] = &chunker{of: assigned, next: next[name]}
+		enc, err := p.encodeServiceLocked(&svc)
+		if err != nil {
+			p.log.Warn("keeping a new chunk assignment", "service", name, "err", err)
+			continue
+		}
+		p.setServiceLocked(name, enc)
+	}
+}
+
+// desiredServiceLocked decodes service name back from its desired chunked
+// layout. p.mu must be held.
+func (p *Publisher) desiredServiceLocked(name string) (clustermesh.Service, error) {
+	var header *clustermesh.ServiceHeader
+	chunks := map[string]*clustermesh.EndpointChunk{}
+	anyIP := func(netip.Addr) bool { return true }
+	for _, key := range p.byService[name] {
+		if p.kindOf[key] != clustermesh.KindServicesV2 {
+			continue
+		}
+		pk, err := clustermesh.ParseKey(key)
+		if err != nil {
+			return clustermesh.Service{}, err
+		}
+		if _, chunk, _ := clustermesh.SplitServicesV2Name(pk.Name); chunk != "" {
+			c, err := clustermesh.DecodeEndpointChunk(&p.cfg.Cluster, anyIP, key, p.desired[key])
+			if err != nil {
+				return clustermesh.Service{}, err
+			}
+			chunks[chunk] = &c
+			continue
+		}
+		h, err := clustermesh.DecodeServiceHeader(&p.cfg.Cluster, key, p.desired[key])
+		if err != nil {
+			return clustermesh.Service{}, err
+		}
+		header = &h
+	}
+	if header == nil {
+		return clustermesh.Service{}, fmt.Errorf("service %s has no desired header", name)
+	}
+	return clustermesh.AssembleService(header, func(chunk string) (*clustermesh.EndpointChunk, bool) {
+		c, ok := chunks[chunk]
+		return c, ok
+	})
+}
 
 // encodedService is one service's keys and values in the layouts written.
 type encodedService struct {

@@ -69,6 +69,9 @@ type Publisher struct {
 	// "namespace/name"; chunkers its chunk assignment.
 	byService map[string][]string
 	chunkers  map[string]*chunker
+	// chunksAdopted says the chunk assignment left in the store was
+	// adopted (the first session does it).
+	chunksAdopted bool
 
 	loop *reconcile.Loop
 	sess *session // owned by loop's rounds

@@ -123,6 +123,9 @@ func (p *Publisher) startSession(ctx context.Context) (*session, error) {
 
 		unmarked: make(map[clustermesh.Kind]bool),
 	}}
+	p.mu.Lock()
+	p.adoptChunksLocked(owned)
+	p.mu.Unlock()
 	s.ctx, s.cancel = context.WithCancelCause(ctx)
 	s.wg.Add(1)
 	go func() {
