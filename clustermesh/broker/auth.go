@@ -244,7 +244,9 @@ func RemoveCluster(ctx context.Context, admin *clientv3.Client, name clustermesh
 	}
 	leases := map[clientv3.LeaseID]bool{}
 	for _, p := range append(append(clustermesh.OwnedPrefixes(name), clustermesh.AgentPrefixes(name)...), clustermesh.ClusterKey(name)) {
-		resp, err := admin.Get(ctx, p, clientv3.WithPrefix(), clientv3.WithKeysOnly())
+		// Not WithKeysOnly: etcd answers a keys-only range from its
+		// in-memory index, which holds no leases (every Lease is 0).
+		resp, err := admin.Get(ctx, p, clientv3.WithPrefix())
 		if err != nil {
 			return fmt.Errorf("remove cluster %s: list its keys: %w", name, err)
 		}

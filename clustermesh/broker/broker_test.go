@@ -576,3 +576,50 @@ func TestBrokerStartSyncsOldClusterRoles(t *testing.T) {
 		t.Errorf("second sync changed %v (err %v), want nothing", changed, err)
 	}
 }
+
+// TestRemoveClusterRevokesEveryLease: a cluster's keys bound to several
+// leases (a publisher spreads them, see publish.Config.KeysPerLease) all
+// vanish at once when the cluster is removed. etcd's keys-only range
+// leaves a key's lease out, so the leases must be read with the values.
+func TestRemoveClusterRevokesEveryLease(t *testing.T) {
+	ports := testenv.FreePorts(t, 2)
+	b := startBroker(t, t.TempDir(), ports[0], ports[1])
+	ctx := t.Context()
+	c, err := b.AddCluster(ctx, testGrant("a"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cli := clusterClient(t, c)
+	keys := []string{clustermesh.ClusterKey("a"), clustermesh.KindPrefix(clustermesh.KindNodes, "a") + "n1", clustermesh.KindPrefix(clustermesh.KindNodes, "a") + "n2"}
+	var leases []clientv3.LeaseID
+	for i, key := range keys {
+		if i < 2 {
+			l, err := cli.Grant(ctx, 60)
+			if err != nil {
+				t.Fatal(err)
+			}
+			leases = append(leases, l.ID)
+		}
+		if _, err := cli.Put(ctx, key, "{}", clientv3.WithLease(leases[min(i, 1)])); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := b.RemoveCluster(ctx, "a"); err != nil {
+		t.Fatal(err)
+	}
+	admin, err := AdminClient(ctx, mustLocalAdmin(t, b))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer admin.Close()
+	for _, key := range keys {
+		if resp, err := admin.Get(ctx, key); err != nil || len(resp.Kvs) != 0 {
+			t.Errorf("%s after remove-cluster: %v %v, want gone", key, resp, err)
+		}
+	}
+	for _, id := range leases {
+		if ttl, err := admin.TimeToLive(ctx, id); err != nil || ttl.TTL != -1 {
+			t.Errorf("lease %x after remove-cluster: %v %v, want revoked", id, ttl, err)
+		}
+	}
+}
