@@ -34,8 +34,9 @@ type RemoteClusterStatus struct {
 	// Ungranted says why the cluster is ignored: it has no grant from the
 	// broker, or its grant conflicts with an older one.
 	Ungranted string `json:"ungranted,omitempty"`
-	// LeaseRemaining is how many seconds the cluster's lease has left
-	// unless its operator renews it, as last read from the broker and
+	// LeaseRemaining is how many seconds the cluster's lease (the one its
+	// config key is bound to; the publisher renews all of its leases
+	// together) has left unless its operator renews it, as last read from the broker and
 	// counted down since; the cluster leaves (its entries vanish
 	// everywhere) when it runs out. Nil unless the consumer reads leases
 	// (remote.Config.LeaseCheckInterval: operators do) and has read this

@@ -241,14 +241,11 @@ func TestThreeClustersOneBroker(t *testing.T) {
 }
 
 // leaseOutlivesTTL returns a check that passes once every key cluster owns
-// is bound to one lease that is still alive a full granted TTL after the
-// check first saw it: the running process renews it, so none of the
-// cluster's keys can expire.
+// is bound to a lease and every one of those leases is still alive a full
+// granted TTL after the check first saw it: the running process renews
+// them, so none of the cluster's keys can expire.
 func leaseOutlivesTTL(ctx context.Context, store kvstore.Store, cli *clientv3.Client, cluster clustermesh.ClusterName) func() error {
-	var (
-		seen     kvstore.LeaseID
-		deadline time.Time
-	)
+	seen := map[kvstore.LeaseID]time.Time{} // lease -> when it has outlived its TTL
 	return func() error {
 		leases := map[kvstore.LeaseID]int{}
 		for _, p := range append(clustermesh.OwnedPrefixes(cluster), clustermesh.ClusterKey(cluster)) {
@@ -260,24 +257,25 @@ func leaseOutlivesTTL(ctx context.Context, store kvstore.Store, cli *clientv3.Cl
 				leases[kv.Lease]++
 			}
 		}
-		if len(leases) != 1 {
-			return fmt.Errorf("%s's keys are on leases %v, want one", cluster, leases)
+		if len(leases) == 0 || leases[0] > 0 {
+			return fmt.Errorf("%s's keys are on leases %v, want every key on a lease", cluster, leases)
 		}
-		var lease kvstore.LeaseID
-		for lease = range leases {
-		}
-		ttl, err := cli.TimeToLive(ctx, clientv3.LeaseID(lease))
-		if err != nil {
-			return err
-		}
-		if lease == 0 || ttl.TTL <= 0 {
-			return fmt.Errorf("%s's lease %x is gone (TTL %d)", cluster, lease, ttl.TTL)
-		}
-		if lease != seen {
-			seen, deadline = lease, time.Now().Add(time.Duration(ttl.GrantedTTL)*time.Second)
-		}
-		if time.Now().Before(deadline) {
-			return fmt.Errorf("%s's lease %x alive; waiting past its TTL of %ds", cluster, lease, ttl.GrantedTTL)
+		for lease := range leases {
+			ttl, err := cli.TimeToLive(ctx, clientv3.LeaseID(lease))
+			if err != nil {
+				return err
+			}
+			if ttl.TTL <= 0 {
+				return fmt.Errorf("%s's lease %x is gone (TTL %d)", cluster, lease, ttl.TTL)
+			}
+			deadline, ok := seen[lease]
+			if !ok {
+				deadline = time.Now().Add(time.Duration(ttl.GrantedTTL) * time.Second)
+				seen[lease] = deadline
+			}
+			if time.Now().Before(deadline) {
+				return fmt.Errorf("%s's lease %x alive; waiting past its TTL of %ds", cluster, lease, ttl.GrantedTTL)
+			}
 		}
 		return nil
 	}

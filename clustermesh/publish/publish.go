@@ -45,6 +45,11 @@ type Config struct {
 	// ServiceLayout is which layouts services are written in; zero means
 	// LayoutBoth.
 	ServiceLayout ServiceLayout
+	// KeysPerLease bounds the keys bound to one lease (see
+	// DefaultKeysPerLease); zero means DefaultKeysPerLease. The cluster's
+	// keys are spread over as many leases as that takes, all granted with
+	// LeaseTTL and renewed together.
+	KeysPerLease int
 }
 
 // Record is a mesh record a Publisher can write: clustermesh's *Node,
@@ -93,6 +98,9 @@ func New(cfg Config, store kvstore.Store, log *slog.Logger, reg prometheus.Regis
 	}
 	if cfg.WriteConcurrency <= 0 {
 		cfg.WriteConcurrency = DefaultWriteConcurrency
+	}
+	if cfg.KeysPerLease <= 0 {
+		cfg.KeysPerLease = DefaultKeysPerLease
 	}
 	layout, err := ParseServiceLayout(string(cfg.ServiceLayout))
 	if err != nil {
@@ -403,11 +411,11 @@ func (p *Publisher) setOK() {
 }
 
 // register checks the local cluster against every cluster in the mesh and
-// writes its config, bound to lease. It fails with a
+// writes its config, bound to a lease of ls. It fails with a
 // *clustermesh.RegistrationError when the name or ID is taken or CIDRs
 // overlap, including when a conflicting cluster registered at the same
 // moment and was first.
-func (p *Publisher) register(ctx context.Context, lease kvstore.LeaseID) error {
+func (p *Publisher) register(ctx context.Context, ls *leaseSet) error {
 	cfg := p.cfg.Cluster
 	if err := p.CheckRegistration(ctx); err != nil {
 		return err
@@ -416,10 +424,15 @@ func (p *Publisher) register(ctx context.Context, lease kvstore.LeaseID) error {
 	if err != nil {
 		return fmt.Errorf("register cluster %s: encode: %w", cfg.Name, err)
 	}
-	if err := p.store.Put(ctx, cfg.Key(), val, lease); err != nil {
+	leases, err := ls.assign(ctx, []string{cfg.Key()})
+	if err != nil {
 		return fmt.Errorf("register cluster %s: %w", cfg.Name, err)
 	}
-	return p.settleRace(ctx)
+	if err := p.store.Put(ctx, cfg.Key(), val, leases[cfg.Key()]); err != nil {
+		return fmt.Errorf("register cluster %s: %w", cfg.Name, err)
+	}
+	ls.written(cfg.Key(), leases[cfg.Key()])
+	return p.settleRace(ctx, ls)
 }
 
 // settleRace looks again after writing the config: a conflicting cluster
@@ -427,7 +440,7 @@ func (p *Publisher) register(ctx context.Context, lease kvstore.LeaseID) error {
 // registration (lower create revision) keeps its place; if that is the
 // other cluster, ours is withdrawn and the conflict returned. The other
 // side runs the same rule, so exactly one of two racing clusters stays.
-func (p *Publisher) settleRace(ctx context.Context) error {
+func (p *Publisher) settleRace(ctx context.Context, ls *leaseSet) error {
 	cfg := p.cfg.Cluster
 	kvs, _, err := p.store.List(ctx, clustermesh.ClustersPrefix)
 	if err != nil {
@@ -448,6 +461,7 @@ func (p *Publisher) settleRace(ctx context.Context) error {
 			if err := p.store.Delete(ctx, cfg.Key()); err != nil {
 				return errors.Join(conflict, fmt.Errorf("withdraw cluster %s: %w", cfg.Name, err))
 			}
+			ls.deleted(cfg.Key())
 			return conflict
 		}
 	}

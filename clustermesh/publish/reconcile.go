@@ -16,11 +16,11 @@ import (
 // reconciler is owned by one session's loop goroutine; only the
 // Publisher's desired state is shared (under p.mu).
 type reconciler struct {
-	p     *Publisher
-	lease kvstore.LeaseID
-	// written holds the value each owned key has in the store under our
-	// lease. A key bound to another lease is not in written: it must be
-	// rewritten to survive.
+	p      *Publisher
+	leases *leaseSet
+	// written holds the value each owned key has in the store under one of
+	// the session's active leases. A key bound to another lease is not in
+	// written: it must be rewritten to survive.
 	written map[string][]byte
 	// present holds every owned key known to exist in the store (any
 	// lease), with its kind, so undesired ones can be deleted.
@@ -43,13 +43,13 @@ func (r *reconciler) adopt(owned []kvstore.KeyValue) {
 			continue
 		}
 		if pk.Synced {
-			if kv.Lease == r.lease {
+			if r.leases.isActive(kv.Lease) {
 				r.markers[clustermesh.Kind(pk.Name)] = kv.Value
 			}
 			continue
 		}
 		r.present[kv.Key] = pk.Kind
-		if kv.Lease == r.lease {
+		if r.leases.isActive(kv.Lease) {
 			r.written[kv.Key] = kv.Value
 		}
 	}
@@ -70,6 +70,7 @@ type op struct {
 	kind   clustermesh.Kind
 	value  []byte // nil: delete
 	delete bool
+	lease  kvstore.LeaseID // a put's, chosen just before its phase
 }
 
 // pass writes what differs between desired and written, then sync markers.
@@ -128,7 +129,13 @@ func (r *reconciler) apply(ctx context.Context, ops []op) error {
 		for n < len(ops) && opPhase(ops[n]) == opPhase(ops[0]) {
 			n++
 		}
-		if err := r.applyPhase(ctx, ops[:n]); err != nil {
+		err := r.assignLeases(ctx, ops[:n])
+		if err != nil {
+			n = 0 // nothing of this phase ran: all of it is dirty again
+		} else {
+			err = r.applyPhase(ctx, ops[:n])
+		}
+		if err != nil {
 			r.p.mu.Lock()
 			for _, o := range ops[n:] {
 				r.p.dirty[o.key] = struct{}{}
@@ -139,6 +146,29 @@ func (r *reconciler) apply(ctx context.Context, ops []op) error {
 		ops = ops[n:]
 	}
 	r.p.setOK()
+	return nil
+}
+
+// assignLeases chooses the lease of each put in ops.
+func (r *reconciler) assignLeases(ctx context.Context, ops []op) error {
+	var keys []string
+	for _, o := range ops {
+		if !o.delete {
+			keys = append(keys, o.key)
+		}
+	}
+	if len(keys) == 0 {
+		return nil
+	}
+	leases, err := r.leases.assign(ctx, keys)
+	if err != nil {
+		return fmt.Errorf("publish: %w", err)
+	}
+	for i := range ops {
+		if !ops[i].delete {
+			ops[i].lease = leases[ops[i].key]
+		}
+	}
 	return nil
 }
 
@@ -160,7 +190,7 @@ func (r *reconciler) applyPhase(ctx context.Context, ops []op) error {
 			if o.delete {
 				err = r.p.store.Delete(ctx, o.key)
 			} else {
-				err = r.p.store.Put(ctx, o.key, o.value, r.lease)
+				err = r.p.store.Put(ctx, o.key, o.value, o.lease)
 			}
 			mu.Lock()
 			defer mu.Unlock()
@@ -175,10 +205,12 @@ func (r *reconciler) applyPhase(ctx context.Context, ops []op) error {
 			if o.delete {
 				delete(r.written, o.key)
 				delete(r.present, o.key)
+				r.leases.deleted(o.key)
 				r.p.metrics.writes.WithLabelValues(string(o.kind), "delete").Inc()
 			} else {
 				r.written[o.key] = o.value
 				r.present[o.key] = o.kind
+				r.leases.written(o.key, o.lease)
 				r.p.metrics.writes.WithLabelValues(string(o.kind), "put").Inc()
 			}
 		}()
@@ -232,11 +264,18 @@ func (r *reconciler) writeMarkers(ctx context.Context) error {
 		}
 		r.unmarked[m.kind] = true
 		delete(r.markers, m.kind)
+		r.leases.deleted(clustermesh.SyncedKey(p.cfg.Cluster.Name, m.kind))
 	}
 	for _, m := range todo {
-		if err := p.store.Put(ctx, clustermesh.SyncedKey(p.cfg.Cluster.Name, m.kind), m.val, r.lease); err != nil {
+		key := clustermesh.SyncedKey(p.cfg.Cluster.Name, m.kind)
+		leases, err := r.leases.assign(ctx, []string{key})
+		if err != nil {
 			return fmt.Errorf("publish sync marker for %s: %w", m.kind, err)
 		}
+		if err := p.store.Put(ctx, key, m.val, leases[key]); err != nil {
+			return fmt.Errorf("publish sync marker for %s: %w", m.kind, err)
+		}
+		r.leases.written(key, leases[key])
 		r.markers[m.kind] = m.val
 		p.mu.Lock()
 		p.status.Synced[m.kind] = true
@@ -259,6 +298,7 @@ func (r *reconciler) resync(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	r.leases.observe(owned)
 	seen := make(map[string]bool, len(owned))
 	r.p.mu.Lock()
 	defer r.p.mu.Unlock()
@@ -269,7 +309,7 @@ func (r *reconciler) resync(ctx context.Context) error {
 		}
 		seen[kv.Key] = true
 		r.present[kv.Key] = pk.Kind
-		if kv.Lease != r.lease || !bytes.Equal(r.written[kv.Key], kv.Value) {
+		if !r.leases.isActive(kv.Lease) || !bytes.Equal(r.written[kv.Key], kv.Value) {
 			delete(r.written, kv.Key)
 			r.p.dirty[kv.Key] = struct{}{}
 		}

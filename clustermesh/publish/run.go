@@ -38,15 +38,20 @@ func (p *Publisher) Run(ctx context.Context) error {
 	return p.loop.Run(ctx)
 }
 
-// session is one lease's life. It is owned by Run's loop.
+// session is one set of leases' life (see leaseSet). It is owned by Run's
+// loop.
 type session struct {
-	r *reconciler
-	// ctx ends with the session; its cause is errLeaseLost when the lease
-	// is gone, an error wrapping kvstore.ErrPermissionDenied when the
-	// broker refused to renew it.
+	r      *reconciler
+	leases *leaseSet
+	// ctx ends with the session; its cause is errLeaseLost when an active
+	// lease is gone, an error wrapping kvstore.ErrPermissionDenied when
+	// the broker refused to renew one.
 	ctx    context.Context
 	cancel context.CancelCauseFunc
 	wg     sync.WaitGroup
+
+	mu    sync.Mutex
+	stops map[kvstore.LeaseID]context.CancelFunc // each lease's renewal
 }
 
 // round is one round of Run's loop.
@@ -66,6 +71,9 @@ func (p *Publisher) round(ctx context.Context, resync bool) error {
 	}
 	if err == nil {
 		err = s.r.pass(s.ctx)
+	}
+	if err == nil {
+		s.revokeRetired()
 	}
 	if errors.Is(err, kvstore.ErrLeaseNotFound) || errors.Is(context.Cause(s.ctx), errLeaseLost) {
 		p.endSession()
@@ -91,20 +99,32 @@ func (p *Publisher) fail(err error) error {
 	return err
 }
 
-// startSession adopts or grants a lease, registers and starts renewing
-// the lease.
+// startSession adopts or grants leases, registers and starts renewing
+// the leases.
 func (p *Publisher) startSession(ctx context.Context) (*session, error) {
 	owned, err := p.listOwned(ctx)
 	if err != nil {
 		return nil, err
 	}
-	lease, adopted, err := p.acquireLease(ctx, owned)
+	live, allAlive, err := p.liveLeases(ctx, owned)
 	if err != nil {
 		return nil, err
 	}
-	p.log.Info("publishing", "lease", fmt.Sprintf("%x", lease), "adopted", adopted, "owned_keys", len(owned))
+	s := &session{stops: map[kvstore.LeaseID]context.CancelFunc{}}
+	s.ctx, s.cancel = context.WithCancelCause(ctx)
+	s.leases = newLeaseSet(p.cfg.KeysPerLease)
+	s.leases.grant = func(ctx context.Context) (kvstore.LeaseID, error) {
+		return p.store.GrantLease(ctx, p.cfg.LeaseTTL)
+	}
+	s.leases.renew = func(id kvstore.LeaseID, retiring bool) { p.renew(s, id, retiring) }
+	adopted := s.leases.adopt(live, allAlive)
+	for id := range live {
+		s.leases.renew(id, !s.leases.isActive(id))
+	}
+	p.log.Info("publishing", "leases_adopted", adopted, "leases_retiring", s.leases.retiringCount(), "owned_keys", len(owned))
 
-	if err := p.registerIfChanged(ctx, owned, lease); err != nil {
+	if err := p.registerIfChanged(s.ctx, owned, s.leases); err != nil {
+		s.stop()
 		return nil, err
 	}
 	p.mu.Lock()
@@ -113,27 +133,65 @@ func (p *Publisher) startSession(ctx context.Context) (*session, error) {
 	p.mu.Unlock()
 	p.setOK()
 
-	s := &session{r: &reconciler{
+	s.r = &reconciler{
 		p:       p,
-		lease:   lease,
+		leases:  s.leases,
 		written: make(map[string][]byte, len(owned)),
 		present: make(map[string]clustermesh.Kind, len(owned)),
 		markers: make(map[clustermesh.Kind][]byte),
 		swept:   make(map[clustermesh.Kind]bool),
 
 		unmarked: make(map[clustermesh.Kind]bool),
-	}}
+	}
 	p.mu.Lock()
 	p.adoptChunksLocked(owned)
 	p.mu.Unlock()
-	s.ctx, s.cancel = context.WithCancelCause(ctx)
+	s.r.adopt(owned)
+	return s, nil
+}
+
+// stop ends the session's renewals and waits for them.
+func (s *session) stop() {
+	s.cancel(nil)
+	s.wg.Wait()
+}
+
+// renew starts renewing id for the session s. Losing an active lease ends
+// the session; losing a retiring one only drops it (its keys are being
+// rewritten anyway).
+func (p *Publisher) renew(s *session, id kvstore.LeaseID, retiring bool) {
+	ctx, stop := context.WithCancel(s.ctx)
+	s.mu.Lock()
+	s.stops[id] = stop
+	s.mu.Unlock()
 	s.wg.Add(1)
 	go func() {
 		defer s.wg.Done()
-		p.keepAlive(s.ctx, s.cancel, lease)
+		defer stop()
+		if !p.keepAlive(ctx, s.cancel, id, retiring) {
+			s.leases.forget(id)
+		}
 	}()
-	s.r.adopt(owned)
-	return s, nil
+}
+
+// revokeRetired revokes the retiring leases whose keys all moved to
+// active ones. Failures are logged and retried after the next pass.
+func (s *session) revokeRetired() {
+	p := s.r.p
+	for _, id := range s.leases.emptyRetiring() {
+		err := p.store.RevokeLease(s.ctx, id)
+		if err != nil && !errors.Is(err, kvstore.ErrLeaseNotFound) {
+			p.log.Warn("revoking a retired lease failed, retrying later", "lease", fmt.Sprintf("%x", id), "err", err)
+			continue
+		}
+		s.mu.Lock()
+		if stop := s.stops[id]; stop != nil {
+			stop()
+			delete(s.stops, id)
+		}
+		s.mu.Unlock()
+		s.leases.forget(id)
+	}
 }
 
 // endSession stops the session's lease renewal, if there is a session.
@@ -141,8 +199,7 @@ func (p *Publisher) endSession() {
 	if p.sess == nil {
 		return
 	}
-	p.sess.cancel(nil)
-	p.sess.wg.Wait()
+	p.sess.stop()
 	p.sess = nil
 }
 
@@ -166,42 +223,15 @@ func (p *Publisher) listOwned(ctx context.Context) ([]kvstore.KeyValue, error) {
 	return out, nil
 }
 
-// acquireLease adopts the live lease the owned keys are bound to, if any,
-// or grants a new one.
-func (p *Publisher) acquireLease(ctx context.Context, owned []kvstore.KeyValue) (kvstore.LeaseID, bool, error) {
-	votes := map[kvstore.LeaseID]int{}
-	for _, kv := range owned {
-		if kv.Lease != 0 {
-			votes[kv.Lease]++
-		}
-	}
-	var best kvstore.LeaseID
-	for id, n := range votes {
-		if best == 0 || n > votes[best] {
-			best = id
-		}
-	}
-	if best != 0 {
-		if err := p.store.KeepAlive(ctx, best); err == nil {
-			return best, true, nil
-		} else if !errors.Is(err, kvstore.ErrLeaseNotFound) {
-			return 0, false, fmt.Errorf("renew lease %x: %w", best, err)
-		}
-	}
-	id, err := p.store.GrantLease(ctx, p.cfg.LeaseTTL)
-	if err != nil {
-		return 0, false, fmt.Errorf("grant lease: %w", err)
-	}
-	return id, false, nil
-}
-
-func (p *Publisher) registerIfChanged(ctx context.Context, owned []kvstore.KeyValue, lease kvstore.LeaseID) error {
+// registerIfChanged registers the cluster unless its config is stored,
+// unchanged, on an active lease of ls.
+func (p *Publisher) registerIfChanged(ctx context.Context, owned []kvstore.KeyValue, ls *leaseSet) error {
 	want, err := json.Marshal(&p.cfg.Cluster)
 	if err != nil {
 		return fmt.Errorf("register cluster %s: encode: %w", p.cfg.Cluster.Name, err)
 	}
 	for _, kv := range owned {
-		if kv.Key == p.cfg.Cluster.Key() && kv.Lease == lease && bytes.Equal(kv.Value, want) {
+		if kv.Key == p.cfg.Cluster.Key() && ls.isActive(kv.Lease) && bytes.Equal(kv.Value, want) {
 			// Still check: another cluster may have joined with an overlap
 			// while we were away; we keep our registration but say so.
 			if err := p.CheckRegistration(ctx); err != nil {
@@ -210,11 +240,13 @@ func (p *Publisher) registerIfChanged(ctx context.Context, owned []kvstore.KeyVa
 			return nil
 		}
 	}
-	return p.register(ctx, lease)
+	return p.register(ctx, ls)
 }
 
-// keepAlive renews lease every third of its TTL and cancels the session
-// with errLeaseLost if the lease is gone.
+// keepAlive renews lease every third of its TTL until ctx is done. If the
+// lease is gone it returns false, having cancelled the session with
+// errLeaseLost unless the lease was retiring; if the broker refuses the
+// credentials it cancels the session with that error.
 //
 // A renewal may take until the lease would expire (counted from the start
 // of the last renewal that succeeded, or from now for a lease just
@@ -224,7 +256,7 @@ func (p *Publisher) registerIfChanged(ctx context.Context, owned []kvstore.KeyVa
 // short TTL to answer. Abandoning such a renewal only starts the
 // authentication over, and the lease expires although the broker was
 // reachable all along.
-func (p *Publisher) keepAlive(ctx context.Context, cancel context.CancelCauseFunc, lease kvstore.LeaseID) {
+func (p *Publisher) keepAlive(ctx context.Context, cancel context.CancelCauseFunc, lease kvstore.LeaseID, retiring bool) bool {
 	ttl := p.cfg.LeaseTTL
 	t := time.NewTicker(ttl / 3)
 	defer t.Stop()
@@ -232,7 +264,7 @@ func (p *Publisher) keepAlive(ctx context.Context, cancel context.CancelCauseFun
 	for {
 		select {
 		case <-ctx.Done():
-			return
+			return true
 		case <-t.C:
 		}
 		start := time.Now()
@@ -243,18 +275,22 @@ func (p *Publisher) keepAlive(ctx context.Context, cancel context.CancelCauseFun
 		case err == nil:
 			renewed = start
 			p.setOK()
+		case errors.Is(err, kvstore.ErrLeaseNotFound) && retiring:
+			p.log.Info("retiring lease expired before its keys moved; rewriting them", "lease", fmt.Sprintf("%x", lease))
+			p.loop.Trigger()
+			return false
 		case errors.Is(err, kvstore.ErrLeaseNotFound):
-			p.log.Warn("lease expired; re-publishing under a new lease", "lease", fmt.Sprintf("%x", lease))
+			p.log.Warn("lease expired; ending the session and re-publishing", "lease", fmt.Sprintf("%x", lease))
 			cancel(errLeaseLost)
 			p.loop.Trigger()
-			return
+			return false
 		case errors.Is(err, kvstore.ErrPermissionDenied):
 			// The broker no longer accepts our credentials: removed.
 			err = fmt.Errorf("renew lease: %w", err)
 			p.setError(err)
 			cancel(err)
 			p.loop.Trigger()
-			return
+			return true
 		case ctx.Err() == nil:
 			p.setError(fmt.Errorf("renew lease: %w", err))
 			p.log.Warn("lease renewal failed, retrying", "err", err)
@@ -277,7 +313,8 @@ func later(a, b time.Time) time.Time {
 	return b
 }
 
-// Withdraw revokes the cluster's lease, deleting every key it published.
+// Withdraw revokes every lease the cluster's keys are bound to, deleting
+// every key it published.
 // Use it when the cluster leaves the mesh; Run should be stopped first.
 func (p *Publisher) Withdraw(ctx context.Context) error {
 	owned, err := p.listOwned(ctx)
