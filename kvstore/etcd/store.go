@@ -1,6 +1,7 @@
 package etcd
 
 import (
+	"cmp"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -20,6 +21,23 @@ import (
 
 var _ kvstore.Store = (*Store)(nil)
 
+// gRPC keepalive pings on the client's connection.
+const (
+	keepAliveTime = 10 * time.Second
+	// DefaultKeepAliveTimeout is how long a ping may go unanswered before
+	// the client closes the connection (Config.KeepAliveTimeout). It is
+	// longer than the default lease TTL (15 s): a broker starved of CPU
+	// answers pings late, and closing its connections then makes every
+	// client reconnect and authenticate again (a bcrypt verification and
+	// a raft entry each on the broker), which starves it further until
+	// leases expire; with 5 s this is what stopped issue #15's 511-cluster
+	// sim. The operator's health does not wait for it: a lease renewal
+	// fails on its own deadline (see publish's keepAlive), and a stopped
+	// broker resets its connections. The cost: a member that vanished
+	// without a reset is left after 30 s instead of 15 s.
+	DefaultKeepAliveTimeout = 20 * time.Second
+)
+
 // DefaultDialTimeout bounds New's connection check when Config.DialTimeout is
 // zero.
 const DefaultDialTimeout = 5 * time.Second
@@ -36,6 +54,9 @@ type Config struct {
 	// DialTimeout bounds New's connection and reachability check; zero means
 	// DefaultDialTimeout.
 	DialTimeout time.Duration
+	// KeepAliveTimeout is how long a gRPC keepalive ping may go unanswered
+	// before the connection is closed; zero means DefaultKeepAliveTimeout.
+	KeepAliveTimeout time.Duration
 	// Logger receives the store's and the etcd client's logs; nil discards
 	// them.
 	Logger *slog.Logger
@@ -95,10 +116,11 @@ func New(ctx context.Context, cfg Config) (*Store, error) {
 		Username:    cfg.Username,
 		Password:    cfg.Password,
 		DialTimeout: timeout,
-		// Keepalives notice a dead member behind a silent network in ~15 s
-		// and let the client move to another endpoint.
-		DialKeepAliveTime:    10 * time.Second,
-		DialKeepAliveTimeout: 5 * time.Second,
+		// Keepalives notice a dead member behind a silent network (in
+		// keepAliveTime + keepAliveTimeout) and let the client move to
+		// another endpoint.
+		DialKeepAliveTime:    keepAliveTime,
+		DialKeepAliveTimeout: cmp.Or(cfg.KeepAliveTimeout, DefaultKeepAliveTimeout),
 		Logger:               NewZapLogger(log.With("component", "etcd-client").Handler(), nil),
 		DialOptions: []grpc.DialOption{
 			// gRPC's default reconnect backoff starts at 1 s; reconnect
