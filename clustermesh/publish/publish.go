@@ -33,7 +33,7 @@ type Config struct {
 	// Cluster is the local cluster; its config is registered in the mesh.
 	Cluster clustermesh.ClusterConfig
 	// LeaseTTL is how long entries outlive the process; zero means
-	// DefaultLeaseTTL. The lease is renewed every third of it.
+	// DefaultLeaseTTL. The leases are renewed every third of it.
 	LeaseTTL time.Duration
 	// ResyncInterval is how often owned keys are re-listed and compared
 	// with the desired state, to repair writes made behind our back; zero

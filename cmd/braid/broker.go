@@ -214,7 +214,7 @@ func removeClusterCommand() *cobra.Command {
 	var admin adminFlags
 	cmd := &cobra.Command{
 		Use:   "remove-cluster NAME",
-		Short: "Delete a cluster's etcd user and role (its entries expire with its lease)",
+		Short: "Revoke a cluster's leases (its entries vanish at once), delete its etcd user, role and grant",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			name := clustermesh.ClusterName(args[0])
