@@ -252,13 +252,6 @@ func (ls *leaseSet) emptyRetiring() []kvstore.LeaseID {
 	return out
 }
 
-// ids returns the session's active leases, in grant order.
-func (ls *leaseSet) ids() []kvstore.LeaseID {
-	ls.mu.Lock()
-	defer ls.mu.Unlock()
-	return append([]kvstore.LeaseID(nil), ls.active...)
-}
-
 // retiringCount says how many leases are retiring.
 func (ls *leaseSet) retiringCount() int {
 	ls.mu.Lock()
