@@ -71,7 +71,10 @@ func benchBandwidth(b *testing.B, n, k int) {
 	// msgpack into fresh structs): collecting less often helps n Pools
 	// keep up and changes nothing they send.
 	defer debug.SetGCPercent(debug.SetGCPercent(400))
-	l := &lab{t: b, wait: 10 * time.Minute, addrs: loopback(n), keys: [][]byte{newKey(b)}, members: make([]*member, n),
+	// Joins spread by gossip and push-pull, both k times slower: the wait
+	// for a batch to see itself alive grows with k.
+	wait := max(10*time.Minute, time.Duration(k)*2*time.Minute)
+	l := &lab{t: b, wait: wait, addrs: loopback(n), keys: [][]byte{newKey(b)}, members: make([]*member, n),
 		tune: func(c *Config) { scaled(c, k) }}
 	b.Cleanup(func() {
 		for _, m := range l.members {
