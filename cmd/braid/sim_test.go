@@ -35,6 +35,35 @@ func TestMain(m *testing.M) {
 // every change the churn made reaches every consumer of another cluster,
 // and after the churn each consumer holds what is published.
 func TestSimConsumersSeeWhatWasRegisteredAndTheChurn(t *testing.T) {
+	testSimConsumers(t, meshsim.ViaDirect)
+}
+
+// TestSimConsumersThroughRelaysSeeWhatWasPublished is the same run with
+// --consumers-via relay: each consumer cluster runs a relay (a process of
+// its own, with the cluster's credentials and its own embedded etcd), and
+// its consumers read the relay with the relay's agents' bundle, never the
+// broker. Through the relay they must see exactly what was published,
+// after the initial sync, every change of the churn, and after it.
+func TestSimConsumersThroughRelaysSeeWhatWasPublished(t *testing.T) {
+	res := testSimConsumers(t, meshsim.ViaRelay)
+	if len(res.Relays) != 2 {
+		t.Errorf("%d relay processes measured, want 2 (one per consumer cluster)", len(res.Relays))
+	}
+	// The broker serves the relays' watches, not the consumers': at most
+	// two streams per relay (its mesh Watcher's and the raw baseline's)
+	// and the broker's own grants watch, whereas direct the 4 consumers
+	// would hold 4 and the baseline 2 more.
+	if n, most := res.BrokerMetrics["etcd_debugging_mvcc_watch_stream_total"], 2*2+1; n > float64(most) {
+		t.Errorf("broker has %v watch streams, want at most %d (two per relay and its own)", n, most)
+	}
+	for i, m := range res.RelayMetrics {
+		if n := m["etcd_debugging_mvcc_watch_stream_total"]; n < 2 {
+			t.Errorf("relay %d serves %v watch streams, want its 2 consumers'", i, n)
+		}
+	}
+}
+
+func testSimConsumers(t *testing.T, via string) *meshsim.Result {
 	exe, err := os.Executable()
 	if err != nil {
 		t.Fatal(err)
@@ -46,7 +75,7 @@ func TestSimConsumersSeeWhatWasRegisteredAndTheChurn(t *testing.T) {
 	cfg := meshsim.Config{
 		Clusters: 3, Nodes: 2, Endpoints: 4,
 		Rate: 40, Duration: 3 * time.Second, Mix: mix, Seed: 15,
-		ConsumerClusters: 2, ConsumersPerCluster: 2, Via: "direct",
+		ConsumerClusters: 2, ConsumersPerCluster: 2, Via: via,
 		ServiceLayout: publish.LayoutBoth, LeaseTTL: publish.DefaultLeaseTTL,
 		RawRate: 10, Timeout: 3 * time.Minute,
 		Exe: exe, Env: []string{runAsBraid + "=1"}, Stderr: testWriter{t},
@@ -84,6 +113,7 @@ func TestSimConsumersSeeWhatWasRegisteredAndTheChurn(t *testing.T) {
 			t.Errorf("consumer %d after the churn: %+v, want %+v", i, res.FinalCounts[i], res.WantFinal[i])
 		}
 	}
+	return res
 }
 
 // testWriter logs each write to t.

@@ -29,7 +29,10 @@ services, each with a backend on every node), published through the
 operator's publisher under each cluster's lease and credentials. Then runs
 --consumers-per-cluster consumers (remote.Watchers with their cluster's
 credentials, as agents run them) for each of the first --consumer-clusters
-clusters, in one process per cluster, waits until they hold the whole mesh,
+clusters, in one process per cluster (with --consumers-via relay, behind a
+relay per consumer cluster: clustermesh/relay in a process of its own, with
+the cluster's credentials and its own embedded etcd, read by the consumers
+as braid-agent --relay reads it), waits until they hold the whole mesh,
 and applies --rate changes per second for --duration: endpoint flaps
 (readiness), scale ups and downs (a backend and its pod's IP entry), and
 clusters joining (spare granted IDs, then clusters that left) and leaving
@@ -39,7 +42,7 @@ It reports the propagation of every change (handed to the publisher → a
 consumer's Watcher applied it, i.e. its snapshot holds it), beside a raw
 etcd put → watch measured the same way in the same run; the broker's CPU
 during the churn, RSS, database size, watch streams and events/s (etcd's
-metrics); the consumers' and its own RSS and CPU. It fails if a consumer's
+metrics); the relays', the consumers' and its own RSS and CPU. It fails if a consumer's
 view differs from what is published after its initial sync or after the
 churn.
 
@@ -96,7 +99,7 @@ the run's clusters are removed from it at the end.`,
 	f.Uint64Var(&cfg.Seed, "seed", 0, "seed of the churn's choices (0: random, printed)")
 	f.IntVar(&cfg.ConsumerClusters, "consumer-clusters", 1, "clusters running consumers (the first ones by ID); they never leave")
 	f.IntVar(&cfg.ConsumersPerCluster, "consumers-per-cluster", 1, "consumers in each consumer cluster, each with its own connection")
-	f.StringVar(&cfg.Via, "consumers-via", "direct", "how consumers reach the mesh: direct (the shared etcd)")
+	f.StringVar(&cfg.Via, "consumers-via", ViaDirect, "how consumers reach the mesh: direct (the shared etcd) or relay (a relay per consumer cluster, in a process of its own)")
 	f.StringVar(&layout, "service-layout", string(publish.LayoutBoth), "how services are published: both (the operator's default), chunked or single")
 	f.DurationVar(&cfg.LeaseTTL, "lease-ttl", publish.DefaultLeaseTTL, "the clusters' lease TTL")
 	f.Float64Var(&cfg.RawRate, "raw-rate", 20, "raw baseline puts per second, beside the churn (0: none)")
@@ -106,6 +109,6 @@ the run's clusters are removed from it at the end.`,
 	f.StringVar(&rootPassFile, "root-password-file", "", "with --broker: file holding its root password")
 	f.StringVar(&brokerMetrics, "broker-metrics", "", "with --broker: its etcd /metrics URL, for CPU, RSS, watch streams and events")
 	f.StringVar(&cfg.ProfileDir, "profile-dir", "", "write CPU profiles of this process, the consumers and the broker it runs here")
-	cmd.AddCommand(consumeCommand())
+	cmd.AddCommand(consumeCommand(), relayCommand())
 	return cmd
 }

@@ -13,7 +13,7 @@ import (
 // event is one line a consumer process writes to stdout.
 type event struct {
 	// E is what happened: evSynced, evService, evJoined, evGone, evRaw,
-	// evCounts, evFinal or evError.
+	// evCounts, evFinal, evReady (relay processes) or evError.
 	E string `json:"e"`
 	// C is the consumer's index in its process.
 	C int `json:"c,omitempty"`
@@ -39,6 +39,7 @@ const (
 	evRaw     = "raw"    // the raw baseline's watch delivered a value
 	evCounts  = "counts" // what the consumer's snapshot holds, on request
 	evFinal   = "final"  // the process's CPU and peak RSS, at exit
+	evReady   = "ready"  // a relay serves its agents; Msg is its etcd's metrics URL
 	evError   = "error"  // the consumer failed
 )
 

@@ -28,8 +28,12 @@ func report(out io.Writer, cfg *Config, r *Result, consumerErrs []string) {
 	fmt.Fprintf(w, "braid sim: %d clusters × %d nodes × %d endpoints (%d services × %d backends), layout %s, lease TTL %v\n",
 		r.Started, cfg.Nodes, cfg.Endpoints, cfg.Endpoints/cfg.Nodes, cfg.Nodes, cfg.ServiceLayout, cfg.LeaseTTL)
 	fmt.Fprintf(w, "  broker: %s\n", brokerKind)
+	via := "direct (each watches the broker)"
+	if cfg.Via == ViaRelay {
+		via = "through a relay per cluster (clustermesh/relay, a process of its own)"
+	}
 	fmt.Fprintf(w, "  consumers: %d cluster(s) × %d consumer(s) (remote.Watcher, own connection each), %s, one process per cluster\n",
-		cfg.ConsumerClusters, cfg.ConsumersPerCluster, cfg.Via)
+		cfg.ConsumerClusters, cfg.ConsumersPerCluster, via)
 	fmt.Fprintf(w, "  churn: %g changes/s for %v, mix %s; load average %s at the start, %s at the end\n",
 		cfg.Rate, cfg.Duration, cfg.Mix, r.LoadStart, r.LoadEnd)
 	fmt.Fprintf(w, "setup: grants %v, publishing %v, consumers' initial sync %v (each holds %d clusters, %d nodes, %d IP entries, %d backends)\n",
@@ -51,7 +55,11 @@ func report(out io.Writer, cfg *Config, r *Result, consumerErrs []string) {
 	for _, o := range m.missingOps {
 		fmt.Fprintf(w, "    never seen: %s %s %s at %s\n", o.kind, o.cluster, o.service, time.Unix(0, o.start).Format("15:04:05.000"))
 	}
-	fmt.Fprintf(w, "propagation (change handed to the publisher → the consumer's Watcher applied it):\n")
+	through := ""
+	if cfg.Via == ViaRelay {
+		through = ", through its relay"
+	}
+	fmt.Fprintf(w, "propagation (change handed to the publisher → the consumer's Watcher applied it%s):\n", through)
 	line := func(label string, l benchkit.Latencies) {
 		if len(l) > 0 {
 			fmt.Fprintf(w, "  %-34s n=%-6d %v\n", label, len(l), l)
@@ -84,6 +92,16 @@ func report(out io.Writer, cfg *Config, r *Result, consumerErrs []string) {
 		fmt.Fprintf(w, "  watch streams %.0f, watchers %.0f; during the churn %.0f watch events/s sent, %.0f puts+deletes/s\n",
 			mt["etcd_debugging_mvcc_watch_stream_total"], mt["etcd_debugging_mvcc_watcher_total"], r.EventsPerSec, r.PutsPerSec)
 	}
+	for i, rl := range r.Relays {
+		fmt.Fprintf(w, "relay process %d: peak RSS %s, RSS %s, CPU %.1f s during the churn (%.2f cores), %.1f s in all",
+			i+1, mib(rl.PeakRSS), mib(rl.RSS), rl.CPUChurn.Seconds(), rl.CPUChurn.Seconds()/r.ChurnElapsed.Seconds(), rl.CPU.Seconds())
+		if i < len(r.RelayMetrics) && r.RelayMetrics[i] != nil {
+			mt := r.RelayMetrics[i]
+			fmt.Fprintf(w, "; its etcd: watch streams %.0f, watchers %.0f, %.0f watch events/s sent during the churn",
+				mt["etcd_debugging_mvcc_watch_stream_total"], mt["etcd_debugging_mvcc_watcher_total"], r.RelayEventsPerSec[i])
+		}
+		fmt.Fprintln(w)
+	}
 	for i, c := range r.Consumers {
 		fmt.Fprintf(w, "consumer process %d (%d consumer(s)): peak RSS %s, RSS %s, CPU %.1f s during the churn, %.1f s in all\n",
 			i+1, cfg.ConsumersPerCluster, mib(c.PeakRSS), mib(c.RSS), c.CPUChurn.Seconds(), c.CPU.Seconds())
@@ -96,6 +114,7 @@ func report(out io.Writer, cfg *Config, r *Result, consumerErrs []string) {
 		}
 		fmt.Fprintf(w, "consumer %d after the churn: %+v, %s\n", i, r.FinalCounts[i], ok)
 	}
+	summary(w, cfg, r)
 	for i, e := range consumerErrs {
 		if i == 5 {
 			fmt.Fprintf(w, "  ... %d more consumer errors\n", len(consumerErrs)-5)
@@ -103,4 +122,42 @@ func report(out io.Writer, cfg *Config, r *Result, consumerErrs []string) {
 		}
 		fmt.Fprintf(w, "consumer error: %s\n", e)
 	}
+}
+
+// summary prints the run's figures as one line of key=value pairs, for
+// scripts (cmd/braid/meshsim/sweep.sh) to tabulate.
+func summary(w io.Writer, cfg *Config, r *Result) {
+	ms := func(d time.Duration) string { return fmt.Sprintf("%.1f", float64(d)/float64(time.Millisecond)) }
+	fmt.Fprintf(w, "summary: via=%s clusters=%d consumer_clusters=%d consumers_per_cluster=%d rate=%g",
+		cfg.Via, r.Started, cfg.ConsumerClusters, cfg.ConsumersPerCluster, cfg.Rate)
+	if mt := r.BrokerMetrics; mt != nil {
+		fmt.Fprintf(w, " watch_streams=%.0f watchers=%.0f", mt["etcd_debugging_mvcc_watch_stream_total"], mt["etcd_debugging_mvcc_watcher_total"])
+	}
+	fmt.Fprintf(w, " events_per_s=%.0f puts_per_s=%.0f", r.EventsPerSec, r.PutsPerSec)
+	if r.Broker.CPUKnown && r.ChurnElapsed > 0 {
+		fmt.Fprintf(w, " broker_cpu_cores=%.2f", r.Broker.CPUChurn.Seconds()/r.ChurnElapsed.Seconds())
+	}
+	fmt.Fprintf(w, " broker_rss_mib=%.0f broker_peak_rss_mib=%.0f", float64(r.Broker.RSS)/(1<<20), float64(r.Broker.PeakRSS)/(1<<20))
+	if len(r.Relays) > 0 {
+		var rss, peak int64
+		var cpu time.Duration
+		for _, rl := range r.Relays {
+			rss, peak, cpu = max(rss, rl.RSS), max(peak, rl.PeakRSS), cpu+rl.CPUChurn
+		}
+		// Per relay: the largest RSS, the mean CPU.
+		fmt.Fprintf(w, " relay_rss_mib=%.0f relay_peak_rss_mib=%.0f relay_cpu_cores=%.2f",
+			float64(rss)/(1<<20), float64(peak)/(1<<20), cpu.Seconds()/float64(len(r.Relays))/r.ChurnElapsed.Seconds())
+	}
+	var crss int64
+	for _, c := range r.Consumers {
+		crss = max(crss, c.PeakRSS)
+	}
+	fmt.Fprintf(w, " consumer_proc_peak_rss_mib=%.0f", float64(crss)/(1<<20))
+	if e := r.Matched.endpoints; len(e) > 0 {
+		fmt.Fprintf(w, " p50_ms=%s p99_ms=%s n=%d", ms(e.Pct(50)), ms(e.Pct(99)), len(e))
+	}
+	if len(r.Raw) > 0 {
+		fmt.Fprintf(w, " raw_p50_ms=%s raw_p99_ms=%s", ms(r.Raw.Pct(50)), ms(r.Raw.Pct(99)))
+	}
+	fmt.Fprintf(w, " missing=%d load_start=%q load_end=%q\n", r.Matched.missing, r.LoadStart, r.LoadEnd)
 }

@@ -25,6 +25,7 @@ import (
 	"github.com/braidmesh/braid/clustermesh/broker"
 	"github.com/braidmesh/braid/clustermesh/join"
 	"github.com/braidmesh/braid/clustermesh/publish"
+	"github.com/braidmesh/braid/clustermesh/relay"
 	"github.com/braidmesh/braid/cmd/braid/benchkit"
 	"github.com/braidmesh/braid/reconcile"
 )
@@ -33,6 +34,18 @@ import (
 const (
 	maxConsumersPerCluster = 1000
 	maxRate                = 100_000
+)
+
+// How consumers reach the mesh (Config.Via).
+const (
+	// ViaDirect: every consumer watches the broker with its cluster's
+	// credentials.
+	ViaDirect = "direct"
+	// ViaRelay: each consumer cluster runs a relay (clustermesh/relay) in
+	// a process of its own (`braid sim relay`) with the cluster's
+	// credentials, and its consumers watch the relay's etcd with the
+	// relay's agents' bundle, as braid-agent --relay does.
+	ViaRelay = "relay"
 )
 
 // rawKey is the raw baseline's key, outside clustermesh.Root so that no
@@ -56,7 +69,7 @@ type Config struct {
 	// ConsumerClusters (the first ones, by ID) each run
 	// ConsumersPerCluster consumers in one process of their own.
 	ConsumerClusters, ConsumersPerCluster int
-	// Via is how consumers reach the mesh: "direct" (the shared etcd).
+	// Via is how consumers reach the mesh: ViaDirect or ViaRelay.
 	Via           string
 	ServiceLayout publish.ServiceLayout
 	LeaseTTL      time.Duration
@@ -107,8 +120,8 @@ func (c *Config) Validate() error {
 		return fmt.Errorf("--consumer-clusters %d: must be in 1..--clusters (%d)", c.ConsumerClusters, c.Clusters)
 	case c.ConsumersPerCluster < 1 || c.ConsumersPerCluster > maxConsumersPerCluster:
 		return fmt.Errorf("--consumers-per-cluster %d: must be in 1..%d", c.ConsumersPerCluster, maxConsumersPerCluster)
-	case c.Via != "direct":
-		return fmt.Errorf("--consumers-via %q: only direct is available (relays are not built yet)", c.Via)
+	case c.Via != ViaDirect && c.Via != ViaRelay:
+		return fmt.Errorf("--consumers-via %q: want %s or %s", c.Via, ViaDirect, ViaRelay)
 	case c.RawRate < 0 || c.RawRate > 1000:
 		return fmt.Errorf("--raw-rate %g: must be in 0..1000 puts/s", c.RawRate)
 	case c.Timeout <= 0:
@@ -157,7 +170,14 @@ type Result struct {
 	EventsPerSec, PutsPerSec                float64
 	DBSize                                  int64
 	Consumers                               []processFigures
-	Driver                                  processFigures
+	// Relays are the relay processes' figures (ViaRelay), one per
+	// consumer cluster; RelayMetrics their etcds' metrics at the end of
+	// the churn, and RelayEventsPerSec the watch events/s each sent its
+	// consumers during the churn.
+	Relays            []processFigures
+	RelayMetrics      []benchkit.Metrics
+	RelayEventsPerSec []float64
+	Driver            processFigures
 }
 
 type processFigures struct {
@@ -350,8 +370,16 @@ func Run(ctx context.Context, cfg Config, out io.Writer) (*Result, error) {
 	res.Started, res.Pool = cfg.Clusters, len(clusters)
 	progress("%d clusters published in %v", cfg.Clusters, res.SetupPublish.Round(time.Millisecond))
 
-	// Consumers, each cluster's in a process of its own.
+	// Consumers, each cluster's in a process of its own; with ViaRelay,
+	// behind the cluster's relay, in a process of its own too.
 	col := newCollector()
+	var relays []*consumerProc
+	var relayMetricsURLs []string
+	defer func() {
+		for _, p := range relays {
+			p.stop()
+		}
+	}()
 	var procs []*consumerProc
 	defer func() {
 		for _, p := range procs {
@@ -367,8 +395,31 @@ func Run(ctx context.Context, cfg Config, out io.Writer) (*Result, error) {
 		if err := c.creds.Save(joinFile); err != nil {
 			return nil, err
 		}
-		args := []string{"sim", "consume", "--join", joinFile, "--consumers", strconv.Itoa(cfg.ConsumersPerCluster),
-			"--expect", strconv.Itoa(cfg.Clusters - 1), "--raw-key", rawKey}
+		consumerJoin, rawArgs := joinFile, []string{"--raw-key", rawKey}
+		if cfg.Via == ViaRelay {
+			// The raw baseline is watched on the relay's broker connection
+			// (the agent user may read only the mesh), as it is on the
+			// first consumer's connection when direct.
+			relayDir := filepath.Join(dir, string(c.cfg.Name)+".relay")
+			args := []string{"sim", "relay", "--join", joinFile, "--data-dir", relayDir, "--raw-key", rawKey}
+			if cfg.ProfileDir != "" {
+				args = append(args, "--profile-dir", cfg.ProfileDir)
+			}
+			rp, err := startConsumer(exe, args, cfg.Env, cfg.Stderr, len(infos), 1, col)
+			if err != nil {
+				return nil, err
+			}
+			relays = append(relays, rp)
+			u, err := rp.waitReady(ctx, cfg.Timeout)
+			if err != nil {
+				return nil, fmt.Errorf("relay of %s: %w", c.cfg.Name, err)
+			}
+			relayMetricsURLs = append(relayMetricsURLs, u)
+			consumerJoin, rawArgs = filepath.Join(relayDir, relay.AgentsFile), nil
+		}
+		args := []string{"sim", "consume", "--join", consumerJoin, "--consumers", strconv.Itoa(cfg.ConsumersPerCluster),
+			"--expect", strconv.Itoa(cfg.Clusters - 1)}
+		args = append(args, rawArgs...)
 		if cfg.ProfileDir != "" {
 			args = append(args, "--profile-dir", cfg.ProfileDir)
 		}
@@ -432,6 +483,13 @@ func Run(ctx context.Context, cfg Config, out io.Writer) (*Result, error) {
 			consumerCPU[i] = s.CPU
 		}
 	}
+	relayCPU := make([]time.Duration, len(relays))
+	for i, p := range relays {
+		if s, err := benchkit.ReadProc(p.cmd.Process.Pid); err == nil {
+			relayCPU[i] = s.CPU
+		}
+	}
+	relayBefore := scrapeAll(ctx, relayMetricsURLs)
 	progress("churn: %g changes/s for %v (mix %s, seed %d)", cfg.Rate, cfg.Duration, cfg.Mix, seed)
 	churnStart := time.Now()
 	rawPuts := map[string]int64{}
@@ -521,6 +579,14 @@ func Run(ctx context.Context, cfg Config, out io.Writer) (*Result, error) {
 		res.PutsPerSec = (metricsAfter["etcd_mvcc_put_total"] + metricsAfter["etcd_mvcc_delete_total"] -
 			metricsBefore["etcd_mvcc_put_total"] - metricsBefore["etcd_mvcc_delete_total"]) / secs
 	}
+	res.RelayMetrics = scrapeAll(ctx, relayMetricsURLs)
+	for i, after := range res.RelayMetrics {
+		ev := 0.0
+		if before := relayBefore[i]; before != nil && after != nil {
+			ev = (after["etcd_debugging_mvcc_events_total"] - before["etcd_debugging_mvcc_events_total"]) / res.ChurnElapsed.Seconds()
+		}
+		res.RelayEventsPerSec = append(res.RelayEventsPerSec, ev)
+	}
 	if st, err := b.admin.Status(ctx, b.endpoints[0]); err == nil {
 		res.DBSize = st.DbSize
 	}
@@ -576,10 +642,21 @@ func Run(ctx context.Context, cfg Config, out io.Writer) (*Result, error) {
 		}
 		res.Consumers = append(res.Consumers, f)
 	}
+	for i, p := range relays {
+		var f processFigures
+		if s, err := benchkit.ReadProc(p.cmd.Process.Pid); err == nil {
+			f = processFigures{CPU: s.CPU, CPUChurn: s.CPU - relayCPU[i], RSS: s.RSS, PeakRSS: s.PeakRSS, CPUKnown: true, Known: true}
+		}
+		res.Relays = append(res.Relays, f)
+	}
 	for _, p := range procs {
 		p.stop()
 	}
 	procs = nil
+	for _, p := range relays {
+		p.stop()
+	}
+	relays = nil
 	report(out, &cfg, res, col.errors())
 	return res, errors.Join(churnErrs, countErr, col.err())
 }
@@ -700,8 +777,10 @@ func (c *collector) err() error {
 
 // consumerProc is one `braid sim consume` process.
 type consumerProc struct {
-	cmd      *exec.Cmd
-	stdin    io.WriteCloser
+	cmd   *exec.Cmd
+	stdin io.WriteCloser
+	// ready receives a relay process's metrics URL once it serves.
+	ready    chan string
 	mu       sync.Mutex
 	done     chan struct{}
 	stopOnce sync.Once
@@ -722,7 +801,7 @@ func startConsumer(exe string, args, env []string, stderr io.Writer, first, n in
 	if err := cmd.Start(); err != nil {
 		return nil, fmt.Errorf("start consumer: %w", err)
 	}
-	p := &consumerProc{cmd: cmd, stdin: stdin, done: make(chan struct{})}
+	p := &consumerProc{cmd: cmd, stdin: stdin, ready: make(chan string, 1), done: make(chan struct{})}
 	go func() {
 		defer close(p.done)
 		sc := bufio.NewScanner(stdout)
@@ -733,8 +812,15 @@ func startConsumer(exe string, args, env []string, stderr io.Writer, first, n in
 				col.add(first, event{E: evError, Msg: fmt.Sprintf("consumer said %q: %v", sc.Text(), err)})
 				continue
 			}
-			if ev.E == evFinal {
+			switch ev.E {
+			case evFinal:
 				continue // the driver reads the process's figures from /proc
+			case evReady:
+				select {
+				case p.ready <- ev.Msg:
+				default:
+				}
+				continue
 			}
 			if ev.C < 0 || ev.C >= n {
 				continue
@@ -744,6 +830,35 @@ func startConsumer(exe string, args, env []string, stderr io.Writer, first, n in
 		_ = cmd.Wait()
 	}()
 	return p, nil
+}
+
+// waitReady waits until a relay process serves and returns its etcd's
+// metrics URL.
+func (p *consumerProc) waitReady(ctx context.Context, timeout time.Duration) (string, error) {
+	t := time.NewTimer(timeout)
+	defer t.Stop()
+	select {
+	case u := <-p.ready:
+		return u, nil
+	case <-p.done:
+		return "", errors.New("exited before serving")
+	case <-t.C:
+		return "", fmt.Errorf("not serving after %v", timeout)
+	case <-ctx.Done():
+		return "", ctx.Err()
+	}
+}
+
+// scrapeAll reads the metrics a run needs from each URL; an entry is nil
+// where the scrape failed.
+func scrapeAll(ctx context.Context, urls []string) []benchkit.Metrics {
+	out := make([]benchkit.Metrics, len(urls))
+	for i, u := range urls {
+		if m, err := benchkit.Scrape(ctx, u+"/metrics", metricNames...); err == nil {
+			out[i] = m
+		}
+	}
+	return out
 }
 
 func (p *consumerProc) send(line string) {
