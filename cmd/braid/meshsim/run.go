@@ -739,17 +739,35 @@ func (c *collector) add(consumer int, ev event) {
 
 // wait calls cond (under the collector's lock) whenever events arrive, and
 // at least every 200 ms, until it returns nil; it gives up after timeout.
+// An expensive cond (matching every change with every observation) is
+// called again only after three times as long as it took has passed
+// without the lock: called on every event, it would hold the lock nearly
+// always and starve the readers of the consumers' output, so that the
+// drain it waits for would never end.
 func (c *collector) wait(ctx context.Context, timeout time.Duration, cond func() error) error {
 	deadline := time.NewTimer(timeout)
 	defer deadline.Stop()
 	tick := time.NewTicker(200 * time.Millisecond)
 	defer tick.Stop()
 	for {
+		start := time.Now()
 		c.mu.Lock()
 		err := cond()
 		c.mu.Unlock()
 		if err == nil {
 			return nil
+		}
+		if took := time.Since(start); took > time.Millisecond {
+			pause := time.NewTimer(3 * took)
+			select {
+			case <-ctx.Done():
+				pause.Stop()
+				return ctx.Err()
+			case <-deadline.C:
+				pause.Stop()
+				return fmt.Errorf("%w after %v", err, timeout)
+			case <-pause.C:
+			}
 		}
 		select {
 		case <-ctx.Done():
