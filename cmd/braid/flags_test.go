@@ -70,7 +70,7 @@ func TestEveryCommandRefusesInvalidFlags(t *testing.T) {
 		{[]string{"sim", "--consumer-clusters", "0"}, "--consumer-clusters"},
 		{[]string{"sim", "--clusters", "5", "--consumer-clusters", "6"}, "--consumer-clusters"},
 		{[]string{"sim", "--consumers-per-cluster", "0"}, "--consumers-per-cluster"},
-		{[]string{"sim", "--consumers-via", "relay"}, "--consumers-via"},
+		{[]string{"sim", "--consumers-via", "carrier-pigeon"}, "--consumers-via"},
 		{[]string{"sim", "--service-layout", "sideways"}, "--service-layout"},
 		{[]string{"sim", "--lease-ttl", "1ms"}, "--lease-ttl"},
 		{[]string{"sim", "--raw-rate", "-2"}, "--raw-rate"},

@@ -43,6 +43,20 @@ type BrokerProcess struct {
 // (at most a minute), and returns it. env is added to its environment; its
 // stderr goes to stderr.
 func StartBroker(ctx context.Context, exe, dataDir string, env []string, stderr io.Writer) (*BrokerProcess, error) {
+	// A port found free may be taken (by any process's outgoing
+	// connection) before the broker binds it; it then exits at once, and
+	// a few more tries with other ports get past that.
+	for attempt := 1; ; attempt++ {
+		b, err := startBrokerOnce(ctx, exe, dataDir, env, stderr)
+		if !errors.Is(err, errBrokerExited) || attempt == 3 {
+			return b, err
+		}
+	}
+}
+
+var errBrokerExited = errors.New("it exited")
+
+func startBrokerOnce(ctx context.Context, exe, dataDir string, env []string, stderr io.Writer) (*BrokerProcess, error) {
 	ports, err := freePorts(3)
 	if err != nil {
 		return nil, fmt.Errorf("start broker: %w", err)
@@ -79,7 +93,7 @@ func StartBroker(ctx context.Context, exe, dataDir string, env []string, stderr 
 		}
 		select {
 		case <-b.exited:
-			return nil, fmt.Errorf("start broker: it exited: %v", b.cmd.ProcessState)
+			return nil, fmt.Errorf("start broker: %w: %v", errBrokerExited, b.cmd.ProcessState)
 		default:
 		}
 		if time.Now().After(deadline) || !reconcile.Wait(ctx, retry.Next()) {
