@@ -83,18 +83,8 @@ func TestAgentServesMeshServiceThroughSocketLB(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	a, err := agent.New(agent.Config{Cluster: "east", Node: "e1", Zone: "za", BPF: bpf.Config{PinDir: pins}, CgroupPath: cg}, store, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan error, 1)
-	go func() { done <- a.Run(ctx) }()
-	defer func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("agent: %v", err)
-		}
-	}()
+	a, stopAgent := runAgent(t, ctx, agent.Config{Cluster: "east", Node: "e1", Zone: "za", BPF: bpf.Config{PinDir: pins}, CgroupPath: cg}, store)
+	defer stopAgent()
 	bpftest.EnterCgroup(t, cg)
 
 	vip := netip.MustParseAddrPort("172.21.0.10:80")
@@ -146,5 +136,24 @@ func TestAgentServesMeshServiceThroughSocketLB(t *testing.T) {
 	expect("local")
 	if snap := a.Snapshot(); !snap.Healthy {
 		t.Errorf("agent unhealthy: %v", snap.Problems)
+	}
+}
+
+// runAgent runs an agent of cfg on store until ctx is done or stop is
+// called; stop waits for it and reports its error.
+func runAgent(t *testing.T, ctx context.Context, cfg agent.Config, store kvstore.Store) (a *agent.Agent, stop func()) {
+	t.Helper()
+	a, err := agent.New(cfg, store, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- a.Run(ctx) }()
+	return a, func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("agent: %v", err)
+		}
 	}
 }

@@ -96,18 +96,8 @@ func TestAgentServesFiftyThousandBackends(t *testing.T) {
 		backendIPs[b.IP] = true
 	}
 
-	a, err := agent.New(agent.Config{Cluster: "east", Node: "e1", Zone: "za", BPF: bpf.Config{PinDir: pins}, CgroupPath: cg}, store, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan error, 1)
-	go func() { done <- a.Run(ctx) }()
-	defer func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("agent: %v", err)
-		}
-	}()
+	a, stopAgent := runAgent(t, ctx, agent.Config{Cluster: "east", Node: "e1", Zone: "za", BPF: bpf.Config{PinDir: pins}, CgroupPath: cg}, store)
+	defer stopAgent()
 	bpftest.EnterCgroup(t, cg)
 	start := time.Now()
 

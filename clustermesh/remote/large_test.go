@@ -10,6 +10,7 @@ import (
 	"github.com/braidmesh/braid/clustermesh"
 	"github.com/braidmesh/braid/clustermesh/publish"
 	"github.com/braidmesh/braid/internal/testenv"
+	"github.com/braidmesh/braid/kvstore"
 	"github.com/braidmesh/braid/kvstore/etcd"
 	"github.com/braidmesh/braid/kvstore/etcd/etcdtest"
 )
@@ -21,19 +22,7 @@ import (
 // change and a scale-down to 30,000.
 func TestFiftyThousandBackendsThroughEtcd(t *testing.T) {
 	ctx := t.Context()
-	srv := etcdtest.Start(t, etcdtest.WithoutFsync())
-	connect := func() *etcd.Store {
-		s, err := etcd.New(ctx, etcd.Config{Endpoints: srv.Endpoints()})
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { s.Close() })
-		return s
-	}
-	eastStore, westStore := connect(), connect()
-	east := cluster("east", 1)
-	putGrant(t, eastStore, east)
-	putGrant(t, eastStore, cluster("west", 2))
+	eastStore, westStore, east := eastAndWestOnEtcd(t)
 
 	const n = 50_000
 	svc := &clustermesh.Service{Cluster: east.Name, Namespace: "default", Name: "huge", Global: true, Shared: true,
@@ -42,27 +31,8 @@ func TestFiftyThousandBackendsThroughEtcd(t *testing.T) {
 		svc.Backends = append(svc.Backends, clustermesh.Backend{IP: netip.AddrFrom4([4]byte{10, 1, byte(i >> 8), byte(i)}),
 			Ports: []clustermesh.BackendPort{{Name: "http", Port: 8080}}, Node: fmt.Sprintf("n%d", i%100), Ready: true, Serving: true})
 	}
-	p, err := publish.New(publish.Config{Cluster: east, LeaseTTL: 30 * time.Second}, eastStore, nil, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, k := range []clustermesh.Kind{clustermesh.KindNodes, clustermesh.KindIdentities, clustermesh.KindIPs} {
-		if err := p.Replace(k, nil); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if err := p.Replace(clustermesh.KindServices, []publish.Record{svc}); err != nil {
-		t.Fatal(err)
-	}
-	pctx, stop := context.WithCancel(ctx)
-	done := make(chan error, 1)
-	go func() { done <- p.Run(pctx) }()
-	defer func() {
-		stop()
-		if err := <-done; err != nil {
-			t.Errorf("publisher: %v", err)
-		}
-	}()
+	p, stop := runServicePublisher(t, eastStore, east, publish.LayoutBoth, svc)
+	defer stop()
 
 	w := runWatcher(t, ctx, westStore, "west")
 	// backends returns a check that the consumer's snapshot holds the
@@ -109,4 +79,51 @@ func TestFiftyThousandBackendsThroughEtcd(t *testing.T) {
 	testenv.Eventually(t, time.Minute, backends(30_000, func(b clustermesh.Backend) bool {
 		return b.Ready && (b.Zone == "z") == (b.IP == svc.Backends[0].IP)
 	}))
+}
+
+// eastAndWestOnEtcd starts an etcd and returns a store for cluster east
+// (ID 1) and one for west (ID 2), both granted.
+func eastAndWestOnEtcd(t *testing.T) (eastStore, westStore *etcd.Store, east clustermesh.ClusterConfig) {
+	t.Helper()
+	srv := etcdtest.Start(t, etcdtest.WithoutFsync())
+	connect := func() *etcd.Store {
+		s, err := etcd.New(t.Context(), etcd.Config{Endpoints: srv.Endpoints()})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { s.Close() })
+		return s
+	}
+	eastStore, westStore = connect(), connect()
+	east = cluster("east", 1)
+	putGrant(t, eastStore, east)
+	putGrant(t, eastStore, cluster("west", 2))
+	return eastStore, westStore, east
+}
+
+// runServicePublisher runs a publisher of c's services, in layout, with
+// no entries of the other kinds; stop ends it.
+func runServicePublisher(t *testing.T, store kvstore.Store, c clustermesh.ClusterConfig, layout publish.ServiceLayout, services ...publish.Record) (p *publish.Publisher, stop func()) {
+	t.Helper()
+	p, err := publish.New(publish.Config{Cluster: c, LeaseTTL: 30 * time.Second, ServiceLayout: layout}, store, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, k := range []clustermesh.Kind{clustermesh.KindNodes, clustermesh.KindIdentities, clustermesh.KindIPs} {
+		if err := p.Replace(k, nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := p.Replace(clustermesh.KindServices, services); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(t.Context())
+	done := make(chan error, 1)
+	go func() { done <- p.Run(ctx) }()
+	return p, func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("publisher: %v", err)
+		}
+	}
 }

@@ -1,7 +1,6 @@
 package remote_test
 
 import (
-	"context"
 	"fmt"
 	"net/netip"
 	"slices"
@@ -13,8 +12,6 @@ import (
 	"github.com/braidmesh/braid/clustermesh/remote"
 	"github.com/braidmesh/braid/internal/testenv"
 	"github.com/braidmesh/braid/kvstore"
-	"github.com/braidmesh/braid/kvstore/etcd"
-	"github.com/braidmesh/braid/kvstore/etcd/etcdtest"
 )
 
 // TestRestartRepackKeepsEveryBackend: a publisher that restarts starts
@@ -24,19 +21,7 @@ import (
 // nor count the intermediate states as invalid.
 func TestRestartRepackKeepsEveryBackend(t *testing.T) {
 	ctx := t.Context()
-	srv := etcdtest.Start(t, etcdtest.WithoutFsync())
-	connect := func() *etcd.Store {
-		s, err := etcd.New(ctx, etcd.Config{Endpoints: srv.Endpoints()})
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { s.Close() })
-		return s
-	}
-	eastStore, westStore := connect(), connect()
-	east := cluster("east", 1)
-	putGrant(t, eastStore, east)
-	putGrant(t, eastStore, cluster("west", 2))
+	eastStore, westStore, east := eastAndWestOnEtcd(t)
 
 	svc := &clustermesh.Service{Cluster: east.Name, Namespace: "default", Name: "web", Global: true, Shared: true,
 		Affinity: clustermesh.AffinityNone, Ports: []clustermesh.ServicePort{{Name: "http", Port: 80, Protocol: clustermesh.TCP}}}
@@ -50,27 +35,7 @@ func TestRestartRepackKeepsEveryBackend(t *testing.T) {
 			Backends: []clustermesh.Backend{{IP: netip.MustParseAddr("10.1.9.9"), Ports: []clustermesh.BackendPort{{Name: "http", Port: 8080}}, Ready: true, Serving: true}}}
 	}
 	start := func(records ...publish.Record) (*publish.Publisher, func()) {
-		p, err := publish.New(publish.Config{Cluster: east, LeaseTTL: 30 * time.Second, ServiceLayout: publish.LayoutChunked}, eastStore, nil, nil)
-		if err != nil {
-			t.Fatal(err)
-		}
-		for _, k := range []clustermesh.Kind{clustermesh.KindNodes, clustermesh.KindIdentities, clustermesh.KindIPs} {
-			if err := p.Replace(k, nil); err != nil {
-				t.Fatal(err)
-			}
-		}
-		if err := p.Replace(clustermesh.KindServices, records); err != nil {
-			t.Fatal(err)
-		}
-		pctx, stop := context.WithCancel(ctx)
-		done := make(chan error, 1)
-		go func() { done <- p.Run(pctx) }()
-		return p, func() {
-			stop()
-			if err := <-done; err != nil {
-				t.Errorf("publisher: %v", err)
-			}
-		}
+		return runServicePublisher(t, eastStore, east, publish.LayoutChunked, records...)
 	}
 	chunkKeys := func() []string {
 		t.Helper()
@@ -172,19 +137,7 @@ func eastInvalid(w *remote.Watcher) int {
 // invalid entry.
 func TestScaleDownRepackIsAtomic(t *testing.T) {
 	ctx := t.Context()
-	srv := etcdtest.Start(t, etcdtest.WithoutFsync())
-	connect := func() *etcd.Store {
-		s, err := etcd.New(ctx, etcd.Config{Endpoints: srv.Endpoints()})
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { s.Close() })
-		return s
-	}
-	eastStore, westStore := connect(), connect()
-	east := cluster("east", 1)
-	putGrant(t, eastStore, east)
-	putGrant(t, eastStore, cluster("west", 2))
+	eastStore, westStore, east := eastAndWestOnEtcd(t)
 	service := func(name string, backends int) *clustermesh.Service {
 		s := &clustermesh.Service{Cluster: east.Name, Namespace: "default", Name: name, Global: true, Shared: true,
 			Affinity: clustermesh.AffinityNone, Ports: []clustermesh.ServicePort{{Name: "http", Port: 80, Protocol: clustermesh.TCP}}}
@@ -194,27 +147,8 @@ func TestScaleDownRepackIsAtomic(t *testing.T) {
 		}
 		return s
 	}
-	p, err := publish.New(publish.Config{Cluster: east, LeaseTTL: 30 * time.Second, ServiceLayout: publish.LayoutChunked}, eastStore, nil, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, k := range []clustermesh.Kind{clustermesh.KindNodes, clustermesh.KindIdentities, clustermesh.KindIPs} {
-		if err := p.Replace(k, nil); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if err := p.Replace(clustermesh.KindServices, []publish.Record{service("web", 1000)}); err != nil {
-		t.Fatal(err)
-	}
-	pctx, stop := context.WithCancel(ctx)
-	done := make(chan error, 1)
-	go func() { done <- p.Run(pctx) }()
-	defer func() {
-		stop()
-		if err := <-done; err != nil {
-			t.Errorf("publisher: %v", err)
-		}
-	}()
+	p, stop := runServicePublisher(t, eastStore, east, publish.LayoutChunked, service("web", 1000))
+	defer stop()
 	w := runWatcher(t, ctx, westStore, "west")
 	testenv.Eventually(t, time.Minute, func() error {
 		cs := w.Snapshot().Clusters[east.Name]
