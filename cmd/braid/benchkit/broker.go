@@ -40,7 +40,10 @@ type BrokerProcess struct {
 
 // StartBroker runs `exe broker` on dataDir with free loopback ports, no
 // join endpoint and no status page, waits until it answers its root user
-// (at most a minute), and returns it. env is added to its environment; its
+// (at most a minute), and returns it. The broker may then still be
+// bringing the cluster roles to the key schema (broker.SyncClusterRoles),
+// so a permission added to a cluster's role may be revoked: grant extra
+// keys through roles of their own. env is added to its environment; its
 // stderr goes to stderr.
 func StartBroker(ctx context.Context, exe, dataDir string, env []string, stderr io.Writer) (*BrokerProcess, error) {
 	// A port found free may be taken (by any process's outgoing

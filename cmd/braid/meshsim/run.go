@@ -19,6 +19,7 @@ import (
 	"sync"
 	"time"
 
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/braidmesh/braid/clustermesh"
@@ -51,6 +52,48 @@ const (
 // rawKey is the raw baseline's key, outside clustermesh.Root so that no
 // Watcher decodes it.
 const rawKey = "braid-sim/raw"
+
+// The raw key's permissions are roles of their own, granted to the
+// consumer clusters' users beside their cluster roles: a broker brings
+// every cluster role to exactly the key schema's permissions when it
+// starts (broker.SyncClusterRoles), which may happen after its root user
+// first answers, and would revoke a permission added to the cluster role.
+const (
+	rawWriterRole = "braid-sim-raw-writer"
+	rawReaderRole = "braid-sim-raw-reader"
+)
+
+// grantRawKey lets the first consumer cluster write the raw key and the
+// others read it.
+func grantRawKey(ctx context.Context, admin *clientv3.Client, consumers []*simCluster) error {
+	for role, perm := range map[string]clientv3.PermissionType{rawWriterRole: clientv3.PermissionType(clientv3.PermReadWrite), rawReaderRole: clientv3.PermissionType(clientv3.PermRead)} {
+		if _, err := admin.RoleAdd(ctx, role); err != nil && !errors.Is(err, rpctypes.ErrRoleAlreadyExist) {
+			return fmt.Errorf("add role %s: %w", role, err)
+		}
+		if _, err := admin.RoleGrantPermission(ctx, role, rawKey, "", perm); err != nil {
+			return fmt.Errorf("grant role %s the raw key: %w", role, err)
+		}
+	}
+	for i, c := range consumers {
+		role := rawReaderRole
+		if i == 0 {
+			role = rawWriterRole
+		}
+		if _, err := admin.UserGrantRole(ctx, broker.ClusterUser(c.cfg.Name), role); err != nil {
+			return fmt.Errorf("grant %s the raw key: %w", c.cfg.Name, err)
+		}
+	}
+	return nil
+}
+
+// revokeRawKey deletes the raw key's roles from an external broker.
+func revokeRawKey(ctx context.Context, admin *clientv3.Client, log *slog.Logger) {
+	for _, role := range []string{rawWriterRole, rawReaderRole} {
+		if _, err := admin.RoleDelete(ctx, role); err != nil && !errors.Is(err, rpctypes.ErrRoleNotFound) {
+			log.Error("delete role", "role", role, "err", err)
+		}
+	}
+}
 
 // Config is one simulation run. Run validates it.
 type Config struct {
@@ -323,14 +366,11 @@ func Run(ctx context.Context, cfg Config, out io.Writer) (*Result, error) {
 	if cfg.Broker != nil {
 		defer removeClusters(context.WithoutCancel(ctx), b, clusters, log)
 	}
-	for i := range cfg.ConsumerClusters {
-		perm := clientv3.PermRead
-		if i == 0 {
-			perm = clientv3.PermReadWrite
-		}
-		if _, err := b.admin.RoleGrantPermission(ctx, broker.ClusterUser(clusters[i].cfg.Name), rawKey, "", clientv3.PermissionType(perm)); err != nil {
-			return nil, fmt.Errorf("grant %s the raw key: %w", clusters[i].cfg.Name, err)
-		}
+	if err := grantRawKey(ctx, b.admin, clusters[:cfg.ConsumerClusters]); err != nil {
+		return nil, err
+	}
+	if cfg.Broker != nil {
+		defer revokeRawKey(context.WithoutCancel(ctx), b.admin, log)
 	}
 	res.SetupGrants = time.Since(start)
 	progress("%d clusters granted in %v", len(clusters), res.SetupGrants.Round(time.Millisecond))
