@@ -2,6 +2,8 @@ package gossip
 
 import (
 	"fmt"
+	"net/http"
+	_ "net/http/pprof" // served when BRAID_PPROF is set
 	"os"
 	"runtime/debug"
 	"slices"
@@ -36,7 +38,15 @@ import (
 // BRAID_GOSSIP_RUNS overrides them (default "100x2,100x5,200x5,1000x20").
 //
 //	go test -run '^$' -bench Bandwidth -benchtime 1x -timeout 60m ./clustermesh/gossip/
+//
+// With BRAID_PPROF=host:port the process serves net/http/pprof there, to
+// profile a run while it joins or measures.
 func BenchmarkBandwidth(b *testing.B) {
+	if addr := os.Getenv("BRAID_PPROF"); addr != "" {
+		srv := &http.Server{Addr: addr, ReadHeaderTimeout: 10 * time.Second}
+		go func() { _ = srv.ListenAndServe() }()
+		b.Cleanup(func() { _ = srv.Close() })
+	}
 	runs := os.Getenv("BRAID_GOSSIP_RUNS")
 	if runs == "" {
 		runs = "100x2,100x5,200x5,1000x20"
