@@ -58,8 +58,17 @@ type chunker struct {
 	of   map[netip.Addr]int // backend -> chunk number
 	next int                // number of the next new chunk
 	// enc holds each chunk's last encoding and the backends it encodes
-	// (a private copy): a change re-encodes only the chunks it touches.
-	enc map[int]encodedChunk
+	// (a private copy, sorted by IP): a change re-encodes only the chunks
+	// it touches. An entry is updated in place, so last may point at it.
+	enc map[int]*encodedChunk
+	// last describes the backends of the last call by their position in
+	// it: their IPs, and where each one is held in enc. A call with the
+	// same IPs in the same order (a readiness or port change: the common
+	// case) finds what changed by position, without a map lookup or a
+	// sort over the whole service.
+	last  []netip.Addr
+	at    []chunkSlot
+	order []int // chunk numbers of the last call, in order
 }
 
 type encodedChunk struct {
@@ -67,25 +76,138 @@ type encodedChunk struct {
 	val      []byte
 }
 
-// encode returns chunk c (number n) encoded, reusing the last encoding of
-// chunk n when its backends are the same.
-func (ch *chunker) encode(n int, c *clustermesh.EndpointChunk) ([]byte, error) {
-	if prev, ok := ch.enc[n]; ok && slices.EqualFunc(prev.backends, c.Backends, sameBackend) {
+// chunkSlot is where a backend is held: chunk c (number n), position i.
+type chunkSlot struct {
+	c *encodedChunk
+	n int
+	i int
+}
+
+// encodedRef is one chunk of a service as encodeChunks returns it.
+type encodedRef struct {
+	n   int
+	val []byte
+}
+
+// encodeChunks returns the chunks of a service with these backends, in
+// order, each encoded, encoding again only the chunks whose backends
+// changed since the last call. backends is not modified.
+func (ch *chunker) encodeChunks(backends []clustermesh.Backend) ([]encodedRef, error) {
+	if ch.sameIPs(backends) {
+		return ch.encodeChanged(backends)
+	}
+	byChunk, order := ch.assign(backends)
+	ch.forget(order)
+	refs := make([]encodedRef, 0, len(order))
+	for _, n := range order {
+		val, err := ch.encode(n, byChunk[n])
+		if err != nil {
+			return nil, err
+		}
+		refs = append(refs, encodedRef{n: n, val: val})
+	}
+	ch.index(backends, order)
+	return refs, nil
+}
+
+// sameIPs reports whether backends has the IPs of the last call in the
+// same order.
+func (ch *chunker) sameIPs(backends []clustermesh.Backend) bool {
+	if ch.at == nil || len(backends) != len(ch.last) {
+		return false
+	}
+	for i := range backends {
+		if backends[i].IP != ch.last[i] {
+			return false
+		}
+	}
+	return true
+}
+
+// encodeChanged is encodeChunks for backends with the IPs of the last
+// call: each chunk keeps its backends, and a chunk is encoded again when
+// one of them changed.
+func (ch *chunker) encodeChanged(backends []clustermesh.Backend) ([]encodedRef, error) {
+	var changed map[int][]clustermesh.Backend // by chunk number, copy-on-write
+	for i := range backends {
+		at := ch.at[i]
+		if sameBackend(at.c.backends[at.i], backends[i]) {
+			continue
+		}
+		if changed == nil {
+			changed = map[int][]clustermesh.Backend{}
+		}
+		bs, ok := changed[at.n]
+		if !ok {
+			bs = slices.Clone(at.c.backends)
+			changed[at.n] = bs
+		}
+		b := backends[i]
+		b.Ports = slices.Clone(b.Ports)
+		bs[at.i] = b
+	}
+	for n, bs := range changed {
+		val, err := clustermesh.EncodeChunk(&clustermesh.EndpointChunk{Chunk: chunkName(n), Backends: bs})
+		if err != nil {
+			return nil, err
+		}
+		c := ch.enc[n]
+		c.backends, c.val = bs, val
+	}
+	refs := make([]encodedRef, 0, len(ch.order))
+	for _, n := range ch.order {
+		refs = append(refs, encodedRef{n: n, val: ch.enc[n].val})
+	}
+	return refs, nil
+}
+
+// index records where each of backends is held, for the next call.
+func (ch *chunker) index(backends []clustermesh.Backend, order []int) {
+	slot := make(map[netip.Addr]chunkSlot, len(backends))
+	for _, n := range order {
+		c := ch.enc[n]
+		for i, b := range c.backends {
+			slot[b.IP] = chunkSlot{c: c, n: n, i: i}
+		}
+	}
+	ch.last = make([]netip.Addr, len(backends))
+	ch.at = make([]chunkSlot, len(backends))
+	ch.order = order
+	for i := range backends {
+		s, ok := slot[backends[i].IP]
+		if !ok || s.c.backends[s.i].IP != backends[i].IP {
+			// Two backends with one IP: leave the fast path off.
+			ch.last, ch.at, ch.order = nil, nil, nil
+			return
+		}
+		ch.last[i], ch.at[i] = backends[i].IP, s
+	}
+}
+
+// encode returns chunk n (backends sorted by IP) encoded, reusing its last
+// encoding when its backends are the same.
+func (ch *chunker) encode(n int, backends []clustermesh.Backend) ([]byte, error) {
+	prev := ch.enc[n]
+	if prev != nil && slices.EqualFunc(prev.backends, backends, sameBackend) {
 		return prev.val, nil
 	}
-	val, err := clustermesh.EncodeChunk(c)
+	val, err := clustermesh.EncodeChunk(&clustermesh.EndpointChunk{Chunk: chunkName(n), Backends: backends})
 	if err != nil {
 		return nil, err
 	}
-	kept := make([]clustermesh.Backend, len(c.Backends))
-	for i, b := range c.Backends {
+	kept := make([]clustermesh.Backend, len(backends))
+	for i, b := range backends {
 		b.Ports = slices.Clone(b.Ports)
 		kept[i] = b
 	}
-	if ch.enc == nil {
-		ch.enc = map[int]encodedChunk{}
+	if prev == nil {
+		if ch.enc == nil {
+			ch.enc = map[int]*encodedChunk{}
+		}
+		prev = &encodedChunk{}
+		ch.enc[n] = prev
 	}
-	ch.enc[n] = encodedChunk{backends: kept, val: val}
+	prev.backends, prev.val = kept, val
 	return val, nil
 }
 
@@ -313,18 +435,16 @@ func (p *Publisher) encodeServiceLocked(svc *clustermesh.Service) (encodedServic
 		ch = &chunker{}
 		p.chunkers[name] = ch
 	}
-	byChunk, order := ch.assign(svc.Backends)
+	refs, err := ch.encodeChunks(svc.Backends)
+	if err != nil {
+		return out, fmt.Errorf("publish service %s: %w", name, err)
+	}
 	h := clustermesh.ServiceHeader{Service: *svc}
 	h.Backends = nil
-	h.Chunks = make([]string, 0, len(order))
-	ch.forget(order)
-	for _, n := range order {
-		c := clustermesh.EndpointChunk{Cluster: svc.Cluster, Namespace: svc.Namespace, Name: svc.Name, Chunk: chunkName(n), Backends: byChunk[n]}
-		val, err := ch.encode(n, &c)
-		if err != nil {
-			return out, fmt.Errorf("publish service %s: %w", name, err)
-		}
-		add(clustermesh.KindServicesV2, &c, val)
+	h.Chunks = make([]string, 0, len(refs))
+	for _, r := range refs {
+		c := clustermesh.EndpointChunk{Cluster: svc.Cluster, Namespace: svc.Namespace, Name: svc.Name, Chunk: chunkName(r.n)}
+		add(clustermesh.KindServicesV2, &c, r.val)
 		h.Chunks = append(h.Chunks, c.Chunk)
 	}
 	key, val, err := p.encode(clustermesh.KindServicesV2, &h)
