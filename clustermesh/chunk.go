@@ -394,6 +394,70 @@ func DecodeEndpointChunk(owner *ClusterConfig, isNodeIP func(netip.Addr) bool, k
 	return EndpointChunk{Cluster: owner.Name, Namespace: ns, Name: sname, Chunk: chunk, Backends: backends}, nil
 }
 
+// portNameSet returns whether a name is one of ports' names: a linear
+// search for the few ports most services have, a set beyond.
+func portNameSet(ports []ServicePort) func(string) bool {
+	if len(ports) <= 8 {
+		return func(name string) bool {
+			for i := range ports {
+				if ports[i].Name == name {
+					return true
+				}
+			}
+			return false
+		}
+	}
+	set := make(map[string]bool, len(ports))
+	for _, p := range ports {
+		set[p.Name] = true
+	}
+	return func(name string) bool { return set[name] }
+}
+
+// duplicateAcrossChunks returns a backend IP that is in two of parts (each
+// of which has no IP twice, as DecodeEndpointChunk checks) and the chunk
+// it was found in second. Chunks sorted by IP whose ranges do not overlap
+// (what a publisher writes for a service until backends come and go) are
+// checked without a set.
+func duplicateAcrossChunks(parts []*EndpointChunk) (netip.Addr, string, bool) {
+	type span struct{ lo, hi netip.Addr }
+	spans := make([]span, 0, len(parts))
+	disjoint := true
+	for _, c := range parts {
+		if len(c.Backends) == 0 {
+			continue
+		}
+		if !slices.IsSortedFunc(c.Backends, func(a, b Backend) int { return a.IP.Compare(b.IP) }) {
+			disjoint = false
+			break
+		}
+		spans = append(spans, span{c.Backends[0].IP, c.Backends[len(c.Backends)-1].IP})
+	}
+	if disjoint {
+		slices.SortFunc(spans, func(a, b span) int { return a.lo.Compare(b.lo) })
+		for i := 1; i < len(spans) && disjoint; i++ {
+			disjoint = spans[i-1].hi.Less(spans[i].lo)
+		}
+		if disjoint {
+			return netip.Addr{}, "", false
+		}
+	}
+	n := 0
+	for _, c := range parts {
+		n += len(c.Backends)
+	}
+	seen := make(map[netip.Addr]struct{}, n)
+	for _, c := range parts {
+		for _, b := range c.Backends {
+			if _, dup := seen[b.IP]; dup {
+				return b.IP, c.Chunk, true
+			}
+			seen[b.IP] = struct{}{}
+		}
+	}
+	return netip.Addr{}, "", false
+}
+
 // ErrChunkMissing is returned by AssembleService when a chunk the header
 // names is not there (yet): the publisher writes chunks before the header
 // naming them, so a consumer sees this only while a list or a write is
@@ -422,25 +486,20 @@ func AssembleService(h *ServiceHeader, chunks func(name string) (*EndpointChunk,
 	if n > MaxChunkedBackends {
 		return Service{}, invalid(key, KindServicesV2, "service exports %d backends, more than the limit of %d", n, MaxChunkedBackends)
 	}
-	ports := make(map[string]bool, len(s.Ports))
-	for _, p := range s.Ports {
-		ports[p.Name] = true
-	}
+	knownPort := portNameSet(s.Ports)
 	s.Backends = make([]Backend, 0, n)
-	seen := make(map[netip.Addr]bool, n)
 	for _, c := range parts {
 		for _, b := range c.Backends {
-			if seen[b.IP] {
-				return Service{}, invalid(key, KindServicesV2, "backend %s appears in two chunks (second: %q)", b.IP, c.Chunk)
-			}
-			seen[b.IP] = true
 			for _, bp := range b.Ports {
-				if !ports[bp.Name] {
+				if !knownPort(bp.Name) {
 					return Service{}, invalid(key, KindServicesV2, "backend %s in chunk %q names unknown port %q", b.IP, c.Chunk, bp.Name)
 				}
 			}
 		}
 		s.Backends = append(s.Backends, c.Backends...)
+	}
+	if ip, chunk, dup := duplicateAcrossChunks(parts); dup {
+		return Service{}, invalid(key, KindServicesV2, "backend %s appears in two chunks (second: %q)", ip, chunk)
 	}
 	return s, nil
 }

@@ -180,6 +180,21 @@ func TestAssembleService(t *testing.T) {
 	dup := eastHeader("c0", "dup")
 	_, err = clustermesh.AssembleService(&dup, lookup)
 	wantRejected(t, err, h.Key(), "appears in two chunks")
+	// Chunks whose IP ranges interleave (a publisher's sticky assignment
+	// after backends came and went) are checked as carefully.
+	add(eastChunk("lo", b("10.2.1.1", "http"), b("10.2.1.5", "http")))
+	add(eastChunk("mid", b("10.2.1.3", "http")))
+	add(eastChunk("mid-dup", b("10.2.1.3", "http"), b("10.2.1.4", "http")))
+	add(eastChunk("unsorted", b("10.2.1.9", "http"), b("10.2.1.5", "http")))
+	interleaved := eastHeader("lo", "mid")
+	if s, err := clustermesh.AssembleService(&interleaved, lookup); err != nil || len(s.Backends) != 3 {
+		t.Fatalf("interleaved chunks without a duplicate: got %d backends, %v; want 3, nil", len(s.Backends), err)
+	}
+	for _, names := range [][]string{{"lo", "mid", "mid-dup"}, {"unsorted", "lo"}, {"lo", "unsorted"}} {
+		h := eastHeader(names...)
+		_, err = clustermesh.AssembleService(&h, lookup)
+		wantRejected(t, err, h.Key(), "appears in two chunks")
+	}
 	add(eastChunk("badport", b("10.2.0.7", "grpc")))
 	bad := eastHeader("badport")
 	_, err = clustermesh.AssembleService(&bad, lookup)
