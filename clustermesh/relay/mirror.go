@@ -32,8 +32,14 @@ type mirror struct {
 	cli  *clientv3.Client
 	seed maphash.Seed
 
-	// have is the hash of every key's value in the mirror.
-	have map[string]uint64
+	// have is the hash of every key's value in the mirror; underKind
+	// indexes its keys by kind prefix (KindPrefix(kind, cluster)), so a
+	// prune reads only the keys it is about, and unindexed holds the keys
+	// of no kind prefix (configs, grants, markers, or keys of the schema's
+	// shape that it does not parse, from an older relay).
+	have      map[string]uint64
+	underKind map[string]map[string]struct{}
+	unindexed map[string]struct{}
 	// seen holds the keys the upstream stream confirmed since start;
 	// announced the clusters it announced; pruned the (cluster, kind)
 	// pairs whose leftovers from before the start were deleted.
@@ -61,6 +67,8 @@ func newMirror(ctx context.Context, cli *clientv3.Client, r *Relay) (*mirror, er
 		cli:       cli,
 		seed:      maphash.MakeSeed(),
 		have:      map[string]uint64{},
+		underKind: map[string]map[string]struct{}{},
+		unindexed: map[string]struct{}{},
 		seen:      map[string]struct{}{},
 		announced: map[clustermesh.ClusterName]bool{},
 		pruned:    map[clustermesh.ClusterName]map[clustermesh.Kind]bool{},
@@ -74,7 +82,7 @@ func newMirror(ctx context.Context, cli *clientv3.Client, r *Relay) (*mirror, er
 		return nil, fmt.Errorf("read mirror: %w", err)
 	}
 	for _, kv := range kvs {
-		m.have[kv.Key] = maphash.Bytes(m.seed, kv.Value)
+		m.hold(kv.Key, maphash.Bytes(m.seed, kv.Value))
 		if pk, err := clustermesh.ParseKey(kv.Key); err == nil && pk.Config && kv.Lease != 0 {
 			m.leases[pk.Cluster] = clientv3.LeaseID(kv.Lease)
 		}
@@ -186,7 +194,7 @@ func (m *mirror) upsert(ctx context.Context, key string, value []byte) error {
 	if err := m.queue(ctx, clientv3.OpPut(key, string(value), clientv3.WithLease(lease)), key, len(value)); err != nil {
 		return err
 	}
-	m.have[key] = h
+	m.hold(key, h)
 	m.puts++
 	return nil
 }
@@ -206,7 +214,12 @@ func (m *mirror) prune(ctx context.Context, cluster clustermesh.ClusterName, kin
 	m.r.mu.Unlock()
 	prefix := clustermesh.KindPrefix(kind, cluster)
 	var gone []string
-	for key := range m.have {
+	for key := range m.underKind[prefix] {
+		if _, ok := m.seen[key]; !ok {
+			gone = append(gone, key)
+		}
+	}
+	for key := range m.unindexed {
 		if _, ok := m.seen[key]; !ok && strings.HasPrefix(key, prefix) {
 			gone = append(gone, key)
 		}
@@ -227,10 +240,52 @@ func (m *mirror) delete(ctx context.Context, key string) error {
 	if err := m.queue(ctx, clientv3.OpDelete(key), key, 0); err != nil {
 		return err
 	}
-	delete(m.have, key)
+	m.drop(key)
 	delete(m.seen, key)
 	m.deletes++
 	return nil
+}
+
+// kindPrefixOf returns the kind prefix key is under, if it is a key of a
+// kind (not a config, grant or marker).
+func kindPrefixOf(key string) (string, bool) {
+	pk, err := clustermesh.ParseKey(key)
+	if err != nil || pk.Kind == "" {
+		return "", false
+	}
+	prefix := clustermesh.KindPrefix(pk.Kind, pk.Cluster)
+	return prefix, strings.HasPrefix(key, prefix)
+}
+
+// hold records that the mirror holds key with a value of hash h.
+func (m *mirror) hold(key string, h uint64) {
+	if _, had := m.have[key]; !had {
+		if prefix, ok := kindPrefixOf(key); ok {
+			if m.underKind[prefix] == nil {
+				m.underKind[prefix] = map[string]struct{}{}
+			}
+			m.underKind[prefix][key] = struct{}{}
+		} else {
+			m.unindexed[key] = struct{}{}
+		}
+	}
+	m.have[key] = h
+}
+
+// drop records that the mirror no longer holds key.
+func (m *mirror) drop(key string) {
+	if _, had := m.have[key]; !had {
+		return
+	}
+	delete(m.have, key)
+	if prefix, ok := kindPrefixOf(key); ok {
+		delete(m.underKind[prefix], key)
+		if len(m.underKind[prefix]) == 0 {
+			delete(m.underKind, prefix)
+		}
+	} else {
+		delete(m.unindexed, key)
+	}
 }
 
 // queue adds op on key to the pending transaction, committing that first
@@ -305,13 +360,20 @@ func (m *mirror) removeCluster(ctx context.Context, cluster clustermesh.ClusterN
 	// Keys of the cluster not bound to its lease (none are written so,
 	// but a mirror from an older relay may hold some) go one by one.
 	var rest []string
-	for key := range m.have {
+	for prefix, keys := range m.underKind {
+		if strings.HasSuffix(prefix, "/"+string(cluster)+"/") { // KindPrefix(any kind, cluster)
+			for key := range keys {
+				rest = append(rest, key)
+			}
+		}
+	}
+	for key := range m.unindexed {
 		if pk, err := clustermesh.ParseKey(key); err == nil && pk.Cluster == cluster {
 			rest = append(rest, key)
 		}
 	}
 	for _, key := range rest {
-		delete(m.have, key)
+		m.drop(key)
 		delete(m.seen, key)
 	}
 	if ok {
