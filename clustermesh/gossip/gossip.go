@@ -119,7 +119,8 @@ type Pool struct {
 	tr       *countingTransport
 	keyring  *memberlist.Keyring // safe for concurrent use
 
-	wake    chan struct{} // to Run: members changed
+	wake    chan struct{} // to Run: the members SetMembers was given changed
+	events  chan struct{} // to Run: memberlist saw a member join, leave or change
 	changes chan struct{} // to the consumer: health changed
 }
 
@@ -166,7 +167,7 @@ func New(cfg Config, log *slog.Logger, reg prometheus.Registerer) (*Pool, error)
 	}
 	return &Pool{cfg: cfg, log: log.With("component", "gossip"), m: m,
 		members: map[string]Member{}, health: map[string]NodeHealth{}, reported: map[string]bool{},
-		wake: make(chan struct{}, 1), changes: make(chan struct{}, 1)}, nil
+		wake: make(chan struct{}, 1), events: make(chan struct{}, 1), changes: make(chan struct{}, 1)}, nil
 }
 
 // SetMembers replaces the set of members the mesh state publishes (this
@@ -368,10 +369,17 @@ func (p *Pool) Run(ctx context.Context) error {
 		case <-ctx.Done():
 			return nil
 		case <-p.wake:
+			refresh()
+			join()
+		case <-p.events:
+			// Only a refresh: a join here (a push-pull of the whole member
+			// list with each target) on every event of a pool that is
+			// learning of many members at once would keep every member
+			// pushing and pulling; members still missing are joined on
+			// the rejoin tick.
 			if time.Since(lastRefresh) >= p.cfg.RefreshInterval {
 				refresh() // else the next tick does
 			}
-			join()
 		case <-rejoin.C:
 			join()
 		case <-poll.C:
@@ -462,12 +470,12 @@ func notify(c chan struct{}) {
 	}
 }
 
-// events wakes Run on membership events; it never blocks.
+// events signals Run on membership events; it never blocks.
 type events struct{ p *Pool }
 
-func (e *events) NotifyJoin(*memberlist.Node)   { notify(e.p.wake) }
-func (e *events) NotifyLeave(*memberlist.Node)  { notify(e.p.wake) }
-func (e *events) NotifyUpdate(*memberlist.Node) { notify(e.p.wake) }
+func (e *events) NotifyJoin(*memberlist.Node)   { notify(e.p.events) }
+func (e *events) NotifyLeave(*memberlist.Node)  { notify(e.p.events) }
+func (e *events) NotifyUpdate(*memberlist.Node) { notify(e.p.events) }
 
 // logWriter turns memberlist's log lines ("[WARN] memberlist: ...") into
 // slog records.
