@@ -4,8 +4,9 @@
 // IP, encrypted with the mesh gossip key (AES-256, generated once by the
 // broker and handed out with each cluster's credentials). Members come from
 // the mesh state: the agent passes every published node to SetMembers, and
-// the Pool joins a few of those it does not yet see alive, so no seeds are
-// configured. Health reports, per member, Alive, Suspect, Dead or Unknown
+// the Pool joins a few of those it does not yet see alive (when the members
+// change and every RejoinInterval, not on memberlist's own events), so no
+// seeds are configured. Health reports, per member, Alive, Suspect, Dead or Unknown
 // and when it was last seen alive; Unreachable is what the datapath uses to
 // take a node's backends out of the healthy set.
 //
