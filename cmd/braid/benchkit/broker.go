@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"slices"
 	"sync"
+	"syscall"
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -75,6 +76,9 @@ func startBrokerOnce(ctx context.Context, exe, dataDir string, env []string, std
 		"--join-listen", "", "--status-addr", "", "--log-level", "error")
 	b.cmd.Env = append(os.Environ(), env...)
 	b.cmd.Stderr = stderr
+	// A benchmark killed outright (a timeout, Ctrl-\) takes its broker
+	// with it rather than leaving it holding ports and CPU.
+	b.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if err := b.cmd.Start(); err != nil {
 		return nil, fmt.Errorf("start broker: %w", err)
 	}
