@@ -10,6 +10,7 @@ import (
 	"net"
 	"os"
 	"runtime/pprof"
+	"syscall"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -83,25 +84,36 @@ func runRelay(ctx context.Context, spec relaySpec, stdin io.Reader, stdout, stde
 	if err != nil {
 		return err
 	}
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return fmt.Errorf("relay listener: %w", err)
-	}
-	listen := fmt.Sprintf("https://%s", l.Addr())
-	l.Close()
-	r, err := relay.New(relay.Config{Cluster: creds.Cluster, Upstream: up, Listen: []string{listen}, DataDir: spec.DataDir, Logger: log})
-	if err != nil {
-		return err
-	}
+	// The relay's etcd binds a port picked here (and ports it picks
+	// itself); another process may take one in between, so a start that
+	// finds its address in use is tried again on new ports.
+	var r *relay.Relay
 	done := make(chan error, 1)
-	go func() { done <- r.Run(ctx) }()
-	select {
-	case <-r.Ready():
-	case err := <-done:
-		if err == nil {
-			err = ctx.Err()
+	for attempt := 1; ; attempt++ {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			return fmt.Errorf("relay listener: %w", err)
 		}
-		return fmt.Errorf("relay of %s stopped before serving: %w", creds.Cluster, err)
+		listen := fmt.Sprintf("https://%s", l.Addr())
+		l.Close()
+		r, err = relay.New(relay.Config{Cluster: creds.Cluster, Upstream: up, Listen: []string{listen}, DataDir: spec.DataDir, Logger: log})
+		if err != nil {
+			return err
+		}
+		go func() { done <- r.Run(ctx) }()
+		select {
+		case <-r.Ready():
+		case err := <-done:
+			if err == nil {
+				err = ctx.Err()
+			}
+			if errors.Is(err, syscall.EADDRINUSE) && attempt < 5 {
+				log.Warn("relay's address taken before it bound it; starting again on other ports", "attempt", attempt, "err", err)
+				continue
+			}
+			return fmt.Errorf("relay of %s stopped before serving: %w", creds.Cluster, err)
+		}
+		break
 	}
 
 	out := newLineWriter(stdout)
