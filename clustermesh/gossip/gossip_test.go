@@ -47,7 +47,8 @@ func (m *member) stop() {
 	<-m.done
 }
 
-// lab runs Pools on loopback addresses; each knows all others as members.
+// lab runs Pools on loopback addresses; each knows all others as members
+// (or, with published set, the first published of them).
 type lab struct {
 	t       testing.TB
 	tune    func(*Config)
@@ -56,6 +57,23 @@ type lab struct {
 	keys    [][]byte
 	members []*member
 	log     *slog.Logger // the members' logger; nil discards
+	// published, when not zero, is how many of addrs the mesh state
+	// publishes: a member started is given only those, as an agent is
+	// given only the nodes published in the kvstore.
+	published int
+}
+
+// memberList returns the members the mesh state publishes.
+func (l *lab) memberList() []Member {
+	addrs := l.addrs
+	if l.published > 0 {
+		addrs = addrs[:l.published]
+	}
+	ms := make([]Member, 0, len(addrs))
+	for j, a := range addrs {
+		ms = append(ms, Member{Name: l.name(j), Addr: a})
+	}
+	return ms
 }
 
 func newLab(t testing.TB, n int, keys [][]byte) *lab { return newLabWith(t, n, nil, keys) }
@@ -92,11 +110,7 @@ func (l *lab) start(i int) {
 	if err != nil {
 		l.t.Fatal(err)
 	}
-	var ms []Member
-	for j, a := range l.addrs {
-		ms = append(ms, Member{Name: l.name(j), Addr: a})
-	}
-	p.SetMembers(ms)
+	p.SetMembers(l.memberList())
 	ctx, cancel := context.WithCancel(context.Background())
 	m := &member{pool: p, cancel: cancel, done: make(chan error, 1)}
 	go func() { m.done <- p.Run(ctx) }()
