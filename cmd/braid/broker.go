@@ -6,7 +6,6 @@ import (
 	"log/slog"
 	"net/url"
 	"os"
-	"runtime/pprof"
 	"strings"
 
 	"github.com/spf13/cobra"
@@ -15,6 +14,7 @@ import (
 	"github.com/braidmesh/braid/clustermesh"
 	"github.com/braidmesh/braid/clustermesh/broker"
 	"github.com/braidmesh/braid/clustermesh/join"
+	"github.com/braidmesh/braid/cmd/braid/benchkit"
 )
 
 const defaultBrokerURL = "https://127.0.0.1:2379"
@@ -60,17 +60,11 @@ Every client presents a certificate signed by the broker's CA.`,
 			}
 			// Benchmarks and braid sim profile the broker they run
 			// (go tool pprof reads the file once it stops).
-			if f := os.Getenv("BRAID_CPUPROFILE"); f != "" {
-				pf, err := os.Create(f)
-				if err != nil {
-					return fmt.Errorf("BRAID_CPUPROFILE: %w", err)
-				}
-				defer pf.Close()
-				if err := pprof.StartCPUProfile(pf); err != nil {
-					return fmt.Errorf("BRAID_CPUPROFILE: %w", err)
-				}
-				defer pprof.StopCPUProfile()
+			stop, err := benchkit.StartCPUProfile(os.Getenv("BRAID_CPUPROFILE"))
+			if err != nil {
+				return fmt.Errorf("BRAID_CPUPROFILE: %w", err)
 			}
+			defer stop()
 			return b.Run(cmd.Context())
 		},
 	}

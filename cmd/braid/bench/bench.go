@@ -505,17 +505,11 @@ func benchConsumeCommand() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			if f := os.Getenv("BRAID_CPUPROFILE"); f != "" {
-				pf, err := os.Create(f)
-				if err != nil {
-					return err
-				}
-				defer pf.Close()
-				if err := pprof.StartCPUProfile(pf); err != nil {
-					return err
-				}
-				defer pprof.StopCPUProfile()
+			stop, err := benchkit.StartCPUProfile(os.Getenv("BRAID_CPUPROFILE"))
+			if err != nil {
+				return err
 			}
+			defer stop()
 			start := time.Now()
 			store, err := join.Connect(ctx, creds, nil)
 			if err != nil {

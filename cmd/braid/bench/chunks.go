@@ -7,7 +7,6 @@ import (
 	"log/slog"
 	"net/netip"
 	"os"
-	"runtime/pprof"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -19,6 +18,7 @@ import (
 	"github.com/braidmesh/braid/clustermesh/join"
 	"github.com/braidmesh/braid/clustermesh/publish"
 	"github.com/braidmesh/braid/clustermesh/remote"
+	"github.com/braidmesh/braid/cmd/braid/benchkit"
 	"github.com/braidmesh/braid/kvstore"
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
@@ -47,17 +47,11 @@ profile of the whole process there.`,
 			if backends < 1 || backends > 60000 || n < 1 {
 				return fmt.Errorf("--backends must be in 1..60000 and --changes at least 1")
 			}
-			if f := os.Getenv("BRAID_CPUPROFILE"); f != "" {
-				pf, err := os.Create(f)
-				if err != nil {
-					return err
-				}
-				defer pf.Close()
-				if err := pprof.StartCPUProfile(pf); err != nil {
-					return err
-				}
-				defer pprof.StopCPUProfile()
+			stop, err := benchkit.StartCPUProfile(os.Getenv("BRAID_CPUPROFILE"))
+			if err != nil {
+				return err
 			}
+			defer stop()
 			return benchChunks(cmd.Context(), cmd.OutOrStdout(), backends, n)
 		},
 	}

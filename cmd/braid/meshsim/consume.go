@@ -96,15 +96,11 @@ func consume(ctx context.Context, spec consumeSpec, stdin io.Reader, stdout, std
 		return err
 	}
 	if spec.ProfileDir != "" {
-		f, err := os.Create(fmt.Sprintf("%s/consumer-%s.cpu.pprof", spec.ProfileDir, creds.Cluster))
+		stop, err := benchkit.StartCPUProfile(fmt.Sprintf("%s/consumer-%s.cpu.pprof", spec.ProfileDir, creds.Cluster))
 		if err != nil {
 			return err
 		}
-		defer f.Close()
-		if err := pprof.StartCPUProfile(f); err != nil {
-			return err
-		}
-		defer pprof.StopCPUProfile()
+		defer stop()
 	}
 	out := newLineWriter(stdout)
 	defer out.flush()

@@ -8,8 +8,6 @@ import (
 	"io"
 	"log/slog"
 	"net"
-	"os"
-	"runtime/pprof"
 	"syscall"
 	"time"
 
@@ -18,6 +16,7 @@ import (
 	"github.com/braidmesh/braid/clustermesh/join"
 	"github.com/braidmesh/braid/clustermesh/relay"
 	"github.com/braidmesh/braid/clustermesh/remote"
+	"github.com/braidmesh/braid/cmd/braid/benchkit"
 )
 
 // relaySpec is what one relay process runs.
@@ -63,15 +62,11 @@ func runRelay(ctx context.Context, spec relaySpec, stdin io.Reader, stdout, stde
 		return err
 	}
 	if spec.ProfileDir != "" {
-		f, err := os.Create(fmt.Sprintf("%s/relay-%s.cpu.pprof", spec.ProfileDir, creds.Cluster))
+		stop, err := benchkit.StartCPUProfile(fmt.Sprintf("%s/relay-%s.cpu.pprof", spec.ProfileDir, creds.Cluster))
 		if err != nil {
 			return err
 		}
-		defer f.Close()
-		if err := pprof.StartCPUProfile(f); err != nil {
-			return err
-		}
-		defer pprof.StopCPUProfile()
+		defer stop()
 	}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()

@@ -13,7 +13,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime/pprof"
 	"slices"
 	"strconv"
 	"sync"
@@ -321,15 +320,11 @@ func Run(ctx context.Context, cfg Config, out io.Writer) (*Result, error) {
 		if err := os.MkdirAll(cfg.ProfileDir, 0o755); err != nil {
 			return nil, fmt.Errorf("--profile-dir: %w", err)
 		}
-		f, err := os.Create(filepath.Join(cfg.ProfileDir, "driver.cpu.pprof"))
+		stop, err := benchkit.StartCPUProfile(filepath.Join(cfg.ProfileDir, "driver.cpu.pprof"))
 		if err != nil {
 			return nil, fmt.Errorf("--profile-dir: %w", err)
 		}
-		defer f.Close()
-		if err := pprof.StartCPUProfile(f); err != nil {
-			return nil, err
-		}
-		defer pprof.StopCPUProfile()
+		defer stop()
 	}
 	dir, err := os.MkdirTemp("", "braid-sim-")
 	if err != nil {
