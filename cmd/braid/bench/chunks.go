@@ -197,28 +197,12 @@ func benchChunks(ctx context.Context, out io.Writer, backends, n int) error {
 	// the other layout's figures. Each phase has its own raw baseline.
 	for _, s := range []*chunkSide{sides[1], sides[0]} {
 		for i := range n + n/10 {
-			val := fmt.Sprintf("%s-%0*d", s.layout, rawSize, i)
-			start := time.Now()
-			if _, err := sides[1].client.Put(ctx, rawKey, val); err != nil {
-				return fmt.Errorf("raw put: %w", err)
+			took, err := timeRawPut(ctx, sides[1].client, rawEvents, rawKey, fmt.Sprintf("%s-%0*d", s.layout, rawSize, i), wait)
+			if err != nil {
+				return fmt.Errorf("round %d: %w", i, err)
 			}
-			timeout := time.NewTimer(wait)
-			for got := false; !got; {
-				select {
-				case resp := <-rawEvents:
-					if err := resp.Err(); err != nil {
-						return fmt.Errorf("raw watch: %w", err)
-					}
-					for _, ev := range resp.Events {
-						got = got || string(ev.Kv.Value) == val
-					}
-				case <-timeout.C:
-					return fmt.Errorf("round %d: raw value not delivered within %v", i, wait)
-				}
-			}
-			timeout.Stop()
 			if i >= n/10 {
-				s.raw = append(s.raw, time.Since(start))
+				s.raw = append(s.raw, took)
 			}
 
 			j := (i * 37) % backends
@@ -226,12 +210,12 @@ func benchChunks(ctx context.Context, out io.Writer, backends, n int) error {
 			s.svc.Backends[j].Ready = ready
 			ip := s.svc.Backends[j].IP
 			before := s.store.bytes.Load()
-			start = time.Now()
+			start := time.Now()
 			if err := s.pub.Upsert(s.svc); err != nil {
 				return err
 			}
 			upserted := time.Now()
-			timeout = time.NewTimer(wait)
+			timeout := time.NewTimer(wait)
 			for got := false; !got; {
 				select {
 				case ch := <-changes:
