@@ -8,6 +8,7 @@ import (
 	"runtime/debug"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 )
@@ -90,11 +91,16 @@ func benchBandwidth(b *testing.B, n, k int) {
 	l := &lab{t: b, wait: wait, addrs: loopback(n), keys: [][]byte{newKey(b)}, members: make([]*member, n),
 		tune: func(c *Config) { scaled(c, k) }}
 	b.Cleanup(func() {
+		// In parallel: a member's Run returns only once a join it has in
+		// flight ends (up to memberlist's TCP timeout), and a thousand of
+		// those one after the other would take hours.
+		var wg sync.WaitGroup
 		for _, m := range l.members {
 			if m != nil {
-				m.stop()
+				wg.Go(m.stop)
 			}
 		}
+		wg.Wait()
 	})
 	start := time.Now()
 	for lo := 0; lo < n; lo += batch {
@@ -144,6 +150,10 @@ func benchBandwidth(b *testing.B, n, k int) {
 		b.ReportMetric(tcp, "tcp-B/interval/node")
 		b.ReportMetric(udp+tcp, "B/interval/node")
 		b.ReportMetric((udp+tcp)/DefaultProbeInterval.Seconds(), "B/s/node-at-braid-intervals")
+		// Logged too, before the members stop: metrics are printed only
+		// after the clean-up.
+		b.Logf("window of %v: %.0f B/interval/node (UDP %.0f, TCP %.0f), %.0f B/s per node at Braid's intervals",
+			d.Round(time.Second), udp+tcp, udp, tcp, (udp+tcp)/DefaultProbeInterval.Seconds())
 	}
 	b.StopTimer()
 	unhealthy := 0
@@ -155,6 +165,7 @@ func benchBandwidth(b *testing.B, n, k int) {
 		}
 	}
 	b.ReportMetric(float64(unhealthy), "non-alive-views")
+	b.Logf("non-alive views at the end: %d of %d", unhealthy, n*(n-1))
 }
 
 // BenchmarkDetection measures, in a pool of 6 members (the lab's three
