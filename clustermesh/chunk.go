@@ -416,10 +416,10 @@ func portNameSet(ports []ServicePort) func(string) bool {
 
 // duplicateAcrossChunks returns a backend IP that is in two of parts (each
 // of which has no IP twice, as DecodeEndpointChunk checks) and the chunk
-// it was found in second. Chunks sorted by IP whose ranges do not overlap
-// (what a publisher writes for a service until backends come and go) are
-// checked without a set.
-func duplicateAcrossChunks(parts []*EndpointChunk) (netip.Addr, string, bool) {
+// it was found in second; n is how many backends parts hold. Chunks
+// sorted by IP whose ranges do not overlap (what a publisher writes for a
+// service until backends come and go) are checked without a set.
+func duplicateAcrossChunks(parts []*EndpointChunk, n int) (netip.Addr, string, bool) {
 	type span struct{ lo, hi netip.Addr }
 	spans := make([]span, 0, len(parts))
 	disjoint := true
@@ -441,10 +441,6 @@ func duplicateAcrossChunks(parts []*EndpointChunk) (netip.Addr, string, bool) {
 		if disjoint {
 			return netip.Addr{}, "", false
 		}
-	}
-	n := 0
-	for _, c := range parts {
-		n += len(c.Backends)
 	}
 	seen := make(map[netip.Addr]struct{}, n)
 	for _, c := range parts {
@@ -498,7 +494,7 @@ func AssembleService(h *ServiceHeader, chunks func(name string) (*EndpointChunk,
 		}
 		s.Backends = append(s.Backends, c.Backends...)
 	}
-	if ip, chunk, dup := duplicateAcrossChunks(parts); dup {
+	if ip, chunk, dup := duplicateAcrossChunks(parts, n); dup {
 		return Service{}, invalid(key, KindServicesV2, "backend %s appears in two chunks (second: %q)", ip, chunk)
 	}
 	return s, nil
