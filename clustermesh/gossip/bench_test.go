@@ -2,6 +2,7 @@ package gossip
 
 import (
 	"fmt"
+	"math"
 	"net/http"
 	_ "net/http/pprof" // served when BRAID_PPROF is set
 	"os"
@@ -156,6 +157,33 @@ func benchBandwidth(b *testing.B, n, k int) {
 			d.Round(time.Second), udp+tcp, udp, tcp, (udp+tcp)/DefaultProbeInterval.Seconds())
 	}
 	b.StopTimer()
+	// Push-pulls are the other traffic, and at n = 1,000 none falls in the
+	// window: memberlist starts a member's first one after a random
+	// stagger plus the scaled push-pull interval (over an hour at k = 20).
+	// A join is the same exchange (each side sends its whole member list
+	// over TCP, memberlist's sendAndReceiveState), so some members join
+	// one other member each, and the TCP bytes every transport sent over
+	// those joins, divided by their number, are the bytes of one
+	// push-pull. Each member starts one per push-pull interval, so its
+	// rate per node is that over the interval memberlist uses at n.
+	const pushPulls = 50
+	_, s0 = sent()
+	for i := range pushPulls {
+		from, to := i*n/pushPulls, (i*n/pushPulls+n/2)%n
+		l.members[from].pool.mu.Lock()
+		ml := l.members[from].pool.ml
+		l.members[from].pool.mu.Unlock()
+		if _, err := ml.Join([]string{l.addrs[to].String()}); err != nil {
+			b.Fatalf("push-pull from member %d to %d: %v", from, to, err)
+		}
+	}
+	_, s1 = sent()
+	perPushPull := float64(s1-s0) / pushPulls
+	every := pushPullInterval(DefaultPushPullInterval, n)
+	b.ReportMetric(perPushPull, "B/push-pull")
+	b.ReportMetric(perPushPull/every.Seconds(), "push-pull-B/s/node-at-braid-intervals")
+	b.Logf("one push-pull (both ways) %.0f B over TCP; a member starts one every %v at Braid's intervals: %.0f B/s per node",
+		perPushPull, every, perPushPull/every.Seconds())
 	unhealthy := 0
 	for _, m := range l.members {
 		for _, h := range m.pool.Health() {
@@ -230,4 +258,14 @@ func benchDetection(b *testing.B, tune func(*Config)) {
 	b.ReportMetric(q(0.99).Seconds(), "p99-s")
 	b.ReportMetric(took[len(took)-1].Seconds(), "max-s")
 	b.Log(fmt.Sprint("detection times: ", took))
+}
+
+// pushPullInterval is the push-pull interval memberlist uses in a pool
+// of n members (its unexported pushPullScale): the configured interval
+// once up to 32 members, then times 1 + ⌈log2(n/32)⌉.
+func pushPullInterval(interval time.Duration, n int) time.Duration {
+	if n <= 32 {
+		return interval
+	}
+	return interval * time.Duration(math.Ceil(math.Log2(float64(n))-math.Log2(32))+1)
 }
