@@ -372,7 +372,7 @@ func (c *Cluster) startScheduler(ctx context.Context) error {
 func (c *Cluster) startHealthy(ctx context.Context, component string, args func(port int) []string) error {
 	insecure := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}}}
 	defer insecure.CloseIdleConnections()
-	return retryPortClash(func() (*proc.Process, error) {
+	p, err := retryPortClash(func() (*proc.Process, error) {
 		port, err := freePort(netip.MustParseAddr("127.0.0.1"))
 		if err != nil {
 			return nil, err
@@ -381,11 +381,17 @@ func (c *Cluster) startHealthy(ctx context.Context, component string, args func(
 		if err != nil {
 			return nil, err
 		}
-		c.procs = append(c.procs, p)
 		return p, waitReady(ctx, p, func(ctx context.Context) error {
 			return getOK(ctx, insecure, fmt.Sprintf("https://127.0.0.1:%d/healthz", port))
 		})
 	})
+	if err != nil {
+		return err
+	}
+	// Only the attempt that became healthy: a caller watching Processes
+	// for exits must not see an attempt that lost its port.
+	c.procs = append(c.procs, p)
+	return nil
 }
 
 // Processes returns the control plane's processes, for a caller that watches
@@ -450,19 +456,20 @@ func waitReady(ctx context.Context, p *proc.Process, ready func(context.Context)
 const maxAttempts = 3
 
 // retryPortClash runs start, again if the process died because its port was
-// taken in the meantime. A failed process is stopped.
-func retryPortClash(start func() (*proc.Process, error)) error {
+// taken in the meantime, and returns the process that started. A failed
+// process is stopped.
+func retryPortClash(start func() (*proc.Process, error)) (*proc.Process, error) {
 	for attempt := 1; ; attempt++ {
 		p, err := start()
 		if err == nil {
-			return nil
+			return p, nil
 		}
 		if p == nil {
-			return err
+			return nil, err
 		}
 		p.Stop(0)
 		if attempt >= maxAttempts || !strings.Contains(p.Tail(50), "address already in use") {
-			return err
+			return nil, err
 		}
 	}
 }

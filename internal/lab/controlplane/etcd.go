@@ -29,7 +29,7 @@ func StartEtcd(ctx context.Context, bin, dir string) (*Etcd, error) {
 		return nil, fmt.Errorf("start etcd: %w", err)
 	}
 	var e *Etcd
-	err := retryPortClash(func() (*proc.Process, error) {
+	_, err := retryPortClash(func() (*proc.Process, error) {
 		ports, err := freePorts(2)
 		if err != nil {
 			return nil, err
