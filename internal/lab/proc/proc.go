@@ -155,15 +155,52 @@ func (p *Process) Stop(grace time.Duration) {
 // Tail returns the last n lines of the process's log.
 func (p *Process) Tail(n int) string { return TailFile(p.Log, n) }
 
-// TailFile returns the last n lines of the file at path.
+// TailFile returns the last n lines of the file at path, after the last
+// maxErrorLines error lines before them (see isErrorLine), if any: a
+// process that logs why it fails and then goes on logging has its reason
+// out of the tail.
 func TailFile(path string, n int) string {
 	b, err := os.ReadFile(path)
 	if err != nil {
 		return fmt.Sprintf("(read %s: %v)", path, err)
 	}
 	lines := bytes.Split(bytes.TrimRight(b, "\n"), []byte("\n"))
+	var errs [][]byte
 	if len(lines) > n {
+		for _, l := range lines[:len(lines)-n] {
+			if isErrorLine(l) {
+				errs = append(errs, l)
+			}
+		}
 		lines = lines[len(lines)-n:]
 	}
-	return string(bytes.Join(lines, []byte("\n")))
+	tail := string(bytes.Join(lines, []byte("\n")))
+	if len(errs) == 0 {
+		return tail
+	}
+	if len(errs) > maxErrorLines {
+		errs = errs[len(errs)-maxErrorLines:]
+	}
+	return fmt.Sprintf("(earlier error lines)\n%s\n(last %d lines)\n%s", bytes.Join(errs, []byte("\n")), n, tail)
+}
+
+const maxErrorLines = 10
+
+// isErrorLine reports whether l is an error as the lab's processes log
+// them: klog's E and F lines (E1204 18:05:05.321018 ...), slog's
+// level=ERROR, a Go panic or fatal error.
+func isErrorLine(l []byte) bool {
+	if len(l) > 5 && (l[0] == 'E' || l[0] == 'F') && isDigits(l[1:5]) {
+		return true
+	}
+	return bytes.Contains(l, []byte("level=ERROR")) || bytes.HasPrefix(l, []byte("panic: ")) || bytes.HasPrefix(l, []byte("fatal error: "))
+}
+
+func isDigits(b []byte) bool {
+	for _, c := range b {
+		if c < '0' || c > '9' {
+			return false
+		}
+	}
+	return true
 }
