@@ -25,9 +25,11 @@ type tap struct {
 // bound to one lease of that cluster) gives a store from which another
 // Watcher sees what this one sees. In order:
 //
-//   - EventUpsert of a cluster's clustermesh.ClusterKey and
-//     clustermesh.GrantKey, with the raw values the Watcher validated, when
-//     it starts watching the cluster and whenever either value changes;
+//   - EventUpsert of a cluster's clustermesh.GrantKey, then of its
+//     clustermesh.ClusterKey, with the raw values the Watcher validated,
+//     when it starts watching the cluster and whenever either value
+//     changes (grant first: a consumer of the replayed store that saw the
+//     config alone would take the cluster for one without a grant);
 //   - EventUpsert of each entry of the cluster that decoded against its
 //     config (rejected ones never appear), EventDelete of each entry that
 //     went away, including those a re-list after a lost watch no longer
@@ -112,7 +114,7 @@ func (w *Watcher) emitEntry(ev kvstore.Event) {
 // and grant.
 type tapMeta struct{ config, grant string }
 
-// announce emits the raw config and grant of cluster name, if Entries has
+// announce emits the raw grant and config of cluster name, if Entries has
 // consumers and either changed since last announced. Only Run's goroutine
 // calls it.
 func (w *Watcher) announce(m *meshState, name clustermesh.ClusterName) {
@@ -124,6 +126,6 @@ func (w *Watcher) announce(m *meshState, name clustermesh.ClusterName) {
 		return
 	}
 	w.tapped[name] = cur
-	w.emitEntry(kvstore.Event{Kind: kvstore.EventUpsert, Key: clustermesh.ClusterKey(name), Value: []byte(cur.config)})
 	w.emitEntry(kvstore.Event{Kind: kvstore.EventUpsert, Key: clustermesh.GrantKey(name), Value: []byte(cur.grant)})
+	w.emitEntry(kvstore.Event{Kind: kvstore.EventUpsert, Key: clustermesh.ClusterKey(name), Value: []byte(cur.config)})
 }

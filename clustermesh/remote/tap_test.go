@@ -12,7 +12,7 @@ import (
 )
 
 // TestEntriesOrder checks the order Entries promises a relay: a cluster's
-// config and grant before its entries, a kind's marker after its entries,
+// grant, then its config, before its entries, a kind's marker after its entries,
 // a mesh list-done, and the config's delete when the cluster leaves, after
 // everything else of it.
 func TestEntriesOrder(t *testing.T) {
@@ -44,7 +44,7 @@ func TestEntriesOrder(t *testing.T) {
 		}
 		return kvstore.Event{}
 	}
-	announced, listDone := false, false
+	granted, announced, listDone := false, false, false
 	entriesOf := map[clustermesh.Kind]int{}
 	marked := map[clustermesh.Kind]bool{}
 	for len(marked) < len(clustermesh.Kinds) || !listDone {
@@ -68,11 +68,12 @@ func TestEntriesOrder(t *testing.T) {
 			if ev.Kind != kvstore.EventUpsert {
 				t.Fatalf("config %s: %v before the cluster left", ev.Key, ev.Kind)
 			}
+			if !granted {
+				t.Fatalf("config %s before the grant: a mirror's consumer would see a cluster without a grant", ev.Key)
+			}
 			announced = true
 		case pk.Grant:
-			if !announced {
-				t.Fatalf("grant %s before the config", ev.Key)
-			}
+			granted = true
 		case pk.Synced:
 			kind := clustermesh.Kind(pk.Name)
 			if want := 3; kind != clustermesh.KindServicesV2 && entriesOf[kind] != want {
