@@ -162,8 +162,8 @@ func consume(ctx context.Context, spec consumeSpec, stdin io.Reader, stdout, std
 		switch strings.TrimSpace(sc.Text()) {
 		case "counts":
 			for _, c := range consumers {
-				n := countSnapshot(c.w.Snapshot())
-				out.write(event{E: evCounts, C: c.idx, Counts: &n})
+				n, by := countSnapshot(c.w.Snapshot())
+				out.write(event{E: evCounts, C: c.idx, Counts: &n, ByCluster: by})
 			}
 			out.flush()
 		}
@@ -238,7 +238,7 @@ func (c *consumer) follow(changes <-chan remote.Change) {
 }
 
 func (c *consumer) reportSynced(t time.Time) {
-	n := countSnapshot(c.w.Snapshot())
+	n, _ := countSnapshot(c.w.Snapshot())
 	c.out.write(event{E: evSynced, C: c.idx, T: t.UnixNano(), Counts: &n})
 	c.out.flush()
 }

@@ -25,6 +25,9 @@ type event struct {
 	Digest  uint64                  `json:"d,omitempty"`
 	Raw     string                  `json:"v,omitempty"`
 	Counts  *Counts                 `json:"n,omitempty"`
+	// ByCluster is Counts per cluster, with evCounts: where a consumer's
+	// view differs from what is published, the clusters it differs in.
+	ByCluster map[clustermesh.ClusterName]Counts `json:"by,omitempty"`
 	// Final figures of the process.
 	CPUNanos int64  `json:"cpu,omitempty"`
 	PeakRSS  int64  `json:"rss,omitempty"`
@@ -53,20 +56,19 @@ type Counts struct {
 	Backends   int `json:"backends"`
 }
 
-// countSnapshot counts what snap holds.
-func countSnapshot(snap *remote.Snapshot) Counts {
+// countSnapshot counts what snap holds, in all and per cluster.
+func countSnapshot(snap *remote.Snapshot) (Counts, map[clustermesh.ClusterName]Counts) {
 	var n Counts
-	for _, cs := range snap.Clusters {
-		n.Clusters++
-		n.Nodes += len(cs.Nodes)
-		n.Identities += len(cs.Identities)
-		n.IPs += len(cs.IPs)
-		n.Services += len(cs.Services)
+	by := make(map[clustermesh.ClusterName]Counts, len(snap.Clusters))
+	for name, cs := range snap.Clusters {
+		c := Counts{Clusters: 1, Nodes: len(cs.Nodes), Identities: len(cs.Identities), IPs: len(cs.IPs), Services: len(cs.Services)}
 		for _, s := range cs.Services {
-			n.Backends += len(s.Backends)
+			c.Backends += len(s.Backends)
 		}
+		by[name] = c
+		n.add(c)
 	}
-	return n
+	return n, by
 }
 
 // digest identifies a set of backends whatever their order (the chunked

@@ -15,6 +15,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -468,6 +469,18 @@ func Run(ctx context.Context, cfg Config, out io.Writer) (*Result, error) {
 			infos = append(infos, consumerInfo{cluster: c.cfg.Name})
 		}
 	}
+	wantByCluster := func(self clustermesh.ClusterName) map[clustermesh.ClusterName]Counts {
+		by := map[clustermesh.ClusterName]Counts{}
+		for _, c := range clusters {
+			c.mu.Lock()
+			in := c.status == active
+			c.mu.Unlock()
+			if in && c.cfg.Name != self {
+				by[c.cfg.Name] = c.counts()
+			}
+		}
+		return by
+	}
 	want := func(self clustermesh.ClusterName) Counts {
 		var n Counts
 		for _, c := range clusters {
@@ -660,7 +673,8 @@ func Run(ctx context.Context, cfg Config, out io.Writer) (*Result, error) {
 		for i := range infos {
 			res.FinalCounts = append(res.FinalCounts, col.counts[i])
 			if col.counts[i] != res.WantFinal[i] {
-				countErr = fmt.Errorf("consumer %d (cluster %s) holds %+v after the churn, want %+v (what is published)", i, infos[i].cluster, col.counts[i], res.WantFinal[i])
+				countErr = fmt.Errorf("consumer %d (cluster %s) holds %+v after the churn, want %+v (what is published); %s",
+					i, infos[i].cluster, col.counts[i], res.WantFinal[i], clustersDiffering(col.byCluster[i], wantByCluster(infos[i].cluster), ch))
 			}
 		}
 		// A consumer may still be applying the last changes.
@@ -746,11 +760,14 @@ type collector struct {
 	obs    *observations
 	synced map[int]event
 	counts map[int]Counts
-	errs   []string
+	// byCluster is each consumer's last counts per cluster.
+	byCluster map[int]map[clustermesh.ClusterName]Counts
+	errs      []string
 }
 
 func newCollector() *collector {
-	return &collector{wake: make(chan struct{}, 1), obs: newObservations(), synced: map[int]event{}, counts: map[int]Counts{}}
+	return &collector{wake: make(chan struct{}, 1), obs: newObservations(), synced: map[int]event{}, counts: map[int]Counts{},
+		byCluster: map[int]map[clustermesh.ClusterName]Counts{}}
 }
 
 func (c *collector) add(consumer int, ev event) {
@@ -760,6 +777,7 @@ func (c *collector) add(consumer int, ev event) {
 		c.synced[consumer] = ev
 	case evCounts:
 		c.counts[consumer] = *ev.Counts
+		c.byCluster[consumer] = ev.ByCluster
 	case evError:
 		c.errs = append(c.errs, ev.Msg)
 	default:
@@ -934,4 +952,41 @@ func (p *consumerProc) stop() {
 			<-p.done
 		}
 	})
+}
+
+// clustersDiffering names the clusters whose counts in a consumer's view
+// (have) differ from what is published (want), at most five, each with
+// the last churn ops applied to it: what a failed final check needs to be
+// traced.
+func clustersDiffering(have, want map[clustermesh.ClusterName]Counts, ch *churner) string {
+	var names []clustermesh.ClusterName
+	for n, c := range want {
+		if have[n] != c {
+			names = append(names, n)
+		}
+	}
+	for n := range have {
+		if _, ok := want[n]; !ok {
+			names = append(names, n)
+		}
+	}
+	if len(names) == 0 {
+		return "no cluster differs (the totals were read at another time)"
+	}
+	slices.Sort(names)
+	ch.mu.Lock()
+	defer ch.mu.Unlock()
+	var b strings.Builder
+	fmt.Fprintf(&b, "%d cluster(s) differ:", len(names))
+	for _, n := range names[:min(5, len(names))] {
+		fmt.Fprintf(&b, " %s holds %+v, want %+v, last changes", n, have[n], want[n])
+		var last []string
+		for i := len(ch.ops) - 1; i >= 0 && len(last) < 3; i-- {
+			if o := ch.ops[i]; o.cluster == n {
+				last = append(last, fmt.Sprintf("%s %s at %s", o.kind, o.service, time.Unix(0, o.start).Format("15:04:05.000")))
+			}
+		}
+		fmt.Fprintf(&b, " [%s];", strings.Join(last, ", "))
+	}
+	return b.String()
 }
