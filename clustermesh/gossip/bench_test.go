@@ -166,24 +166,33 @@ func benchBandwidth(b *testing.B, n, k int) {
 	// those joins, divided by their number, are the bytes of one
 	// push-pull. Each member starts one per push-pull interval, so its
 	// rate per node is that over the interval memberlist uses at n.
+	// A join that fails (its TCP timeout is memberlist's, not scaled) is
+	// logged and left out of the count; its bytes, if any were sent, are
+	// not, so a run with failures overstates the figure a little.
 	const pushPulls = 50
 	_, s0 = sent()
+	done := 0
 	for i := range pushPulls {
 		from, to := i*n/pushPulls, (i*n/pushPulls+n/2)%n
 		l.members[from].pool.mu.Lock()
 		ml := l.members[from].pool.ml
 		l.members[from].pool.mu.Unlock()
 		if _, err := ml.Join([]string{l.addrs[to].String()}); err != nil {
-			b.Fatalf("push-pull from member %d to %d: %v", from, to, err)
+			b.Logf("push-pull from member %d to %d failed: %v", from, to, err)
+			continue
 		}
+		done++
 	}
 	_, s1 = sent()
-	perPushPull := float64(s1-s0) / pushPulls
+	if done < pushPulls/2 {
+		b.Fatalf("only %d of %d push-pulls succeeded: the pool is not keeping up", done, pushPulls)
+	}
+	perPushPull := float64(s1-s0) / float64(done)
 	every := pushPullInterval(DefaultPushPullInterval, n)
 	b.ReportMetric(perPushPull, "B/push-pull")
 	b.ReportMetric(perPushPull/every.Seconds(), "push-pull-B/s/node-at-braid-intervals")
-	b.Logf("one push-pull (both ways) %.0f B over TCP; a member starts one every %v at Braid's intervals: %.0f B/s per node",
-		perPushPull, every, perPushPull/every.Seconds())
+	b.Logf("one push-pull (both ways, %d of %d succeeded) %.0f B over TCP; a member starts one every %v at Braid's intervals: %.0f B/s per node",
+		done, pushPulls, perPushPull, every, perPushPull/every.Seconds())
 	unhealthy := 0
 	for _, m := range l.members {
 		for _, h := range m.pool.Health() {
