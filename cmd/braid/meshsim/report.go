@@ -89,16 +89,16 @@ func report(out io.Writer, cfg *Config, r *Result, consumerErrs []string) {
 	}
 	fmt.Fprintf(w, " DB size %s\n", mib(r.DBSize))
 	if mt := r.BrokerMetrics; mt != nil {
-		fmt.Fprintf(w, "  watch streams %.0f, watchers %.0f; during the churn %.0f watch events/s sent, %.0f puts+deletes/s\n",
-			mt["etcd_debugging_mvcc_watch_stream_total"], mt["etcd_debugging_mvcc_watcher_total"], r.EventsPerSec, r.PutsPerSec)
+		fmt.Fprintf(w, "  watch streams %.0f, watchers %.0f; during the churn %.0f watch events/s sent, %.0f puts+deletes/s; %s\n",
+			mt["etcd_debugging_mvcc_watch_stream_total"], mt["etcd_debugging_mvcc_watcher_total"], r.EventsPerSec, r.PutsPerSec, walFsync(mt))
 	}
 	for i, rl := range r.Relays {
 		fmt.Fprintf(w, "relay process %d: peak RSS %s, RSS %s, CPU %.1f s during the churn (%.2f cores), %.1f s in all",
 			i+1, mib(rl.PeakRSS), mib(rl.RSS), rl.CPUChurn.Seconds(), rl.CPUChurn.Seconds()/r.ChurnElapsed.Seconds(), rl.CPU.Seconds())
 		if i < len(r.RelayMetrics) && r.RelayMetrics[i] != nil {
 			mt := r.RelayMetrics[i]
-			fmt.Fprintf(w, "; its etcd: watch streams %.0f, watchers %.0f, %.0f watch events/s sent during the churn",
-				mt["etcd_debugging_mvcc_watch_stream_total"], mt["etcd_debugging_mvcc_watcher_total"], r.RelayEventsPerSec[i])
+			fmt.Fprintf(w, "; its etcd: watch streams %.0f, watchers %.0f, %.0f watch events/s sent during the churn; %s",
+				mt["etcd_debugging_mvcc_watch_stream_total"], mt["etcd_debugging_mvcc_watcher_total"], r.RelayEventsPerSec[i], walFsync(mt))
 		}
 		fmt.Fprintln(w)
 	}
@@ -160,4 +160,13 @@ func summary(w io.Writer, cfg *Config, r *Result) {
 		fmt.Fprintf(w, " raw_p50_ms=%s raw_p99_ms=%s", ms(r.Raw.Pct(50)), ms(r.Raw.Pct(99)))
 	}
 	fmt.Fprintf(w, " missing=%d load_start=%q load_end=%q\n", r.Matched.missing, r.LoadStart, r.LoadEnd)
+}
+
+// walFsync describes an etcd's WAL fsyncs over its life from its metrics.
+func walFsync(mt benchkit.Metrics) string {
+	n := mt["etcd_disk_wal_fsync_duration_seconds_count"]
+	if n == 0 {
+		return "no WAL fsyncs counted"
+	}
+	return fmt.Sprintf("%.0f WAL fsyncs, mean %.2f ms", n, 1000*mt["etcd_disk_wal_fsync_duration_seconds_sum"]/n)
 }
