@@ -40,7 +40,9 @@ import (
 // (each recomputation walks every member, n² work per interval for n
 // Pools in one process, and sends nothing). It reports the non-alive views
 // left at the end (a run with many did not keep up). Runs are n×k pairs,
-// BRAID_GOSSIP_RUNS overrides them (default "100x2,100x5,200x5,1000x20").
+// BRAID_GOSSIP_RUNS overrides them (default "100x2,100x5,200x5,1000x20"),
+// and BRAID_GOSSIP_WINDOW the window's probe intervals (default 150; a
+// shorter one for a run after the push-pull figure only).
 //
 //	go test -run '^$' -bench Bandwidth -benchtime 1x -timeout 60m ./clustermesh/gossip/
 //
@@ -52,6 +54,12 @@ func BenchmarkBandwidth(b *testing.B) {
 		go func() { _ = srv.ListenAndServe() }()
 		b.Cleanup(func() { _ = srv.Close() })
 	}
+	window := bandwidthWindow
+	if w := os.Getenv("BRAID_GOSSIP_WINDOW"); w != "" {
+		if _, err := fmt.Sscanf(w, "%d", &window); err != nil || window < 1 {
+			b.Fatalf("BRAID_GOSSIP_WINDOW: %q is not a number of probe intervals", w)
+		}
+	}
 	runs := os.Getenv("BRAID_GOSSIP_RUNS")
 	if runs == "" {
 		runs = "100x2,100x5,200x5,1000x20"
@@ -61,11 +69,11 @@ func BenchmarkBandwidth(b *testing.B) {
 		if _, err := fmt.Sscanf(r, "%dx%d", &n, &k); err != nil || n < 2 || k < 1 {
 			b.Fatalf("BRAID_GOSSIP_RUNS: %q is not MEMBERSxSCALE (e.g. 1000x10)", r)
 		}
-		b.Run(fmt.Sprintf("n=%d/scale=%d", n, k), func(b *testing.B) { benchBandwidth(b, n, k) })
+		b.Run(fmt.Sprintf("n=%d/scale=%d", n, k), func(b *testing.B) { benchBandwidth(b, n, k, window) })
 	}
 }
 
-// bandwidthWindow is the measurement window, in probe intervals. Each
+// bandwidthWindow is the default measurement window, in probe intervals. Each
 // member starts a push-pull every 450 (n = 100) to 900 (n = 1,000) probe
 // intervals, so the window holds n/6 to n/3 of the pool's push-pulls.
 const bandwidthWindow = 150
@@ -79,7 +87,7 @@ func scaled(c *Config, k int) {
 	c.RefreshInterval = time.Second * d
 }
 
-func benchBandwidth(b *testing.B, n, k int) {
+func benchBandwidth(b *testing.B, n, k, window int) {
 	const batch = 100
 	// Most of the process's CPU goes to the garbage collector (memberlist
 	// allocates an LZW table for every packet it compresses, and decodes
@@ -143,7 +151,7 @@ func benchBandwidth(b *testing.B, n, k int) {
 	for range b.N {
 		p0, s0 := sent()
 		t0 := time.Now()
-		time.Sleep(bandwidthWindow * interval) // the measurement window: bytes sent over it
+		time.Sleep(time.Duration(window) * interval) // the measurement window: bytes sent over it
 		p1, s1 := sent()
 		d := time.Since(t0)
 		udp, tcp := perInterval(p1-p0, d), perInterval(s1-s0, d)
