@@ -43,7 +43,17 @@ type Config struct {
 	// stopped leaves when it runs out. Zero: not read (each read is a
 	// request to the broker per cluster; operators read, agents need not).
 	LeaseCheckInterval time.Duration
+	// UngrantedWarnAfter is how long a cluster with a config may be
+	// without a valid grant before the Watcher logs it; zero means
+	// DefaultUngrantedWarnAfter. Configs and grants come from two
+	// watches, so one can arrive before the other (a relay's mirror writes
+	// both in one transaction, and revokes both at once when the cluster
+	// leaves): a cluster ignored only that long is no news.
+	UngrantedWarnAfter time.Duration
 }
+
+// DefaultUngrantedWarnAfter is Config.UngrantedWarnAfter's default.
+const DefaultUngrantedWarnAfter = 2 * time.Second
 
 // DefaultLeaseCheckInterval is the LeaseCheckInterval operators use: the
 // lease TTLs are tens of seconds, and etcd counts them in whole seconds.
@@ -73,8 +83,9 @@ type Watcher struct {
 	gone     map[clustermesh.ClusterName]clustermesh.RemoteClusterStatus
 	invalid  int // rejected cluster configs
 	lastErr  string
-	// ungranted holds, by name, why a cluster with a config is ignored.
-	ungranted    map[clustermesh.ClusterName]string
+	// ungranted holds, by name, why a cluster with a config is ignored,
+	// and since when.
+	ungranted    map[clustermesh.ClusterName]ungrantedNote
 	broker       BrokerStatus
 	selfGranted  bool
 	grantsListed bool
@@ -100,6 +111,9 @@ func New(cfg Config, store kvstore.Store, log *slog.Logger, reg prometheus.Regis
 	if cfg.ConcurrentSyncs <= 0 {
 		cfg.ConcurrentSyncs = DefaultConcurrentSyncs
 	}
+	if cfg.UngrantedWarnAfter <= 0 {
+		cfg.UngrantedWarnAfter = DefaultUngrantedWarnAfter
+	}
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
@@ -116,7 +130,7 @@ func New(cfg Config, store kvstore.Store, log *slog.Logger, reg prometheus.Regis
 		syncSlots: make(chan struct{}, cfg.ConcurrentSyncs),
 		clusters:  make(map[clustermesh.ClusterName]*cluster),
 		gone:      make(map[clustermesh.ClusterName]clustermesh.RemoteClusterStatus),
-		ungranted: make(map[clustermesh.ClusterName]string),
+		ungranted: make(map[clustermesh.ClusterName]ungrantedNote),
 		subs:      make(map[*subscription]struct{}),
 		notifiers: make(map[*notifier]struct{}),
 		taps:      make(map[*tap]struct{}),
@@ -417,6 +431,7 @@ func (w *Watcher) failing(since time.Time, err error) {
 
 // setUngranted records (reason not empty) or forgets why a cluster with a
 // config is ignored.
+// A new reason is logged once it has held for UngrantedWarnAfter.
 func (w *Watcher) setUngranted(name clustermesh.ClusterName, reason string) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
@@ -424,10 +439,29 @@ func (w *Watcher) setUngranted(name clustermesh.ClusterName, reason string) {
 		delete(w.ungranted, name)
 		return
 	}
-	if w.ungranted[name] != reason {
-		w.log.Warn("ignoring cluster", "cluster", name, "reason", reason)
+	if w.ungranted[name].reason == reason {
+		return
 	}
-	w.ungranted[name] = reason
+	note := ungrantedNote{reason: reason, since: time.Now()}
+	w.ungranted[name] = note
+	time.AfterFunc(w.cfg.UngrantedWarnAfter, func() { w.warnUngranted(name, note) })
+}
+
+// ungrantedNote is why a cluster with a config is ignored, and since when.
+type ungrantedNote struct {
+	reason string
+	since  time.Time
+}
+
+// warnUngranted logs that name is ignored if it still is, for the reason
+// noted then.
+func (w *Watcher) warnUngranted(name clustermesh.ClusterName, note ungrantedNote) {
+	w.mu.Lock()
+	still := w.ungranted[name] == note
+	w.mu.Unlock()
+	if still {
+		w.log.Warn("ignoring cluster", "cluster", name, "reason", note.reason, "for", time.Since(note.since).Round(time.Millisecond))
+	}
 }
 
 func (w *Watcher) setError(err error) {
@@ -534,7 +568,8 @@ func (w *Watcher) Status() []clustermesh.RemoteClusterStatus {
 		}
 		out = append(out, st)
 	}
-	for name, reason := range w.ungranted {
+	for name, note := range w.ungranted {
+		reason := note.reason
 		if _, gone := w.gone[name]; gone {
 			delete(w.gone, name)
 			out = slices.DeleteFunc(out, func(s clustermesh.RemoteClusterStatus) bool { return s.Name == name })
