@@ -14,24 +14,28 @@ import (
 // the lab watches the processes it is given for exits, and the first
 // attempt's exit is no failure.
 func TestRetryPortClashReturnsTheAttemptThatStarted(t *testing.T) {
-	log := filepath.Join(t.TempDir(), "component.log")
 	var started []*proc.Process
-	p, err := retryPortClash(func() (*proc.Process, error) {
-		if len(started) == 0 {
-			p, err := proc.Start("clash", log, nil, "/bin/sh", "-c", "echo 'bind: address already in use'; exit 1")
-			if err != nil {
-				return nil, err
-			}
-			started = append(started, p)
-			<-p.Done()
-			return p, errors.New("exited")
-		}
-		p, err := proc.Start("ok", log, nil, "/bin/sh", "-c", "exec sleep 60")
+	// attempt starts script with its output in log; one that is to fail
+	// is waited for, as a component that exits before it is ready.
+	attempt := func(log, script string, fails bool) (*proc.Process, error) {
+		p, err := proc.Start("component", log, nil, "/bin/sh", "-c", script)
 		if err != nil {
 			return nil, err
 		}
 		started = append(started, p)
-		return p, nil
+		if !fails {
+			return p, nil
+		}
+		<-p.Done()
+		return p, errors.New("exited")
+	}
+
+	log := filepath.Join(t.TempDir(), "component.log")
+	p, err := retryPortClash(func() (*proc.Process, error) {
+		if len(started) == 0 {
+			return attempt(log, "echo 'bind: address already in use'; exit 1", true)
+		}
+		return attempt(log, "exec sleep 60", false)
 	})
 	if err != nil {
 		t.Fatalf("retryPortClash: %v", err)
@@ -48,13 +52,7 @@ func TestRetryPortClashReturnsTheAttemptThatStarted(t *testing.T) {
 	log = filepath.Join(t.TempDir(), "broken.log")
 	started = nil
 	if _, err := retryPortClash(func() (*proc.Process, error) {
-		p, err := proc.Start("broken", log, nil, "/bin/sh", "-c", "echo 'flag provided but not defined'; exit 1")
-		if err != nil {
-			return nil, err
-		}
-		started = append(started, p)
-		<-p.Done()
-		return p, errors.New("exited")
+		return attempt(log, "echo 'flag provided but not defined'; exit 1", true)
 	}); err == nil || len(started) != 1 {
 		t.Fatalf("retryPortClash on a bad flag: err %v after %d attempts, want the error after 1", err, len(started))
 	}
