@@ -28,7 +28,7 @@
 // within one gossip interval after it hears of it. memberlist's LAN
 // defaults (1 s, 500 ms, 4) would take 5 s or more. The bandwidth each node
 // spends is measured by BenchmarkBandwidth (docs/benchmarks.md): about
-// 3.7 KB/s per node at 1,000 members, nearly all of it probes, acks and
+// 4 KB/s per node at 1,000 members, nearly all of it probes, acks and
 // piggybacked gossip (a push-pull of the compressed member list, 17 KB
 // both ways, every 180 s at that size).
 //
