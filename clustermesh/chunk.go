@@ -107,10 +107,29 @@ func SplitServicesV2Name(name string) (service, chunk string, ok bool) {
 	return "", "", false
 }
 
-var flateWriters = sync.Pool{New: func() any {
-	w, _ := flate.NewWriter(nil, flate.DefaultCompression)
-	return w
-}}
+// idleFlateWriters keeps DEFLATE writers between chunks. A new writer
+// allocates about 800 KB and costs about 0.25 ms, eight times compressing a
+// full chunk, and a sync.Pool is emptied by garbage collection, which a
+// publisher of a large service runs often: the writers are kept here
+// instead, at most cap of them.
+var idleFlateWriters = make(chan *flate.Writer, 4)
+
+func getFlateWriter() *flate.Writer {
+	select {
+	case w := <-idleFlateWriters:
+		return w
+	default:
+		w, _ := flate.NewWriter(nil, flate.DefaultCompression) // fails only for a bad level
+		return w
+	}
+}
+
+func putFlateWriter(w *flate.Writer) {
+	select {
+	case idleFlateWriters <- w:
+	default:
+	}
+}
 
 var flateReaders = sync.Pool{New: func() any { return flate.NewReader(bytes.NewReader(nil)) }}
 
@@ -159,8 +178,8 @@ func EncodeChunk(c *EndpointChunk) ([]byte, error) {
 		raw = protowire.AppendBytes(raw, m)
 	}
 	var buf bytes.Buffer
-	w := flateWriters.Get().(*flate.Writer)
-	defer flateWriters.Put(w)
+	w := getFlateWriter()
+	defer putFlateWriter(w)
 	w.Reset(&buf)
 	if _, err := w.Write(raw); err != nil {
 		return nil, fmt.Errorf("encode chunk %s: %w", c.Key(), err)
