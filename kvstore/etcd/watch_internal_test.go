@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"go.etcd.io/etcd/api/v3/etcdserverpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/braidmesh/braid/kvstore"
@@ -104,4 +105,130 @@ func TestWatchResumesAfterError(t *testing.T) {
 		t.Fatal("no EventError although the watch was ended repeatedly")
 	}
 	t.Logf("%d puts delivered in order across %d watch errors", puts, errs)
+}
+
+// aheadWatcher makes etcd's first watch report progress too early, as a
+// busy etcd 3.7 stream was seen to do: it holds back the responses carrying
+// the first hold events, sends a progress notification at the revision of
+// the last of them, and then either the held responses (the events arrive
+// after the progress that claimed them) or, with endAfterProgress, a "no
+// leader" end of the watch, so that the store must resume without them.
+// Later watches pass through.
+type aheadWatcher struct {
+	clientv3.Watcher
+	hold             int
+	endAfterProgress bool
+	calls            atomic.Int64
+}
+
+func (a *aheadWatcher) Watch(ctx context.Context, key string, opts ...clientv3.OpOption) clientv3.WatchChan {
+	if a.calls.Add(1) > 1 {
+		return a.Watcher.Watch(ctx, key, opts...)
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	in := a.Watcher.Watch(ctx, key, opts...)
+	out := make(chan clientv3.WatchResponse)
+	go func() {
+		defer close(out)
+		defer cancel()
+		send := func(resp clientv3.WatchResponse) bool {
+			select {
+			case out <- resp:
+				return true
+			case <-ctx.Done():
+				return false
+			}
+		}
+		var held []clientv3.WatchResponse
+		events := 0
+		for events < a.hold {
+			resp, ok := <-in
+			if !ok {
+				return
+			}
+			held = append(held, resp)
+			events += len(resp.Events)
+		}
+		last := held[len(held)-1].Events
+		progress := clientv3.WatchResponse{Header: &etcdserverpb.ResponseHeader{Revision: last[len(last)-1].Kv.ModRevision}}
+		if !send(progress) {
+			return
+		}
+		if a.endAfterProgress {
+			send(clientv3.WatchResponse{Canceled: true, CancelReason: "etcdserver: no leader"})
+			return
+		}
+		for _, resp := range held {
+			if !send(resp) {
+				return
+			}
+		}
+		for resp := range in {
+			if !send(resp) {
+				return
+			}
+		}
+	}()
+	return out
+}
+
+// TestWatchDeliversEventsAProgressNotificationClaimed checks that a
+// progress notification does not move where a watch is: events below its
+// revision that arrive after it are delivered, not dropped as repeats, and
+// a watch that ends right after it resumes from the last delivered event.
+func TestWatchDeliversEventsAProgressNotificationClaimed(t *testing.T) {
+	t.Parallel()
+	srv := etcdtest.Start(t)
+	for _, end := range []bool{false, true} {
+		t.Run(fmt.Sprintf("endAfterProgress=%v", end), func(t *testing.T) {
+			client, err := clientv3.New(clientv3.Config{Endpoints: srv.Endpoints(), DialTimeout: 5 * time.Second})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer client.Close()
+			client.Watcher = &aheadWatcher{Watcher: client.Watcher, hold: 5, endAfterProgress: end}
+			s := NewFromClient(client)
+			defer s.Close()
+
+			ctx, cancel := context.WithTimeout(t.Context(), 20*time.Second)
+			defer cancel()
+			prefix := fmt.Sprintf("ahead-%v/", end)
+			w := s.Watch(ctx, prefix)
+			if ev := <-w; ev.Kind != kvstore.EventListDone {
+				t.Fatalf("first event %+v, want list-done", ev)
+			}
+			const puts = 10
+			for i := range puts {
+				if err := s.Put(ctx, fmt.Sprintf("%s%03d", prefix, i), nil, 0); err != nil {
+					t.Fatalf("Put: %v", err)
+				}
+			}
+			progress := 0
+			for i := 0; i < puts; {
+				var ev kvstore.Event
+				select {
+				case ev = <-w:
+				case <-ctx.Done():
+					t.Fatalf("got %d of %d puts, then nothing", i, puts)
+				}
+				switch ev.Kind {
+				case kvstore.EventProgress:
+					progress++
+					continue
+				case kvstore.EventError:
+					continue
+				case kvstore.EventUpsert:
+				default:
+					t.Fatalf("event %+v, want upsert, progress or error", ev)
+				}
+				if want := fmt.Sprintf("%s%03d", prefix, i); ev.Key != want {
+					t.Fatalf("upsert of %q, want %q: the events before it were lost", ev.Key, want)
+				}
+				i++
+			}
+			if progress == 0 {
+				t.Fatal("the early progress notification never reached the watch")
+			}
+		})
+	}
 }
