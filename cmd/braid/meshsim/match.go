@@ -1,6 +1,8 @@
 package meshsim
 
 import (
+	"cmp"
+	"slices"
 	"time"
 
 	"github.com/braidmesh/braid/clustermesh"
@@ -70,6 +72,32 @@ type matched struct {
 	missing    int // not observed, no later change
 	// missingOps are the first few missing ones, for the report.
 	missingOps []op
+	// slowest are the slowest endpoint changes, slowest first, each with
+	// the join or leave that started last before it, for the report.
+	slowest []slowChange
+}
+
+// slowChange is an endpoint change's propagation to one consumer.
+type slowChange struct {
+	op        op
+	consumer  int
+	latency   time.Duration
+	lastChurn *op // the last join or leave started before op, if any
+}
+
+// maxSlowest is how many of the slowest endpoint changes the report names.
+const maxSlowest = 5
+
+// noteSlow keeps c if it is among the slowest maxSlowest so far.
+func (m *matched) noteSlow(c slowChange) {
+	if len(m.slowest) == maxSlowest && c.latency <= m.slowest[maxSlowest-1].latency {
+		return
+	}
+	i, _ := slices.BinarySearchFunc(m.slowest, c.latency, func(s slowChange, d time.Duration) int { return cmp.Compare(d, s.latency) })
+	m.slowest = slices.Insert(m.slowest, i, c)
+	if len(m.slowest) > maxSlowest {
+		m.slowest = m.slowest[:maxSlowest]
+	}
 }
 
 // matchOps matches each op with the first observation, by each consumer
@@ -112,7 +140,11 @@ func matchOps(ops []op, consumers []consumerInfo, o *observations) matched {
 			nextLeave[ops[i].cluster] = ops[i].start
 		}
 	}
+	var lastChurn *op
 	for i, op := range ops {
+		if op.kind == opJoin || op.kind == opLeave {
+			lastChurn = &ops[i]
+		}
 		for ci, c := range consumers {
 			if c.cluster == op.cluster {
 				continue
@@ -126,6 +158,7 @@ func matchOps(ops []op, consumers []consumerInfo, o *observations) matched {
 				m.latency[op.kind] = append(m.latency[op.kind], d)
 				if op.service != "" {
 					m.endpoints = append(m.endpoints, d)
+					m.noteSlow(slowChange{op: op, consumer: ci, latency: d, lastChurn: lastChurn})
 				}
 				m.seen++
 				found = true

@@ -2,6 +2,7 @@ package meshsim
 
 import (
 	"net/netip"
+	"slices"
 	"testing"
 	"time"
 
@@ -74,5 +75,39 @@ func newTestBackends() []clustermesh.Backend {
 	return []clustermesh.Backend{
 		{IP: netip.MustParseAddr("10.0.0.1"), Ports: []clustermesh.BackendPort{{Name: "http", Port: 8080}}, Ready: true, Serving: true},
 		{IP: netip.MustParseAddr("10.0.0.2"), Ports: []clustermesh.BackendPort{{Name: "http", Port: 8080}}, Ready: true, Serving: true},
+	}
+}
+
+// TestMatchOpsKeepsTheSlowest: the report's slowest endpoint changes are
+// the maxSlowest slowest, slowest first, each with the join or leave that
+// started last before it.
+func TestMatchOpsKeepsTheSlowest(t *testing.T) {
+	ms := func(n int) int64 { return int64(n) * int64(time.Millisecond) }
+	var ops []op
+	o := newObservations()
+	for i := range 8 {
+		if i == 4 {
+			ops = append(ops, op{kind: opJoin, cluster: "j", want: wantJoined, start: ms(100 * i)})
+		}
+		svc := "default/s" + string(rune('a'+i))
+		ops = append(ops, op{kind: opFlap, cluster: "a", service: svc, want: 10, start: ms(100 * i)})
+		// Latencies 1, 7, 2, 6, 3, 5, 4, 8 ms.
+		lat := []int{1, 7, 2, 6, 3, 5, 4, 8}[i]
+		o.add(0, event{E: evService, Cluster: "a", Service: svc, Digest: 10, T: ms(100*i + lat)})
+	}
+	m := matchOps(ops, []consumerInfo{{cluster: "x"}}, o)
+	var got []time.Duration
+	for _, s := range m.slowest {
+		got = append(got, s.latency)
+	}
+	want := []time.Duration{8 * time.Millisecond, 7 * time.Millisecond, 6 * time.Millisecond, 5 * time.Millisecond, 4 * time.Millisecond}
+	if !slices.Equal(got, want) {
+		t.Fatalf("slowest %v, want %v", got, want)
+	}
+	for _, s := range m.slowest {
+		afterJoin := s.op.start >= ms(400)
+		if afterJoin != (s.lastChurn != nil) || (afterJoin && s.lastChurn.cluster != "j") {
+			t.Errorf("change at %v: last join or leave %+v", time.Duration(s.op.start), s.lastChurn)
+		}
 	}
 }

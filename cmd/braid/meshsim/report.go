@@ -66,6 +66,14 @@ func report(out io.Writer, cfg *Config, r *Result, consumerErrs []string) {
 		}
 	}
 	line("endpoint changes (all)", m.endpoints)
+	for _, c := range m.slowest {
+		after := ""
+		if j := c.lastChurn; j != nil {
+			after = fmt.Sprintf(", %v after %s %s", time.Duration(c.op.start-j.start).Round(time.Millisecond), j.kind, j.cluster)
+		}
+		fmt.Fprintf(w, "    slow: %v %s %s %s at %s to consumer %d%s\n", c.latency.Round(time.Millisecond),
+			c.op.kind, c.op.cluster, c.op.service, time.Unix(0, c.op.start).Format("15:04:05.000"), c.consumer, after)
+	}
 	for _, k := range opKinds {
 		line(k, m.latency[k])
 	}
