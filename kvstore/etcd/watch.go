@@ -43,6 +43,11 @@ var errWatchClosed = errors.New("etcd closed the watch")
 // the watch resumes from the last delivered revision + 1 after a backoff,
 // without repeating or skipping events. When that revision has been
 // compacted, it carries EventRestart, a full re-list and EventListDone.
+// Progress notifications prove the watch is live and never move where it
+// resumes. The etcd client's own resume after a lost connection does start
+// after the last response it received, progress notifications included: a
+// connection lost between a notification that ran ahead of events (see
+// follow) and those events would lose them inside the client, unseen here.
 //
 // Events are handed to the consumer by one goroutine per watch; while the
 // consumer does not read, the etcd client buffers that watch's responses, so
