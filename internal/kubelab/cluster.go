@@ -23,6 +23,8 @@ import (
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
+
+	"github.com/braidmesh/braid/internal/lab/pinnedtls"
 )
 
 // DefaultServiceCIDR is the service IP range of a cluster whose
@@ -166,9 +168,12 @@ func StartCluster(t testing.TB, etcd *Etcd, opts Options) *Cluster {
 // startControllerManager runs a kube-controller-manager for c.
 func (c *Cluster) startControllerManager(t testing.TB, dir string, pki *clusterPKI, controllers []string) {
 	t.Helper()
-	// Its serving certificate is self-signed; /healthz needs no credentials.
-	insecure := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}}}
-	t.Cleanup(insecure.CloseIdleConnections)
+	// /healthz needs no credentials. The serving certificate is self-signed,
+	// written to --cert-dir; the check accepts only it, so that another
+	// process that took the port cannot answer for the controller manager.
+	certDir := filepath.Join(dir, "kcm-certs")
+	pinned := pinnedtls.Client(filepath.Join(certDir, "kube-controller-manager.crt"))
+	t.Cleanup(pinned.CloseIdleConnections)
 	startReady(t, c.Name+"/kube-controller-manager", filepath.Join(dir, "kube-controller-manager.log"),
 		filepath.Join(c.bin, "kube-controller-manager"), 1,
 		func(ports []int) []string {
@@ -178,7 +183,7 @@ func (c *Cluster) startControllerManager(t testing.TB, dir string, pki *clusterP
 				"--leader-elect=false",
 				"--bind-address=127.0.0.1",
 				"--secure-port=" + strconv.Itoa(ports[0]),
-				"--cert-dir=" + filepath.Join(dir, "kcm-certs"),
+				"--cert-dir=" + certDir,
 				"--service-account-private-key-file=" + pki.saKeyFile,
 				"--root-ca-file=" + pki.caFile,
 				"--kube-api-qps=100",
@@ -188,7 +193,7 @@ func (c *Cluster) startControllerManager(t testing.TB, dir string, pki *clusterP
 			}
 		},
 		func(ctx context.Context, ports []int) error {
-			return getOK(ctx, insecure, "https://"+hostPort(ports[0])+"/healthz", "")
+			return getOK(ctx, pinned, "https://"+hostPort(ports[0])+"/healthz", "")
 		})
 	if slices.Contains(controllers, "serviceaccount") {
 		// The controllers run once their informers have synced; the first

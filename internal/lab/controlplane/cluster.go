@@ -23,6 +23,7 @@ import (
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 
+	"github.com/braidmesh/braid/internal/lab/pinnedtls"
 	"github.com/braidmesh/braid/internal/lab/proc"
 )
 
@@ -329,7 +330,7 @@ func (c *Cluster) adminTLS() (*tls.Config, error) {
 }
 
 func (c *Cluster) startControllerManager(ctx context.Context) error {
-	return c.startHealthy(ctx, "kube-controller-manager", func(port int) []string {
+	return c.startHealthy(ctx, "kube-controller-manager", "kcm-certs", func(port int) []string {
 		return []string{
 			"--kubeconfig=" + c.path("controller-manager.kubeconfig"),
 			"--use-service-account-credentials", // each controller acts as its own service account, as in kubeadm clusters
@@ -344,7 +345,7 @@ func (c *Cluster) startControllerManager(ctx context.Context) error {
 			"--cluster-signing-key-file=" + c.path("ca.key"),
 			"--bind-address=127.0.0.1",
 			"--secure-port=" + strconv.Itoa(port),
-			"--cert-dir=" + c.path("kcm-certs"),
+			"--cert-dir=" + c.path("kcm-certs"), // see startHealthy
 			"--kube-api-qps=100",
 			"--kube-api-burst=200",
 			"--profiling=false",
@@ -354,13 +355,13 @@ func (c *Cluster) startControllerManager(ctx context.Context) error {
 }
 
 func (c *Cluster) startScheduler(ctx context.Context) error {
-	return c.startHealthy(ctx, "kube-scheduler", func(port int) []string {
+	return c.startHealthy(ctx, "kube-scheduler", "scheduler-certs", func(port int) []string {
 		return []string{
 			"--kubeconfig=" + c.path("scheduler.kubeconfig"),
 			"--leader-elect=false",
 			"--bind-address=127.0.0.1",
 			"--secure-port=" + strconv.Itoa(port),
-			"--cert-dir=" + c.path("scheduler-certs"),
+			"--cert-dir=" + c.path("scheduler-certs"), // see startHealthy
 			"--profiling=false",
 			"--v=0",
 		}
@@ -368,10 +369,13 @@ func (c *Cluster) startScheduler(ctx context.Context) error {
 }
 
 // startHealthy runs a component that serves /healthz on a loopback port
-// (self-signed; the path needs no credentials) and waits until it is healthy.
-func (c *Cluster) startHealthy(ctx context.Context, component string, args func(port int) []string) error {
-	insecure := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}}}
-	defer insecure.CloseIdleConnections()
+// (the path needs no credentials) and waits until it is healthy. The
+// component writes a self-signed serving certificate, named after it, to
+// certDir; the check accepts only that one, so another process that took
+// the port cannot answer for it.
+func (c *Cluster) startHealthy(ctx context.Context, component, certDir string, args func(port int) []string) error {
+	pinned := pinnedtls.Client(filepath.Join(c.path(certDir), component+".crt"))
+	defer pinned.CloseIdleConnections()
 	p, err := retryPortClash(func() (*proc.Process, error) {
 		port, err := freePort(netip.MustParseAddr("127.0.0.1"))
 		if err != nil {
@@ -382,7 +386,7 @@ func (c *Cluster) startHealthy(ctx context.Context, component string, args func(
 			return nil, err
 		}
 		return p, waitReady(ctx, p, func(ctx context.Context) error {
-			return getOK(ctx, insecure, fmt.Sprintf("https://127.0.0.1:%d/healthz", port))
+			return getOK(ctx, pinned, fmt.Sprintf("https://127.0.0.1:%d/healthz", port))
 		})
 	})
 	if err != nil {
