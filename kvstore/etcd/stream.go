@@ -69,9 +69,7 @@ func (ws *watchStreams) release(gen uint64) {
 func (ws *watchStreams) lose(gen uint64) {
 	ws.mu.Lock()
 	defer ws.mu.Unlock()
-	if ws.gen == gen {
-		ws.gen++
-	}
+	ws.retireLocked(gen)
 	if ws.live[gen] == 0 {
 		return // no watch to tell; release forgets lost generations
 	}
@@ -92,6 +90,10 @@ func (ws *watchStreams) wasLost(gen uint64) bool {
 func (ws *watchStreams) retire(gen uint64) {
 	ws.mu.Lock()
 	defer ws.mu.Unlock()
+	ws.retireLocked(gen)
+}
+
+func (ws *watchStreams) retireLocked(gen uint64) {
 	if ws.gen == gen {
 		ws.gen++
 	}

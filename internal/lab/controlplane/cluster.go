@@ -345,7 +345,6 @@ func (c *Cluster) startControllerManager(ctx context.Context) error {
 			"--cluster-signing-key-file=" + c.path("ca.key"),
 			"--bind-address=127.0.0.1",
 			"--secure-port=" + strconv.Itoa(port),
-			"--cert-dir=" + c.path("kcm-certs"), // see startHealthy
 			"--kube-api-qps=100",
 			"--kube-api-burst=200",
 			"--profiling=false",
@@ -361,7 +360,6 @@ func (c *Cluster) startScheduler(ctx context.Context) error {
 			"--leader-elect=false",
 			"--bind-address=127.0.0.1",
 			"--secure-port=" + strconv.Itoa(port),
-			"--cert-dir=" + c.path("scheduler-certs"), // see startHealthy
 			"--profiling=false",
 			"--v=0",
 		}
@@ -369,19 +367,20 @@ func (c *Cluster) startScheduler(ctx context.Context) error {
 }
 
 // startHealthy runs a component that serves /healthz on a loopback port
-// (the path needs no credentials) and waits until it is healthy. The
-// component writes a self-signed serving certificate, named after it, to
-// certDir; the check accepts only that one, so another process that took
-// the port cannot answer for it.
+// (the path needs no credentials) and waits until it is healthy. It gives
+// the component --cert-dir=certDir, where the component writes a
+// self-signed serving certificate named after it; the check accepts only
+// that one, so another process that took the port cannot answer for it.
 func (c *Cluster) startHealthy(ctx context.Context, component, certDir string, args func(port int) []string) error {
-	pinned := pinnedtls.Client(filepath.Join(c.path(certDir), component+".crt"))
+	certDir = c.path(certDir)
+	pinned := pinnedtls.Client(filepath.Join(certDir, component+".crt"))
 	defer pinned.CloseIdleConnections()
 	p, err := retryPortClash(func() (*proc.Process, error) {
 		port, err := freePort(netip.MustParseAddr("127.0.0.1"))
 		if err != nil {
 			return nil, err
 		}
-		p, err := proc.Start(c.Name+"/"+component, c.path(component+".log"), nil, filepath.Join(c.cfg.BinDir, component), args(port)...)
+		p, err := proc.Start(c.Name+"/"+component, c.path(component+".log"), nil, filepath.Join(c.cfg.BinDir, component), append(args(port), "--cert-dir="+certDir)...)
 		if err != nil {
 			return nil, err
 		}

@@ -26,14 +26,14 @@ func Client(certFile string) *http.Client {
 		// one dialed; VerifyConnection checks it instead.
 		InsecureSkipVerify: true,
 		VerifyConnection: func(cs tls.ConnectionState) error {
-			return Match(certFile, cs.PeerCertificates)
+			return match(certFile, cs.PeerCertificates)
 		},
 	}}}
 }
 
-// Match returns nil if peer's leaf certificate is the first certificate of
+// match returns nil if peer's leaf certificate is the first certificate of
 // the PEM file certFile, else an error naming the file.
-func Match(certFile string, peer []*x509.Certificate) error {
+func match(certFile string, peer []*x509.Certificate) error {
 	b, err := os.ReadFile(certFile)
 	if err != nil {
 		return fmt.Errorf("read the serving certificate: %w", err)
