@@ -24,13 +24,10 @@
 // after the last call.
 //
 // Watch is list-then-watch: the list's revision + 1 is where the etcd watch
-// starts. After a lost connection a store made by New resumes each watch on
-// a new stream from the last delivered revision + 1 (a store made by
-// NewFromClient leaves it to the etcd client, which resumes after the last
-// response it received); when the server ends a watch (no leader,
-// permission denied, ...) the watch reports kvstore.EventError and resumes
-// after a backoff from the last delivered revision + 1, dropping any
-// repeats; when that revision has been compacted
+// starts. The client resumes after a lost connection by itself; when the
+// server ends a watch (no leader, permission denied, ...) the watch reports
+// kvstore.EventError and resumes after a backoff from the last delivered
+// revision + 1, dropping any repeats; when that revision has been compacted
 // it reports kvstore.EventRestart, lists again and reports
 // kvstore.EventListDone. Watches require a leader (clientv3.WithRequireLeader)
 // so that a member cut off from its cluster cannot leave them silently stale.

@@ -81,7 +81,7 @@ type Store struct {
 	cancel context.CancelFunc
 
 	// streams picks the gRPC stream each watch goes on.
-	streams *watchStreams
+	streams watchStreams
 
 	mu     sync.Mutex
 	closed bool
@@ -110,7 +110,6 @@ func New(ctx context.Context, cfg Config) (*Store, error) {
 	if timeout <= 0 {
 		timeout = DefaultDialTimeout
 	}
-	streams := &watchStreams{}
 	client, err := clientv3.New(clientv3.Config{
 		Endpoints:   cfg.Endpoints,
 		TLS:         cfg.TLS,
@@ -136,7 +135,6 @@ func New(ctx context.Context, cfg Config) (*Store, error) {
 				},
 				MinConnectTimeout: timeout,
 			}),
-			grpc.WithChainStreamInterceptor(streams.refuseReopen),
 		},
 	})
 	if err != nil {
@@ -151,7 +149,7 @@ func New(ctx context.Context, cfg Config) (*Store, error) {
 		client.Close()
 		return nil, fmt.Errorf("connect to etcd %v: %w", cfg.Endpoints, ExplainDial(ctx, translateErr("read", err), cfg.Endpoints, cfg.TLS))
 	}
-	s := newStore(client, streams)
+	s := NewFromClient(client)
 	s.ownsClient = true
 	s.log = log
 	if cfg.ProgressInterval > 0 {
@@ -163,20 +161,14 @@ func New(ctx context.Context, cfg Config) (*Store, error) {
 }
 
 // NewFromClient returns a store over an existing client. Close ends the
-// store's watches but does not close client, which stays the caller's. The
-// client resumes watches after a lost connection by itself (see Watch).
+// store's watches but does not close client, which stays the caller's.
 func NewFromClient(client *clientv3.Client) *Store {
-	return newStore(client, &watchStreams{})
-}
-
-func newStore(client *clientv3.Client, streams *watchStreams) *Store {
 	ctx, cancel := context.WithCancel(context.Background())
 	return &Store{
-		client:  client,
-		log:     slog.New(slog.DiscardHandler),
-		ctx:     ctx,
-		cancel:  cancel,
-		streams: streams,
+		client: client,
+		log:    slog.New(slog.DiscardHandler),
+		ctx:    ctx,
+		cancel: cancel,
 	}
 }
 

@@ -37,18 +37,17 @@ var errWatchClosed = errors.New("etcd closed the watch")
 // roles since it was issued) is made again at once on a new stream, without
 // an error event.
 //
-// After a lost connection a store made by New ends the watches of the lost
-// stream and resumes each from the last revision it delivered + 1 on a new
-// stream, without an error event (see refuseReopen); a store made by
-// NewFromClient leaves that to the etcd client, which resumes after the last
-// response it received, progress notifications included, and so may lose
-// events a notification ran ahead of (see follow). When the server ends the
-// watch (no leader: WithRequireLeader makes a partitioned member do so;
-// permission denied; ...) the channel carries EventError and the watch
-// resumes from the last delivered revision + 1 after a backoff, without
-// repeating or skipping events. When that revision has been compacted, it
-// carries EventRestart, a full re-list and EventListDone. Progress
-// notifications prove the watch is live and never move where it resumes.
+// The etcd client resumes a watch after a lost connection by itself. When the
+// server ends the watch (no leader: WithRequireLeader makes a partitioned
+// member do so; permission denied; ...) the channel carries EventError and
+// the watch resumes from the last delivered revision + 1 after a backoff,
+// without repeating or skipping events. When that revision has been
+// compacted, it carries EventRestart, a full re-list and EventListDone.
+// Progress notifications prove the watch is live and never move where it
+// resumes. The etcd client's own resume after a lost connection does start
+// after the last response it received, progress notifications included: a
+// connection lost between a notification that ran ahead of events (see
+// follow) and those events would lose them inside the client, unseen here.
 //
 // Events are handed to the consumer by one goroutine per watch; while the
 // consumer does not read, the etcd client buffers that watch's responses, so
@@ -137,12 +136,6 @@ func (w *watch) run(ctx context.Context) {
 			// with a fresh token, as the client does for other calls.
 			renewed = true
 			w.s.log.Debug("watch refused for a stale token, resuming on a new stream", "prefix", w.prefix, "revision", w.rev+1)
-		case errors.Is(err, errStreamLost) && !renewed:
-			// The connection was lost: watch again at once on a new
-			// stream, which opens once the client is connected again, as
-			// the client's own resume would have.
-			renewed = true
-			w.s.log.Debug("watch stream lost its connection, resuming on a new stream", "prefix", w.prefix, "revision", w.rev+1)
 		default:
 			w.s.log.Debug("watch ended, resuming", "prefix", w.prefix, "revision", w.rev+1, "err", err)
 			if !w.send(ctx, errorEvent(w.s, "watch "+w.prefix, err)) {
@@ -190,7 +183,7 @@ func (w *watch) follow(ctx context.Context, bo *reconcile.Backoff) error {
 	// (ErrNoLeader) instead of leaving it silently stale.
 	gen := w.s.streams.acquire()
 	defer w.s.streams.release(gen)
-	wctx, cancel := context.WithCancel(withStreamOpening(streamContext(ctx, gen), gen))
+	wctx, cancel := context.WithCancel(streamContext(ctx, gen))
 	defer cancel()
 	// With progress requested, a watch silent for many intervals is
 	// watched again: after a lost connection the client resumes beyond
@@ -217,9 +210,6 @@ func (w *watch) follow(ctx context.Context, bo *reconcile.Backoff) error {
 			return rpctypes.ErrCompacted
 		}
 		if err := resp.Err(); err != nil {
-			if w.s.streams.wasLost(gen) {
-				return fmt.Errorf("%w: %w", errStreamLost, err)
-			}
 			if staleToken(err) {
 				w.s.streams.retire(gen)
 			}
@@ -262,11 +252,6 @@ func (w *watch) follow(ctx context.Context, bo *reconcile.Backoff) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	// The client closes the channel without the error if the consumer did
-	// not read for a while (250 ms in etcd 3.7).
-	if w.s.streams.wasLost(gen) {
-		return errStreamLost
-	}
 	if silent.Load() {
 		return fmt.Errorf("no progress from etcd for %v: %w", limit, errWatchClosed)
 	}
@@ -286,10 +271,7 @@ func (s *Store) requestProgress(interval time.Duration) {
 		select {
 		case <-t.C:
 			for _, gen := range s.streams.active() {
-				// The client opens the stream if it has none for gen (its
-				// watches ended, or are yet to start): that one is guarded
-				// against reopening too.
-				if err := s.client.RequestProgress(withStreamOpening(streamContext(s.ctx, gen), gen)); err != nil && s.ctx.Err() == nil {
+				if err := s.client.RequestProgress(streamContext(s.ctx, gen)); err != nil && s.ctx.Err() == nil {
 					s.log.Debug("request watch progress", "err", err)
 				}
 			}

@@ -3,8 +3,6 @@ package etcd
 import (
 	"context"
 	"fmt"
-	"slices"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -246,103 +244,5 @@ func TestWatchDeliversEventsAProgressNotificationClaimed(t *testing.T) {
 				t.Fatal("the early progress notification never reached the watch")
 			}
 		})
-	}
-}
-
-// revWatcher records the revision every watch starts from.
-type revWatcher struct {
-	clientv3.Watcher
-	mu   sync.Mutex
-	revs []int64
-}
-
-func (r *revWatcher) Watch(ctx context.Context, key string, opts ...clientv3.OpOption) clientv3.WatchChan {
-	r.mu.Lock()
-	r.revs = append(r.revs, clientv3.OpGet(key, opts...).Rev())
-	r.mu.Unlock()
-	return r.Watcher.Watch(ctx, key, opts...)
-}
-
-func (r *revWatcher) starts() []int64 {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	return slices.Clone(r.revs)
-}
-
-// TestWatchResumesFromWhatItDeliveredAfterALostConnection checks that after
-// the connection to etcd is cut, the store, not the etcd client, resumes
-// its watch: on a new watch from the last revision it delivered (the
-// client would resume after the last response it received, which may be a
-// progress notification that ran ahead of events), quietly, with the
-// events written while it was cut delivered once and in order.
-func TestWatchResumesFromWhatItDeliveredAfterALostConnection(t *testing.T) {
-	t.Parallel()
-	srv := etcdtest.Start(t)
-	proxy := etcdtest.NewProxy(t, srv.Addr())
-	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
-	defer cancel()
-	s, err := New(ctx, Config{Endpoints: proxy.Endpoints(), DialTimeout: 5 * time.Second})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
-	starts := &revWatcher{Watcher: s.client.Watcher}
-	s.client.Watcher = starts
-	// The writer reaches etcd directly, so it writes while the store is cut.
-	writer, err := clientv3.New(clientv3.Config{Endpoints: srv.Endpoints(), DialTimeout: 5 * time.Second})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer writer.Close()
-
-	w := s.Watch(ctx, "lost/")
-	if ev := <-w; ev.Kind != kvstore.EventListDone {
-		t.Fatalf("first event %+v, want list-done", ev)
-	}
-	var last int64
-	expect := func(from, to int) {
-		t.Helper()
-		for i := from; i < to; {
-			var ev kvstore.Event
-			select {
-			case ev = <-w:
-			case <-ctx.Done():
-				t.Fatalf("got lost/%d..%d of lost/%d..%d", from, i, from, to-1)
-			}
-			if ev.Kind == kvstore.EventProgress {
-				continue
-			}
-			if want := fmt.Sprintf("lost/%d", i); ev.Kind != kvstore.EventUpsert || ev.Key != want || ev.Revision <= last {
-				t.Fatalf("event %+v after revision %d, want an upsert of %q after it", ev, last, want)
-			}
-			last = ev.Revision
-			i++
-		}
-	}
-	put := func(from, to int) {
-		t.Helper()
-		for i := from; i < to; i++ {
-			if _, err := writer.Put(ctx, fmt.Sprintf("lost/%d", i), "v"); err != nil {
-				t.Fatal(err)
-			}
-		}
-	}
-	put(0, 5)
-	expect(0, 5)
-	delivered := last
-
-	proxy.Partition()
-	put(5, 10)
-	proxy.Heal()
-	expect(5, 10)
-
-	revs := starts.starts()
-	if len(revs) < 2 {
-		t.Fatalf("watch starts %v: the store did not watch again after the connection was cut", revs)
-	}
-	for _, rev := range revs[1:] {
-		if rev != delivered {
-			t.Fatalf("watch starts %v, want every start after the first at %d, the last delivered revision", revs, delivered)
-		}
 	}
 }
